@@ -1,0 +1,145 @@
+//! Codecs: frames ⇄ typed values (pure, no I/O).
+//!
+//! A [`Codec`] turns a value into a frame's payload and back; a [`Message`]
+//! is a type that knows its default codec. Framing is a separate layer
+//! ([`crate::frame`]): a codec never sees a delimiter or a socket.
+//!
+//! | codec | values | binary | notes |
+//! |---|---|---|---|
+//! | [`Raw`] | [`Bytes`], `Vec<u8>` | no | zero-copy decode into `Bytes` |
+//! | [`Text`] | `String` | no | invalid UTF-8 is a decode error |
+//! | [`PodCodec`] | any [`bytemuck::Pod`] | yes | no serialisation; machine byte order |
+//! | [`Bincode`] | serde types | yes | bincode 2, standard configuration, size limit |
+//! | `Postcard` (feature `postcard`) | serde types | yes | maintained serde format |
+//!
+//! Whether a codec is binary decides the escaping of an
+//! [`Escaping::Auto`](crate::Escaping::Auto) delimited framing.
+//!
+//! # Writing your own
+//!
+//! ```
+//! use bytes::{Bytes, BytesMut};
+//! use chitchat_net::{Codec, Error};
+//!
+//! /// Decimal numbers as text.
+//! #[derive(Debug, Default)]
+//! struct Decimal;
+//!
+//! impl Codec<u64> for Decimal {
+//!     fn name(&self) -> &'static str { "decimal" }
+//!     fn is_binary(&self) -> bool { false }
+//!     fn encode(&self, item: &u64, dst: &mut BytesMut) -> Result<(), Error> {
+//!         dst.extend_from_slice(item.to_string().as_bytes());
+//!         Ok(())
+//!     }
+//!     fn decode(&self, frame: Bytes) -> Result<u64, Error> {
+//!         let text = std::str::from_utf8(&frame).map_err(|e| Error::decode("decimal", e))?;
+//!         text.parse().map_err(|e| Error::decode("decimal", e))
+//!     }
+//! }
+//!
+//! let mut buf = BytesMut::new();
+//! Decimal.encode(&42, &mut buf).unwrap();
+//! assert_eq!(Decimal.decode(buf.freeze()).unwrap(), 42);
+//! ```
+
+mod bincode;
+mod pod;
+#[cfg(feature = "postcard")]
+mod postcard;
+mod raw;
+mod tagged;
+mod text;
+
+pub use self::bincode::{Bincode, DEFAULT_BINCODE_LIMIT};
+pub use self::pod::{PodCodec, SizeMismatch};
+#[cfg(feature = "postcard")]
+pub use self::postcard::Postcard;
+pub use self::raw::Raw;
+pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
+pub use self::text::Text;
+
+
+use bytes::{Bytes, BytesMut};
+
+use crate::Error;
+
+/// Turns values of type `T` into frame payloads and back.
+///
+/// This is the Rust form of the Go original's `SetWriteFunc`: swap one codec
+/// for another on a server or client, or write your own (see the
+/// [module docs](self)). A codec is shared by all connections, hence
+/// `Send + Sync`.
+pub trait Codec<T>: Send + Sync + 'static {
+    /// A short name for error messages, such as `"bincode"`.
+    fn name(&self) -> &'static str;
+
+    /// Whether encoded values may hold any byte. Binary codecs get escaped
+    /// delimited framing by default, text codecs raw framing.
+    fn is_binary(&self) -> bool;
+
+    /// Appends the encoding of `item` to `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if the value cannot be encoded. `dst` may then hold
+    /// a partial encoding: the caller truncates it.
+    fn encode(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error>;
+
+    /// Decodes one value from a whole frame.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] if the frame does not hold exactly one value.
+    fn decode(&self, frame: Bytes) -> Result<T, Error>;
+}
+
+/// A type that travels in frames and knows its default codec.
+///
+/// Implemented for [`String`] (text), [`Bytes`] and `Vec<u8>` (raw bytes);
+/// derive it for your own types with [`derive@crate::Message`] (feature `derive`),
+/// or implement it by hand:
+///
+/// ```
+/// use chitchat_net::{Bincode, Message};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Reading { sensor: u32, celsius: f32 }
+///
+/// impl Message for Reading {
+///     type Codec = Bincode;
+/// }
+/// ```
+pub trait Message: Sized + Send + 'static {
+    /// The codec used for this type unless a server or client overrides it.
+    type Codec: Codec<Self> + Default;
+}
+
+impl Message for String {
+    type Codec = Text;
+}
+
+impl Message for Bytes {
+    type Codec = Raw;
+}
+
+impl Message for Vec<u8> {
+    type Codec = Raw;
+}
+
+/// Trailing bytes after a decoded value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{trailing} bytes left after the value")]
+pub struct TrailingBytes {
+    /// How many bytes were not consumed.
+    pub trailing: usize,
+}
+
+fn expect_consumed(codec: &'static str, used: usize, len: usize) -> Result<(), Error> {
+    if used == len {
+        Ok(())
+    } else {
+        Err(Error::decode(codec, TrailingBytes { trailing: len - used }))
+    }
+}

@@ -1,0 +1,164 @@
+//! The crate's one error type.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A boxed error, as returned by handlers and user codecs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in chitchat-net.
+///
+/// Variants are named after the cause. Framing variants ([`Error::FrameTooLong`],
+/// [`Error::PartialFrame`], [`Error::BadEscape`]) mean the byte stream cannot
+/// continue: a connection that meets one is closed. Per-frame variants
+/// ([`Error::Decode`], [`Error::Handler`]) leave the connection open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a socket.
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
+
+    /// A frame (as it stands on the wire, without its delimiter) is longer than
+    /// the configured maximum.
+    #[error("frame of at least {len} bytes is longer than the limit of {limit} bytes")]
+    FrameTooLong {
+        /// Bytes seen (or, with a length prefix, announced) so far.
+        len: usize,
+        /// The configured maximum frame length.
+        limit: usize,
+    },
+
+    /// In raw delimiter mode, a payload contains the delimiter byte and would
+    /// split its frame on the wire. Nothing was written.
+    #[error("payload contains the delimiter byte {delimiter:#04x} at offset {offset}")]
+    DelimiterInPayload {
+        /// The delimiter byte.
+        delimiter: u8,
+        /// Offset of its first occurrence in the payload.
+        offset: usize,
+    },
+
+    /// In escaped delimiter mode, a frame holds an escape byte that is not
+    /// followed by a valid escape code.
+    #[error("invalid escape sequence at offset {offset} of a frame")]
+    BadEscape {
+        /// Offset of the escape byte within the frame.
+        offset: usize,
+    },
+
+    /// The peer ended the stream in the middle of a frame.
+    #[error("peer closed the stream in the middle of a frame ({len} bytes pending)")]
+    PartialFrame {
+        /// Bytes received after the last complete frame.
+        len: usize,
+    },
+
+    /// A frame could not be decoded into a typed value.
+    #[error("{codec} decode failed")]
+    Decode {
+        /// Name of the codec that failed.
+        codec: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A value could not be encoded.
+    #[error("{codec} encode failed")]
+    Encode {
+        /// Name of the codec that failed.
+        codec: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A handler returned an error.
+    #[error("handler failed")]
+    Handler(#[source] BoxError),
+
+    /// A connection received nothing for longer than the idle timeout.
+    #[error("no data received for {0:?}")]
+    IdleTimeout(Duration),
+
+    /// A write could not complete within the write timeout.
+    #[error("write did not complete within {0:?}")]
+    WriteTimeout(Duration),
+
+    /// Connecting did not complete within the connect timeout.
+    #[error("connect did not complete within {0:?}")]
+    ConnectTimeout(Duration),
+
+    /// A connection was refused because the server already holds its maximum.
+    #[error("connection refused: the server holds its maximum of {limit} connections")]
+    TooManyConnections {
+        /// The configured maximum.
+        limit: usize,
+    },
+
+    /// A message was not queued to a peer whose outgoing queue is full.
+    #[error("outgoing queue full ({limit} bytes): message skipped")]
+    QueueFull {
+        /// The configured queue size in bytes.
+        limit: usize,
+    },
+
+    /// No connection has this peer address.
+    #[error("no connection to {0}")]
+    UnknownPeer(SocketAddr),
+
+    /// The connection (or the server) is closed.
+    #[error("connection closed")]
+    Closed,
+
+    /// Accepting a connection failed.
+    #[error("accept failed")]
+    Accept(#[source] std::io::Error),
+
+    /// A handler panicked while handling a frame.
+    #[error("handler panicked: {0}")]
+    HandlerPanic(String),
+}
+
+impl Error {
+    /// Builds a [`Error::Decode`] from a codec name and any error.
+    pub fn decode(codec: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Decode {
+            codec,
+            source: source.into(),
+        }
+    }
+
+    /// Builds a [`Error::Encode`] from a codec name and any error.
+    pub fn encode(codec: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Encode {
+            codec,
+            source: source.into(),
+        }
+    }
+
+    /// Whether this error ends the byte stream it happened on (a framing or I/O
+    /// error), as opposed to one frame (decode or handler errors).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self,
+            Error::Decode { .. } | Error::Handler(_) | Error::QueueFull { .. }
+        )
+    }
+}
+
+/// Displays an error with its chain of sources: `decode failed: unknown tag 9`.
+pub(crate) struct Report<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Error events: a bounded stream of what went wrong, and with whom.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Default number of events kept for a reader before new ones are dropped.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// An error and the address it concerns (the Go original's `Errsocket`).
+#[derive(Debug)]
+pub struct ErrorEvent {
+    /// The peer the error concerns; `None` for the listener itself.
+    pub peer: Option<SocketAddr>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl std::fmt::Display for ErrorEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer {
+            Some(peer) => write!(f, "{peer}: {}", crate::error::Report(&self.error)),
+            None => write!(f, "{}", crate::error::Report(&self.error)),
+        }
+    }
+}
+
+/// The sending side, shared by the tasks of a server or client. It never
+/// waits: an event that does not fit is dropped and counted.
+#[derive(Debug, Clone)]
+pub(crate) struct EventSink {
+    tx: mpsc::Sender<ErrorEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventSink {
+    pub(crate) fn report(&self, peer: Option<SocketAddr>, error: Error) {
+        match peer {
+            Some(peer) => tracing::debug!(%peer, error = %crate::error::Report(&error), "chitchat-net error event"),
+            None => tracing::debug!(error = %crate::error::Report(&error), "chitchat-net error event"),
+        }
+        if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if matches!(e, mpsc::error::TrySendError::Full(_)) && n.is_power_of_two() {
+                tracing::warn!(dropped = n, "error events are not being read: dropping them");
+            }
+        }
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The stream of [`ErrorEvent`]s of a server or client.
+///
+/// Events wait in a bounded buffer; when nobody reads them, new ones are
+/// dropped (and counted, see `dropped_events()` on the server or client),
+/// so an unread stream never stalls a connection. All handles from one
+/// server or client share one buffer: each event reaches one of them.
+#[derive(Debug, Clone)]
+pub struct ErrorEvents {
+    rx: Arc<Mutex<mpsc::Receiver<ErrorEvent>>>,
+    ended: CancellationToken,
+}
+
+impl ErrorEvents {
+    /// The next event; `None` once the server or client has ended and every
+    /// buffered event has been read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no event is lost if the future is dropped.
+    pub async fn recv(&self) -> Option<ErrorEvent> {
+        let mut rx = self.rx.lock().await;
+        tokio::select! {
+            biased;
+            event = rx.recv() => event,
+            _ = self.ended.cancelled() => rx.try_recv().ok(),
+        }
+    }
+
+    /// The next event if one is buffered now.
+    pub fn try_recv(&self) -> Option<ErrorEvent> {
+        self.rx.try_lock().ok()?.try_recv().ok()
+    }
+}
+
+/// A sink and the stream it feeds; `ended` closes the stream once drained.
+pub(crate) fn event_channel(capacity: usize, ended: CancellationToken) -> (EventSink, ErrorEvents) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let sink = EventSink {
+        tx,
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    let events = ErrorEvents {
+        rx: Arc::new(Mutex::new(rx)),
+        ended,
+    };
+    (sink, events)
+}

@@ -1,0 +1,84 @@
+//! A cloneable handle on one connection, usable from any task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+use crate::wire::Wire;
+use crate::{Error, Message};
+
+/// A handle on one live connection: send to it from any task, or close it.
+///
+/// Sends go through the connection's bounded outgoing queue: [`send`] waits
+/// while the queue is full (backpressure), [`try_send`] fails instead. Get one
+/// from [`Context::handle`](crate::Context::handle).
+///
+/// [`send`]: ConnectionHandle::send
+/// [`try_send`]: ConnectionHandle::try_send
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) wire: Wire,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl ConnectionHandle {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues `msg`, waiting while the outgoing queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the connection has ended; encode and framing
+    /// errors ([`Error::DelimiterInPayload`], [`Error::FrameTooLong`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the message is queued whole or not at all.
+    pub async fn send<M: Message>(&self, msg: &M) -> Result<(), Error> {
+        self.outbox.push_with(|buf| self.wire.encode(msg, buf)).await
+    }
+
+    /// Queues `msg` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`] if there is no room; otherwise as [`send`](Self::send).
+    pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), Error> {
+        self.outbox.try_push_with(|buf| self.wire.encode(msg, buf))
+    }
+
+    /// Queues one frame of raw bytes, waiting while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
+        self.outbox
+            .push_with(|buf| self.wire.encode_bytes(payload, buf))
+            .await
+    }
+
+    /// Closes the connection: what is queued is still flushed (within the
+    /// write timeout), then the connection ends.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.outbox.is_closed()
+    }
+}

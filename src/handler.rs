@@ -1,0 +1,206 @@
+//! What users write: a [`Handler`] gets each decoded message and a [`Context`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::handle::ConnectionHandle;
+use crate::wire::Wire;
+use crate::{BoxError, Error, Message};
+
+/// Handles the messages of a connection: the Go original's `readfunc`.
+///
+/// Each frame is decoded into [`Handler::Message`] with that type's codec (or
+/// the server's or client's override) and handed to [`handle`](Handler::handle).
+/// Frames of one connection reach it one at a time, in order; connections run
+/// concurrently. One handler value serves every connection, so it is also the
+/// shared state the Go original passed as `additional` / `Addon()`: keep
+/// counters in atomics and maps behind a `Mutex`.
+///
+/// An error returned by `handle`, or a frame that fails to decode, becomes an
+/// error event naming the peer, and the connection stays open.
+///
+/// # Examples
+///
+/// ```
+/// use chitchat_net::{BoxError, Context, Handler};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// /// Answers every line with its length; counts lines across connections.
+/// #[derive(Default)]
+/// struct Lengths { lines: AtomicU64 }
+///
+/// impl Handler for Lengths {
+///     type Message = String;
+///
+///     async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+///         self.lines.fetch_add(1, Ordering::Relaxed);
+///         ctx.send(&line.len().to_string())?;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a chitchat-net handler",
+    label = "implement `chitchat_net::Handler` for `{Self}`",
+    note = "implement `Handler` by hand, derive it with `#[derive(Handler)] #[handler(message = YourMessage)]`, or wrap a closure with `handler_fn`"
+)]
+pub trait Handler: Send + Sync + 'static {
+    /// The type each frame is decoded into.
+    type Message: Message;
+
+    /// Handles one message. Replies sent with [`Context::send`] are written
+    /// after the call returns, batched with the replies to other frames of
+    /// the same read.
+    fn handle(
+        &self,
+        msg: Self::Message,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Called when a connection opens, before its first frame. An error is
+    /// reported as an event and closes the connection.
+    fn on_open(&self, ctx: &mut Context<'_>) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Called once a connection has ended, whatever the reason.
+    fn on_close(&self, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+        let _ = peer;
+        async {}
+    }
+}
+
+/// The write-only handler: frames from the peer are read and dropped (the Go
+/// original's nil `readfunc`).
+impl Handler for () {
+    type Message = Bytes;
+
+    async fn handle(&self, _msg: Bytes, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// What a handler can do on its connection while handling a frame.
+///
+/// Sends are buffered: they cost no system call until the connection flushes,
+/// which it does once the frames of one read are handled (or earlier if the
+/// buffer passes its high-water mark), so a burst of replies goes out in one
+/// write, and a lone reply goes out at once.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub(crate) handle: &'a ConnectionHandle,
+    pub(crate) wire: &'a Wire,
+    pub(crate) out: &'a mut BytesMut,
+    pub(crate) closing: &'a mut bool,
+}
+
+impl Context<'_> {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handle.peer
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    /// Sends a typed message back on this connection, framed and encoded
+    /// with `M`'s codec (or the connection's override for `M`).
+    ///
+    /// # Errors
+    ///
+    /// Encode errors, [`Error::DelimiterInPayload`] in raw framing,
+    /// [`Error::FrameTooLong`]. Nothing is sent then.
+    pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
+        self.wire.encode(msg, self.out)
+    }
+
+    /// Sends one frame of raw bytes back on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn send_bytes(&mut self, payload: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.wire.encode_bytes(payload.as_ref(), self.out)
+    }
+
+    /// Closes this connection once the replies sent so far are flushed. No
+    /// further frame of this connection reaches the handler.
+    pub fn close(&mut self) {
+        *self.closing = true;
+    }
+
+    /// A handle to send on this connection from another task later.
+    pub fn handle(&self) -> ConnectionHandle {
+        self.handle.clone()
+    }
+}
+
+/// A handler made of a synchronous closure, for handlers that need no
+/// `.await`.
+///
+/// # Examples
+///
+/// ```
+/// use chitchat_net::{handler_fn, BoxError, Context};
+///
+/// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+///     ctx.send(&line)?;
+///     Ok(())
+/// });
+/// # let _ = echo;
+/// ```
+pub fn handler_fn<M, F>(f: F) -> HandlerFn<M, F>
+where
+    M: Message,
+    F: Fn(M, &mut Context<'_>) -> Result<(), BoxError> + Send + Sync + 'static,
+{
+    HandlerFn {
+        f,
+        _message: PhantomData,
+    }
+}
+
+/// A closure handler made by [`handler_fn`].
+pub struct HandlerFn<M, F> {
+    f: F,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M, F> std::fmt::Debug for HandlerFn<M, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerFn")
+    }
+}
+
+impl<M, F> Handler for HandlerFn<M, F>
+where
+    M: Message,
+    F: Fn(M, &mut Context<'_>) -> Result<(), BoxError> + Send + Sync + 'static,
+{
+    type Message = M;
+
+    fn handle(
+        &self,
+        msg: M,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        std::future::ready((self.f)(msg, ctx))
+    }
+}
+
+/// Routes a message to the method of `H` that handles it.
+///
+/// The `Message` derive implements it for each message type against the
+/// handler trait it generates (`BeatHandler` for `Beat`: one method per enum
+/// variant, or one for a struct), and the `Handler` derive calls it. You do
+/// not normally implement it yourself.
+pub trait Dispatch<H: ?Sized>: Message {
+    /// Hands `self` to the right method of `handler`.
+    fn dispatch(self, handler: &H, ctx: &mut Context<'_>) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
