@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 
 use crate::handle::ConnectionHandle;
-use crate::wire::Wire;
 use crate::{BoxError, Error, Message};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
@@ -93,7 +92,6 @@ impl Handler for () {
 #[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) handle: &'a ConnectionHandle,
-    pub(crate) wire: &'a Wire,
     pub(crate) out: &'a mut BytesMut,
     pub(crate) closing: &'a mut bool,
 }
@@ -117,7 +115,7 @@ impl Context<'_> {
     /// Encode errors, [`Error::DelimiterInPayload`] in raw framing,
     /// [`Error::FrameTooLong`]. Nothing is sent then.
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
-        self.wire.encode(msg, self.out)
+        self.handle.wire.encode(msg, self.out)
     }
 
     /// Sends one frame of raw bytes back on this connection.
@@ -126,7 +124,7 @@ impl Context<'_> {
     ///
     /// As [`send`](Self::send).
     pub fn send_bytes(&mut self, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.wire.encode_bytes(payload.as_ref(), self.out)
+        self.handle.wire.encode_bytes(payload.as_ref(), self.out)
     }
 
     /// Closes this connection once the replies sent so far are flushed. No

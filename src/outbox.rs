@@ -39,10 +39,6 @@ impl Outbox {
         }
     }
 
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
-    }
-
     fn lock(&self) -> MutexGuard<'_, BytesMut> {
         // A panic while holding this lock leaves only bytes behind: go on.
         self.buf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

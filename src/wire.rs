@@ -11,7 +11,7 @@ use crate::{Codec, Error, FrameCodec, Framing, Message};
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
 /// behind `Any` so that one registry holds overrides for several types.
-type Override = Arc<dyn Any + Send + Sync>;
+pub(crate) type Override = Arc<dyn Any + Send + Sync>;
 
 /// Framing (with escaping resolved) and codecs of a connection.
 #[derive(Clone)]
@@ -41,11 +41,6 @@ impl Wire {
     /// A fresh frame decoder for one connection.
     pub(crate) fn decoder(&self) -> FrameCodec {
         FrameCodec::new(self.frame.framing())
-    }
-
-    /// The resolved framing.
-    pub(crate) fn framing(&self) -> Framing {
-        self.frame.framing()
     }
 
     /// Appends one framed message to `dst` (nothing on error).

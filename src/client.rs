@@ -1,0 +1,309 @@
+//! The client: one connection to a server, sending messages of type `M`.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::ConnectionConfig;
+use crate::connection::Connection;
+use crate::events::{event_channel, EventSink};
+use crate::handle::ConnectionHandle;
+use crate::outbox::Outbox;
+use crate::wire::{codec_override, default_is_binary, Override, Wire};
+use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
+
+/// Default connect timeout: 10 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to a server that sends messages of type `M` (the Go
+/// original's `Client`).
+///
+/// Replies go to the client's handler, if it has one; without one the client
+/// is write-only (the Go original's nil `readfunc`). Framing must match the
+/// server's: with an [`Escaping::Auto`](crate::Escaping::Auto) delimited
+/// framing, both ends choose raw or escaped by the codec of `M`.
+///
+/// Dropping a client ends its connection at once; [`close`](Client::close)
+/// ends it after delivering what was sent.
+///
+/// # Examples
+///
+/// ```no_run
+/// use chitchat_net::Client;
+///
+/// # async fn run() -> Result<(), chitchat_net::Error> {
+/// let client = Client::<String>::connect("127.0.0.1:7000").await?;
+/// client.send(&"heartbeat ping".to_string()).await?;
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client<M> {
+    /// Sends, close signal and addresses.
+    handle: ConnectionHandle,
+    /// The connection task, awaited by `close`.
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Ends the connection at once (on drop).
+    abort: CancellationToken,
+    /// Closes the event stream once the connection has ended.
+    ended: CancellationToken,
+    events: EventSink,
+    errors: ErrorEvents,
+    _message: PhantomData<fn(M)>,
+}
+
+/// Configures and connects a [`Client`]. Made by [`Client::builder`].
+#[derive(Debug)]
+#[must_use = "a client builder does nothing until `connect` is awaited"]
+pub struct ClientBuilder<M, H = ()> {
+    handler: H,
+    config: ConnectionConfig,
+    connect_timeout: Duration,
+    codec: Option<(bool, Override)>,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M: Message> Client<M> {
+    /// Starts configuring a write-only client; add a handler with
+    /// [`ClientBuilder::handler`].
+    pub fn builder() -> ClientBuilder<M, ()> {
+        ClientBuilder {
+            handler: (),
+            config: ConnectionConfig::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            codec: None,
+            _message: PhantomData,
+        }
+    }
+
+    /// Connects a write-only client with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::connect`].
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, Error> {
+        Client::builder().connect(addr).await
+    }
+}
+
+impl<M: Message, H: Handler> ClientBuilder<M, H> {
+    /// Handles what the server sends with `handler`.
+    pub fn handler<H2: Handler>(self, handler: H2) -> ClientBuilder<M, H2> {
+        ClientBuilder {
+            handler,
+            config: self.config,
+            connect_timeout: self.connect_timeout,
+            codec: self.codec,
+            _message: PhantomData,
+        }
+    }
+
+    /// How the byte stream is cut into frames (default: [`Framing::lines`],
+    /// escaped or raw as `M`'s codec needs).
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.config.framing = framing;
+        self
+    }
+
+    /// The maximum frame length in bytes (default 1 MiB).
+    pub fn max_frame_length(mut self, max: usize) -> Self {
+        self.config.framing = self.config.framing.max_frame_length(max);
+        self
+    }
+
+    /// Uses `codec` for `M` instead of its default codec (also for incoming
+    /// frames when the handler's message type is `M`).
+    pub fn codec<C: Codec<M>>(mut self, codec: C) -> Self {
+        self.codec = Some(codec_override::<M, C>(codec));
+        self
+    }
+
+    /// Gives up connecting after `timeout` (default 10 s; the Go original's
+    /// `SetDeadLine`).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Closes the connection when nothing is received for `timeout`
+    /// (default: never).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Closes the connection when a write does not complete within
+    /// `timeout` (default 30 s); `None` waits forever.
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long [`Client::close`] waits for the server to close its side
+    /// (default 5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Bytes the outgoing queue holds before [`Client::send`] waits
+    /// (default 256 KiB).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue_bytes = bytes;
+        self
+    }
+
+    /// Error events buffered before new ones are dropped (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity;
+        self
+    }
+
+    /// Connects to `addr` and starts reading in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the connection is refused or fails,
+    /// [`Error::ConnectTimeout`] if it takes longer than the connect timeout.
+    pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client<M>, Error> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let (binary, overrides) = match self.codec {
+            Some((binary, codec)) => (binary, vec![codec]),
+            None => (default_is_binary::<M>(), Vec::new()),
+        };
+        let handle = ConnectionHandle {
+            peer,
+            local,
+            wire: Wire::new(self.config.framing, binary, overrides),
+            outbox: Arc::new(Outbox::new(self.config.queue_bytes)),
+            cancel: CancellationToken::new(),
+        };
+        let ended = CancellationToken::new();
+        let (events, errors) = event_channel(self.config.event_capacity, ended.clone());
+        let abort = CancellationToken::new();
+        let connection = Connection::new(
+            stream,
+            handle.clone(),
+            Arc::new(self.handler),
+            Arc::new(self.config),
+            abort.clone(),
+            events.clone(),
+            None,
+        );
+        let span = tracing::info_span!("chitchat_client", %peer);
+        let done = ended.clone();
+        let task = tokio::spawn(
+            async move {
+                connection.run().await;
+                done.cancel();
+            }
+            .instrument(span),
+        );
+        Ok(Client {
+            handle,
+            task: tokio::sync::Mutex::new(Some(task)),
+            abort,
+            ended,
+            events,
+            errors,
+            _message: PhantomData,
+        })
+    }
+}
+
+impl<M: Message> Client<M> {
+    /// Sends `msg`, waiting while the outgoing queue is full. Messages sent
+    /// in a row are written together; a lone one is written at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the connection has ended; encode and framing
+    /// errors (nothing is sent then).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the message is queued whole or not at all.
+    pub async fn send(&self, msg: &M) -> Result<(), Error> {
+        self.handle.send(msg).await
+    }
+
+    /// Sends `msg` if the outgoing queue has room now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`], or as [`send`](Self::send).
+    pub fn try_send(&self, msg: &M) -> Result<(), Error> {
+        self.handle.try_send(msg)
+    }
+
+    /// Sends one frame of raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
+        self.handle.send_bytes(payload).await
+    }
+
+    /// A handle to send on this connection from other tasks.
+    pub fn handle(&self) -> ConnectionHandle {
+        self.handle.clone()
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handle.peer
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Delivers everything sent so far, then ends the connection: flushes,
+    /// closes the write side (in EOF framing, this is what delivers the
+    /// message), and waits until the server has closed its side too (or the
+    /// close timeout passes). Replies that arrive meanwhile still reach the
+    /// handler. Calling it again does nothing more.
+    pub async fn close(&self) {
+        self.handle.close();
+        if let Some(task) = self.task.lock().await.take() {
+            // A panicking handler has already been reported as an event.
+            let _ = task.await;
+        }
+    }
+
+    /// The stream of error events.
+    pub fn errors(&self) -> ErrorEvents {
+        self.errors.clone()
+    }
+
+    /// How many error events were dropped because nobody read them.
+    pub fn dropped_events(&self) -> u64 {
+        self.events.dropped()
+    }
+}
+
+impl<M> Drop for Client<M> {
+    /// Ends the connection at once.
+    fn drop(&mut self) {
+        self.abort.cancel();
+        self.ended.cancel();
+    }
+}

@@ -1,0 +1,42 @@
+//! Settings shared by servers and clients.
+
+use std::time::Duration;
+
+use crate::Framing;
+
+/// Default size of a connection's outgoing queue: 256 KiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
+/// Default write timeout: 30 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a closing connection waits for the peer to finish: 5 s.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What each connection of a server or client is configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionConfig {
+    /// How the stream is cut into frames (escaping still `Auto` here).
+    pub(crate) framing: Framing,
+    /// Close a connection that receives nothing for this long.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Close a connection whose write cannot complete within this.
+    pub(crate) write_timeout: Option<Duration>,
+    /// After closing its side, how long to wait for the peer to close.
+    pub(crate) close_timeout: Duration,
+    /// Bytes the outgoing queue holds before senders wait.
+    pub(crate) queue_bytes: usize,
+    /// Error events buffered for a reader.
+    pub(crate) event_capacity: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            framing: Framing::default(),
+            idle_timeout: None,
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            event_capacity: crate::DEFAULT_EVENT_CAPACITY,
+        }
+    }
+}

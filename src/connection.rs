@@ -1,0 +1,310 @@
+//! One connection: the task that owns a socket, its buffers, its timeouts and
+//! its writes. Servers and clients both run their connections with it.
+//!
+//! A frame's way through it: socket → `read_buf` → frame decoder → codec →
+//! handler → `write_buf` (replies, then whatever other tasks queued in the
+//! outbox) → socket, in one write per batch.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConnectionConfig;
+use crate::events::EventSink;
+use crate::handle::ConnectionHandle;
+use crate::{Context, Error, FrameCodec, Handler};
+
+/// Spare room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Buffers larger than this are released once empty (after a large frame).
+const SHRINK_ABOVE: usize = 64 * 1024;
+/// Replies buffered past this are flushed before the next frame is handled.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Called once when a connection ends, however it ends (removes it from the
+/// server's table).
+pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
+
+/// The state of one connection task.
+pub(crate) struct Connection<S, H> {
+    /// The byte stream: a TCP socket, or any `AsyncRead + AsyncWrite`.
+    stream: S,
+    /// Bytes read but not yet cut into frames.
+    read_buf: BytesMut,
+    /// Cuts `read_buf` into frames; keeps its search offset between reads.
+    decoder: FrameCodec,
+    /// Encoded frames waiting for the socket.
+    write_buf: BytesMut,
+    /// Set by [`Context::close`] or the close signal: flush, then end.
+    closing: bool,
+    /// Peer, codecs, outbox and close signal, shared with other tasks.
+    handle: ConnectionHandle,
+    /// The user's handler, shared by every connection.
+    handler: Arc<H>,
+    /// Timeouts and limits.
+    config: Arc<ConnectionConfig>,
+    /// Ends the connection at once, even mid-write (server `cut`).
+    abort: CancellationToken,
+    /// Where errors go.
+    events: EventSink,
+    /// Runs when the connection is dropped.
+    on_end: Option<OnEnd>,
+}
+
+/// What woke the connection.
+enum Wake {
+    Abort,
+    Close,
+    Outbox,
+    Read(std::io::Result<usize>),
+    Idle,
+}
+
+impl<S, H> Connection<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        stream: S,
+        handle: ConnectionHandle,
+        handler: Arc<H>,
+        config: Arc<ConnectionConfig>,
+        abort: CancellationToken,
+        events: EventSink,
+        on_end: Option<OnEnd>,
+    ) -> Self {
+        Connection {
+            stream,
+            read_buf: BytesMut::new(),
+            decoder: handle.wire.decoder(),
+            write_buf: BytesMut::new(),
+            closing: false,
+            handle,
+            handler,
+            config,
+            abort,
+            events,
+            on_end,
+        }
+    }
+
+    /// Runs the connection to its end and reports how it ended.
+    pub(crate) async fn run(mut self) {
+        let peer = self.handle.peer;
+        let served = AssertUnwindSafe(self.serve()).catch_unwind().await;
+        match served.unwrap_or_else(|panic| Err(Error::HandlerPanic(panic_message(&*panic)))) {
+            Ok(()) | Err(Error::Closed) => tracing::debug!("connection closed"),
+            Err(error) => self.events.report(Some(peer), error),
+        }
+        self.handle.outbox.close();
+        self.handler.on_close(peer).await;
+    }
+
+    async fn serve(&mut self) -> Result<(), Error> {
+        self.open().await?;
+        let idle_timeout = self.config.idle_timeout;
+        let idle = sleep_until(Instant::now() + idle_timeout.unwrap_or_default());
+        tokio::pin!(idle);
+        loop {
+            if self.closing {
+                return self.close_gracefully().await;
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let wake = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => Wake::Abort,
+                _ = self.handle.cancel.cancelled() => Wake::Close,
+                _ = self.handle.outbox.ready() => Wake::Outbox,
+                read = self.stream.read_buf(&mut self.read_buf) => Wake::Read(read),
+                _ = &mut idle, if idle_timeout.is_some() => Wake::Idle,
+            };
+            match wake {
+                Wake::Abort => return Err(Error::Closed),
+                Wake::Close => self.closing = true,
+                Wake::Outbox => self.flush().await?,
+                Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
+                Wake::Read(read) => {
+                    if read? == 0 {
+                        return self.end_of_stream().await;
+                    }
+                    if let Some(timeout) = idle_timeout {
+                        idle.as_mut().reset(Instant::now() + timeout);
+                    }
+                    self.handle_frames().await?;
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+
+    /// Calls the handler's `on_open` and sends what it wrote.
+    async fn open(&mut self) -> Result<(), Error> {
+        let mut ctx = Context {
+            handle: &self.handle,
+            out: &mut self.write_buf,
+            closing: &mut self.closing,
+        };
+        self.handler.on_open(&mut ctx).await.map_err(Error::Handler)?;
+        self.flush().await
+    }
+
+    /// Handles every complete frame in the read buffer.
+    async fn handle_frames(&mut self) -> Result<(), Error> {
+        while !self.closing {
+            let Some(frame) = self.decoder.decode(&mut self.read_buf)? else {
+                break;
+            };
+            self.handle_frame(frame).await;
+            if self.write_buf.len() >= HIGH_WATER {
+                self.flush().await?;
+            }
+            // A peer flooding tiny frames must not starve other connections.
+            tokio::task::consume_budget().await;
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
+            self.read_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame and hands it to the handler. Decode and handler
+    /// errors are reported; the connection goes on.
+    async fn handle_frame(&mut self, frame: Bytes) {
+        let peer = self.handle.peer;
+        let msg = match self.handle.wire.decode::<H::Message>(frame) {
+            Ok(msg) => msg,
+            Err(error) => return self.events.report(Some(peer), error),
+        };
+        let mut ctx = Context {
+            handle: &self.handle,
+            out: &mut self.write_buf,
+            closing: &mut self.closing,
+        };
+        if let Err(error) = self.handler.handle(msg, &mut ctx).await {
+            self.events.report(Some(peer), Error::Handler(error));
+        }
+    }
+
+    /// The peer ended its side: handle what is left, send the replies, end.
+    async fn end_of_stream(&mut self) -> Result<(), Error> {
+        self.handle_eof_frames().await?;
+        self.flush().await?;
+        self.shutdown().await
+    }
+
+    async fn handle_eof_frames(&mut self) -> Result<(), Error> {
+        self.handle_frames().await?;
+        while let Some(frame) = self.decoder.decode_eof(&mut self.read_buf)? {
+            self.handle_frame(frame).await;
+        }
+        Ok(())
+    }
+
+    /// Stops taking new messages, flushes what was queued, ends our side,
+    /// then waits (bounded) for the peer to end its side, so that it has
+    /// read everything we sent before the socket closes.
+    async fn close_gracefully(&mut self) -> Result<(), Error> {
+        self.handle.outbox.close();
+        self.flush().await?;
+        self.shutdown().await?;
+        let close_timeout = self.config.close_timeout;
+        let abort = self.abort.clone();
+        let drain = async {
+            loop {
+                self.read_buf.reserve(READ_CHUNK);
+                if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                    self.handle_eof_frames().await?;
+                    return Ok(());
+                }
+                self.handle_frames().await?;
+                // Our side is closed: replies can no longer be sent.
+                self.write_buf.clear();
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => Err(Error::Closed),
+            result = tokio::time::timeout(close_timeout, drain) => {
+                result.unwrap_or(Ok(()))
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), Error> {
+        let write_timeout = self.config.write_timeout;
+        let abort = self.abort.clone();
+        bounded_write(&abort, write_timeout, self.stream.shutdown()).await
+    }
+
+    /// Writes replies and everything queued in the outbox, within the write
+    /// timeout. A write that has started is finished (or timed out) before
+    /// anything else happens, except an abort.
+    async fn flush(&mut self) -> Result<(), Error> {
+        loop {
+            self.handle.outbox.take_into(&mut self.write_buf);
+            if self.write_buf.is_empty() {
+                break;
+            }
+            let write = self.stream.write_all_buf(&mut self.write_buf);
+            bounded_write(&self.abort, self.config.write_timeout, write).await?;
+        }
+        bounded_write(&self.abort, self.config.write_timeout, self.stream.flush()).await?;
+        if self.write_buf.capacity() > SHRINK_ABOVE {
+            self.write_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a handler panicked".to_owned()
+    }
+}
+
+/// Runs a write within `timeout`, unless `abort` fires first.
+async fn bounded_write(
+    abort: &CancellationToken,
+    timeout: Option<std::time::Duration>,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), Error> {
+    let write = async {
+        match timeout {
+            Some(t) => match tokio::time::timeout(t, write).await {
+                Ok(done) => done.map_err(Error::Io),
+                Err(_) => Err(Error::WriteTimeout(t)),
+            },
+            None => write.await.map_err(Error::Io),
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => Err(Error::Closed),
+        done = write => done,
+    }
+}
+
+impl<S, H> Drop for Connection<S, H> {
+    fn drop(&mut self) {
+        self.handle.outbox.close();
+        if let Some(on_end) = self.on_end.take() {
+            on_end();
+        }
+    }
+}

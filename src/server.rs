@@ -1,0 +1,403 @@
+//! The server: accepts connections and runs a handler on each.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ConnectionConfig;
+use crate::connection::Connection;
+use crate::events::{event_channel, EventSink};
+use crate::handle::ConnectionHandle;
+use crate::outbox::Outbox;
+use crate::wire::{codec_override, default_is_binary, Wire};
+use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
+
+/// Longest pause of the accept loop after repeated accept errors.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A TCP server that decodes each frame into `H::Message` and hands it to
+/// `H` (the Go original's `Server`).
+///
+/// Three steps make it work: an address, a handler, and a look at
+/// [`errors`](Server::errors).
+///
+/// # Examples
+///
+/// ```no_run
+/// use chitchat_net::{handler_fn, BoxError, Context, Server};
+///
+/// # async fn run() -> Result<(), chitchat_net::Error> {
+/// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+///     ctx.send(&line)?;
+///     Ok(())
+/// });
+/// let server = Server::builder(echo).listen("127.0.0.1:7000").await?;
+/// while let Some(event) = server.errors().recv().await {
+///     eprintln!("{event}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server<H> {
+    shared: Arc<Shared<H>>,
+}
+
+/// What the server's tasks share.
+#[derive(Debug)]
+struct Shared<H> {
+    /// The user's handler: shared state for every connection.
+    handler: Arc<H>,
+    /// The bound address.
+    local: SocketAddr,
+    /// Framing and codecs.
+    wire: Wire,
+    /// Timeouts and limits of each connection.
+    config: Arc<ConnectionConfig>,
+    /// Refuse connections past this many.
+    max_connections: usize,
+    /// Open connections by peer address.
+    connections: Mutex<HashMap<SocketAddr, ConnectionHandle>>,
+    /// Error events.
+    events: EventSink,
+    errors: ErrorEvents,
+    /// The accept loop and every connection task.
+    tasks: TaskTracker,
+    /// Parent of every connection's close signal.
+    close_all: CancellationToken,
+    /// Ends the accept loop and every connection at once.
+    abort: CancellationToken,
+    /// Fired once every task has ended: closes the event stream.
+    ended: CancellationToken,
+}
+
+/// Configures and starts a [`Server`]. Made by [`Server::builder`].
+#[derive(Debug)]
+#[must_use = "a server builder does nothing until `listen` is awaited"]
+pub struct ServerBuilder<H: Handler> {
+    handler: H,
+    config: ConnectionConfig,
+    max_connections: usize,
+    codec: Option<(bool, crate::wire::Override)>,
+}
+
+impl<H: Handler> Server<H> {
+    /// Starts configuring a server that runs `handler` on every connection.
+    pub fn builder(handler: H) -> ServerBuilder<H> {
+        ServerBuilder {
+            handler,
+            config: ConnectionConfig::default(),
+            max_connections: usize::MAX,
+            codec: None,
+        }
+    }
+
+    /// Binds `addr` with the default settings and starts accepting
+    /// (`Server::builder(handler).listen(addr)`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the address cannot be bound.
+    pub async fn listen(addr: impl ToSocketAddrs, handler: H) -> Result<Self, Error> {
+        Server::builder(handler).listen(addr).await
+    }
+}
+
+impl<H: Handler> ServerBuilder<H> {
+    /// How the byte stream is cut into frames (default: [`Framing::lines`],
+    /// escaped or raw as `H::Message`'s codec needs).
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.config.framing = framing;
+        self
+    }
+
+    /// The maximum frame length in bytes (default 1 MiB). A peer that sends a
+    /// longer frame gets [`Error::FrameTooLong`] and is disconnected.
+    pub fn max_frame_length(mut self, max: usize) -> Self {
+        self.config.framing = self.config.framing.max_frame_length(max);
+        self
+    }
+
+    /// Uses `codec` for `H::Message` instead of its default codec, both for
+    /// incoming frames and for messages of that type sent back.
+    pub fn codec<C: Codec<H::Message>>(mut self, codec: C) -> Self {
+        self.codec = Some(codec_override::<H::Message, C>(codec));
+        self
+    }
+
+    /// Closes a connection that receives nothing for `timeout` (default:
+    /// never). A busy connection is never cut by it.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Closes a connection whose write does not complete within `timeout`
+    /// (default 30 s); `None` waits forever.
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long a closing connection waits for its peer to read what was sent
+    /// and close its side (default 5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Refuses connections beyond `max` open ones (default: no limit). A
+    /// refused connection is closed at once, with an
+    /// [`Error::TooManyConnections`] event.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Bytes each connection's outgoing queue holds before
+    /// [`Server::send_to`] waits and [`Server::broadcast`] skips the peer
+    /// (default 256 KiB).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue_bytes = bytes;
+        self
+    }
+
+    /// Error events buffered for [`Server::errors`] before new ones are
+    /// dropped and counted (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity;
+        self
+    }
+
+    /// Binds `addr` and starts accepting in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the address cannot be bound.
+    pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let (binary, overrides) = match self.codec {
+            Some((binary, codec)) => (binary, vec![codec]),
+            None => (default_is_binary::<H::Message>(), Vec::new()),
+        };
+        let ended = CancellationToken::new();
+        let (events, errors) = event_channel(self.config.event_capacity, ended.clone());
+        let shared = Arc::new(Shared {
+            handler: Arc::new(self.handler),
+            local,
+            wire: Wire::new(self.config.framing, binary, overrides),
+            config: Arc::new(self.config),
+            max_connections: self.max_connections,
+            connections: Mutex::new(HashMap::new()),
+            events,
+            errors,
+            tasks: TaskTracker::new(),
+            close_all: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            ended,
+        });
+        let span = tracing::info_span!("chitchat_server", %local);
+        shared
+            .tasks
+            .spawn(accept_loop(listener, shared.clone()).instrument(span));
+        tracing::debug!(%local, "listening");
+        Ok(Server { shared })
+    }
+}
+
+/// Accepts connections until the server is cut.
+async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                start_connection(&shared, stream, peer);
+            }
+            Err(error) => {
+                // Out of descriptors or a transient network error: wait a
+                // little (longer each time), then try again.
+                shared.events.report(None, Error::Accept(error));
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+                tokio::select! {
+                    _ = shared.abort.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Registers and spawns the task of one accepted connection.
+fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer: SocketAddr) {
+    let mut connections = shared.lock();
+    if connections.len() >= shared.max_connections {
+        drop(connections);
+        let limit = shared.max_connections;
+        shared.events.report(Some(peer), Error::TooManyConnections { limit });
+        return;
+    }
+    if let Err(error) = stream.set_nodelay(true) {
+        drop(connections);
+        shared.events.report(Some(peer), Error::Io(error));
+        return;
+    }
+    let handle = ConnectionHandle {
+        peer,
+        local: shared.local,
+        wire: shared.wire.clone(),
+        outbox: Arc::new(Outbox::new(shared.config.queue_bytes)),
+        cancel: shared.close_all.child_token(),
+    };
+    connections.insert(peer, handle.clone());
+    drop(connections);
+    let weak = Arc::downgrade(shared);
+    let on_end = Box::new(move || {
+        if let Some(shared) = weak.upgrade() {
+            shared.lock().remove(&peer);
+        }
+    });
+    let connection = Connection::new(
+        stream,
+        handle,
+        shared.handler.clone(),
+        shared.config.clone(),
+        shared.abort.child_token(),
+        shared.events.clone(),
+        Some(on_end),
+    );
+    let span = tracing::info_span!("connection", %peer);
+    shared.tasks.spawn(connection.run().instrument(span));
+}
+
+impl<H> Shared<H> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, ConnectionHandle>> {
+        // The table stays consistent even if a holder panicked.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn handle(&self, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        self.lock().get(&peer).cloned().ok_or(Error::UnknownPeer(peer))
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// The address the server listens on (the Go original's `GetLocalAddr`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The handler, which is also the state shared by every connection (the
+    /// Go original's `Addon`).
+    pub fn handler(&self) -> &H {
+        &self.shared.handler
+    }
+
+    /// The addresses of the connected peers (the Go original's
+    /// `RangeRemoteAddr`).
+    pub fn remote_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.lock().keys().copied().collect()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// A handle on the connection from `peer`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownPeer`] if no connection has that address.
+    pub fn connection(&self, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        self.shared.handle(peer)
+    }
+
+    /// Closes the connection from `peer` after flushing what was queued for
+    /// it (the Go original's `CloseRemote`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownPeer`] if no connection has that address.
+    pub fn close_remote(&self, peer: SocketAddr) -> Result<(), Error> {
+        self.shared.handle(peer)?.close();
+        Ok(())
+    }
+
+    /// Sends `msg` to `peer`, waiting while its outgoing queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownPeer`], [`Error::Closed`], or encode errors.
+    pub async fn send_to<M: Message>(&self, peer: SocketAddr, msg: &M) -> Result<(), Error> {
+        self.shared.handle(peer)?.send(msg).await
+    }
+
+    /// Queues `msg` to every connection without waiting on any: it is
+    /// encoded once, then copied into each outgoing queue. A peer whose queue
+    /// is full is skipped, with an [`Error::QueueFull`] event. Returns how
+    /// many connections it reached.
+    ///
+    /// # Errors
+    ///
+    /// Encode errors (nothing is sent then).
+    pub fn broadcast<M: Message>(&self, msg: &M) -> Result<usize, Error> {
+        let mut frame = bytes::BytesMut::new();
+        self.shared.wire.encode(msg, &mut frame)?;
+        let mut reached = 0;
+        for (peer, handle) in self.shared.lock().iter() {
+            let queued = handle.outbox.try_push_with(|buf| {
+                buf.extend_from_slice(&frame);
+                Ok(())
+            });
+            match queued {
+                Ok(()) => reached += 1,
+                Err(Error::Closed) => {}
+                Err(error) => self.shared.events.report(Some(*peer), error),
+            }
+        }
+        Ok(reached)
+    }
+
+    /// The stream of error events (the Go original's `ErrChan`).
+    pub fn errors(&self) -> ErrorEvents {
+        self.shared.errors.clone()
+    }
+
+    /// How many error events were dropped because nobody read them.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.events.dropped()
+    }
+
+    /// Stops accepting, closes every connection at once, and returns once
+    /// every connection task has ended (the Go original's `Cut`, which did
+    /// not wait). Calling it again does nothing more.
+    pub async fn cut(&self) {
+        self.shared.abort.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.shared.ended.cancel();
+    }
+}
+
+impl<H> Drop for Server<H> {
+    /// Cuts the server without waiting for its tasks.
+    fn drop(&mut self) {
+        self.shared.abort.cancel();
+        self.shared.tasks.close();
+        self.shared.ended.cancel();
+    }
+}
