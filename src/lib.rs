@@ -1,6 +1,11 @@
 //! chitchat-net: typed messages over TCP.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![doc(test(attr(deny(warnings))))]
 
 mod client;
@@ -12,17 +17,18 @@ mod events;
 pub mod frame;
 mod handle;
 mod handler;
+pub mod heartbeat;
 mod outbox;
 mod server;
 mod wire;
 
+pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
     Bincode, Codec, Message, PodCodec, Raw, SizeMismatch, Text, TrailingBytes,
     DEFAULT_BINCODE_LIMIT,
 };
-pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 pub use crate::config::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT};
 pub use crate::error::{BoxError, Error};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};

@@ -1,0 +1,74 @@
+//! The heartbeat wire messages.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
+use crate::{Bincode, Error, Message};
+
+/// A heartbeat: the monitor sends `Ping`, the node answers `Pong` with the
+/// same sequence number. Tags are pinned: `Ping` is 0, `Pong` is 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Beat {
+    /// Are you there? (monitor → node)
+    Ping {
+        /// Sequence number, echoed in the answer.
+        seq: u64,
+    },
+    /// I am. (node → monitor)
+    Pong {
+        /// The sequence number of the ping answered.
+        seq: u64,
+    },
+}
+
+impl Message for Beat {
+    type Codec = Tagged<Bincode>;
+}
+
+impl TaggedEnum for Beat {
+    fn tag(&self) -> u32 {
+        match self {
+            Beat::Ping { .. } => 0,
+            Beat::Pong { .. } => 1,
+        }
+    }
+
+    fn encode_fields<F: SerdeFormat>(&self, format: &F, dst: &mut BytesMut) -> Result<(), Error> {
+        match self {
+            Beat::Ping { seq } | Beat::Pong { seq } => format.encode_value(&(seq,), dst),
+        }
+    }
+
+    fn decode_fields<F: SerdeFormat>(
+        format: &F,
+        tag: u32,
+        bytes: &[u8],
+    ) -> Result<(Self, usize), Error> {
+        let ((seq,), used) = match tag {
+            0 | 1 => format.decode_prefix::<(u64,)>(bytes)?,
+            _ => return Err(Error::decode(format.name(), UnknownTag { tag })),
+        };
+        let beat = if tag == 0 {
+            Beat::Ping { seq }
+        } else {
+            Beat::Pong { seq }
+        };
+        Ok((beat, used))
+    }
+}
+
+/// A node's registration with a monitor, sent once in EOF framing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// A name for logs.
+    pub name: String,
+    /// Where the node's [`Responder`](super::Responder) listens.
+    pub addr: SocketAddr,
+}
+
+impl Message for Register {
+    type Codec = Bincode;
+}
