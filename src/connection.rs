@@ -22,8 +22,11 @@ use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
 use crate::{Context, Error, FrameCodec, Handler};
 
-/// Spare room made in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
+/// The first read's size: an idle connection holds no read buffer at all,
+/// and one that has read a little holds a small one.
+const MIN_READ: usize = 512;
+/// Reads grow (doubling while they fill the buffer) up to this size.
+const MAX_READ: usize = 64 * 1024;
 /// Buffers larger than this are released once empty (after a large frame).
 const SHRINK_ABOVE: usize = 64 * 1024;
 /// Replies buffered past this are flushed before the next frame is handled.
@@ -39,6 +42,8 @@ pub(crate) struct Connection<S, H> {
     stream: S,
     /// Bytes read but not yet cut into frames.
     read_buf: BytesMut,
+    /// How much room the next read gets: doubles while reads fill it.
+    read_chunk: usize,
     /// Cuts `read_buf` into frames; keeps its search offset between reads.
     decoder: FrameCodec,
     /// Encoded frames waiting for the socket.
@@ -86,6 +91,7 @@ where
         Connection {
             stream,
             read_buf: BytesMut::new(),
+            read_chunk: MIN_READ,
             decoder: handle.wire.decoder(),
             write_buf: BytesMut::new(),
             closing: false,
@@ -119,9 +125,7 @@ where
             if self.closing {
                 return self.close_gracefully().await;
             }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
+            let room = self.make_read_room();
             let wake = tokio::select! {
                 biased;
                 _ = self.abort.cancelled() => Wake::Abort,
@@ -136,8 +140,12 @@ where
                 Wake::Outbox => self.flush().await?,
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
                 Wake::Read(read) => {
-                    if read? == 0 {
+                    let n = read?;
+                    if n == 0 {
                         return self.end_of_stream().await;
+                    }
+                    if n == room {
+                        self.read_chunk = (self.read_chunk * 2).min(MAX_READ);
                     }
                     if let Some(timeout) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + timeout);
@@ -149,6 +157,16 @@ where
         }
     }
 
+    /// Makes room for the next read; returns how much there is.
+    fn make_read_room(&mut self) -> usize {
+        let room = self.read_buf.capacity() - self.read_buf.len();
+        if room >= self.read_chunk / 4 {
+            return room;
+        }
+        self.read_buf.reserve(self.read_chunk);
+        self.read_buf.capacity() - self.read_buf.len()
+    }
+
     /// Calls the handler's `on_open` and sends what it wrote.
     async fn open(&mut self) -> Result<(), Error> {
         let mut ctx = Context {
@@ -156,7 +174,10 @@ where
             out: &mut self.write_buf,
             closing: &mut self.closing,
         };
-        self.handler.on_open(&mut ctx).await.map_err(Error::Handler)?;
+        self.handler
+            .on_open(&mut ctx)
+            .await
+            .map_err(Error::Handler)?;
         self.flush().await
     }
 
@@ -223,7 +244,7 @@ where
         let abort = self.abort.clone();
         let drain = async {
             loop {
-                self.read_buf.reserve(READ_CHUNK);
+                self.make_read_room();
                 if self.stream.read_buf(&mut self.read_buf).await? == 0 {
                     self.handle_eof_frames().await?;
                     return Ok(());

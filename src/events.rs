@@ -41,13 +41,20 @@ pub(crate) struct EventSink {
 impl EventSink {
     pub(crate) fn report(&self, peer: Option<SocketAddr>, error: Error) {
         match peer {
-            Some(peer) => tracing::debug!(%peer, error = %crate::error::Report(&error), "chitchat-net error event"),
-            None => tracing::debug!(error = %crate::error::Report(&error), "chitchat-net error event"),
+            Some(peer) => {
+                tracing::debug!(%peer, error = %crate::error::Report(&error), "chitchat-net error event")
+            }
+            None => {
+                tracing::debug!(error = %crate::error::Report(&error), "chitchat-net error event")
+            }
         }
         if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if matches!(e, mpsc::error::TrySendError::Full(_)) && n.is_power_of_two() {
-                tracing::warn!(dropped = n, "error events are not being read: dropping them");
+                tracing::warn!(
+                    dropped = n,
+                    "error events are not being read: dropping them"
+                );
             }
         }
     }

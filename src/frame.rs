@@ -288,7 +288,7 @@ fn escape_byte_for(delimiter: u8) -> u8 {
 /// assert!(matches!(err, Error::DelimiterInPayload { offset: 1, .. }));
 /// assert!(out.is_empty());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FrameCodec {
     framing: Framing,
     /// Delimited modes: where the next delimiter search starts, so bytes
@@ -297,6 +297,14 @@ pub struct FrameCodec {
     /// After a too-long frame: bytes still to drop (length-prefixed), or
     /// drop until the next delimiter (`usize::MAX`).
     discard: usize,
+}
+
+impl Clone for FrameCodec {
+    /// A fresh codec with the same framing: the scan state belongs to one
+    /// buffer and is not copied.
+    fn clone(&self) -> Self {
+        FrameCodec::new(self.framing)
+    }
 }
 
 impl FrameCodec {
@@ -381,6 +389,12 @@ impl FrameCodec {
     ) -> Result<Option<Bytes>, Error> {
         let limit = self.framing.max_frame_length;
         loop {
+            if self.next_index > src.len() {
+                // The buffer shrank behind the codec's back (cleared by its
+                // owner, or a cloned codec given a new buffer): scan it anew
+                // rather than panic on the slice below.
+                self.next_index = 0;
+            }
             let Some(found) = memchr::memchr(delimiter, &src[self.next_index..]) else {
                 if self.discard > 0 {
                     src.clear();
@@ -494,8 +508,7 @@ fn escape_in_place(dst: &mut BytesMut, start: usize, delimiter: u8) {
     let mut write = dst.len();
     for read in (start..old_len).rev() {
         let b = dst[read];
-        let needs_escape =
-            b == delimiter || b == escape || (trailing_cr && read == old_len - 1);
+        let needs_escape = b == delimiter || b == escape || (trailing_cr && read == old_len - 1);
         if needs_escape {
             dst[write - 1] = b ^ ESCAPE_XOR;
             dst[write - 2] = escape;
@@ -522,7 +535,8 @@ fn unescape(frame: Bytes, delimiter: u8) -> Result<Bytes, Error> {
         out.extend_from_slice(&frame[rest..at]);
         let code = *frame.get(at + 1).ok_or(Error::BadEscape { offset: at })?;
         let byte = code ^ ESCAPE_XOR;
-        if byte != delimiter && byte != escape && byte != b'\r' {
+        let escaped_cr = delimiter == b'\n' && byte == b'\r';
+        if byte != delimiter && byte != escape && !escaped_cr {
             return Err(Error::BadEscape { offset: at });
         }
         out.put_u8(byte);
@@ -612,7 +626,11 @@ mod tests {
         for d in 0..=255u8 {
             let e = escape_byte_for(d);
             assert_ne!(e, d);
-            assert_ne!(e ^ ESCAPE_XOR, d, "escaped escape byte is the delimiter {d:#x}");
+            assert_ne!(
+                e ^ ESCAPE_XOR,
+                d,
+                "escaped escape byte is the delimiter {d:#x}"
+            );
             assert_ne!(d ^ ESCAPE_XOR, d);
         }
     }
@@ -627,6 +645,36 @@ mod tests {
     fn escaping_with_delimiter_ff_uses_fe() {
         let got = wire(Framing::delimited(0xFF).escaped(), b"\xFF\xFE");
         assert_eq!(got, b"\xFE\xDF\xFE\xDE\xFF");
+    }
+
+    #[test]
+    fn delimiter_search_resumes_where_it_stopped() {
+        for framing in [Framing::lines().raw(), Framing::delimited(0xFF).escaped()] {
+            let mut codec = FrameCodec::new(framing);
+            let mut buf = BytesMut::new();
+            for _ in 0..100 {
+                buf.extend_from_slice(b"0123456789");
+                assert_eq!(codec.decode(&mut buf).unwrap(), None);
+                // Everything buffered has been scanned once: the next search
+                // starts after it.
+                assert_eq!(codec.next_index, buf.len());
+            }
+            buf.put_u8(framing.delimiter().unwrap());
+            buf.extend_from_slice(b"rest");
+            assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 1000);
+            assert_eq!(codec.decode(&mut buf).unwrap(), None);
+            assert_eq!(codec.next_index, 4);
+        }
+    }
+
+    #[test]
+    fn delimiter_search_survives_a_buffer_cleared_behind_its_back() {
+        let mut codec = FrameCodec::new(Framing::lines().raw());
+        let mut buf = BytesMut::from(&b"partial"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.clear();
+        buf.extend_from_slice(b"ok\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"ok"[..]);
     }
 
     #[test]

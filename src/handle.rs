@@ -48,7 +48,9 @@ impl ConnectionHandle {
     ///
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send<M: Message>(&self, msg: &M) -> Result<(), Error> {
-        self.outbox.push_with(|buf| self.wire.encode(msg, buf)).await
+        self.outbox
+            .push_with(|buf| self.wire.encode(msg, buf))
+            .await
     }
 
     /// Queues `msg` if there is room now.

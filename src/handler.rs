@@ -200,5 +200,9 @@ where
 /// not normally implement it yourself.
 pub trait Dispatch<H: ?Sized>: Message {
     /// Hands `self` to the right method of `handler`.
-    fn dispatch(self, handler: &H, ctx: &mut Context<'_>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn dispatch(
+        self,
+        handler: &H,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }

@@ -1,4 +1,45 @@
-//! chitchat-net: typed messages over TCP.
+//! Typed messages over TCP: a lightweight, high-concurrency server and client.
+//!
+//! A frame's way: socket → read buffer → [framing](frame) → [codec](codec) →
+//! [`Handler`] → [`Context::send`] → write buffer → socket.
+//!
+//! # Examples
+//!
+//! A server that answers each line with its length, and a client:
+//!
+//! ```
+//! use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let lengths = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+//!     ctx.send(&line.len().to_string())?;
+//!     Ok(())
+//! });
+//! let server = Server::listen("127.0.0.1:0", lengths).await?;
+//!
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let print = handler_fn(move |reply: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+//!     tx.send(reply)?;
+//!     Ok(())
+//! });
+//! let client = Client::<String>::builder().handler(print).connect(server.local_addr()).await?;
+//! client.send(&"hello".to_string()).await?;
+//! assert_eq!(rx.recv().await.as_deref(), Some("5"));
+//! client.close().await;
+//! server.cut().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Where things live
+//!
+//! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
+//! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
+//! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
+//! - [`Server`], [`Client`], [`ConnectionHandle`]: the runtime on tokio.
+//! - [`ErrorEvents`]: the bounded stream of error events.
+//! - [`heartbeat`]: a reusable heartbeat monitor and responder.
+//! - [`derive@Message`], [`derive@Handler`] (feature `derive`, on by default).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -26,7 +67,7 @@ pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
-    Bincode, Codec, Message, PodCodec, Raw, SizeMismatch, Text, TrailingBytes,
+    Bincode, BincodeWithLimit, Codec, Message, PodCodec, Raw, SizeMismatch, Text, TrailingBytes,
     DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::config::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT};
@@ -47,3 +88,8 @@ pub mod __private {
     pub use bytes;
     pub use serde;
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -41,7 +41,9 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, BytesMut> {
         // A panic while holding this lock leaves only bytes behind: go on.
-        self.buf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.buf
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends with `write` if there is room now.
@@ -146,7 +148,10 @@ mod tests {
     fn full_outbox_refuses_until_drained() {
         let outbox = Outbox::new(4);
         push(&outbox, b"abcd").unwrap();
-        assert!(matches!(push(&outbox, b"e"), Err(Error::QueueFull { limit: 4 })));
+        assert!(matches!(
+            push(&outbox, b"e"),
+            Err(Error::QueueFull { limit: 4 })
+        ));
         let mut out = BytesMut::new();
         outbox.take_into(&mut out);
         assert_eq!(&out[..], b"abcd");

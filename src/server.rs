@@ -245,7 +245,9 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
     if connections.len() >= shared.max_connections {
         drop(connections);
         let limit = shared.max_connections;
-        shared.events.report(Some(peer), Error::TooManyConnections { limit });
+        shared
+            .events
+            .report(Some(peer), Error::TooManyConnections { limit });
         return;
     }
     if let Err(error) = stream.set_nodelay(true) {
@@ -290,7 +292,10 @@ impl<H> Shared<H> {
     }
 
     fn handle(&self, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        self.lock().get(&peer).cloned().ok_or(Error::UnknownPeer(peer))
+        self.lock()
+            .get(&peer)
+            .cloned()
+            .ok_or(Error::UnknownPeer(peer))
     }
 }
 

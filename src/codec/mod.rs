@@ -51,14 +51,13 @@ mod raw;
 mod tagged;
 mod text;
 
-pub use self::bincode::{Bincode, DEFAULT_BINCODE_LIMIT};
+pub use self::bincode::{Bincode, BincodeWithLimit, DEFAULT_BINCODE_LIMIT};
 pub use self::pod::{PodCodec, SizeMismatch};
 #[cfg(feature = "postcard")]
 pub use self::postcard::Postcard;
 pub use self::raw::Raw;
 pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 pub use self::text::Text;
-
 
 use bytes::{Bytes, BytesMut};
 
@@ -101,15 +100,22 @@ pub trait Codec<T>: Send + Sync + 'static {
 /// or implement it by hand:
 ///
 /// ```
-/// use chitchat_net::{Bincode, Message};
+/// use bytes::BytesMut;
+/// use chitchat_net::{Bincode, Codec, Message};
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
 /// struct Reading { sensor: u32, celsius: f32 }
 ///
 /// impl Message for Reading {
 ///     type Codec = Bincode;
 /// }
+///
+/// let codec = <Reading as Message>::Codec::default();
+/// let mut buf = BytesMut::new();
+/// codec.encode(&Reading { sensor: 7, celsius: 21.5 }, &mut buf).unwrap();
+/// let back: Reading = codec.decode(buf.freeze()).unwrap();
+/// assert_eq!(back, Reading { sensor: 7, celsius: 21.5 });
 /// ```
 pub trait Message: Sized + Send + 'static {
     /// The codec used for this type unless a server or client overrides it.
@@ -140,6 +146,11 @@ fn expect_consumed(codec: &'static str, used: usize, len: usize) -> Result<(), E
     if used == len {
         Ok(())
     } else {
-        Err(Error::decode(codec, TrailingBytes { trailing: len - used }))
+        Err(Error::decode(
+            codec,
+            TrailingBytes {
+                trailing: len - used,
+            },
+        ))
     }
 }

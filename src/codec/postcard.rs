@@ -52,7 +52,11 @@ impl Postcard {
     /// # Errors
     ///
     /// [`Error::Encode`] if serde refuses the value.
-    pub fn encode_value<T: Serialize + ?Sized>(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
+    pub fn encode_value<T: Serialize + ?Sized>(
+        &self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
         postcard::serialize_with_flavor(item, Append(dst)).map_err(|e| Error::encode("postcard", e))
     }
 

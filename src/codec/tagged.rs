@@ -10,7 +10,7 @@ use super::{Bincode, Codec};
 use crate::Error;
 
 /// A serde format that can write and read values back to back, as
-/// [`Tagged`] needs: [`Bincode`] and `Postcard`.
+/// [`Tagged`] needs: [`Bincode`], [`BincodeWithLimit`](super::BincodeWithLimit) and `Postcard`.
 pub trait SerdeFormat: Default + Send + Sync + 'static {
     /// The format's name, for error messages.
     fn name(&self) -> &'static str;
@@ -20,7 +20,11 @@ pub trait SerdeFormat: Default + Send + Sync + 'static {
     /// # Errors
     ///
     /// [`Error::Encode`].
-    fn encode_value<T: Serialize + ?Sized>(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error>;
+    fn encode_value<T: Serialize + ?Sized>(
+        &self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error>;
 
     /// Decodes one value from the start of `bytes`; returns it and the bytes
     /// it took.
@@ -31,27 +35,17 @@ pub trait SerdeFormat: Default + Send + Sync + 'static {
     fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error>;
 }
 
-impl<const LIMIT: usize> SerdeFormat for Bincode<LIMIT> {
-    fn name(&self) -> &'static str {
-        "bincode"
-    }
-
-    fn encode_value<T: Serialize + ?Sized>(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
-        Bincode::encode_value(self, item, dst)
-    }
-
-    fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error> {
-        Bincode::decode_prefix(self, bytes)
-    }
-}
-
 #[cfg(feature = "postcard")]
 impl SerdeFormat for super::Postcard {
     fn name(&self) -> &'static str {
         "postcard"
     }
 
-    fn encode_value<T: Serialize + ?Sized>(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
+    fn encode_value<T: Serialize + ?Sized>(
+        &self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
         super::Postcard::encode_value(self, item, dst)
     }
 
@@ -80,7 +74,11 @@ pub trait TaggedEnum: Sized + Send + 'static {
     /// # Errors
     ///
     /// [`Error::Decode`] with [`UnknownTag`] for a tag no variant has.
-    fn decode_fields<F: SerdeFormat>(format: &F, tag: u32, bytes: &[u8]) -> Result<(Self, usize), Error>;
+    fn decode_fields<F: SerdeFormat>(
+        format: &F,
+        tag: u32,
+        bytes: &[u8],
+    ) -> Result<(Self, usize), Error>;
 }
 
 /// A frame whose tag names no variant of the enum.
