@@ -271,7 +271,7 @@ impl<M: Message> Client<M> {
         self.handle.peer
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection is closing or closed: sends fail from then on.
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }

@@ -48,7 +48,8 @@ pub(crate) struct Connection<S, H> {
     decoder: FrameCodec,
     /// Encoded frames waiting for the socket.
     write_buf: BytesMut,
-    /// Set by [`Context::close`] or the close signal: flush, then end.
+    /// Set by [`Context::close`]: no further frame reaches the handler;
+    /// flush, then end.
     closing: bool,
     /// Peer, codecs, outbox and close signal, shared with other tasks.
     handle: ConnectionHandle,
@@ -107,7 +108,14 @@ where
     /// Runs the connection to its end and reports how it ended.
     pub(crate) async fn run(mut self) {
         let peer = self.handle.peer;
-        let served = AssertUnwindSafe(self.serve()).catch_unwind().await;
+        let abort = self.abort.clone();
+        // An abort (server `cut`) ends the connection even while a handler
+        // is pending: the handler's future is dropped at its await point.
+        let served = tokio::select! {
+            biased;
+            _ = abort.cancelled() => Ok(Err(Error::Closed)),
+            served = AssertUnwindSafe(self.serve()).catch_unwind() => served,
+        };
         match served.unwrap_or_else(|panic| Err(Error::HandlerPanic(panic_message(&*panic)))) {
             Ok(()) | Err(Error::Closed) => tracing::debug!("connection closed"),
             Err(error) => self.events.report(Some(peer), error),
@@ -136,7 +144,7 @@ where
             };
             match wake {
                 Wake::Abort => return Err(Error::Closed),
-                Wake::Close => self.closing = true,
+                Wake::Close => return self.close_gracefully().await,
                 Wake::Outbox => self.flush().await?,
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
                 Wake::Read(read) => {
@@ -181,12 +189,13 @@ where
         self.flush().await
     }
 
-    /// Handles every complete frame in the read buffer.
+    /// Handles every complete frame in the read buffer (after
+    /// [`Context::close`], decodes and drops them: the frame limit holds).
     async fn handle_frames(&mut self) -> Result<(), Error> {
-        while !self.closing {
-            let Some(frame) = self.decoder.decode(&mut self.read_buf)? else {
-                break;
-            };
+        while let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
+            if self.closing {
+                continue;
+            }
             self.handle_frame(frame).await;
             if self.write_buf.len() >= HIGH_WATER {
                 self.flush().await?;
@@ -228,14 +237,18 @@ where
     async fn handle_eof_frames(&mut self) -> Result<(), Error> {
         self.handle_frames().await?;
         while let Some(frame) = self.decoder.decode_eof(&mut self.read_buf)? {
-            self.handle_frame(frame).await;
+            if !self.closing {
+                self.handle_frame(frame).await;
+            }
         }
         Ok(())
     }
 
     /// Stops taking new messages, flushes what was queued, ends our side,
     /// then waits (bounded) for the peer to end its side, so that it has
-    /// read everything we sent before the socket closes.
+    /// read everything we sent before the socket closes. Frames that arrive
+    /// meanwhile still reach the handler (unless it called
+    /// [`Context::close`]), but its replies can no longer be sent.
     async fn close_gracefully(&mut self) -> Result<(), Error> {
         self.handle.outbox.close();
         self.flush().await?;

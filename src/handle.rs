@@ -79,7 +79,7 @@ impl ConnectionHandle {
         self.cancel.cancel();
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection is closing or closed: sends fail from then on.
     pub fn is_closed(&self) -> bool {
         self.outbox.is_closed()
     }

@@ -80,6 +80,8 @@ impl Outbox {
     where
         F: FnOnce(&mut BytesMut) -> Result<(), Error>,
     {
+        // A sender in a tight loop must let other tasks run.
+        tokio::task::consume_budget().await;
         let mut write = Some(write);
         loop {
             let space = self.space.notified();
