@@ -15,6 +15,7 @@ use crate::connection::Connection;
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
+use crate::stats::{Counters, Stats};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
 use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -188,9 +189,15 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             wire: Wire::new(self.config.framing, binary, overrides),
             outbox: Arc::new(Outbox::new(self.config.queue_bytes)),
             cancel: CancellationToken::new(),
+            counters: Arc::new(Counters::default()),
         };
+        handle.counters.opened();
         let ended = CancellationToken::new();
-        let (events, errors) = event_channel(self.config.event_capacity, ended.clone());
+        let (events, errors) = event_channel(
+            self.config.event_capacity,
+            ended.clone(),
+            handle.counters.clone(),
+        );
         let abort = CancellationToken::new();
         let connection = Connection::new(
             stream,
@@ -205,7 +212,9 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let done = ended.clone();
         let task = tokio::spawn(
             async move {
+                let counters = connection.counters();
                 connection.run().await;
+                counters.closed();
                 done.cancel();
             }
             .instrument(span),
@@ -292,6 +301,11 @@ impl<M: Message> Client<M> {
     /// The stream of error events.
     pub fn errors(&self) -> ErrorEvents {
         self.errors.clone()
+    }
+
+    /// A snapshot of the client's counters.
+    pub fn stats(&self) -> Stats {
+        self.handle.counters.snapshot()
     }
 
     /// How many error events were dropped because nobody read them.

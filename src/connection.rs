@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ConnectionConfig;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
+use crate::stats::Counters;
 use crate::{Context, Error, FrameCodec, Handler};
 
 /// The first read's size: an idle connection holds no read buffer at all,
@@ -29,6 +30,8 @@ const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
 /// Buffers larger than this are released once empty (after a large frame).
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// Reads a closing connection makes, without waiting, of what has arrived.
+const MAX_CLOSING_READS: usize = 64;
 /// Replies buffered past this are flushed before the next frame is handled.
 const HIGH_WATER: usize = 64 * 1024;
 
@@ -105,6 +108,11 @@ where
         }
     }
 
+    /// The counters this connection adds to.
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.handle.counters.clone()
+    }
+
     /// Runs the connection to its end and reports how it ended.
     pub(crate) async fn run(mut self) {
         let peer = self.handle.peer;
@@ -152,6 +160,7 @@ where
                     if n == 0 {
                         return self.end_of_stream().await;
                     }
+                    Counters::add(&self.handle.counters.bytes_in, n as u64);
                     if n == room {
                         self.read_chunk = (self.read_chunk * 2).min(MAX_READ);
                     }
@@ -192,7 +201,18 @@ where
     /// Handles every complete frame in the read buffer (after
     /// [`Context::close`], decodes and drops them: the frame limit holds).
     async fn handle_frames(&mut self) -> Result<(), Error> {
+        let mut frames = 0;
+        let decoded = self.handle_decoded_frames(&mut frames).await;
+        Counters::add(&self.handle.counters.frames_in, frames);
+        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
+            self.read_buf = BytesMut::new();
+        }
+        decoded
+    }
+
+    async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
         while let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
+            *frames += 1;
             if self.closing {
                 continue;
             }
@@ -202,9 +222,6 @@ where
             }
             // A peer flooding tiny frames must not starve other connections.
             tokio::task::consume_budget().await;
-        }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
-            self.read_buf = BytesMut::new();
         }
         Ok(())
     }
@@ -237,6 +254,7 @@ where
     async fn handle_eof_frames(&mut self) -> Result<(), Error> {
         self.handle_frames().await?;
         while let Some(frame) = self.decoder.decode_eof(&mut self.read_buf)? {
+            Counters::add(&self.handle.counters.frames_in, 1);
             if !self.closing {
                 self.handle_frame(frame).await;
             }
@@ -251,6 +269,9 @@ where
     /// [`Context::close`]), but its replies can no longer be sent.
     async fn close_gracefully(&mut self) -> Result<(), Error> {
         self.handle.outbox.close();
+        if self.answer_what_has_arrived().await? {
+            return Ok(());
+        }
         self.flush().await?;
         self.shutdown().await?;
         let close_timeout = self.config.close_timeout;
@@ -276,6 +297,32 @@ where
         }
     }
 
+    /// Handles and answers the frames that have already arrived (what the
+    /// socket holds now, without waiting), so that a graceful close loses
+    /// nothing the peer sent before it. Returns whether the peer has ended
+    /// its side too (then the connection is done).
+    async fn answer_what_has_arrived(&mut self) -> Result<bool, Error> {
+        // Bounded, so that a peer sending without pause cannot hold us here.
+        for _ in 0..MAX_CLOSING_READS {
+            self.make_read_room();
+            let read = self.stream.read_buf(&mut self.read_buf).now_or_never();
+            match read {
+                None => break,
+                Some(Ok(0)) => {
+                    self.end_of_stream().await?;
+                    return Ok(true);
+                }
+                Some(Ok(n)) => {
+                    Counters::add(&self.handle.counters.bytes_in, n as u64);
+                    self.handle_frames().await?;
+                }
+                Some(Err(error)) => return Err(error.into()),
+            }
+        }
+        self.flush().await?;
+        Ok(false)
+    }
+
     async fn shutdown(&mut self) -> Result<(), Error> {
         let write_timeout = self.config.write_timeout;
         let abort = self.abort.clone();
@@ -291,6 +338,7 @@ where
             if self.write_buf.is_empty() {
                 break;
             }
+            Counters::add(&self.handle.counters.bytes_out, self.write_buf.len() as u64);
             let write = self.stream.write_all_buf(&mut self.write_buf);
             bounded_write(&self.abort, self.config.write_timeout, write).await?;
         }

@@ -90,6 +90,10 @@ pub enum Error {
     #[error("connect did not complete within {0:?}")]
     ConnectTimeout(Duration),
 
+    /// A connection was refused by the server's accept filter.
+    #[error("connection from {0} refused by the accept filter")]
+    Refused(SocketAddr),
+
     /// A connection was refused because the server already holds its maximum.
     #[error("connection refused: the server holds its maximum of {limit} connections")]
     TooManyConnections {

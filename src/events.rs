@@ -1,12 +1,13 @@
 //! Error events: a bounded stream of what went wrong, and with whom.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::Counters;
 use crate::Error;
 
 /// Default number of events kept for a reader before new ones are dropped.
@@ -35,7 +36,7 @@ impl std::fmt::Display for ErrorEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct EventSink {
     tx: mpsc::Sender<ErrorEvent>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl EventSink {
@@ -48,8 +49,9 @@ impl EventSink {
                 tracing::debug!(error = %crate::error::Report(&error), "chitchat-net error event")
             }
         }
+        Counters::add(&self.counters.errors, 1);
         if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.counters.dropped_events.fetch_add(1, Ordering::Relaxed) + 1;
             if matches!(e, mpsc::error::TrySendError::Full(_)) && n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
@@ -60,7 +62,7 @@ impl EventSink {
     }
 
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counters.dropped_events.load(Ordering::Relaxed)
     }
 }
 
@@ -99,12 +101,13 @@ impl ErrorEvents {
 }
 
 /// A sink and the stream it feeds; `ended` closes the stream once drained.
-pub(crate) fn event_channel(capacity: usize, ended: CancellationToken) -> (EventSink, ErrorEvents) {
+pub(crate) fn event_channel(
+    capacity: usize,
+    ended: CancellationToken,
+    counters: Arc<Counters>,
+) -> (EventSink, ErrorEvents) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let sink = EventSink {
-        tx,
-        dropped: Arc::new(AtomicU64::new(0)),
-    };
+    let sink = EventSink { tx, counters };
     let events = ErrorEvents {
         rx: Arc::new(Mutex::new(rx)),
         ended,

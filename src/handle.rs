@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
+use crate::stats::Counters;
 use crate::wire::Wire;
 use crate::{Error, Message};
 
@@ -24,6 +25,7 @@ pub struct ConnectionHandle {
     pub(crate) wire: Wire,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl ConnectionHandle {
@@ -50,7 +52,9 @@ impl ConnectionHandle {
     pub async fn send<M: Message>(&self, msg: &M) -> Result<(), Error> {
         self.outbox
             .push_with(|buf| self.wire.encode(msg, buf))
-            .await
+            .await?;
+        Counters::add(&self.counters.frames_out, 1);
+        Ok(())
     }
 
     /// Queues `msg` if there is room now.
@@ -59,7 +63,9 @@ impl ConnectionHandle {
     ///
     /// [`Error::QueueFull`] if there is no room; otherwise as [`send`](Self::send).
     pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), Error> {
-        self.outbox.try_push_with(|buf| self.wire.encode(msg, buf))
+        self.outbox.try_push_with(|buf| self.wire.encode(msg, buf))?;
+        Counters::add(&self.counters.frames_out, 1);
+        Ok(())
     }
 
     /// Queues one frame of raw bytes, waiting while the queue is full.
@@ -70,7 +76,9 @@ impl ConnectionHandle {
     pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
         self.outbox
             .push_with(|buf| self.wire.encode_bytes(payload, buf))
-            .await
+            .await?;
+        Counters::add(&self.counters.frames_out, 1);
+        Ok(())
     }
 
     /// Closes the connection: what is queued is still flushed (within the

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 
 use crate::handle::ConnectionHandle;
+use crate::stats::Counters;
 use crate::{BoxError, Error, Message};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
@@ -115,7 +116,9 @@ impl Context<'_> {
     /// Encode errors, [`Error::DelimiterInPayload`] in raw framing,
     /// [`Error::FrameTooLong`]. Nothing is sent then.
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
-        self.handle.wire.encode(msg, self.out)
+        self.handle.wire.encode(msg, self.out)?;
+        Counters::add(&self.handle.counters.frames_out, 1);
+        Ok(())
     }
 
     /// Sends one frame of raw bytes back on this connection.
@@ -124,7 +127,9 @@ impl Context<'_> {
     ///
     /// As [`send`](Self::send).
     pub fn send_bytes(&mut self, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.handle.wire.encode_bytes(payload.as_ref(), self.out)
+        self.handle.wire.encode_bytes(payload.as_ref(), self.out)?;
+        Counters::add(&self.handle.counters.frames_out, 1);
+        Ok(())
     }
 
     /// Closes this connection once the replies sent so far are flushed. No

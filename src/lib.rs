@@ -61,6 +61,7 @@ mod handler;
 pub mod heartbeat;
 mod outbox;
 mod server;
+mod stats;
 mod wire;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
@@ -77,6 +78,7 @@ pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::ConnectionHandle;
 pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn};
 pub use crate::server::{Server, ServerBuilder};
+pub use crate::stats::Stats;
 
 #[cfg(feature = "derive")]
 pub use chitchat_net_derive::{Handler, Message};

@@ -15,6 +15,7 @@ use crate::connection::Connection;
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
+use crate::stats::{Counters, Stats};
 use crate::wire::{codec_override, default_is_binary, Wire};
 use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -61,6 +62,10 @@ struct Shared<H> {
     config: Arc<ConnectionConfig>,
     /// Refuse connections past this many.
     max_connections: usize,
+    /// Refuse connections from peers it rejects.
+    accept_filter: Option<AcceptFilter>,
+    /// Live counters.
+    counters: Arc<Counters>,
     /// Open connections by peer address.
     connections: Mutex<HashMap<SocketAddr, ConnectionHandle>>,
     /// Error events.
@@ -70,10 +75,22 @@ struct Shared<H> {
     tasks: TaskTracker,
     /// Parent of every connection's close signal.
     close_all: CancellationToken,
-    /// Ends the accept loop and every connection at once.
+    /// Ends the accept loop.
+    stop_accepting: CancellationToken,
+    /// Ends every connection at once.
     abort: CancellationToken,
     /// Fired once every task has ended: closes the event stream.
     ended: CancellationToken,
+}
+
+/// A user's accept filter.
+#[derive(Clone)]
+struct AcceptFilter(Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AcceptFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AcceptFilter")
+    }
 }
 
 /// Configures and starts a [`Server`]. Made by [`Server::builder`].
@@ -83,6 +100,7 @@ pub struct ServerBuilder<H: Handler> {
     handler: H,
     config: ConnectionConfig,
     max_connections: usize,
+    accept_filter: Option<AcceptFilter>,
     codec: Option<(bool, crate::wire::Override)>,
 }
 
@@ -93,6 +111,7 @@ impl<H: Handler> Server<H> {
             handler,
             config: ConnectionConfig::default(),
             max_connections: usize::MAX,
+            accept_filter: None,
             codec: None,
         }
     }
@@ -159,6 +178,30 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Accepts a connection only if `allow(peer)` returns true, decided
+    /// before any byte is read (an allow list, for example). A refused
+    /// connection is closed at once with an [`Error::Refused`] event.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use chitchat_net::{handler_fn, BoxError, Context, Server};
+    /// # async fn run() -> Result<(), chitchat_net::Error> {
+    /// # let handler = handler_fn(|_: String, _: &mut Context<'_>| -> Result<(), BoxError> { Ok(()) });
+    /// let server = Server::builder(handler)
+    ///     .accept_filter(|peer| peer.ip().is_loopback())
+    ///     .listen("127.0.0.1:7000")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn accept_filter(
+        mut self,
+        allow: impl Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.accept_filter = Some(AcceptFilter(Arc::new(allow)));
+        self
+    }
+
     /// Bytes each connection's outgoing queue holds before
     /// [`Server::send_to`] waits and [`Server::broadcast`] skips the peer
     /// (default 256 KiB).
@@ -187,18 +230,23 @@ impl<H: Handler> ServerBuilder<H> {
             None => (default_is_binary::<H::Message>(), Vec::new()),
         };
         let ended = CancellationToken::new();
-        let (events, errors) = event_channel(self.config.event_capacity, ended.clone());
+        let counters = Arc::new(Counters::default());
+        let (events, errors) =
+            event_channel(self.config.event_capacity, ended.clone(), counters.clone());
         let shared = Arc::new(Shared {
             handler: Arc::new(self.handler),
             local,
             wire: Wire::new(self.config.framing, binary, overrides),
             config: Arc::new(self.config),
             max_connections: self.max_connections,
+            accept_filter: self.accept_filter,
+            counters,
             connections: Mutex::new(HashMap::new()),
             events,
             errors,
             tasks: TaskTracker::new(),
             close_all: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
             abort: CancellationToken::new(),
             ended,
         });
@@ -217,7 +265,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) 
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shared.abort.cancelled() => return,
+            _ = shared.stop_accepting.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -231,7 +279,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) 
                 shared.events.report(None, Error::Accept(error));
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
-                    _ = shared.abort.cancelled() => return,
+                    _ = shared.stop_accepting.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
@@ -241,6 +289,12 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) 
 
 /// Registers and spawns the task of one accepted connection.
 fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer: SocketAddr) {
+    if let Some(AcceptFilter(allow)) = &shared.accept_filter {
+        if !allow(peer) {
+            shared.events.report(Some(peer), Error::Refused(peer));
+            return;
+        }
+    }
     let mut connections = shared.lock();
     if connections.len() >= shared.max_connections {
         drop(connections);
@@ -261,11 +315,15 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
         wire: shared.wire.clone(),
         outbox: Arc::new(Outbox::new(shared.config.queue_bytes)),
         cancel: shared.close_all.child_token(),
+        counters: shared.counters.clone(),
     };
     connections.insert(peer, handle.clone());
     drop(connections);
+    shared.counters.opened();
     let weak = Arc::downgrade(shared);
+    let counters = shared.counters.clone();
     let on_end = Box::new(move || {
+        counters.closed();
         if let Some(shared) = weak.upgrade() {
             shared.lock().remove(&peer);
         }
@@ -369,7 +427,10 @@ impl<H: Handler> Server<H> {
                 Ok(())
             });
             match queued {
-                Ok(()) => reached += 1,
+                Ok(()) => {
+                    reached += 1;
+                    Counters::add(&handle.counters.frames_out, 1);
+                }
                 Err(Error::Closed) => {}
                 Err(error) => self.shared.events.report(Some(*peer), error),
             }
@@ -387,10 +448,38 @@ impl<H: Handler> Server<H> {
         self.shared.events.dropped()
     }
 
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Shuts down gracefully: stops accepting, lets every connection handle
+    /// and answer the frames that have already arrived, flush what is
+    /// queued, and close; cuts whatever is still running after `deadline`.
+    /// Returns whether everything finished before the deadline.
+    ///
+    /// Frames that arrive after the shutdown began still reach the handler
+    /// while a connection waits for its peer to close, but cannot be
+    /// answered.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.shared.stop_accepting.cancel();
+        self.shared.close_all.cancel();
+        self.shared.tasks.close();
+        let finished = tokio::time::timeout(deadline, self.shared.tasks.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::debug!(?deadline, "graceful shutdown past its deadline: cutting");
+        }
+        self.cut().await;
+        finished
+    }
+
     /// Stops accepting, closes every connection at once, and returns once
     /// every connection task has ended (the Go original's `Cut`, which did
     /// not wait). Calling it again does nothing more.
     pub async fn cut(&self) {
+        self.shared.stop_accepting.cancel();
         self.shared.abort.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
@@ -401,6 +490,7 @@ impl<H: Handler> Server<H> {
 impl<H> Drop for Server<H> {
     /// Cuts the server without waiting for its tasks.
     fn drop(&mut self) {
+        self.shared.stop_accepting.cancel();
         self.shared.abort.cancel();
         self.shared.tasks.close();
         self.shared.ended.cancel();

@@ -1,0 +1,72 @@
+//! Counters of a server or client: cheap enough to leave on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a server's or client's counters.
+///
+/// Frames and bytes count what crossed the socket (bytes are wire bytes,
+/// with framing); frames out count frames queued or written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted (or made) since the start.
+    pub connections_total: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Error events raised (read or dropped).
+    pub errors: u64,
+    /// Error events dropped because nobody read them.
+    pub dropped_events: u64,
+}
+
+/// The live counters behind [`Stats`], shared by every task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) dropped_events: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            connections_open: get(&self.connections_open),
+            connections_total: get(&self.connections_total),
+            frames_in: get(&self.frames_in),
+            frames_out: get(&self.frames_out),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            errors: get(&self.errors),
+            dropped_events: get(&self.dropped_events),
+        }
+    }
+}
