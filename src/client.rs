@@ -16,6 +16,7 @@ use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
 use crate::stats::{Counters, Stats};
+use crate::transport::{self, ClientTls};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
 use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -67,6 +68,7 @@ pub struct ClientBuilder<M, H = ()> {
     config: ConnectionConfig,
     connect_timeout: Duration,
     codec: Option<(bool, Override)>,
+    tls: Option<ClientTls>,
     _message: PhantomData<fn(M)>,
 }
 
@@ -79,6 +81,7 @@ impl<M: Message> Client<M> {
             config: ConnectionConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             codec: None,
+            tls: None,
             _message: PhantomData,
         }
     }
@@ -101,6 +104,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             config: self.config,
             connect_timeout: self.connect_timeout,
             codec: self.codec,
+            tls: self.tls,
             _message: PhantomData,
         }
     }
@@ -122,6 +126,19 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// frames when the handler's message type is `M`).
     pub fn codec<C: Codec<M>>(mut self, codec: C) -> Self {
         self.codec = Some(codec_override::<M, C>(codec));
+        self
+    }
+
+    /// Speaks TLS (feature `tls`) with `config`, verifying the server as
+    /// `server_name`. The handshake is part of [`connect`](Self::connect)
+    /// and of its timeout.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: Arc<crate::tls::rustls::ClientConfig>,
+        server_name: crate::tls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.tls = Some(ClientTls::new(config, server_name));
         self
     }
 
@@ -173,12 +190,15 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// [`Error::Io`] if the connection is refused or fails,
     /// [`Error::ConnectTimeout`] if it takes longer than the connect timeout.
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client<M>, Error> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let started = tokio::time::Instant::now();
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        let local = tcp.local_addr()?;
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let stream = transport::connect(tcp, self.tls.as_ref(), left).await?;
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),

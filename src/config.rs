@@ -8,6 +8,8 @@ use crate::Framing;
 pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
 /// Default write timeout: 30 s.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a TLS handshake may take: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a closing connection waits for the peer to finish: 5 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,6 +28,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) queue_bytes: usize,
     /// Error events buffered for a reader.
     pub(crate) event_capacity: usize,
+    /// A TLS handshake must finish within this.
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -37,6 +41,7 @@ impl Default for ConnectionConfig {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             event_capacity: crate::DEFAULT_EVENT_CAPACITY,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }

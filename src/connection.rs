@@ -35,9 +35,24 @@ const MAX_CLOSING_READS: usize = 64;
 /// Replies buffered past this are flushed before the next frame is handled.
 const HIGH_WATER: usize = 64 * 1024;
 
-/// Called once when a connection ends, however it ends (removes it from the
-/// server's table).
-pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
+/// Runs a closure once when dropped: how a server takes a connection out of
+/// its table however the connection ends (even before it started, if a TLS
+/// handshake fails).
+pub(crate) struct OnEnd(Option<Box<dyn FnOnce() + Send>>);
+
+impl OnEnd {
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        OnEnd(Some(Box::new(f)))
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
 
 /// The state of one connection task.
 pub(crate) struct Connection<S, H> {
@@ -65,7 +80,7 @@ pub(crate) struct Connection<S, H> {
     /// Where errors go.
     events: EventSink,
     /// Runs when the connection is dropped.
-    on_end: Option<OnEnd>,
+    _on_end: Option<OnEnd>,
 }
 
 /// What woke the connection.
@@ -104,7 +119,7 @@ where
             config,
             abort,
             events,
-            on_end,
+            _on_end: on_end,
         }
     }
 
@@ -385,8 +400,5 @@ async fn bounded_write(
 impl<S, H> Drop for Connection<S, H> {
     fn drop(&mut self) {
         self.handle.outbox.close();
-        if let Some(on_end) = self.on_end.take() {
-            on_end();
-        }
     }
 }

@@ -116,6 +116,10 @@ pub enum Error {
     #[error("connection closed")]
     Closed,
 
+    /// A TLS handshake failed or took too long.
+    #[error("tls handshake failed")]
+    Tls(#[source] std::io::Error),
+
     /// Accepting a connection failed.
     #[error("accept failed")]
     Accept(#[source] std::io::Error),

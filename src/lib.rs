@@ -62,6 +62,9 @@ pub mod heartbeat;
 mod outbox;
 mod server;
 mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod transport;
 mod wire;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
@@ -71,7 +74,9 @@ pub use crate::codec::{
     Bincode, BincodeWithLimit, Codec, Message, PodCodec, Raw, SizeMismatch, Text, TrailingBytes,
     DEFAULT_BINCODE_LIMIT,
 };
-pub use crate::config::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT};
+pub use crate::config::{
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT,
+};
 pub use crate::error::{BoxError, Error};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};

@@ -11,11 +11,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::ConnectionConfig;
-use crate::connection::Connection;
+use crate::connection::{Connection, OnEnd};
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
 use crate::stats::{Counters, Stats};
+use crate::transport::{self, ServerTls};
 use crate::wire::{codec_override, default_is_binary, Wire};
 use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -66,6 +67,8 @@ struct Shared<H> {
     accept_filter: Option<AcceptFilter>,
     /// Live counters.
     counters: Arc<Counters>,
+    /// TLS, if configured.
+    tls: Option<ServerTls>,
     /// Open connections by peer address.
     connections: Mutex<HashMap<SocketAddr, ConnectionHandle>>,
     /// Error events.
@@ -101,6 +104,7 @@ pub struct ServerBuilder<H: Handler> {
     config: ConnectionConfig,
     max_connections: usize,
     accept_filter: Option<AcceptFilter>,
+    tls: Option<ServerTls>,
     codec: Option<(bool, crate::wire::Override)>,
 }
 
@@ -112,6 +116,7 @@ impl<H: Handler> Server<H> {
             config: ConnectionConfig::default(),
             max_connections: usize::MAX,
             accept_filter: None,
+            tls: None,
             codec: None,
         }
     }
@@ -202,6 +207,22 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Serves TLS (feature `tls`) with `config`, which also says whether
+    /// clients must present a certificate (mutual TLS). A peer that fails the
+    /// handshake is closed with an [`Error::Tls`] event before any frame
+    /// reaches the handler.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<crate::tls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(ServerTls::new(config));
+        self
+    }
+
+    /// How long a TLS handshake may take (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
     /// Bytes each connection's outgoing queue holds before
     /// [`Server::send_to`] waits and [`Server::broadcast`] skips the peer
     /// (default 256 KiB).
@@ -241,6 +262,7 @@ impl<H: Handler> ServerBuilder<H> {
             max_connections: self.max_connections,
             accept_filter: self.accept_filter,
             counters,
+            tls: self.tls,
             connections: Mutex::new(HashMap::new()),
             events,
             errors,
@@ -322,23 +344,35 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
     shared.counters.opened();
     let weak = Arc::downgrade(shared);
     let counters = shared.counters.clone();
-    let on_end = Box::new(move || {
+    let on_end = OnEnd::new(move || {
         counters.closed();
         if let Some(shared) = weak.upgrade() {
             shared.lock().remove(&peer);
         }
     });
-    let connection = Connection::new(
-        stream,
-        handle,
-        shared.handler.clone(),
-        shared.config.clone(),
-        shared.abort.child_token(),
-        shared.events.clone(),
-        Some(on_end),
-    );
+    let tls = shared.tls.clone();
+    let handler = shared.handler.clone();
+    let config = shared.config.clone();
+    let abort = shared.abort.child_token();
+    let events = shared.events.clone();
+    let task = async move {
+        let timeout = config.handshake_timeout;
+        let stream = tokio::select! {
+            _ = abort.cancelled() => return,
+            stream = transport::accept(stream, tls.as_ref(), timeout) => stream,
+        };
+        match stream {
+            Ok(stream) => {
+                let on_end = Some(on_end);
+                Connection::new(stream, handle, handler, config, abort, events, on_end)
+                    .run()
+                    .await
+            }
+            Err(error) => events.report(Some(peer), error),
+        }
+    };
     let span = tracing::info_span!("connection", %peer);
-    shared.tasks.spawn(connection.run().instrument(span));
+    shared.tasks.spawn(task.instrument(span));
 }
 
 impl<H> Shared<H> {
