@@ -71,14 +71,16 @@ impl Codec<Reading> for KeyValue {
 
 /// The one handler: answers each reading converted to Fahrenheit.
 fn converter() -> impl Handler<Message = Reading> {
-    handler_fn(|r: Reading, ctx: &mut Context<'_>| -> Result<(), BoxError> {
-        let fahrenheit = Reading {
-            celsius: r.celsius * 9.0 / 5.0 + 32.0,
-            ..r
-        };
-        ctx.send(&fahrenheit)?;
-        Ok(())
-    })
+    handler_fn(
+        |r: Reading, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            let fahrenheit = Reading {
+                celsius: r.celsius * 9.0 / 5.0 + 32.0,
+                ..r
+            };
+            ctx.send(&fahrenheit)?;
+            Ok(())
+        },
+    )
 }
 
 /// Serves the converter with `codec`, sends three readings, prints the
@@ -89,10 +91,12 @@ async fn exchange<C: Codec<Reading> + Clone>(codec: C) -> Result<(), Box<dyn std
         .listen("127.0.0.1:0")
         .await?;
     let (tx, mut replies) = mpsc::unbounded_channel();
-    let collect = handler_fn(move |r: Reading, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-        tx.send(r)?;
-        Ok(())
-    });
+    let collect = handler_fn(
+        move |r: Reading, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(r)?;
+            Ok(())
+        },
+    );
     let client = Client::<Reading>::builder()
         .codec(codec.clone())
         .handler(collect)
@@ -106,17 +110,28 @@ async fn exchange<C: Codec<Reading> + Clone>(codec: C) -> Result<(), Box<dyn std
     };
     let mut wire = BytesMut::new();
     codec.encode(&first, &mut wire)?;
-    println!("--- codec {} ({} bytes for one reading)", codec.name(), wire.len());
+    println!(
+        "--- codec {} ({} bytes for one reading)",
+        codec.name(),
+        wire.len()
+    );
     let hex: Vec<String> = wire.iter().map(|b| format!("{b:02x}")).collect();
     println!("    payload: {}", hex.join(" "));
 
     for (seq, celsius) in [(1, 21.5), (2, -4.0), (3, 100.0)] {
-        let reading = Reading { seq, celsius, ..first.clone() };
+        let reading = Reading {
+            seq,
+            celsius,
+            ..first.clone()
+        };
         client.send(&reading).await?;
         let answer = tokio::time::timeout(Duration::from_secs(5), replies.recv())
             .await?
             .ok_or("connection closed")?;
-        println!("    sent {celsius:>6.1} °C  got {:>6.1} °F  (seq {})", answer.celsius, answer.seq);
+        println!(
+            "    sent {celsius:>6.1} °C  got {:>6.1} °F  (seq {})",
+            answer.celsius, answer.seq
+        );
         assert_eq!(answer.seq, seq);
     }
     client.close().await;

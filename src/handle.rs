@@ -63,7 +63,8 @@ impl ConnectionHandle {
     ///
     /// [`Error::QueueFull`] if there is no room; otherwise as [`send`](Self::send).
     pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), Error> {
-        self.outbox.try_push_with(|buf| self.wire.encode(msg, buf))?;
+        self.outbox
+            .try_push_with(|buf| self.wire.encode(msg, buf))?;
         Counters::add(&self.counters.frames_out, 1);
         Ok(())
     }

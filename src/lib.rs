@@ -31,6 +31,57 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Typed messages with the derives
+//!
+//! Derive [`Message`](derive@Message) to pick a codec and get a handler trait with
+//! one method per kind of message, then derive [`Handler`](derive@Handler) on the
+//! type that implements it:
+//!
+//! ```
+//! use chitchat_net::{handler_fn, BoxError, Client, Context, Handler, Message, Server};
+//!
+//! #[derive(Debug, PartialEq, Message)]
+//! #[message(codec = "bincode")]
+//! enum Beat {
+//!     #[message(tag = 1)]
+//!     Ping { seq: u64 },
+//!     #[message(tag = 2)]
+//!     Pong { seq: u64 },
+//! }
+//!
+//! /// Answers each ping with a pong.
+//! #[derive(Handler)]
+//! #[handler(message = Beat)]
+//! struct Responder;
+//!
+//! impl BeatHandler for Responder {
+//!     async fn ping(&self, seq: u64, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+//!         ctx.send(&Beat::Pong { seq })?;
+//!         Ok(())
+//!     }
+//!
+//!     async fn pong(&self, _seq: u64, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::listen("127.0.0.1:0", Responder).await?;
+//!
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let collect = handler_fn(move |beat: Beat, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+//!     tx.send(beat)?;
+//!     Ok(())
+//! });
+//! let client = Client::<Beat>::builder().handler(collect).connect(server.local_addr()).await?;
+//! client.send(&Beat::Ping { seq: 1 }).await?;
+//! assert_eq!(rx.recv().await, Some(Beat::Pong { seq: 1 }));
+//! client.close().await;
+//! server.cut().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # Where things live
 //!
 //! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).

@@ -45,7 +45,9 @@ fn beat_tags_are_pinned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_node_goes_missed_then_dead_then_alive_again_when_back() {
     let (monitor, mut events) = Monitor::new(fast());
-    let node = Server::listen("127.0.0.1:0", Responder::default()).await.unwrap();
+    let node = Server::listen("127.0.0.1:0", Responder::default())
+        .await
+        .unwrap();
     let addr = node.local_addr();
     monitor.watch("n1", addr);
     assert_eq!(next_state(&mut events).await, PeerState::Alive);
@@ -69,13 +71,24 @@ async fn stopped_node_goes_missed_then_dead_then_alive_again_when_back() {
 async fn registered_nodes_are_checked_and_healthy_ones_stay_alive() {
     let (monitor, mut events) = Monitor::new(fast());
     let registrations = monitor.listen_registrations("127.0.0.1:0").await.unwrap();
-    let a = Server::listen("127.0.0.1:0", Responder::default()).await.unwrap();
-    let b = Server::listen("127.0.0.1:0", Responder::default()).await.unwrap();
-    register(registrations.local_addr(), "a", a.local_addr()).await.unwrap();
-    register(registrations.local_addr(), "b", b.local_addr()).await.unwrap();
+    let a = Server::listen("127.0.0.1:0", Responder::default())
+        .await
+        .unwrap();
+    let b = Server::listen("127.0.0.1:0", Responder::default())
+        .await
+        .unwrap();
+    register(registrations.local_addr(), "a", a.local_addr())
+        .await
+        .unwrap();
+    register(registrations.local_addr(), "b", b.local_addr())
+        .await
+        .unwrap();
     let mut alive = Vec::new();
     for _ in 0..2 {
-        let event = tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap();
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(event.state, PeerState::Alive);
         assert_eq!(event.previous, None);
         alive.push(event.name);
@@ -92,7 +105,10 @@ async fn registered_nodes_are_checked_and_healthy_ones_stay_alive() {
     .await
     .expect("pings keep being answered");
     monitor.stop().await;
-    assert!(events.recv().await.is_none(), "no state change for healthy nodes");
+    assert!(
+        events.recv().await.is_none(),
+        "no state change for healthy nodes"
+    );
     registrations.cut().await;
 }
 

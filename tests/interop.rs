@@ -33,7 +33,11 @@ async fn text_ping_is_written_exactly_as_the_go_original_writes_it() {
     });
     client.send(&"heartbeat ping".to_string()).await.unwrap();
     client.close().await;
-    let all = tokio::time::timeout(WAIT, go_peer).await.unwrap().unwrap().unwrap();
+    let all = tokio::time::timeout(WAIT, go_peer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(all, b"heartbeat ping\n");
 }
 
@@ -61,10 +65,12 @@ async fn text_responder_reads_crlf_and_lf_lines_as_the_go_original() {
 #[tokio::test]
 async fn eof_framed_text_from_a_go_node_is_read_as_one_message() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let record = handler_fn(move |msg: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-        tx.send(msg)?;
-        Ok(())
-    });
+    let record = handler_fn(
+        move |msg: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(msg)?;
+            Ok(())
+        },
+    );
     let server = Server::builder(record)
         .framing(Framing::eof())
         .listen("127.0.0.1:0")
@@ -74,7 +80,10 @@ async fn eof_framed_text_from_a_go_node_is_read_as_one_message() {
     go_node.write_all(b"hel").await.unwrap();
     go_node.write_all(b"lo\nworld").await.unwrap();
     go_node.shutdown().await.unwrap();
-    let got = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, "hello\nworld");
     server.cut().await;
     assert!(rx.try_recv().is_err(), "exactly one message");
@@ -95,7 +104,9 @@ async fn eof_framed_registration_written_in_pieces_starts_watching_the_node() {
         &mut payload,
     )
     .unwrap();
-    let mut stream = TcpStream::connect(registrations.local_addr()).await.unwrap();
+    let mut stream = TcpStream::connect(registrations.local_addr())
+        .await
+        .unwrap();
     for byte in payload.iter() {
         stream.write_all(&[*byte]).await.unwrap();
     }

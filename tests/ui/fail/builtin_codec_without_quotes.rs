@@ -1,0 +1,10 @@
+use chitchat_net::Message;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Message)]
+#[message(codec = bincode)]
+struct Reading {
+    celsius: f32,
+}
+
+fn main() {}

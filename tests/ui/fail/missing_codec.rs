@@ -1,0 +1,9 @@
+use chitchat_net::Message;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Message)]
+struct Reading {
+    celsius: f32,
+}
+
+fn main() {}
