@@ -132,6 +132,13 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// Speaks TLS (feature `tls`) with `config`, verifying the server as
     /// `server_name`. The handshake is part of [`connect`](Self::connect)
     /// and of its timeout.
+    ///
+    /// Build `config` with an explicit provider,
+    /// `ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))`,
+    /// so that no process-wide default is needed. With mutual TLS 1.3 a
+    /// server that refuses this client's certificate does so after
+    /// `connect` has returned: the connection then ends with an error
+    /// event carrying the server's alert.
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
@@ -190,15 +197,16 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// [`Error::Io`] if the connection is refused or fails,
     /// [`Error::ConnectTimeout`] if it takes longer than the connect timeout.
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client<M>, Error> {
-        let started = tokio::time::Instant::now();
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let tls = self.tls.as_ref();
+        let connecting = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let (peer, local) = (tcp.peer_addr()?, tcp.local_addr()?);
+            Ok::<_, Error>((transport::connect(tcp, tls).await?, peer, local))
+        };
+        let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        tcp.set_nodelay(true)?;
-        let peer = tcp.peer_addr()?;
-        let local = tcp.local_addr()?;
-        let left = self.connect_timeout.saturating_sub(started.elapsed());
-        let stream = transport::connect(tcp, self.tls.as_ref(), left).await?;
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),

@@ -171,7 +171,7 @@ where
                 Wake::Outbox => self.flush().await?,
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
                 Wake::Read(read) => {
-                    let n = read?;
+                    let n = self.end_of_stream_as_zero(read)?;
                     if n == 0 {
                         return self.end_of_stream().await;
                     }
@@ -186,6 +186,22 @@ where
                     self.flush().await?;
                 }
             }
+        }
+    }
+
+    /// A TLS peer that closes without `close_notify` is read as an
+    /// `UnexpectedEof` error. Between frames that is a normal end, as on
+    /// plain TCP (a partial frame is still reported); in EOF framing it is
+    /// an error, since there it could cut the one frame short.
+    fn end_of_stream_as_zero(&self, read: std::io::Result<usize>) -> std::io::Result<usize> {
+        match read {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    && !self.decoder.framing().is_eof() =>
+            {
+                Ok(0)
+            }
+            other => other,
         }
     }
 

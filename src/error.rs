@@ -146,6 +146,16 @@ impl Error {
         }
     }
 
+    /// The rustls error behind an [`Error::Tls`] or [`Error::Io`], if any
+    /// (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_cause(&self) -> Option<&crate::tls::rustls::Error> {
+        match self {
+            Error::Tls(e) | Error::Io(e) => e.get_ref()?.downcast_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether this error ends the byte stream it happened on (a framing or I/O
     /// error), as opposed to one frame (decode or handler errors).
     pub fn is_fatal(&self) -> bool {

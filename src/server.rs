@@ -210,7 +210,13 @@ impl<H: Handler> ServerBuilder<H> {
     /// Serves TLS (feature `tls`) with `config`, which also says whether
     /// clients must present a certificate (mutual TLS). A peer that fails the
     /// handshake is closed with an [`Error::Tls`] event before any frame
-    /// reaches the handler.
+    /// reaches the handler (and before `on_open`).
+    ///
+    /// Build `config` with an explicit provider,
+    /// `ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))`,
+    /// so that no process-wide default is needed. A peer still in its
+    /// handshake already counts as a connection (in `remote_addrs`,
+    /// `stats` and `max_connections`). Byte counters count plaintext.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<crate::tls::rustls::ServerConfig>) -> Self {
         self.tls = Some(ServerTls::new(config));
@@ -355,10 +361,12 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
     let config = shared.config.clone();
     let abort = shared.abort.child_token();
     let events = shared.events.clone();
+    let close = handle.cancel.clone();
     let task = async move {
         let timeout = config.handshake_timeout;
         let stream = tokio::select! {
             _ = abort.cancelled() => return,
+            _ = close.cancelled() => return,
             stream = transport::accept(stream, tls.as_ref(), timeout) => stream,
         };
         match stream {

@@ -162,27 +162,20 @@ pub(crate) async fn accept(
 }
 
 /// Turns a connected socket into the client's stream: as is, or after a TLS
-/// handshake that must finish within `timeout`.
-pub(crate) async fn connect(
-    tcp: TcpStream,
-    tls: Option<&ClientTls>,
-    timeout: std::time::Duration,
-) -> Result<Stream, crate::Error> {
+/// handshake (bounded by the caller's connect timeout).
+pub(crate) async fn connect(tcp: TcpStream, tls: Option<&ClientTls>) -> Result<Stream, crate::Error> {
     let Some(tls) = tls else {
         return Ok(Stream::Tcp(tcp));
     };
     #[cfg(feature = "tls")]
     {
-        let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
-        match tokio::time::timeout(timeout, handshake).await {
-            Ok(Ok(stream)) => Ok(Stream::TlsClient(Box::new(stream))),
-            Ok(Err(error)) => Err(crate::Error::Tls(error)),
-            Err(_) => Err(crate::Error::ConnectTimeout(timeout)),
+        match tls.connector.connect(tls.server_name.clone(), tcp).await {
+            Ok(stream) => Ok(Stream::TlsClient(Box::new(stream))),
+            Err(error) => Err(crate::Error::Tls(error)),
         }
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = timeout;
         match tls.never {}
     }
 }
