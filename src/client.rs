@@ -156,8 +156,9 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         self
     }
 
-    /// Closes the connection when nothing is received for `timeout`
-    /// (default: never).
+    /// Closes the connection when no complete frame is received for
+    /// `timeout` (default: never); see
+    /// [`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
         self

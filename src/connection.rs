@@ -144,7 +144,11 @@ where
             Err(error) => self.events.report(Some(peer), error),
         }
         self.handle.outbox.close();
-        self.handler.on_close(peer).await;
+        let closed = AssertUnwindSafe(self.handler.on_close(peer)).catch_unwind();
+        if let Err(panic) = closed.await {
+            let error = Error::HandlerPanic(panic_message(&*panic));
+            self.events.report(Some(peer), error);
+        }
     }
 
     async fn serve(&mut self) -> Result<(), Error> {
@@ -179,10 +183,15 @@ where
                     if n == room {
                         self.read_chunk = (self.read_chunk * 2).min(MAX_READ);
                     }
-                    if let Some(timeout) = idle_timeout {
-                        idle.as_mut().reset(Instant::now() + timeout);
+                    let frames = self.handle_frames().await?;
+                    // Idle means no complete frame: a peer dribbling bytes
+                    // that never finish a frame (slow loris) is still idle.
+                    // In EOF framing the one frame is the whole stream.
+                    if frames > 0 || self.decoder.framing().is_eof() {
+                        if let Some(timeout) = idle_timeout {
+                            idle.as_mut().reset(Instant::now() + timeout);
+                        }
                     }
-                    self.handle_frames().await?;
                     self.flush().await?;
                 }
             }
@@ -231,14 +240,15 @@ where
 
     /// Handles every complete frame in the read buffer (after
     /// [`Context::close`], decodes and drops them: the frame limit holds).
-    async fn handle_frames(&mut self) -> Result<(), Error> {
+    /// Returns how many frames there were.
+    async fn handle_frames(&mut self) -> Result<u64, Error> {
         let mut frames = 0;
         let decoded = self.handle_decoded_frames(&mut frames).await;
         Counters::add(&self.handle.counters.frames_in, frames);
         if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
             self.read_buf = BytesMut::new();
         }
-        decoded
+        decoded.map(|()| frames)
     }
 
     async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
@@ -336,7 +346,10 @@ where
         // Bounded, so that a peer sending without pause cannot hold us here.
         for _ in 0..MAX_CLOSING_READS {
             self.make_read_room();
-            let read = self.stream.read_buf(&mut self.read_buf).now_or_never();
+            // Unconstrained: with the task's coop budget spent, a read would
+            // say "not ready" even though bytes are waiting.
+            let read = tokio::task::unconstrained(self.stream.read_buf(&mut self.read_buf))
+                .now_or_never();
             match read {
                 None => break,
                 Some(Ok(0)) => {
@@ -369,9 +382,10 @@ where
             if self.write_buf.is_empty() {
                 break;
             }
-            Counters::add(&self.handle.counters.bytes_out, self.write_buf.len() as u64);
+            let len = self.write_buf.len() as u64;
             let write = self.stream.write_all_buf(&mut self.write_buf);
             bounded_write(&self.abort, self.config.write_timeout, write).await?;
+            Counters::add(&self.handle.counters.bytes_out, len);
         }
         bounded_write(&self.abort, self.config.write_timeout, self.stream.flush()).await?;
         if self.write_buf.capacity() > SHRINK_ABOVE {

@@ -78,8 +78,9 @@ pub enum Error {
     #[error("handler failed")]
     Handler(#[source] BoxError),
 
-    /// A connection received nothing for longer than the idle timeout.
-    #[error("no data received for {0:?}")]
+    /// A connection received no complete frame for longer than the idle
+    /// timeout.
+    #[error("no complete frame received for {0:?}")]
     IdleTimeout(Duration),
 
     /// A write could not complete within the write timeout.

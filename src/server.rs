@@ -154,8 +154,11 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Closes a connection that receives nothing for `timeout` (default:
-    /// never). A busy connection is never cut by it.
+    /// Closes a connection that receives no complete frame for `timeout`
+    /// (default: never), with an [`Error::IdleTimeout`] event. A busy
+    /// connection is never cut by it; a peer that dribbles bytes without
+    /// ever finishing a frame (slow loris) is. In EOF framing any byte
+    /// counts.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
         self
@@ -231,7 +234,8 @@ impl<H: Handler> ServerBuilder<H> {
 
     /// Bytes each connection's outgoing queue holds before
     /// [`Server::send_to`] waits and [`Server::broadcast`] skips the peer
-    /// (default 256 KiB).
+    /// (default 256 KiB). A message is taken while fewer bytes are queued,
+    /// so the queue may pass the limit by one frame.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
         self

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Connections open now.
     pub connections_open: u64,
-    /// Connections accepted (or made) since the start.
+    /// Connections accepted (or made) since the start; connections refused
+    /// by the accept filter or the connection limit are not counted here,
+    /// only as errors.
     pub connections_total: u64,
     /// Frames received.
     pub frames_in: u64,
