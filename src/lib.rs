@@ -1,6 +1,6 @@
 //! Typed messages over TCP: a lightweight, high-concurrency server and client.
 //!
-//! A frame's way: socket → read buffer → [framing](frame) → [codec](codec) →
+//! A frame's way: socket → read buffer → [framing](frame) → [codec] →
 //! [`Handler`] → [`Context::send`] → write buffer → socket.
 //!
 //! # Examples
@@ -98,7 +98,7 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-#![doc(test(attr(deny(warnings))))]
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 mod client;
 pub mod codec;
