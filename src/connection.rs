@@ -348,8 +348,8 @@ where
             self.make_read_room();
             // Unconstrained: with the task's coop budget spent, a read would
             // say "not ready" even though bytes are waiting.
-            let read = tokio::task::unconstrained(self.stream.read_buf(&mut self.read_buf))
-                .now_or_never();
+            let read =
+                tokio::task::unconstrained(self.stream.read_buf(&mut self.read_buf)).now_or_never();
             match read {
                 None => break,
                 Some(Ok(0)) => {

@@ -163,7 +163,10 @@ pub(crate) async fn accept(
 
 /// Turns a connected socket into the client's stream: as is, or after a TLS
 /// handshake (bounded by the caller's connect timeout).
-pub(crate) async fn connect(tcp: TcpStream, tls: Option<&ClientTls>) -> Result<Stream, crate::Error> {
+pub(crate) async fn connect(
+    tcp: TcpStream,
+    tls: Option<&ClientTls>,
+) -> Result<Stream, crate::Error> {
     let Some(tls) = tls else {
         return Ok(Stream::Tcp(tcp));
     };

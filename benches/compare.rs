@@ -1,0 +1,1181 @@
+//! End-to-end comparisons of issue 5: every figure is a ratio against a
+//! baseline measured in the same run (the machine is shared and noisy).
+//!
+//! ```text
+//! cargo bench --bench compare                 # full run (a few minutes)
+//! cargo bench --bench compare -- --quick      # under a minute
+//! cargo bench --bench compare -- --only pingpong,decode
+//! ```
+//!
+//! It prints a table, then one line per target, `ratio <name> <value> <goal>`,
+//! oriented so that higher is better and the target holds when
+//! `value >= goal` (latency and memory: baseline / ours). See BENCHMARKS.md.
+//!
+//! It exits non-zero only if a scenario loses messages or fails to run:
+//! speed is reported, not judged.
+
+mod support;
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::{Pod, Zeroable};
+use bytes::{Bytes, BytesMut};
+use chitchat_net::{
+    handler_fn, Bincode, BoxError, Client, Context, FrameCodec, Framing, Handler, Message,
+    PodCodec, Server,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+use tokio_util::codec::{AnyDelimiterCodec, Decoder, Encoder, Framed};
+
+use support::scale::{self, ScaleConfig, ScaleReport, ServerKind};
+use support::{fmt_duration, Heartbeat};
+
+/// `--ours-only` / `--baseline-only`: skip one side (for profiling).
+static OURS_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Bound of every single measurement.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Messages
+
+/// 16 bytes of plain old data: target 1.
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+struct Sample16 {
+    seq: u64,
+    value: u64,
+}
+
+impl Message for Sample16 {
+    type Codec = PodCodec;
+}
+
+/// About 32 bytes of bincode: target 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Telemetry {
+    node: u16,
+    seq: u64,
+    value: f64,
+    name: String,
+}
+
+impl Message for Telemetry {
+    type Codec = Bincode;
+}
+
+/// 1 KiB of plain old data (escaped framing): an extra row of target 2.
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+struct Block1k {
+    bytes: [u8; 1024],
+}
+
+impl Message for Block1k {
+    type Codec = PodCodec;
+}
+
+// ---------------------------------------------------------------------------
+// The plan
+
+#[derive(Debug, Clone)]
+struct Plan {
+    quick: bool,
+    /// Repetitions of each comparison (the value is the median ratio).
+    reps: usize,
+    /// Messages per one-way run.
+    oneway_msgs: u64,
+    /// Bytes per 1 KiB bulk run.
+    bulk_bytes: u64,
+    /// Passes over a 1 MiB buffer per decode run.
+    decode_passes: usize,
+    /// Round trips per ping-pong run (after 1,000 warm-up ones).
+    ping_rounds: usize,
+    /// The scale scenario.
+    scale: ScaleConfig,
+    /// Repetitions of the scale scenario.
+    scale_reps: usize,
+    only: Option<Vec<String>>,
+    /// Skip the baselines (`--ours-only`, for profiling our side).
+    ours_only: bool,
+}
+
+impl Plan {
+    fn from_args() -> Plan {
+        let mut quick = false;
+        let mut only = None;
+        let mut conns = None;
+        let mut msgs = None;
+        let mut ours_only = false;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--only" => {
+                    let list = args.next().unwrap_or_default();
+                    only = Some(list.split(',').map(str::to_owned).collect());
+                }
+                "--conns" => conns = args.next().and_then(|n| n.parse().ok()),
+                "--msgs" => msgs = args.next().and_then(|n| n.parse().ok()),
+                "--ours-only" => ours_only = true,
+                "--baseline-only" => BASELINE_ONLY.store(true, Ordering::Relaxed),
+                // Passed by `cargo bench`; anything else is a filter we ignore.
+                _ => {}
+            }
+        }
+        let mut plan = if quick {
+            Plan {
+                quick,
+                reps: 1,
+                oneway_msgs: 400_000,
+                bulk_bytes: 128 << 20,
+                decode_passes: 100,
+                ping_rounds: 5_000,
+                scale: ScaleConfig {
+                    conns: 1_000,
+                    rounds: 100,
+                    connect_parallel: 64,
+                    large_conns: 100,
+                    large_bytes: 256 * 1024,
+                    phase_timeout: Duration::from_secs(30),
+                },
+                scale_reps: 1,
+                only,
+                ours_only,
+            }
+        } else {
+            Plan {
+                quick,
+                reps: 3,
+                oneway_msgs: 3_000_000,
+                bulk_bytes: 512 << 20,
+                decode_passes: 500,
+                ping_rounds: 20_000,
+                scale: ScaleConfig {
+                    conns: 9_000,
+                    rounds: 100,
+                    connect_parallel: 64,
+                    large_conns: 1_000,
+                    large_bytes: 256 * 1024,
+                    phase_timeout: Duration::from_secs(120),
+                },
+                scale_reps: 2,
+                only,
+                ours_only,
+            }
+        };
+        if let Some(msgs) = msgs {
+            plan.oneway_msgs = msgs;
+        }
+        if let Some(conns) = conns {
+            plan.scale.conns = conns;
+            plan.scale.large_conns = plan.scale.large_conns.min(conns);
+        }
+        plan
+    }
+
+    /// Whether `--only` selects `group` or one of its cases (`group_*`).
+    fn wants(&self, group: &str) -> bool {
+        self.only.as_ref().is_none_or(|list| {
+            list.iter()
+                .any(|g| g == group || g.strip_prefix(group).is_some_and(|r| r.starts_with('_')))
+        })
+    }
+
+    /// Whether `--only` selects `group` as a whole or its case `case`.
+    fn wants_case(&self, group: &str, case: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|g| g == group || g == case))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+/// One row of the table.
+struct Row {
+    /// The issue's target number.
+    target: &'static str,
+    /// The `ratio` line's name; `None` for informative rows.
+    name: Option<&'static str>,
+    what: String,
+    ours: String,
+    baseline: String,
+    /// Higher is better.
+    value: f64,
+    goal: Option<f64>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn print(&self) {
+        println!();
+        println!(
+            "{:<3} {:<54} {:>16} {:>16} {:>7} {:>6}  met",
+            "#", "measurement", "ours", "baseline", "ratio", "goal"
+        );
+        for row in &self.rows {
+            let (goal, met) = match row.goal {
+                Some(goal) => (
+                    format!("{goal:.2}"),
+                    if row.value >= goal { "yes" } else { "NO" },
+                ),
+                None => ("-".to_owned(), "(info)"),
+            };
+            println!(
+                "{:<3} {:<54} {:>16} {:>16} {:>7.3} {:>6}  {}",
+                row.target, row.what, row.ours, row.baseline, row.value, goal, met
+            );
+        }
+        println!();
+        for row in &self.rows {
+            if let (Some(name), Some(goal)) = (row.name, row.goal) {
+                println!("ratio {name} {:.4} {goal:.2}", row.value);
+            }
+        }
+        for failure in &self.failures {
+            println!("FAILED {failure}");
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn si(value: f64, unit: &str) -> String {
+    let (v, prefix) = if value >= 1e9 {
+        (value / 1e9, "G")
+    } else if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value, "")
+    };
+    format!("{v:.2} {prefix}{unit}")
+}
+
+/// Runs `baseline` and `ours` `reps` times, alternating which goes first,
+/// and returns the medians of each and of the per-repetition ratio
+/// `ours / baseline` (both higher-is-better rates).
+fn compare_rates(
+    reps: usize,
+    label: &str,
+    mut baseline: impl FnMut() -> f64,
+    mut ours: impl FnMut() -> f64,
+) -> (f64, f64, f64) {
+    let (mut b, mut o, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    let skip = OURS_ONLY.load(Ordering::Relaxed);
+    let mut baseline = move || if skip { f64::NAN } else { baseline() };
+    let skip = BASELINE_ONLY.load(Ordering::Relaxed);
+    let mut ours = move || if skip { f64::NAN } else { ours() };
+    for rep in 0..reps {
+        let (x, y) = if rep % 2 == 0 {
+            let x = baseline();
+            (x, ours())
+        } else {
+            let y = ours();
+            (baseline(), y)
+        };
+        eprintln!(
+            "  {label} rep {rep}: ours {y:.4e}, baseline {x:.4e}, ratio {:.3}",
+            y / x
+        );
+        b.push(x);
+        o.push(y);
+        r.push(y / x);
+    }
+    (median(&mut o), median(&mut b), median(&mut r))
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn bounded<F: Future>(rt: &Runtime, what: &str, fut: F) -> F::Output {
+    match rt.block_on(async { tokio::time::timeout(MEASURE_TIMEOUT, fut).await }) {
+        Ok(out) => out,
+        Err(_) => panic!("{what} took longer than {MEASURE_TIMEOUT:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target 1 and 2: one way, through the whole client → server path
+
+/// Counts frames; wakes `done` at the `target`th.
+struct Count<M> {
+    frames: AtomicU64,
+    target: u64,
+    done: Notify,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M> Count<M> {
+    fn new(target: u64) -> Self {
+        Count {
+            frames: AtomicU64::new(0),
+            target,
+            done: Notify::new(),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<M: Message> Handler for Count<M> {
+    type Message = M;
+
+    async fn handle(&self, _msg: M, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        if self.frames.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.done.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// chitchat-net: `n` sends of `msg` (updated by `step` before each) from a
+/// `Client` to a counting `Server`. Returns messages per second.
+fn oneway_ours<M: Message + Sync>(
+    rt: &Runtime,
+    n: u64,
+    framing: Framing,
+    mut msg: M,
+    step: impl Fn(&mut M, u64) + Send + 'static,
+) -> f64 {
+    bounded(rt, "one-way (ours)", async move {
+        let server = Server::builder(Count::<M>::new(n))
+            .framing(framing)
+            .listen("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let errors = server.errors();
+        let client = Client::<M>::builder()
+            .framing(framing)
+            .connect(server.local_addr())
+            .await
+            .expect("connect");
+        let done = server.handler().done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        let started = Instant::now();
+        for i in 0..n {
+            step(&mut msg, i);
+            client.send(&msg).await.expect("send");
+        }
+        tokio::select! {
+            _ = &mut done => {}
+            event = errors.recv() => panic!("server error: {event:?}"),
+        }
+        let elapsed = started.elapsed();
+        client.close().await;
+        server.cut().await;
+        n as f64 / elapsed.as_secs_f64()
+    })
+}
+
+/// tokio-util: `Framed<TcpStream, AnyDelimiterCodec>` feeding `n` frames and
+/// flushing once; the server counts frames with the same codec. Returns
+/// frames per second.
+fn oneway_framed(rt: &Runtime, n: u64, payload: &'static str) -> f64 {
+    bounded(rt, "one-way (framed)", async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            let codec = AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec());
+            let mut framed = Framed::new(stream, codec);
+            let mut count = 0;
+            while let Some(frame) = framed.next().await {
+                frame.expect("frame");
+                count += 1;
+                if count == n {
+                    break;
+                }
+            }
+            (count, Instant::now())
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let codec = AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec());
+        let mut framed = Framed::new(stream, codec);
+        let started = Instant::now();
+        for _ in 0..n {
+            framed.feed(payload).await.expect("feed");
+        }
+        SinkExt::<&str>::flush(&mut framed).await.expect("flush");
+        let (count, ended) = counter.await.expect("counter");
+        assert_eq!(count, n);
+        n as f64 / (ended - started).as_secs_f64()
+    })
+}
+
+/// Raw loopback, blocking std sockets, 64 KiB writes. Returns bytes per second.
+fn bulk_raw(total: u64) -> f64 {
+    const CHUNK: usize = 64 * 1024;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(MEASURE_TIMEOUT))
+            .expect("timeout");
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        while got < total {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+        (got, Instant::now())
+    });
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+        .set_write_timeout(Some(MEASURE_TIMEOUT))
+        .expect("timeout");
+    let chunk = vec![b'x'; CHUNK];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        stream.write_all(&chunk).expect("write");
+        sent += CHUNK as u64;
+    }
+    let (got, ended) = reader.join().expect("reader");
+    assert!(got >= total, "raw loopback: {got} of {total} bytes");
+    got as f64 / (ended - started).as_secs_f64()
+}
+
+/// A 1 KiB payload of text-like bytes (no `\n`).
+fn text_1k() -> Bytes {
+    (0..1024u32)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// `n` pseudo-random bytes (xorshift; the same every run).
+fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Target 3: decoding from memory
+
+/// What the decode payloads hold.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// Random bytes: in escaped mode about 8 escapes per KiB.
+    Random,
+    /// Random bytes but `\n` (raw mode refuses the delimiter).
+    NoDelimiter,
+    /// Printable ASCII: nothing to escape.
+    Text,
+}
+
+/// `frames` frames of `payload_len` bytes each, encoded with `encoder`.
+fn wire_of(
+    frames: usize,
+    payload_len: usize,
+    payload: Payload,
+    encoder: &mut FrameCodec,
+) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for i in 0..frames {
+        let random = random_bytes(payload_len, 0x9E37_79B9_7F4A_7C15 ^ i as u64);
+        let payload: Vec<u8> = match payload {
+            Payload::Random => random,
+            Payload::NoDelimiter => random
+                .into_iter()
+                .map(|b| if b == b'\n' { b'n' } else { b })
+                .collect(),
+            Payload::Text => random.into_iter().map(|b| b' ' + b % 95).collect(),
+        };
+        encoder.encode(&payload[..], &mut wire).expect("encode");
+    }
+    wire
+}
+
+/// Decodes `passes` copies of `wire` with a fresh decoder each; returns
+/// wire bytes per second (the copies are made outside the timing).
+fn decode_rate<D>(wire: &[u8], frames: usize, passes: usize, mut fresh: impl FnMut() -> D) -> f64
+where
+    D: Decoder<Item = Bytes>,
+    D::Error: std::fmt::Debug,
+{
+    let mut busy = Duration::ZERO;
+    for _ in 0..passes {
+        let mut buf = BytesMut::from(wire);
+        let mut decoder = fresh();
+        let started = Instant::now();
+        let mut count = 0;
+        while let Some(frame) = decoder.decode(&mut buf).expect("decode") {
+            std::hint::black_box(frame);
+            count += 1;
+        }
+        busy += started.elapsed();
+        assert_eq!(count, frames);
+    }
+    (wire.len() * passes) as f64 / busy.as_secs_f64()
+}
+
+fn any_delimiter() -> AnyDelimiterCodec {
+    AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec())
+}
+
+// ---------------------------------------------------------------------------
+// Target 4: ping-pong
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: `set` is a plain bit set owned by this frame; the call only
+    // reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+const PING_WARMUP: usize = 1_000;
+
+/// Latency percentiles of `samples` in microseconds: (p50, p99).
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        samples[i].as_secs_f64() * 1e6
+    };
+    (at(0.5), at(0.99))
+}
+
+/// Raw std `TcpStream` ping-pong, 17-byte messages, both threads pinned to
+/// `cpu`. Returns the round-trip times.
+fn pingpong_std(rounds: usize, cpu: usize) -> Vec<Duration> {
+    const LEN: usize = 17;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let total = PING_WARMUP + rounds;
+    let echo = std::thread::spawn(move || {
+        pin_to(cpu);
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(MEASURE_TIMEOUT))
+            .expect("timeout");
+        let mut buf = [0u8; LEN];
+        for _ in 0..total {
+            stream.read_exact(&mut buf).expect("read");
+            stream.write_all(&buf).expect("write");
+        }
+    });
+    let samples = std::thread::spawn(move || {
+        pin_to(cpu);
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(MEASURE_TIMEOUT))
+            .expect("timeout");
+        let mut msg = [b'p'; LEN];
+        msg[LEN - 1] = b'\n';
+        let mut buf = [0u8; LEN];
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..total {
+            let started = Instant::now();
+            stream.write_all(&msg).expect("write");
+            stream.read_exact(&mut buf).expect("read");
+            if i >= PING_WARMUP {
+                samples.push(started.elapsed());
+            }
+        }
+        samples
+    })
+    .join()
+    .expect("pinger");
+    echo.join().expect("echo");
+    samples
+}
+
+/// Both ends on one current-thread runtime pinned to `cpu`: `build` returns
+/// a future doing the round trips.
+fn on_one_cpu<T: Send + 'static, F: Future<Output = T>>(
+    cpu: usize,
+    build: impl FnOnce() -> F + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            tokio::time::timeout(MEASURE_TIMEOUT, build())
+                .await
+                .expect("ping-pong timed out")
+        })
+    })
+    .join()
+    .expect("ping-pong thread")
+}
+
+/// chitchat-net: a `Client<Heartbeat>` whose handler signals each reply, and
+/// a `Server` answering each heartbeat, on one thread.
+fn pingpong_ours(rounds: usize, cpu: usize) -> Vec<Duration> {
+    struct Reply {
+        count: AtomicU64,
+        arrived: Notify,
+    }
+    struct Pong;
+    impl Handler for Pong {
+        type Message = Heartbeat;
+        async fn handle(&self, hb: Heartbeat, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            ctx.send(&hb)?;
+            Ok(())
+        }
+    }
+    on_one_cpu(cpu, move || async move {
+        let server = Server::builder(Pong)
+            .listen("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let reply = Arc::new(Reply {
+            count: AtomicU64::new(0),
+            arrived: Notify::new(),
+        });
+        let signal = reply.clone();
+        let client = Client::<Heartbeat>::builder()
+            .handler(handler_fn(
+                move |_hb: Heartbeat, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+                    signal.count.fetch_add(1, Ordering::Release);
+                    signal.arrived.notify_one();
+                    Ok(())
+                },
+            ))
+            .connect(server.local_addr())
+            .await
+            .expect("connect");
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..(PING_WARMUP + rounds) as u64 {
+            let started = Instant::now();
+            let hb = Heartbeat {
+                seq: i,
+                node: 1,
+                flags: 0,
+            };
+            client.send(&hb).await.expect("send");
+            while reply.count.load(Ordering::Acquire) <= i {
+                reply.arrived.notified().await;
+            }
+            if i as usize >= PING_WARMUP {
+                samples.push(started.elapsed());
+            }
+        }
+        client.close().await;
+        server.cut().await;
+        samples
+    })
+}
+
+/// tokio-util: `Framed<TcpStream, AnyDelimiterCodec>` at both ends, one
+/// thread (informative: what tokio itself costs).
+fn pingpong_framed(rounds: usize, cpu: usize) -> Vec<Duration> {
+    on_one_cpu(cpu, move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let echo = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut framed = Framed::new(stream, support::EchoCodec::lines());
+            while let Some(Ok(frame)) = framed.next().await {
+                if framed.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut framed = Framed::new(stream, any_delimiter());
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..PING_WARMUP + rounds {
+            let started = Instant::now();
+            framed.send("pppppppppppppppp").await.expect("send");
+            framed.next().await.expect("reply").expect("frame");
+            if i >= PING_WARMUP {
+                samples.push(started.elapsed());
+            }
+        }
+        drop(framed);
+        let _ = echo.await;
+        samples
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The targets
+
+fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
+    let n = plan.oneway_msgs;
+    eprintln!("one-way: {n} messages per run");
+    let framing = Framing::lines();
+    if plan.wants_case("oneway", "oneway_pod16") {
+        let (ours, base, ratio) = compare_rates(
+            plan.reps,
+            "pod16",
+            || oneway_framed(rt, n, "0123456789abcdef"),
+            || {
+                let msg = Sample16 { seq: 0, value: 7 };
+                oneway_ours(rt, n, framing, msg, |m, i| m.seq = i)
+            },
+        );
+        report.rows.push(Row {
+            target: "1",
+            name: Some("oneway_pod16"),
+            what: "one-way Pod 16 B, lines (escaped) msg/s".into(),
+            ours: si(ours, "msg/s"),
+            baseline: si(base, "frame/s"),
+            value: ratio,
+            goal: Some(1.0),
+        });
+    }
+    if !plan.wants_case("oneway", "oneway_bincode") {
+        return;
+    }
+
+    // A millisecond timestamp as the sequence: a 9-byte varint, 33 bytes in all.
+    const EPOCH_MS: u64 = 1_700_000_000_000;
+    let telemetry = Telemetry {
+        node: 7,
+        seq: EPOCH_MS,
+        value: 21.5,
+        name: "node-0007.rack".to_owned(),
+    };
+    let mut sized = BytesMut::new();
+    chitchat_net::Codec::encode(&Bincode, &telemetry, &mut sized).expect("encode");
+    let len = sized.len();
+    let payload: &'static str = Box::leak("t".repeat(len).into_boxed_str());
+    let (ours, base, ratio) = compare_rates(
+        plan.reps,
+        "bincode",
+        || oneway_framed(rt, n, payload),
+        || {
+            oneway_ours(rt, n, framing, telemetry.clone(), |m, i| {
+                m.seq = EPOCH_MS + i
+            })
+        },
+    );
+    report.rows.push(Row {
+        target: "1",
+        name: Some("oneway_bincode"),
+        what: format!("one-way bincode {len} B, lines (escaped) msg/s"),
+        ours: si(ours, "msg/s"),
+        baseline: si(base, "frame/s"),
+        value: ratio,
+        goal: Some(1.0),
+    });
+}
+
+fn target_bulk(plan: &Plan, rt: &Runtime, report: &mut Report) {
+    let total = plan.bulk_bytes;
+    let n = total / 1024;
+    eprintln!("bulk: {total} bytes per run");
+    let payload = text_1k();
+    let (ours, base, ratio) = compare_rates(
+        plan.reps,
+        "bulk 1k raw",
+        || bulk_raw(total),
+        || {
+            let p = payload.clone();
+            let rate = oneway_ours(rt, n, Framing::lines(), p.clone(), |_, _| {});
+            rate * 1024.0
+        },
+    );
+    report.rows.push(Row {
+        target: "2",
+        name: Some("bulk_1k"),
+        what: "1 KiB frames one way, lines (raw) B/s".into(),
+        ours: si(ours, "B/s"),
+        baseline: si(base, "B/s"),
+        value: ratio,
+        goal: Some(0.5),
+    });
+
+    let block = Block1k {
+        bytes: random_bytes(1024, 42).try_into().expect("1024 bytes"),
+    };
+    let (ours, base, ratio) = compare_rates(
+        1,
+        "bulk 1k escaped",
+        || bulk_raw(total),
+        || oneway_ours(rt, n, Framing::lines(), block, |m, i| m.bytes[0] = i as u8) * 1024.0,
+    );
+    report.rows.push(Row {
+        target: "2",
+        name: None,
+        what: "1 KiB Pod random bytes, lines (escaped) B/s".into(),
+        ours: si(ours, "B/s"),
+        baseline: si(base, "B/s"),
+        value: ratio,
+        goal: None,
+    });
+
+    let text: &'static str = Box::leak(
+        String::from_utf8(payload.to_vec())
+            .expect("ascii")
+            .into_boxed_str(),
+    );
+    let (framed, base, ratio) = compare_rates(
+        1,
+        "bulk 1k framed",
+        || bulk_raw(total),
+        || oneway_framed(rt, n, text) * 1024.0,
+    );
+    report.rows.push(Row {
+        target: "2",
+        name: None,
+        what: "(tokio-util Framed, 1 KiB frames) B/s".into(),
+        ours: si(framed, "B/s"),
+        baseline: si(base, "B/s"),
+        value: ratio,
+        goal: None,
+    });
+}
+
+fn target_decode(plan: &Plan, report: &mut Report) {
+    const FRAMES: usize = 1024;
+    let passes = plan.decode_passes;
+    eprintln!("decode: {passes} passes over {FRAMES} frames of 1 KiB");
+    /// What is measured, its `ratio` name, the framing, the payload, the goal.
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Framing,
+        Payload,
+        Option<f64>,
+    );
+    let cases: [Case; 3] = [
+        (
+            "decode 1 KiB, raw, from memory B/s",
+            Some("decode_1k_raw"),
+            Framing::lines().raw(),
+            Payload::NoDelimiter,
+            Some(5.0),
+        ),
+        (
+            "decode 1 KiB, escaped, random bytes B/s",
+            Some("decode_1k_escaped"),
+            Framing::lines().escaped(),
+            Payload::Random,
+            Some(3.0),
+        ),
+        (
+            "decode 1 KiB, escaped, text (no escapes) B/s",
+            None,
+            Framing::lines().escaped(),
+            Payload::Text,
+            None,
+        ),
+    ];
+    for (what, name, framing, payload, goal) in cases {
+        let wire = wire_of(FRAMES, 1024, payload, &mut FrameCodec::new(framing));
+        let (ours, base, ratio) = compare_rates(
+            plan.reps,
+            what,
+            || decode_rate(&wire, FRAMES, passes, any_delimiter),
+            || decode_rate(&wire, FRAMES, passes, || FrameCodec::new(framing)),
+        );
+        report.rows.push(Row {
+            target: "3",
+            name,
+            what: what.into(),
+            ours: si(ours, "B/s"),
+            baseline: si(base, "B/s"),
+            value: ratio,
+            goal,
+        });
+    }
+}
+
+fn target_pingpong(plan: &Plan, report: &mut Report) {
+    let rounds = plan.ping_rounds;
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    eprintln!("ping-pong: {rounds} round trips per run, pinned to CPU {cpu}");
+    let (mut base, mut ours, mut framed) = (vec![], vec![], vec![]);
+    let (mut ratios, mut framed_ratios, mut tail_ratios) = (vec![], vec![], vec![]);
+    let (mut base99, mut ours99) = (vec![], vec![]);
+    let run_std = !plan.ours_only && plan.wants_case("pingpong", "pingpong_std");
+    let run_ours = plan.wants_case("pingpong", "pingpong_ours");
+    let run_framed = !plan.ours_only && plan.wants_case("pingpong", "pingpong_framed");
+    let measure = |run: bool, f: fn(usize, usize) -> Vec<Duration>| {
+        if run {
+            percentiles(&mut f(rounds, cpu))
+        } else {
+            (f64::NAN, f64::NAN)
+        }
+    };
+    for rep in 0..plan.reps {
+        let (b, b99) = measure(run_std, pingpong_std);
+        let (o, o99) = measure(run_ours, pingpong_ours);
+        let (f, _) = measure(run_framed, pingpong_framed);
+        eprintln!(
+            "  ping-pong rep {rep}: p50 std {b:.1} µs, ours {o:.1} µs, framed {f:.1} µs; p99 std {b99:.1}, ours {o99:.1}"
+        );
+        base.push(b);
+        ours.push(o);
+        framed.push(f);
+        ratios.push(b / o);
+        framed_ratios.push(b / f);
+        base99.push(b99);
+        ours99.push(o99);
+        tail_ratios.push(b99 / o99);
+    }
+    let (b, o, f) = (median(&mut base), median(&mut ours), median(&mut framed));
+    report.rows.push(Row {
+        target: "4",
+        name: Some("pingpong_p50"),
+        what: "ping-pong p50, one CPU (std/ours)".into(),
+        ours: format!("{o:.1} µs"),
+        baseline: format!("{b:.1} µs"),
+        value: median(&mut ratios),
+        goal: Some(1.0 / 1.1),
+    });
+    report.rows.push(Row {
+        target: "4",
+        name: None,
+        what: "ping-pong p99, one CPU (std/ours)".into(),
+        ours: format!("{:.1} µs", median(&mut ours99)),
+        baseline: format!("{:.1} µs", median(&mut base99)),
+        value: median(&mut tail_ratios),
+        goal: None,
+    });
+    report.rows.push(Row {
+        target: "4",
+        name: None,
+        what: "(tokio-util Framed ping-pong p50, std/framed)".into(),
+        ours: format!("{f:.1} µs"),
+        baseline: format!("{b:.1} µs"),
+        value: median(&mut framed_ratios),
+        goal: None,
+    });
+}
+
+fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
+    let config = &plan.scale;
+    eprintln!(
+        "scale: {} connections x {} heartbeats, server in a child process",
+        config.conns, config.rounds
+    );
+    let mut runs: Vec<(ScaleReport, ScaleReport)> = Vec::new();
+    for rep in 0..plan.scale_reps {
+        let run = |kind| match scale::run(rt, kind, config) {
+            Ok(r) => {
+                r.print();
+                Some(r)
+            }
+            Err(error) => {
+                eprintln!("scale[{}]: {error}", kind.name());
+                None
+            }
+        };
+        let pair = if rep % 2 == 0 {
+            let f = run(ServerKind::Framed);
+            (run(ServerKind::Ours), f)
+        } else {
+            let o = run(ServerKind::Ours);
+            (o, run(ServerKind::Framed))
+        };
+        match pair {
+            (Some(o), Some(f)) => {
+                for r in [&o, &f] {
+                    if !r.complete() {
+                        report.failures.push(format!(
+                            "scale[{}]: {} of {} connected, {} of {} replies",
+                            r.kind.name(),
+                            r.connected,
+                            r.config.conns,
+                            r.replies,
+                            r.expected_replies()
+                        ));
+                    }
+                }
+                runs.push((o, f));
+            }
+            _ => report.failures.push("scale: a run failed to start".into()),
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let pick = |f: &dyn Fn(&(ScaleReport, ScaleReport)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        median(&mut v)
+    };
+    let conns = config.conns;
+    let ours_idle = pick(&|(o, _)| o.idle_bytes_per_conn());
+    let framed_idle = pick(&|(_, f)| f.idle_bytes_per_conn());
+    report.rows.push(Row {
+        target: "5",
+        name: Some("memory_idle"),
+        what: format!("server RSS per idle conn, {conns} (4096/ours)"),
+        ours: format!("{ours_idle:.0} B"),
+        baseline: "4096 B budget".into(),
+        value: 4096.0 / ours_idle,
+        goal: Some(1.0),
+    });
+    report.rows.push(Row {
+        target: "5",
+        name: None,
+        what: "server RSS per idle conn (framed/ours)".into(),
+        ours: format!("{ours_idle:.0} B"),
+        baseline: format!("{framed_idle:.0} B"),
+        value: framed_idle / ours_idle,
+        goal: None,
+    });
+    let ours_busy = pick(&|(o, _)| o.busy_bytes_per_conn());
+    let framed_busy = pick(&|(_, f)| f.busy_bytes_per_conn());
+    report.rows.push(Row {
+        target: "5",
+        name: None,
+        what: "server RSS per conn after heartbeats (f/o)".into(),
+        ours: format!("{ours_busy:.0} B"),
+        baseline: format!("{framed_busy:.0} B"),
+        value: framed_busy / ours_busy,
+        goal: None,
+    });
+    let ours_large = pick(&|(o, _)| o.large_bytes_per_conn());
+    let framed_large = pick(&|(_, f)| f.large_bytes_per_conn());
+    report.rows.push(Row {
+        target: "5",
+        name: None,
+        what: format!(
+            "server RSS per conn after {} x {} KiB frames (f/o)",
+            config.large_conns,
+            config.large_bytes / 1024
+        ),
+        ours: format!("{ours_large:.0} B"),
+        baseline: format!("{framed_large:.0} B"),
+        value: framed_large / ours_large,
+        goal: None,
+    });
+    let ours_time = pick(&|(o, _)| o.total_time().as_secs_f64());
+    let framed_time = pick(&|(_, f)| f.total_time().as_secs_f64());
+    let complete = runs.iter().all(|(o, f)| o.complete() && f.complete());
+    report.rows.push(Row {
+        target: "6",
+        name: Some("scale_time"),
+        what: format!(
+            "{conns} conns x {} heartbeats, total (framed/ours)",
+            config.rounds
+        ),
+        ours: fmt_duration(Duration::from_secs_f64(ours_time)),
+        baseline: fmt_duration(Duration::from_secs_f64(framed_time)),
+        value: if complete {
+            framed_time / ours_time
+        } else {
+            0.0
+        },
+        goal: Some(1.0),
+    });
+    let ours_cpu = pick(&|(o, _)| o.server_cpu_per_heartbeat_us());
+    let framed_cpu = pick(&|(_, f)| f.server_cpu_per_heartbeat_us());
+    report.rows.push(Row {
+        target: "6",
+        name: None,
+        what: "  server CPU per heartbeat (framed/ours)".into(),
+        ours: format!("{ours_cpu:.1} µs"),
+        baseline: format!("{framed_cpu:.1} µs"),
+        value: framed_cpu / ours_cpu,
+        goal: None,
+    });
+    let ours_connect = pick(&|(o, _)| o.connect_time.as_secs_f64());
+    let framed_connect = pick(&|(_, f)| f.connect_time.as_secs_f64());
+    report.rows.push(Row {
+        target: "6",
+        name: None,
+        what: "  of which connect (framed/ours)".into(),
+        ours: fmt_duration(Duration::from_secs_f64(ours_connect)),
+        baseline: fmt_duration(Duration::from_secs_f64(framed_connect)),
+        value: framed_connect / ours_connect,
+        goal: None,
+    });
+    let ours_hb = pick(&|(o, _)| o.heartbeat_time.as_secs_f64());
+    let framed_hb = pick(&|(_, f)| f.heartbeat_time.as_secs_f64());
+    report.rows.push(Row {
+        target: "6",
+        name: None,
+        what: "  of which heartbeats (framed/ours)".into(),
+        ours: fmt_duration(Duration::from_secs_f64(ours_hb)),
+        baseline: fmt_duration(Duration::from_secs_f64(framed_hb)),
+        value: framed_hb / ours_hb,
+        goal: None,
+    });
+}
+
+fn main() {
+    scale::maybe_run_server();
+    let plan = Plan::from_args();
+    OURS_ONLY.store(plan.ours_only, Ordering::Relaxed);
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "chitchat-net compare ({} mode): {cpus} CPUs, loopback; every ratio against a baseline of this run",
+        if plan.quick { "quick" } else { "full" }
+    );
+    let rt = runtime();
+    let mut report = Report::default();
+    if plan.wants("oneway") {
+        target_oneway(&plan, &rt, &mut report);
+    }
+    if plan.wants("bulk") {
+        target_bulk(&plan, &rt, &mut report);
+    }
+    if plan.wants("decode") {
+        target_decode(&plan, &mut report);
+    }
+    if plan.wants("pingpong") {
+        target_pingpong(&plan, &mut report);
+    }
+    if plan.wants("scale") {
+        target_scale(&plan, &rt, &mut report);
+    }
+    report.print();
+    println!("finished in {}", fmt_duration(started.elapsed()));
+    if !report.failures.is_empty() {
+        std::process::exit(1);
+    }
+}
