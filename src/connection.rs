@@ -245,8 +245,10 @@ where
         let mut frames = 0;
         let decoded = self.handle_decoded_frames(&mut frames).await;
         Counters::add(&self.handle.counters.frames_in, frames);
-        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
+        if self.read_buf.is_empty() && self.read_buf.capacity() >= SHRINK_ABOVE {
+            // After a large frame: give the memory back and start small.
             self.read_buf = BytesMut::new();
+            self.read_chunk = MIN_READ;
         }
         decoded.map(|()| frames)
     }
@@ -388,7 +390,7 @@ where
             Counters::add(&self.handle.counters.bytes_out, len);
         }
         bounded_write(&self.abort, self.config.write_timeout, self.stream.flush()).await?;
-        if self.write_buf.capacity() > SHRINK_ABOVE {
+        if self.write_buf.capacity() >= SHRINK_ABOVE {
             self.write_buf = BytesMut::new();
         }
         Ok(())

@@ -83,15 +83,20 @@ impl Outbox {
         // A sender in a tight loop must let other tasks run.
         tokio::task::consume_budget().await;
         let mut write = Some(write);
+        let mut attempt = |buf: &mut BytesMut| match write.take() {
+            Some(write) => write(buf),
+            None => Ok(()),
+        };
+        // Fast path: room now, no waiter to register.
+        match self.try_push_with(&mut attempt) {
+            Err(Error::QueueFull { .. }) => {}
+            other => return other,
+        }
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            let attempt = self.try_push_with(|buf| match write.take() {
-                Some(write) => write(buf),
-                None => Ok(()),
-            });
-            match attempt {
+            match self.try_push_with(&mut attempt) {
                 Err(Error::QueueFull { .. }) => space.await,
                 other => return other,
             }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -20,6 +20,8 @@ use crate::transport::{self, ServerTls};
 use crate::wire::{codec_override, default_is_binary, Wire};
 use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
 
+/// Default listen backlog.
+const DEFAULT_BACKLOG: u32 = 1024;
 /// Longest pause of the accept loop after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -105,6 +107,7 @@ pub struct ServerBuilder<H: Handler> {
     max_connections: usize,
     accept_filter: Option<AcceptFilter>,
     tls: Option<ServerTls>,
+    backlog: u32,
     codec: Option<(bool, crate::wire::Override)>,
 }
 
@@ -117,6 +120,7 @@ impl<H: Handler> Server<H> {
             max_connections: usize::MAX,
             accept_filter: None,
             tls: None,
+            backlog: DEFAULT_BACKLOG,
             codec: None,
         }
     }
@@ -248,13 +252,22 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// The listen backlog: connections the kernel queues before they are
+    /// accepted (default 1024; tokio's own default of 128 drops handshakes
+    /// when thousands of peers connect at once, each then retrying after
+    /// a second).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
     /// Binds `addr` and starts accepting in the background.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if the address cannot be bound.
     pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(addr, self.backlog).await?;
         let local = listener.local_addr()?;
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
@@ -289,6 +302,28 @@ impl<H: Handler> ServerBuilder<H> {
         tracing::debug!(%local, "listening");
         Ok(Server { shared })
     }
+}
+
+/// Binds the first address of `addr` that works, with `backlog`.
+async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Error> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: rebind at once after a restart.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })))
 }
 
 /// Accepts connections until the server is cut.
