@@ -85,7 +85,6 @@ pub(crate) struct Connection<S, H> {
 
 /// What woke the connection.
 enum Wake {
-    Abort,
     Close,
     Outbox,
     Read(std::io::Result<usize>),
@@ -156,6 +155,15 @@ where
         let idle_timeout = self.config.idle_timeout;
         let idle = sleep_until(Instant::now() + idle_timeout.unwrap_or_default());
         tokio::pin!(idle);
+        // Made once, not on every turn of the loop: building and dropping
+        // these futures was a large part of a round trip's cost. (An abort
+        // is watched by `run`.)
+        let close_token = self.handle.cancel.clone();
+        let close = close_token.cancelled();
+        tokio::pin!(close);
+        let outbox = self.handle.outbox.clone();
+        let ready = outbox.ready();
+        tokio::pin!(ready);
         loop {
             if self.closing {
                 return self.close_gracefully().await;
@@ -163,16 +171,17 @@ where
             let room = self.make_read_room();
             let wake = tokio::select! {
                 biased;
-                _ = self.abort.cancelled() => Wake::Abort,
-                _ = self.handle.cancel.cancelled() => Wake::Close,
-                _ = self.handle.outbox.ready() => Wake::Outbox,
+                _ = &mut close => Wake::Close,
+                _ = &mut ready => Wake::Outbox,
                 read = self.stream.read_buf(&mut self.read_buf) => Wake::Read(read),
                 _ = &mut idle, if idle_timeout.is_some() => Wake::Idle,
             };
             match wake {
-                Wake::Abort => return Err(Error::Closed),
                 Wake::Close => return self.close_gracefully().await,
-                Wake::Outbox => self.flush().await?,
+                Wake::Outbox => {
+                    ready.set(outbox.ready());
+                    self.flush().await?;
+                }
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
                 Wake::Read(read) => {
                     let n = self.end_of_stream_as_zero(read)?;
@@ -216,6 +225,12 @@ where
 
     /// Makes room for the next read; returns how much there is.
     fn make_read_room(&mut self) -> usize {
+        if self.read_buf.capacity() == 0 && self.read_chunk == MIN_READ {
+            // Nothing read yet (or memory just released): an idle connection
+            // holds no buffer; the first read gets the small one `read_buf`
+            // makes for itself.
+            return 0;
+        }
         let room = self.read_buf.capacity() - self.read_buf.len();
         if room >= self.read_chunk / 4 {
             return room;
@@ -413,6 +428,11 @@ async fn bounded_write(
     timeout: Option<std::time::Duration>,
     write: impl Future<Output = std::io::Result<()>>,
 ) -> Result<(), Error> {
+    // Most writes complete at once: no timer, no select for those.
+    tokio::pin!(write);
+    if let Some(done) = write.as_mut().now_or_never() {
+        return done.map_err(Error::Io);
+    }
     let write = async {
         match timeout {
             Some(t) => match tokio::time::timeout(t, write).await {
