@@ -60,7 +60,8 @@ pub(crate) struct Connection<S, H> {
     stream: S,
     /// Bytes read but not yet cut into frames.
     read_buf: BytesMut,
-    /// How much room the next read gets: doubles while reads fill it.
+    /// How much room the next read gets: doubles while reads fill it (0
+    /// until the first read).
     read_chunk: usize,
     /// Cuts `read_buf` into frames; keeps its search offset between reads.
     decoder: FrameCodec,
@@ -109,7 +110,7 @@ where
         Connection {
             stream,
             read_buf: BytesMut::new(),
-            read_chunk: MIN_READ,
+            read_chunk: 0,
             decoder: handle.wire.decoder(),
             write_buf: BytesMut::new(),
             closing: false,
@@ -225,11 +226,13 @@ where
 
     /// Makes room for the next read; returns how much there is.
     fn make_read_room(&mut self) -> usize {
-        if self.read_buf.capacity() == 0 && self.read_chunk == MIN_READ {
-            // Nothing read yet (or memory just released): an idle connection
-            // holds no buffer; the first read gets the small one `read_buf`
-            // makes for itself.
-            return 0;
+        if self.read_chunk == 0 {
+            // The first read: an idle connection holds no buffer until a
+            // byte arrives (`read_buf` then makes a small one itself).
+            self.read_chunk = MIN_READ;
+            if self.read_buf.capacity() == 0 {
+                return 0;
+            }
         }
         let room = self.read_buf.capacity() - self.read_buf.len();
         if room >= self.read_chunk / 4 {
