@@ -12,7 +12,6 @@
 //! cargo run --example heartbeat -- --mode node --listen 127.0.0.1:7101 --monitor 127.0.0.1:7100
 //! ```
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -227,8 +226,8 @@ async fn run_monitor(args: Args, start: Instant) -> Result<bool, Box<dyn std::er
 
 async fn run_node(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Error>> {
     let node = Server::listen(&args.listen, Responder::default()).await?;
-    let addr: SocketAddr = node.local_addr();
-    register(&args.monitor, args.name.clone(), addr).await?;
+    let addr = node.local_addr();
+    register(&args.monitor, args.name.clone(), addr.clone()).await?;
     log(
         start,
         format!(

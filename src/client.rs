@@ -1,24 +1,24 @@
 //! The client: one connection to a server, sending messages of type `M`.
 
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+#[cfg(unix)]
+use crate::addr::sealed::Target;
 use crate::config::ConnectionConfig;
 use crate::connection::Connection;
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
 use crate::stats::{Counters, Stats};
-use crate::transport::{self, ClientTls};
+use crate::transport::{self, ClientTls, Stream};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
-use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{Addr, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message};
 
 /// Default connect timeout: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,8 +91,19 @@ impl<M: Message> Client<M> {
     /// # Errors
     ///
     /// As [`ClientBuilder::connect`].
-    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, Error> {
+    pub async fn connect(addr: impl ConnectAddr) -> Result<Self, Error> {
         Client::builder().connect(addr).await
+    }
+
+    /// Connects a write-only client to the Unix-domain socket at `path`
+    /// with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::connect_unix`].
+    #[cfg(unix)]
+    pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        Client::builder().connect_unix(path).await
     }
 }
 
@@ -191,23 +202,47 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         self
     }
 
-    /// Connects to `addr` and starts reading in the background.
+    /// Connects to `addr` and starts reading in the background: a TCP
+    /// address or name (`"host:port"`), or an [`Addr`] (a Unix-domain
+    /// socket's too, such as a Unix server's `local_addr()`).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if the connection is refused or fails,
-    /// [`Error::ConnectTimeout`] if it takes longer than the connect timeout.
-    pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client<M>, Error> {
-        let tls = self.tls.as_ref();
-        let connecting = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let (peer, local) = (tcp.peer_addr()?, tcp.local_addr()?);
-            Ok::<_, Error>((transport::connect(tcp, tls).await?, peer, local))
-        };
+    /// [`Error::ConnectTimeout`] if connecting (and the TLS handshake, if
+    /// any) takes longer than the connect timeout; `InvalidInput` for TLS
+    /// on a Unix-domain socket.
+    pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M>, Error> {
+        let connecting = transport::dial(addr.target(), self.tls.as_ref());
         let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
+        Ok(self.start(stream, peer, local))
+    }
+
+    /// Connects to the Unix-domain socket at `path` (a server started with
+    /// [`ServerBuilder::listen_unix`](crate::ServerBuilder::listen_unix))
+    /// and starts reading in the background. Everything else works as over
+    /// TCP; the addresses are [`Addr::Unix`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if nothing listens at `path` or the connection fails,
+    /// [`Error::ConnectTimeout`] if it takes longer than the connect
+    /// timeout; `InvalidInput` if TLS is configured (not supported on Unix
+    /// sockets).
+    #[cfg(unix)]
+    pub async fn connect_unix(self, path: impl AsRef<std::path::Path>) -> Result<Client<M>, Error> {
+        let target = Target::Unix(path.as_ref().to_path_buf());
+        let connecting = transport::dial(target, self.tls.as_ref());
+        let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
+        Ok(self.start(stream, peer, local))
+    }
+
+    /// Starts the connection task on a connected stream.
+    fn start(self, stream: Stream, peer: Addr, local: Addr) -> Client<M> {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
@@ -237,7 +272,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             events.clone(),
             None,
         );
-        let span = tracing::info_span!("chitchat_client", %peer);
+        let span = tracing::info_span!("chitchat_client", peer = %handle.peer);
         let done = ended.clone();
         let task = tokio::spawn(
             async move {
@@ -248,7 +283,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             }
             .instrument(span),
         );
-        Ok(Client {
+        Client {
             handle,
             task: tokio::sync::Mutex::new(Some(task)),
             abort,
@@ -256,7 +291,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             events,
             errors,
             _message: PhantomData,
-        })
+        }
     }
 }
 
@@ -300,13 +335,13 @@ impl<M: Message> Client<M> {
     }
 
     /// This end's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local
+    pub fn local_addr(&self) -> Addr {
+        self.handle.local.clone()
     }
 
     /// The server's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.handle.peer
+    pub fn peer_addr(&self) -> Addr {
+        self.handle.peer.clone()
     }
 
     /// Whether the connection is closing or closed: sends fail from then on.

@@ -130,7 +130,7 @@ where
 
     /// Runs the connection to its end and reports how it ended.
     pub(crate) async fn run(mut self) {
-        let peer = self.handle.peer;
+        let peer = self.handle.peer.clone();
         let abort = self.abort.clone();
         // An abort (server `cut`) ends the connection even while a handler
         // is pending: the handler's future is dropped at its await point.
@@ -141,13 +141,13 @@ where
         };
         match served.unwrap_or_else(|panic| Err(Error::HandlerPanic(panic_message(&*panic)))) {
             Ok(()) | Err(Error::Closed) => tracing::debug!("connection closed"),
-            Err(error) => self.events.report(Some(peer), error),
+            Err(error) => self.events.report(Some(peer.clone()), error),
         }
         self.handle.outbox.close();
         let closed = AssertUnwindSafe(self.handler.on_close(peer)).catch_unwind();
         if let Err(panic) = closed.await {
             let error = Error::HandlerPanic(panic_message(&*panic));
-            self.events.report(Some(peer), error);
+            self.events.report(Some(self.handle.peer.clone()), error);
         }
     }
 
@@ -290,10 +290,9 @@ where
     /// Decodes one frame and hands it to the handler. Decode and handler
     /// errors are reported; the connection goes on.
     async fn handle_frame(&mut self, frame: Bytes) {
-        let peer = self.handle.peer;
         let msg = match self.handle.wire.decode::<H::Message>(frame) {
             Ok(msg) => msg,
-            Err(error) => return self.events.report(Some(peer), error),
+            Err(error) => return self.events.report(Some(self.handle.peer.clone()), error),
         };
         let mut ctx = Context {
             handle: &self.handle,
@@ -301,7 +300,8 @@ where
             closing: &mut self.closing,
         };
         if let Err(error) = self.handler.handle(msg, &mut ctx).await {
-            self.events.report(Some(peer), Error::Handler(error));
+            self.events
+                .report(Some(self.handle.peer.clone()), Error::Handler(error));
         }
     }
 

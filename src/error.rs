@@ -1,6 +1,5 @@
 //! The crate's one error type.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A boxed error, as returned by handlers and user codecs.
@@ -93,7 +92,7 @@ pub enum Error {
 
     /// A connection was refused by the server's accept filter.
     #[error("connection from {0} refused by the accept filter")]
-    Refused(SocketAddr),
+    Refused(crate::Addr),
 
     /// A connection was refused because the server already holds its maximum.
     #[error("connection refused: the server holds its maximum of {limit} connections")]
@@ -111,7 +110,7 @@ pub enum Error {
 
     /// No connection has this peer address.
     #[error("no connection to {0}")]
-    UnknownPeer(SocketAddr),
+    UnknownPeer(crate::Addr),
 
     /// The connection (or the server) is closed.
     #[error("connection closed")]

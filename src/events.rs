@@ -1,6 +1,5 @@
 //! Error events: a bounded stream of what went wrong, and with whom.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -8,7 +7,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::Counters;
-use crate::Error;
+use crate::{Addr, Error};
 
 /// Default number of events kept for a reader before new ones are dropped.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
@@ -17,14 +16,14 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub struct ErrorEvent {
     /// The peer the error concerns; `None` for the listener itself.
-    pub peer: Option<SocketAddr>,
+    pub peer: Option<Addr>,
     /// What went wrong.
     pub error: Error,
 }
 
 impl std::fmt::Display for ErrorEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.peer {
+        match &self.peer {
             Some(peer) => write!(f, "{peer}: {}", crate::error::Report(&self.error)),
             None => write!(f, "{}", crate::error::Report(&self.error)),
         }
@@ -40,8 +39,8 @@ pub(crate) struct EventSink {
 }
 
 impl EventSink {
-    pub(crate) fn report(&self, peer: Option<SocketAddr>, error: Error) {
-        match peer {
+    pub(crate) fn report(&self, peer: Option<Addr>, error: Error) {
+        match &peer {
             Some(peer) => {
                 tracing::debug!(%peer, error = %crate::error::Report(&error), "chitchat-net error event")
             }

@@ -1,6 +1,5 @@
 //! A cloneable handle on one connection, usable from any task.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -8,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::Outbox;
 use crate::stats::Counters;
 use crate::wire::Wire;
-use crate::{Error, Message};
+use crate::{Addr, Error, Message};
 
 /// A handle on one live connection: send to it from any task, or close it.
 ///
@@ -20,8 +19,8 @@ use crate::{Error, Message};
 /// [`try_send`]: ConnectionHandle::try_send
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
-    pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
+    pub(crate) peer: Addr,
+    pub(crate) local: Addr,
     pub(crate) wire: Wire,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) cancel: CancellationToken,
@@ -30,13 +29,13 @@ pub struct ConnectionHandle {
 
 impl ConnectionHandle {
     /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    pub fn peer_addr(&self) -> Addr {
+        self.peer.clone()
     }
 
     /// This end's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
+    pub fn local_addr(&self) -> Addr {
+        self.local.clone()
     }
 
     /// Queues `msg`, waiting while the outgoing queue is full.

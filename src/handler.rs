@@ -2,13 +2,12 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::handle::ConnectionHandle;
 use crate::stats::Counters;
-use crate::{BoxError, Error, Message};
+use crate::{Addr, BoxError, Error, Message};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
 ///
@@ -68,7 +67,7 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Called once a connection has ended, whatever the reason.
-    fn on_close(&self, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+    fn on_close(&self, peer: Addr) -> impl Future<Output = ()> + Send {
         let _ = peer;
         async {}
     }
@@ -99,13 +98,13 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.handle.peer
+    pub fn peer_addr(&self) -> Addr {
+        self.handle.peer.clone()
     }
 
     /// This end's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local
+    pub fn local_addr(&self) -> Addr {
+        self.handle.local.clone()
     }
 
     /// Sends a typed message back on this connection, framed and encoded

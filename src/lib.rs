@@ -87,7 +87,9 @@
 //! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
 //! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
-//! - [`Server`], [`Client`], [`ConnectionHandle`]: the runtime on tokio.
+//! - [`Server`], [`Client`], [`ConnectionHandle`]: the runtime on tokio, over
+//!   TCP, TLS (feature `tls`) or, on Unix, a Unix-domain socket
+//!   ([`ServerBuilder::listen_unix`]); peers are named by an [`Addr`].
 //! - [`ErrorEvents`]: the bounded stream of error events.
 //! - [`heartbeat`]: a reusable heartbeat monitor and responder.
 //! - [`derive@Message`], [`derive@Handler`] (feature `derive`, on by default).
@@ -100,6 +102,7 @@
 )]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+mod addr;
 mod client;
 pub mod codec;
 mod config;
@@ -118,6 +121,9 @@ pub mod tls;
 mod transport;
 mod wire;
 
+#[cfg(unix)]
+pub use crate::addr::UnixAddr;
+pub use crate::addr::{Addr, ConnectAddr};
 pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;

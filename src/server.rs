@@ -1,11 +1,10 @@
 //! The server: accepts connections and runs a handler on each.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -16,9 +15,9 @@ use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::outbox::Outbox;
 use crate::stats::{Counters, Stats};
-use crate::transport::{self, ServerTls};
+use crate::transport::{self, Listener, ServerTls, Socket};
 use crate::wire::{codec_override, default_is_binary, Wire};
-use crate::{Codec, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{Addr, Codec, Error, ErrorEvents, Framing, Handler, Message};
 
 /// Default listen backlog.
 const DEFAULT_BACKLOG: u32 = 1024;
@@ -29,7 +28,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// `H` (the Go original's `Server`).
 ///
 /// Three steps make it work: an address, a handler, and a look at
-/// [`errors`](Server::errors).
+/// [`errors`](Server::errors). The same server serves a Unix-domain socket
+/// for local IPC with [`ServerBuilder::listen_unix`].
 ///
 /// # Examples
 ///
@@ -58,7 +58,7 @@ struct Shared<H> {
     /// The user's handler: shared state for every connection.
     handler: Arc<H>,
     /// The bound address.
-    local: SocketAddr,
+    local: Addr,
     /// Framing and codecs.
     wire: Wire,
     /// Timeouts and limits of each connection.
@@ -72,7 +72,7 @@ struct Shared<H> {
     /// TLS, if configured.
     tls: Option<ServerTls>,
     /// Open connections by peer address.
-    connections: Mutex<HashMap<SocketAddr, ConnectionHandle>>,
+    connections: Mutex<HashMap<Addr, ConnectionHandle>>,
     /// Error events.
     events: EventSink,
     errors: ErrorEvents,
@@ -90,7 +90,7 @@ struct Shared<H> {
 
 /// A user's accept filter.
 #[derive(Clone)]
-struct AcceptFilter(Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>);
+struct AcceptFilter(Arc<dyn Fn(&Addr) -> bool + Send + Sync>);
 
 impl std::fmt::Debug for AcceptFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,7 +192,9 @@ impl<H: Handler> ServerBuilder<H> {
 
     /// Accepts a connection only if `allow(peer)` returns true, decided
     /// before any byte is read (an allow list, for example). A refused
-    /// connection is closed at once with an [`Error::Refused`] event.
+    /// connection is closed at once with an [`Error::Refused`] event. On a
+    /// Unix-domain socket, the peer's credentials are known by then
+    /// ([`UnixAddr::uid`](crate::UnixAddr::uid)).
     ///
     /// # Examples
     ///
@@ -201,15 +203,12 @@ impl<H: Handler> ServerBuilder<H> {
     /// # async fn run() -> Result<(), chitchat_net::Error> {
     /// # let handler = handler_fn(|_: String, _: &mut Context<'_>| -> Result<(), BoxError> { Ok(()) });
     /// let server = Server::builder(handler)
-    ///     .accept_filter(|peer| peer.ip().is_loopback())
+    ///     .accept_filter(|peer| peer.ip().is_some_and(|ip| ip.is_loopback()))
     ///     .listen("127.0.0.1:7000")
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn accept_filter(
-        mut self,
-        allow: impl Fn(SocketAddr) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    pub fn accept_filter(mut self, allow: impl Fn(&Addr) -> bool + Send + Sync + 'static) -> Self {
         self.accept_filter = Some(AcceptFilter(Arc::new(allow)));
         self
     }
@@ -268,6 +267,57 @@ impl<H: Handler> ServerBuilder<H> {
     /// [`Error::Io`] if the address cannot be bound.
     pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
         let listener = bind(addr, self.backlog).await?;
+        self.start(Listener::Tcp(listener))
+    }
+
+    /// Binds a Unix-domain socket at `path` (local IPC) and starts accepting
+    /// in the background. Everything else works as over TCP: peers are
+    /// [`Addr::Unix`], numbered by the server, with their credentials.
+    ///
+    /// A socket file left at `path` by a server that has gone is replaced;
+    /// the file is removed when this server ends (cut, shut down or
+    /// dropped). Who may connect is decided by the file's permissions and
+    /// the [accept filter](ServerBuilder::accept_filter).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the path cannot be bound (a live server's socket or
+    /// any other file at `path` is `AddrInUse`); `InvalidInput` if TLS is
+    /// configured (a Unix socket is local: it has no use for it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+    ///
+    /// # async fn run() -> Result<(), chitchat_net::Error> {
+    /// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.send(&line)?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::builder(echo)
+    ///     .accept_filter(|peer| peer.unix().and_then(|p| p.uid()) == Some(1000))
+    ///     .listen_unix("/run/myapp/control.sock")
+    ///     .await?;
+    /// let client = Client::<String>::builder()
+    ///     .connect_unix("/run/myapp/control.sock")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub async fn listen_unix(self, path: impl AsRef<std::path::Path>) -> Result<Server<H>, Error> {
+        if self.tls.is_some() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "TLS is not supported on Unix-domain sockets",
+            )));
+        }
+        let listener = transport::bind_unix(path.as_ref()).await?;
+        self.start(listener)
+    }
+
+    /// Starts accepting on `listener` in the background.
+    fn start(self, listener: Listener) -> Result<Server<H>, Error> {
         let local = listener.local_addr()?;
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
@@ -295,11 +345,11 @@ impl<H: Handler> ServerBuilder<H> {
             abort: CancellationToken::new(),
             ended,
         });
-        let span = tracing::info_span!("chitchat_server", %local);
+        let span = tracing::info_span!("chitchat_server", local = %shared.local);
         shared
             .tasks
             .spawn(accept_loop(listener, shared.clone()).instrument(span));
-        tracing::debug!(%local, "listening");
+        tracing::debug!(local = %shared.local, "listening");
         Ok(Server { shared })
     }
 }
@@ -327,7 +377,7 @@ async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Err
 }
 
 /// Accepts connections until the server is cut.
-async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) {
+async fn accept_loop<H: Handler>(mut listener: Listener, shared: Arc<Shared<H>>) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -336,9 +386,9 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) 
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((socket, peer)) => {
                 backoff = Duration::ZERO;
-                start_connection(&shared, stream, peer);
+                start_connection(&shared, socket, peer);
             }
             Err(error) => {
                 // Out of descriptors or a transient network error: wait a
@@ -355,10 +405,12 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>) 
 }
 
 /// Registers and spawns the task of one accepted connection.
-fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer: SocketAddr) {
+fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: Addr) {
     if let Some(AcceptFilter(allow)) = &shared.accept_filter {
-        if !allow(peer) {
-            shared.events.report(Some(peer), Error::Refused(peer));
+        if !allow(&peer) {
+            shared
+                .events
+                .report(Some(peer.clone()), Error::Refused(peer));
             return;
         }
     }
@@ -371,30 +423,32 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
             .report(Some(peer), Error::TooManyConnections { limit });
         return;
     }
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = socket.set_nodelay() {
         drop(connections);
         shared.events.report(Some(peer), Error::Io(error));
         return;
     }
     let handle = ConnectionHandle {
-        peer,
-        local: shared.local,
+        peer: peer.clone(),
+        local: shared.local.clone(),
         wire: shared.wire.clone(),
         outbox: Arc::new(Outbox::new(shared.config.queue_bytes)),
         cancel: shared.close_all.child_token(),
         counters: shared.counters.clone(),
     };
-    connections.insert(peer, handle.clone());
+    connections.insert(peer.clone(), handle.clone());
     drop(connections);
     shared.counters.opened();
     let weak = Arc::downgrade(shared);
     let counters = shared.counters.clone();
+    let key = peer.clone();
     let on_end = OnEnd::new(move || {
         counters.closed();
         if let Some(shared) = weak.upgrade() {
-            shared.lock().remove(&peer);
+            shared.lock().remove(&key);
         }
     });
+    let span = tracing::info_span!("connection", %peer);
     let tls = shared.tls.clone();
     let handler = shared.handler.clone();
     let config = shared.config.clone();
@@ -406,7 +460,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
         let stream = tokio::select! {
             _ = abort.cancelled() => return,
             _ = close.cancelled() => return,
-            stream = transport::accept(stream, tls.as_ref(), timeout) => stream,
+            stream = transport::accept(socket, tls.as_ref(), timeout) => stream,
         };
         match stream {
             Ok(stream) => {
@@ -418,30 +472,29 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, stream: TcpStream, peer
             Err(error) => events.report(Some(peer), error),
         }
     };
-    let span = tracing::info_span!("connection", %peer);
     shared.tasks.spawn(task.instrument(span));
 }
 
 impl<H> Shared<H> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, ConnectionHandle>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Addr, ConnectionHandle>> {
         // The table stays consistent even if a holder panicked.
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn handle(&self, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+    fn handle(&self, peer: &Addr) -> Result<ConnectionHandle, Error> {
         self.lock()
-            .get(&peer)
+            .get(peer)
             .cloned()
-            .ok_or(Error::UnknownPeer(peer))
+            .ok_or_else(|| Error::UnknownPeer(peer.clone()))
     }
 }
 
 impl<H: Handler> Server<H> {
     /// The address the server listens on (the Go original's `GetLocalAddr`).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local
+    pub fn local_addr(&self) -> Addr {
+        self.shared.local.clone()
     }
 
     /// The handler, which is also the state shared by every connection (the
@@ -452,8 +505,8 @@ impl<H: Handler> Server<H> {
 
     /// The addresses of the connected peers (the Go original's
     /// `RangeRemoteAddr`).
-    pub fn remote_addrs(&self) -> Vec<SocketAddr> {
-        self.shared.lock().keys().copied().collect()
+    pub fn remote_addrs(&self) -> Vec<Addr> {
+        self.shared.lock().keys().cloned().collect()
     }
 
     /// How many connections are open.
@@ -466,8 +519,8 @@ impl<H: Handler> Server<H> {
     /// # Errors
     ///
     /// [`Error::UnknownPeer`] if no connection has that address.
-    pub fn connection(&self, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        self.shared.handle(peer)
+    pub fn connection(&self, peer: impl Into<Addr>) -> Result<ConnectionHandle, Error> {
+        self.shared.handle(&peer.into())
     }
 
     /// Closes the connection from `peer` after flushing what was queued for
@@ -476,8 +529,8 @@ impl<H: Handler> Server<H> {
     /// # Errors
     ///
     /// [`Error::UnknownPeer`] if no connection has that address.
-    pub fn close_remote(&self, peer: SocketAddr) -> Result<(), Error> {
-        self.shared.handle(peer)?.close();
+    pub fn close_remote(&self, peer: impl Into<Addr>) -> Result<(), Error> {
+        self.shared.handle(&peer.into())?.close();
         Ok(())
     }
 
@@ -486,8 +539,8 @@ impl<H: Handler> Server<H> {
     /// # Errors
     ///
     /// [`Error::UnknownPeer`], [`Error::Closed`], or encode errors.
-    pub async fn send_to<M: Message>(&self, peer: SocketAddr, msg: &M) -> Result<(), Error> {
-        self.shared.handle(peer)?.send(msg).await
+    pub async fn send_to<M: Message>(&self, peer: impl Into<Addr>, msg: &M) -> Result<(), Error> {
+        self.shared.handle(&peer.into())?.send(msg).await
     }
 
     /// Queues `msg` to every connection without waiting on any: it is
@@ -513,7 +566,7 @@ impl<H: Handler> Server<H> {
                     Counters::add(&handle.counters.frames_out, 1);
                 }
                 Err(Error::Closed) => {}
-                Err(error) => self.shared.events.report(Some(*peer), error),
+                Err(error) => self.shared.events.report(Some(peer.clone()), error),
             }
         }
         Ok(reached)

@@ -1,18 +1,26 @@
-//! The byte streams a connection runs on: plain TCP, or TLS over TCP
-//! (feature `tls`). One enum, so that servers and clients run one kind of
-//! connection task whatever the transport.
+//! The byte streams a connection runs on: plain TCP, TLS over TCP (feature
+//! `tls`), or a Unix-domain socket. One enum, so that servers and clients run
+//! one kind of connection task whatever the transport; and the listeners that
+//! accept them.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::addr::sealed::Target;
+use crate::Addr;
 
 /// A connected byte stream.
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
     #[cfg(feature = "tls")]
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     #[cfg(feature = "tls")]
@@ -24,6 +32,8 @@ macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
         match $self.get_mut() {
             Stream::Tcp($s) => $call,
+            #[cfg(unix)]
+            Stream::Unix($s) => $call,
             #[cfg(feature = "tls")]
             Stream::TlsServer($s) => $call,
             #[cfg(feature = "tls")]
@@ -62,6 +72,8 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             Stream::TlsServer(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
@@ -134,12 +146,18 @@ impl ClientTls {
 }
 
 /// Turns an accepted socket into the server's stream: as is, or after a TLS
-/// handshake that must finish within `timeout`.
+/// handshake that must finish within `timeout` (TCP only: a Unix server
+/// never has TLS).
 pub(crate) async fn accept(
-    tcp: TcpStream,
+    socket: Socket,
     tls: Option<&ServerTls>,
     timeout: std::time::Duration,
 ) -> Result<Stream, crate::Error> {
+    let tcp = match socket {
+        Socket::Tcp(tcp) => tcp,
+        #[cfg(unix)]
+        Socket::Unix(unix) => return Ok(Stream::Unix(unix)),
+    };
     let Some(tls) = tls else {
         return Ok(Stream::Tcp(tcp));
     };
@@ -180,5 +198,176 @@ pub(crate) async fn connect(
     #[cfg(not(feature = "tls"))]
     {
         match tls.never {}
+    }
+}
+
+/// Connects to `target`, then makes the client's stream (with a TLS
+/// handshake if `tls` is set). Returns the stream, the peer's address and
+/// this end's.
+pub(crate) async fn dial(
+    target: Target,
+    tls: Option<&ClientTls>,
+) -> Result<(Stream, Addr, Addr), crate::Error> {
+    let tcp = match target {
+        Target::Name(name) => TcpStream::connect(name).await?,
+        Target::Tcp(addrs) => TcpStream::connect(&addrs[..]).await?,
+        #[cfg(unix)]
+        Target::Unix(path) => {
+            if tls.is_some() {
+                return Err(crate::Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is not supported on Unix-domain sockets",
+                )));
+            }
+            let unix = UnixStream::connect(path).await?;
+            let addr = |addr: io::Result<tokio::net::unix::SocketAddr>| {
+                let addr = addr.ok();
+                let path = addr.as_ref().and_then(|addr| addr.as_pathname());
+                Addr::Unix(crate::UnixAddr::named(path))
+            };
+            let (peer, local) = (addr(unix.peer_addr()), addr(unix.local_addr()));
+            return Ok((Stream::Unix(unix), peer, local));
+        }
+    };
+    tcp.set_nodelay(true)?;
+    let (peer, local) = (tcp.peer_addr()?, tcp.local_addr()?);
+    Ok((connect(tcp, tls).await?, Addr::Tcp(peer), Addr::Tcp(local)))
+}
+
+/// An accepted socket, before any TLS handshake.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Socket {
+    /// Sets `TCP_NODELAY` on a TCP socket: frames are written whole and
+    /// must not wait for Nagle's timer.
+    pub(crate) fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            Socket::Tcp(tcp) => tcp.set_nodelay(true),
+            #[cfg(unix)]
+            Socket::Unix(_) => Ok(()),
+        }
+    }
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix {
+        listener: UnixListener,
+        /// Removes the socket file when the listener ends.
+        _file: SocketFile,
+        /// The number of the last accepted peer.
+        last_id: u64,
+    },
+}
+
+impl Listener {
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> io::Result<Addr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
+            #[cfg(unix)]
+            Listener::Unix { listener, .. } => {
+                let addr = listener.local_addr()?;
+                Ok(Addr::Unix(crate::UnixAddr::named(addr.as_pathname())))
+            }
+        }
+    }
+
+    /// Accepts the next connection.
+    pub(crate) async fn accept(&mut self) -> io::Result<(Socket, Addr)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (tcp, peer) = listener.accept().await?;
+                Ok((Socket::Tcp(tcp), Addr::Tcp(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix {
+                listener, last_id, ..
+            } => {
+                let (unix, peer) = listener.accept().await?;
+                *last_id += 1;
+                let cred = unix.peer_cred().ok();
+                let peer = crate::UnixAddr::peer(*last_id, peer.as_pathname(), cred);
+                Ok((Socket::Unix(unix), Addr::Unix(peer)))
+            }
+        }
+    }
+}
+
+/// Binds a Unix-domain socket at `path`. A socket file left behind by a
+/// server that is gone (connecting to it is refused) is replaced; a live
+/// server's socket, or any other file, is an [`io::ErrorKind::AddrInUse`]
+/// error.
+#[cfg(unix)]
+pub(crate) async fn bind_unix(path: &std::path::Path) -> io::Result<Listener> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let listener = match UnixListener::bind(path) {
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|meta| meta.file_type().is_socket())
+                .unwrap_or(false);
+            let stale = is_socket
+                && matches!(
+                    UnixStream::connect(path).await,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+                );
+            if !stale {
+                return Err(error);
+            }
+            tracing::debug!(path = %path.display(), "replacing a stale socket file");
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)?
+        }
+        bound => bound?,
+    };
+    Ok(Listener::Unix {
+        _file: SocketFile::new(path)?,
+        listener,
+        last_id: 0,
+    })
+}
+
+/// The socket file of a Unix listener, removed when the listener ends if
+/// it is still the one this listener created.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: std::path::PathBuf,
+    /// Device and inode at bind time.
+    id: (u64, u64),
+}
+
+#[cfg(unix)]
+impl SocketFile {
+    fn new(path: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.id);
+        if ours {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::debug!(path = %self.path.display(), %error, "could not remove the socket file");
+            }
+        }
     }
 }

@@ -48,7 +48,7 @@ async fn stopped_node_goes_missed_then_dead_then_alive_again_when_back() {
     let node = Server::listen("127.0.0.1:0", Responder::default())
         .await
         .unwrap();
-    let addr = node.local_addr();
+    let addr = node.local_addr().tcp().unwrap();
     monitor.watch("n1", addr);
     assert_eq!(next_state(&mut events).await, PeerState::Alive);
 
@@ -77,12 +77,20 @@ async fn registered_nodes_are_checked_and_healthy_ones_stay_alive() {
     let b = Server::listen("127.0.0.1:0", Responder::default())
         .await
         .unwrap();
-    register(registrations.local_addr(), "a", a.local_addr())
-        .await
-        .unwrap();
-    register(registrations.local_addr(), "b", b.local_addr())
-        .await
-        .unwrap();
+    register(
+        registrations.local_addr(),
+        "a",
+        a.local_addr().tcp().unwrap(),
+    )
+    .await
+    .unwrap();
+    register(
+        registrations.local_addr(),
+        "b",
+        b.local_addr().tcp().unwrap(),
+    )
+    .await
+    .unwrap();
     let mut alive = Vec::new();
     for _ in 0..2 {
         let event = tokio::time::timeout(WAIT, events.recv())

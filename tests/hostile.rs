@@ -179,7 +179,11 @@ async fn read_escaped_frame(peer: &mut RawPeer) -> Bytes {
 
 /// Asserts the next event concerns `peer` and is a decode error of `codec`;
 /// returns its source's message.
-async fn expect_decode_event(events: &ErrorEvents, peer: SocketAddr, codec: &str) -> String {
+async fn expect_decode_event(
+    events: &ErrorEvents,
+    peer: impl Into<chitchat_net::Addr>,
+    codec: &str,
+) -> String {
     let event = next_event(events).await;
     assert_peer(&event, peer);
     match &event.error {
@@ -244,7 +248,7 @@ async fn child_fifty_megabytes_without_a_delimiter() {
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let events = server.errors();
     let mut good = RawPeer::connect(addr).await;
     good.ping().await;
@@ -314,7 +318,7 @@ async fn slow_loris_is_closed_by_the_idle_timeout_though_it_sends_bytes() {
         .await
         .unwrap();
     let events = server.errors();
-    let mut loris = within("connect", TcpStream::connect(server.local_addr()))
+    let mut loris = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let loris_addr = loris.local_addr().unwrap();
@@ -679,7 +683,7 @@ async fn a_reset_in_the_middle_of_a_frame_is_an_event_and_others_go_on() {
     let events = server.errors();
     let mut other = RawPeer::connect(server.local_addr()).await;
     other.ping().await;
-    let mut half = within("connect", TcpStream::connect(server.local_addr()))
+    let mut half = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let half_addr = half.local_addr().unwrap();
@@ -759,7 +763,7 @@ async fn a_flood_of_empty_frames_does_not_starve_other_connections() {
     let events = server.errors();
     let mut good = RawPeer::connect(server.local_addr()).await;
     good.ping().await;
-    let flooder = within("connect", TcpStream::connect(server.local_addr()))
+    let flooder = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let started = Instant::now();
@@ -1105,7 +1109,7 @@ async fn child_server_with_few_descriptors() {
 async fn the_accept_filter_refuses_before_any_byte_reaches_the_handler() {
     let refused_ip = Ipv4Addr::new(127, 0, 0, 2);
     let server = Server::builder(Probe::greeting())
-        .accept_filter(move |peer| peer.ip() != refused_ip)
+        .accept_filter(move |peer| peer.ip() != Some(refused_ip.into()))
         .listen("127.0.0.1:0")
         .await
         .unwrap();
@@ -1113,7 +1117,7 @@ async fn the_accept_filter_refuses_before_any_byte_reaches_the_handler() {
 
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind((refused_ip, 0).into()).unwrap();
-    let mut refused = within("connect", socket.connect(server.local_addr()))
+    let mut refused = within("connect", socket.connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let refused_addr = refused.local_addr().unwrap();
@@ -1123,9 +1127,9 @@ async fn the_accept_filter_refuses_before_any_byte_reaches_the_handler() {
     // No greeting, no pong: the stream just ends.
     refused.expect_end().await;
     let event = next_event(&events).await;
-    assert_eq!(event.peer, Some(refused_addr));
+    assert_peer(&event, refused_addr);
     assert!(
-        matches!(event.error, Error::Refused(a) if a == refused_addr),
+        matches!(&event.error, Error::Refused(a) if *a == refused_addr),
         "{:?}",
         event.error
     );

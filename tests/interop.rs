@@ -44,7 +44,9 @@ async fn text_ping_is_written_exactly_as_the_go_original_writes_it() {
 #[tokio::test]
 async fn text_responder_reads_crlf_and_lf_lines_as_the_go_original() {
     let server = Server::listen("127.0.0.1:0", TextResponder).await.unwrap();
-    let mut go_master = TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut go_master = TcpStream::connect(server.local_addr().tcp().unwrap())
+        .await
+        .unwrap();
     go_master.write_all(b"heartbeat ping\r\n").await.unwrap();
     assert_eq!(read_exactly(&mut go_master, 15).await, b"heartbeat pong\n");
     go_master.write_all(b"heartbeat ping\n").await.unwrap();
@@ -76,7 +78,9 @@ async fn eof_framed_text_from_a_go_node_is_read_as_one_message() {
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let mut go_node = TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut go_node = TcpStream::connect(server.local_addr().tcp().unwrap())
+        .await
+        .unwrap();
     go_node.write_all(b"hel").await.unwrap();
     go_node.write_all(b"lo\nworld").await.unwrap();
     go_node.shutdown().await.unwrap();
@@ -104,7 +108,7 @@ async fn eof_framed_registration_written_in_pieces_starts_watching_the_node() {
         &mut payload,
     )
     .unwrap();
-    let mut stream = TcpStream::connect(registrations.local_addr())
+    let mut stream = TcpStream::connect(registrations.local_addr().tcp().unwrap())
         .await
         .unwrap();
     for byte in payload.iter() {

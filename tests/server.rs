@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +21,7 @@ async fn probe_server() -> Server<Probe> {
 
 /// A chitchat client whose replies go into a channel.
 async fn collecting_client(
-    addr: SocketAddr,
+    addr: impl chitchat_net::ConnectAddr,
 ) -> (Client<String>, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (handler, rx) = collector::<String>();
     let client = Client::<String>::builder()
@@ -48,7 +47,7 @@ async fn client_ping(
 /// once.
 #[derive(Debug, Default)]
 struct Sequencer {
-    busy: Mutex<HashSet<SocketAddr>>,
+    busy: Mutex<HashSet<chitchat_net::Addr>>,
     overlaps: AtomicUsize,
 }
 
@@ -57,7 +56,7 @@ impl Handler for Sequencer {
 
     async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
         let peer = ctx.peer_addr();
-        if !self.busy.lock().unwrap().insert(peer) {
+        if !self.busy.lock().unwrap().insert(peer.clone()) {
             self.overlaps.fetch_add(1, Ordering::SeqCst);
         }
         // Give the runtime every chance to start the next frame meanwhile.
@@ -147,7 +146,7 @@ async fn on_open_can_greet_and_on_close_sees_the_peer() {
 #[derive(Debug, Default)]
 struct Doorman {
     handled: AtomicUsize,
-    closed: Mutex<Vec<SocketAddr>>,
+    closed: Mutex<Vec<chitchat_net::Addr>>,
 }
 
 impl Handler for Doorman {
@@ -162,7 +161,7 @@ impl Handler for Doorman {
         Err("not today".into())
     }
 
-    async fn on_close(&self, peer: SocketAddr) {
+    async fn on_close(&self, peer: chitchat_net::Addr) {
         self.closed.lock().unwrap().push(peer);
     }
 }
@@ -188,7 +187,7 @@ async fn on_open_error_is_an_event_and_closes_the_connection() {
             .closed
             .lock()
             .unwrap()
-            .contains(&raw.local_addr())
+            .contains(&raw.local_addr().into())
     })
     .await;
     assert_eq!(server.handler().handled.load(Ordering::SeqCst), 0);
@@ -527,7 +526,7 @@ async fn eof_framing_raw_peer_delivers_one_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_get_their_replies_in_order() {
     let server = probe_server().await;
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let mut tasks = Vec::new();
     for c in 0..200 {
         tasks.push(tokio::spawn(async move {
@@ -567,7 +566,7 @@ async fn remote_addrs_connection_count_and_close_remote() {
 
     let mut remotes = server.remote_addrs();
     remotes.sort();
-    let mut expected = vec![c1.local_addr(), c2.local_addr(), raw.local_addr()];
+    let mut expected = vec![c1.local_addr(), c2.local_addr(), raw.local_addr().into()];
     expected.sort();
     assert_eq!(remotes, expected);
     assert_eq!(server.connection_count(), 3);
@@ -582,7 +581,7 @@ async fn remote_addrs_connection_count_and_close_remote() {
         server.connection_count() == 2
     })
     .await;
-    assert!(!server.remote_addrs().contains(&gone));
+    assert!(!server.remote_addrs().contains(&gone.into()));
     assert!(matches!(
         server.close_remote(gone),
         Err(Error::UnknownPeer(a)) if a == gone
@@ -616,10 +615,13 @@ async fn send_to_reaches_one_peer_and_broadcast_reaches_all() {
         clients.push((client, rx));
     }
     let target = clients[1].0.local_addr();
-    server.send_to(target, &"direct".to_string()).await.unwrap();
+    server
+        .send_to(&target, &"direct".to_string())
+        .await
+        .unwrap();
     assert_eq!(recv(&mut clients[1].1).await, "direct");
     // A typed message of another type than the handler's also works.
-    server.send_to(target, &"x".to_string()).await.unwrap();
+    server.send_to(&target, &"x".to_string()).await.unwrap();
     assert_eq!(recv(&mut clients[1].1).await, "x");
 
     assert_eq!(server.broadcast(&"all".to_string()).unwrap(), 3);
@@ -684,7 +686,7 @@ async fn broadcast_skips_a_peer_whose_queue_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_while_clients_are_sending() {
     let server = probe_server().await;
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let events = server.errors();
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -746,7 +748,7 @@ async fn cut_returns_even_if_a_handler_hangs() {
 #[tokio::test]
 async fn dropping_the_server_closes_the_listener_and_connections() {
     let server = probe_server().await;
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let mut raw = RawPeer::connect(addr).await;
     raw.ping().await;
     drop(server);

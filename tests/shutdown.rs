@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use chitchat_net::{BoxError, Client, Context, Error, Handler, Server};
+use chitchat_net::{Addr, BoxError, Client, Context, Error, Handler, Server};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 struct Slow {
     entered: Notify,
     gate: Notify,
-    seen: Mutex<Vec<(SocketAddr, String)>>,
+    seen: Mutex<Vec<(Addr, String)>>,
 }
 
 impl Slow {
@@ -31,7 +31,8 @@ impl Slow {
         self.seen.lock().unwrap().len()
     }
 
-    fn seen_from(&self, peer: SocketAddr) -> Vec<String> {
+    fn seen_from(&self, peer: impl Into<Addr>) -> Vec<String> {
+        let peer = peer.into();
         let seen = self.seen.lock().unwrap();
         seen.iter()
             .filter(|(p, _)| *p == peer)
@@ -101,7 +102,7 @@ async fn graceful_shutdown_answers_every_frame_that_arrived_before_it_began() {
     let server = Server::listen("127.0.0.1:0", Slow::default())
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let events = server.errors();
     let mut peer = RawPeer::connect(addr).await;
     let mut burst = b"gate\n".to_vec();
@@ -258,7 +259,7 @@ async fn shutdown_with_a_hanging_handler_returns_false_at_its_deadline() {
     let mut expected = vec![peer.local_addr(), idle.local_addr()];
     expected.sort();
     assert_eq!(closed, expected);
-    assert!(TcpStream::connect(server.local_addr()).await.is_err());
+    assert!(TcpStream::connect(tcp(server.local_addr())).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +272,7 @@ async fn shutdown_proofs_with_many_clients() {
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = tcp(server.local_addr());
     let events = server.errors();
     let mut clients = Vec::new();
     let mut wire_bytes = 0;
@@ -337,7 +338,7 @@ async fn a_peer_sending_without_pause_holds_shutdown_only_for_the_close_timeout(
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let mut stream = within("connect", TcpStream::connect(server.local_addr()))
+    let mut stream = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let sender = tokio::spawn(async move {
@@ -547,7 +548,7 @@ async fn handler_panic_ends_only_its_connection_and_shutdown_still_completes() {
 #[derive(Debug, Default)]
 struct PanicsAtTheEdges {
     opened: AtomicUsize,
-    closed: Mutex<Vec<SocketAddr>>,
+    closed: Mutex<Vec<Addr>>,
 }
 
 impl Handler for PanicsAtTheEdges {
@@ -565,7 +566,7 @@ impl Handler for PanicsAtTheEdges {
         Ok(())
     }
 
-    async fn on_close(&self, peer: SocketAddr) {
+    async fn on_close(&self, peer: chitchat_net::Addr) {
         let n = {
             let mut closed = self.closed.lock().unwrap();
             closed.push(peer);

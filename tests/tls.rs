@@ -198,7 +198,7 @@ async fn tls_echo<M: Message + Clone>(
 
 /// Connects a TLS client whose replies go into a channel.
 async fn tls_client<M: Message>(
-    addr: SocketAddr,
+    addr: impl chitchat_net::ConnectAddr,
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> Result<(Client<M>, UnboundedReceiver<M>), Error> {
@@ -335,7 +335,7 @@ async fn pod_messages_round_trip_over_tls() {
 async fn server_name_can_be_an_ip_address() {
     let ca = Ca::new("test ca");
     let server = tls_probe(Probe::new(), server_config(&ca.server(&["127.0.0.1"]))).await;
-    let name = ServerName::from(server.local_addr().ip());
+    let name = ServerName::from(tcp(server.local_addr()).ip());
     let (client, mut rx) =
         tls_client::<String>(server.local_addr(), client_config(&ca, None), name)
             .await
@@ -600,12 +600,12 @@ async fn plain_tcp_peer_is_closed_with_a_tls_event() {
     let ca = Ca::new("test ca");
     let server = tls_probe(Probe::greeting(), server_config(&ca.server(&["localhost"]))).await;
     let events = server.errors();
-    let mut raw = within("connect", TcpStream::connect(server.local_addr()))
+    let mut raw = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     raw.write_all(b"hello\n").await.unwrap();
     let event = next_event(&events).await;
-    assert_eq!(event.peer, Some(raw.local_addr().unwrap()));
+    assert_peer(&event, raw.local_addr().unwrap());
     assert!(
         matches!(tls_cause(&event.error), rustls::Error::InvalidMessage(_)),
         "{:?}",
@@ -660,11 +660,11 @@ async fn silent_peer_is_closed_after_the_handshake_timeout() {
         .unwrap();
     let events = server.errors();
     let started = Instant::now();
-    let mut raw = within("connect", TcpStream::connect(server.local_addr()))
+    let mut raw = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let event = next_event(&events).await;
-    assert_eq!(event.peer, Some(raw.local_addr().unwrap()));
+    assert_peer(&event, raw.local_addr().unwrap());
     match &event.error {
         Error::Tls(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e:?}"),
         other => panic!("expected Error::Tls, got {other:?}"),
@@ -807,7 +807,7 @@ async fn cut_closes_open_tls_connections_promptly() {
         clients.push(client);
     }
     // And one peer in the middle of its handshake (default timeout: 10 s).
-    let mut silent = within("connect", TcpStream::connect(server.local_addr()))
+    let mut silent = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     wait_until("all four are registered", || server.connection_count() == 4).await;
@@ -851,7 +851,7 @@ async fn graceful_shutdown_does_not_wait_for_pending_handshakes() {
             .unwrap();
     client.send(&"ping".to_string()).await.unwrap();
     assert_eq!(recv(&mut rx).await, "pong");
-    let mut silent = within("connect", TcpStream::connect(server.local_addr()))
+    let mut silent = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     wait_until("both are registered", || server.connection_count() == 2).await;
@@ -874,12 +874,12 @@ async fn close_remote_ends_a_pending_handshake() {
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let mut silent = within("connect", TcpStream::connect(server.local_addr()))
+    let mut silent = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
     let peer = silent.local_addr().unwrap();
     wait_until("the peer is registered", || {
-        server.remote_addrs().contains(&peer)
+        server.remote_addrs().contains(&peer.into())
     })
     .await;
     server.close_remote(peer).unwrap();

@@ -141,7 +141,7 @@ pub fn run_server(kind: ServerKind, listen: &str) -> std::io::Result<()> {
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
                 });
-                (server.local_addr(), Some(server))
+                (server.local_addr().to_string(), Some(server))
             }
             ServerKind::Framed => {
                 let listener = match std::env::var(BACKLOG_ENV) {
@@ -161,7 +161,7 @@ pub fn run_server(kind: ServerKind, listen: &str) -> std::io::Result<()> {
                 };
                 let addr = listener.local_addr()?;
                 tokio::spawn(framed_echo_server(listener, open.clone()));
-                (addr, None)
+                (addr.to_string(), None)
             }
         };
         println!("ready {addr}");

@@ -1,9 +1,6 @@
 //! The node side: answering pings, and registering with a monitor.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::net::ToSocketAddrs;
 
 use super::{Beat, Register};
 use crate::{BoxError, Client, Context, Error, Framing, Handler};
@@ -63,15 +60,24 @@ impl Handler for TextResponder {
 /// registration server is at `monitor`: one [`Register`] message in EOF
 /// framing, delivered when the connection closes.
 ///
+/// `node` is a TCP address, such as the node server's
+/// [`local_addr`](crate::Server::local_addr).
+///
 /// # Errors
 ///
 /// [`Error::Io`] or [`Error::ConnectTimeout`] if the monitor cannot be
-/// reached.
+/// reached; `InvalidInput` if `node` is not a TCP address.
 pub async fn register(
-    monitor: impl ToSocketAddrs,
+    monitor: impl crate::ConnectAddr,
     name: impl Into<String>,
-    node: SocketAddr,
+    node: impl Into<crate::Addr>,
 ) -> Result<(), Error> {
+    let Some(node) = node.into().tcp() else {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a node registers the TCP address it answers on",
+        )));
+    };
     let client = Client::<Register>::builder()
         .framing(Framing::eof())
         .connect(monitor)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chitchat_net::{
-    handler_fn, BoxError, Codec, Context, Error, ErrorEvent, ErrorEvents, Handler, Message,
+    handler_fn, Addr, BoxError, Codec, Context, Error, ErrorEvent, ErrorEvents, Handler, Message,
     PodCodec,
 };
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,8 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
-    pub async fn connect(addr: SocketAddr) -> RawPeer {
+    pub async fn connect(addr: impl Into<Addr>) -> RawPeer {
+        let addr = addr.into().tcp().expect("a TCP address");
         let stream = within("connect", TcpStream::connect(addr))
             .await
             .expect("connect");
@@ -184,12 +185,12 @@ pub fn is_reset(e: &std::io::Error) -> bool {
 pub struct Probe {
     /// Sends `hello {peer}` when a connection opens.
     pub greet: bool,
-    pub seen: Mutex<Vec<(SocketAddr, String)>>,
+    pub seen: Mutex<Vec<(Addr, String)>>,
     pub count: AtomicUsize,
     pub entered: Notify,
     pub release: Notify,
-    closed_tx: mpsc::UnboundedSender<SocketAddr>,
-    closed_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<SocketAddr>>,
+    closed_tx: mpsc::UnboundedSender<Addr>,
+    closed_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Addr>>,
 }
 
 impl Default for Probe {
@@ -224,7 +225,8 @@ impl Probe {
     }
 
     /// Messages seen from `peer`, in order.
-    pub fn seen_from(&self, peer: SocketAddr) -> Vec<String> {
+    pub fn seen_from(&self, peer: impl Into<Addr>) -> Vec<String> {
+        let peer = peer.into();
         let seen = self.seen.lock().unwrap();
         seen.iter()
             .filter(|(p, _)| *p == peer)
@@ -233,7 +235,7 @@ impl Probe {
     }
 
     /// The peer of the next connection that ends (`on_close`).
-    pub async fn next_closed(&self) -> SocketAddr {
+    pub async fn next_closed(&self) -> Addr {
         let mut rx = self.closed_rx.lock().await;
         within("on_close", rx.recv()).await.expect("closed channel")
     }
@@ -283,7 +285,7 @@ impl Handler for Probe {
         Ok(())
     }
 
-    async fn on_close(&self, peer: SocketAddr) {
+    async fn on_close(&self, peer: Addr) {
         let _ = self.closed_tx.send(peer);
     }
 }
@@ -292,7 +294,7 @@ impl Handler for Probe {
 #[derive(Debug, Default)]
 pub struct Counter {
     pub total: AtomicUsize,
-    pub per_peer: Mutex<HashMap<SocketAddr, Vec<String>>>,
+    pub per_peer: Mutex<HashMap<Addr, Vec<String>>>,
 }
 
 impl Handler for Counter {
@@ -403,6 +405,15 @@ pub async fn dead_addr() -> SocketAddr {
 
 /// Asserts an event is the given kind for the given peer.
 #[track_caller]
-pub fn assert_peer(event: &ErrorEvent, peer: SocketAddr) {
-    assert_eq!(event.peer, Some(peer), "event {event} names the wrong peer");
+/// The TCP socket address of `addr` (every test server here is TCP).
+pub fn tcp(addr: impl Into<Addr>) -> SocketAddr {
+    addr.into().tcp().expect("a TCP address")
+}
+
+pub fn assert_peer(event: &ErrorEvent, peer: impl Into<Addr>) {
+    assert_eq!(
+        event.peer,
+        Some(peer.into()),
+        "event {event} names the wrong peer"
+    );
 }
