@@ -941,3 +941,28 @@ async fn dropped_tls_client_between_frames_is_a_normal_end() {
     within("cut", server.cut()).await;
     assert_events_end(&events).await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn tls_is_refused_on_unix_domain_sockets() {
+    let ca = Ca::new("test ca");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-unix-{}.sock", std::process::id()));
+    let server = Server::builder(Probe::new())
+        .tls(server_config(&ca.server(&["localhost"])))
+        .listen_unix(&path)
+        .await;
+    match server {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert!(!path.exists(), "nothing was bound");
+    let client = Client::<String>::builder()
+        .tls(client_config(&ca, None), localhost())
+        .connect_unix(&path)
+        .await;
+    match client {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
