@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chitchat_net::{Bincode, Codec, FrameCodec, Framing, PodCodec, Raw, Text};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
@@ -366,181 +366,12 @@ fn bench_typed(c: &mut Criterion) {
 
 // ---------------------------------------------------------------------------
 // Prototypes of changes suggested for src/ (see BENCHMARKS.md): each pairs a
-// copy of what src/frame.rs or src/codec/bincode.rs does today with the
-// suggested version, on the same input, so the expected gain is measured
-// rather than guessed. Delete a pair once src/ has adopted the change.
-
-mod proto {
-    use bytes::{BufMut, Bytes, BytesMut};
-
-    pub const ESCAPE: u8 = 0xFF;
-    pub const DELIMITER: u8 = b'\n';
-
-    /// As `frame::unescape` today: a new buffer for every frame that holds
-    /// an escape.
-    pub fn unescape_copy(frame: Bytes) -> Bytes {
-        let Some(first) = memchr::memchr(ESCAPE, &frame) else {
-            return frame;
-        };
-        let mut out = BytesMut::with_capacity(frame.len() - 1);
-        out.extend_from_slice(&frame[..first]);
-        let mut rest = first;
-        while let Some(found) = memchr::memchr(ESCAPE, &frame[rest..]) {
-            let at = rest + found;
-            out.extend_from_slice(&frame[rest..at]);
-            out.put_u8(frame[at + 1] ^ 0x20);
-            rest = at + 2;
-        }
-        out.extend_from_slice(&frame[rest..]);
-        out.freeze()
-    }
-
-    /// Suggested: unescape in the frame's own bytes (the `BytesMut` split
-    /// off the read buffer is unique), moving each run back once.
-    pub fn unescape_in_place(mut frame: BytesMut) -> Bytes {
-        let Some(first) = memchr::memchr(ESCAPE, &frame) else {
-            return frame.freeze();
-        };
-        let len = frame.len();
-        let (mut read, mut write) = (first, first);
-        while read < len {
-            // frame[read] is an escape byte.
-            frame[write] = frame[read + 1] ^ 0x20;
-            write += 1;
-            read += 2;
-            let run = memchr::memchr(ESCAPE, &frame[read..]).unwrap_or(len - read);
-            frame.copy_within(read..read + run, write);
-            write += run;
-            read += run;
-        }
-        frame.truncate(write);
-        frame.freeze()
-    }
-
-    fn needs_escape(b: u8) -> bool {
-        b == DELIMITER || b == ESCAPE
-    }
-
-    /// As `frame::escape_in_place` today: count, grow, then move every byte
-    /// back one at a time.
-    pub fn escape_bytewise(dst: &mut BytesMut, start: usize) {
-        let trailing_cr = dst.len() > start && dst[dst.len() - 1] == b'\r';
-        let specials = memchr::memchr2_iter(DELIMITER, ESCAPE, &dst[start..]).count();
-        let extra = specials + usize::from(trailing_cr);
-        if extra == 0 {
-            return;
-        }
-        let old_len = dst.len();
-        dst.resize(old_len + extra, 0);
-        let mut write = dst.len();
-        for read in (start..old_len).rev() {
-            let b = dst[read];
-            if needs_escape(b) || (trailing_cr && read == old_len - 1) {
-                dst[write - 1] = b ^ 0x20;
-                dst[write - 2] = ESCAPE;
-                write -= 2;
-            } else {
-                dst[write - 1] = b;
-                write -= 1;
-            }
-        }
-    }
-
-    /// Suggested: the same result, moving the runs between special bytes
-    /// with `copy_within` (found from the back with `memrchr2`).
-    pub fn escape_runs(dst: &mut BytesMut, start: usize) {
-        let trailing_cr = dst.len() > start && dst[dst.len() - 1] == b'\r';
-        let specials = memchr::memchr2_iter(DELIMITER, ESCAPE, &dst[start..]).count();
-        let extra = specials + usize::from(trailing_cr);
-        if extra == 0 {
-            return;
-        }
-        let old_len = dst.len();
-        dst.resize(old_len + extra, 0);
-        let mut write = dst.len();
-        let mut end = old_len;
-        if trailing_cr {
-            dst[write - 1] = b'\r' ^ 0x20;
-            dst[write - 2] = ESCAPE;
-            write -= 2;
-            end -= 1;
-        }
-        while let Some(found) = memchr::memrchr2(DELIMITER, ESCAPE, &dst[start..end]) {
-            let at = start + found;
-            let run = end - at - 1;
-            dst.copy_within(at + 1..end, write - run);
-            write -= run;
-            dst[write - 1] = dst[at] ^ 0x20;
-            dst[write - 2] = ESCAPE;
-            write -= 2;
-            end = at;
-        }
-        debug_assert_eq!(write, end);
-    }
-}
+// copy of what src/ does today (now src/codec/bincode.rs; the frame
+// escaping prototypes became src/frame.rs) with the suggested version, on
+// the same input, so the expected gain is measured rather than guessed.
+// Delete a pair once src/ has adopted the change.
 
 fn bench_proto(c: &mut Criterion) {
-    let binary = payloads(Payload::Binary, 1024);
-    let wire = encode_all(Framing::lines().escaped(), &binary);
-    let mut group = c.benchmark_group("proto/unescape-1k");
-    group.throughput(Throughput::Bytes(wire.len() as u64));
-    for (name, in_place) in [("src-copy", false), ("in-place", true)] {
-        group.bench_function(name, |b| {
-            b.iter_batched(
-                || wire.clone(),
-                |mut buf| {
-                    while let Some(at) = memchr::memchr(proto::DELIMITER, &buf) {
-                        let mut frame = buf.split_to(at + 1);
-                        frame.truncate(at);
-                        let out = if in_place {
-                            proto::unescape_in_place(frame)
-                        } else {
-                            proto::unescape_copy(frame.freeze())
-                        };
-                        black_box(out);
-                    }
-                },
-                BatchSize::LargeInput,
-            )
-        });
-    }
-    group.finish();
-
-    // Both escapers must agree with src/frame.rs.
-    let mut expected = BytesMut::new();
-    let mut codec = FrameCodec::new(Framing::lines().escaped());
-    for p in &binary {
-        codec.encode(&p[..], &mut expected).expect("encode");
-    }
-    let escape_all = |escape: Escape, out: &mut BytesMut| {
-        for p in &binary {
-            let start = out.len();
-            out.extend_from_slice(p);
-            escape(out, start);
-            out.put_u8(proto::DELIMITER);
-        }
-    };
-    let mut group = c.benchmark_group("proto/escape-1k");
-    group.throughput(Throughput::Bytes((FRAMES * 1024) as u64));
-    type Escape = fn(&mut BytesMut, usize);
-    let escapers: [(&str, Escape); 2] = [
-        ("src-bytewise", proto::escape_bytewise),
-        ("runs", proto::escape_runs),
-    ];
-    for (name, escape) in escapers {
-        let mut out = BytesMut::with_capacity(expected.len() * 2);
-        escape_all(escape, &mut out);
-        assert_eq!(out, expected, "{name} differs from src/frame.rs");
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                out.clear();
-                escape_all(escape, &mut out);
-                black_box(&out);
-            })
-        });
-    }
-    group.finish();
-
     // bincode through chitchat-net's length guard, and plain bincode 2.
     let telemetry: Vec<Telemetry> = (0..FRAMES as u64)
         .map(|i| Telemetry {

@@ -266,8 +266,13 @@ fn escape_byte_for(delimiter: u8) -> u8 {
 
 /// Cuts a byte stream into frames and back, as a [`Framing`] says.
 ///
-/// Decoded frames are [`Bytes`] slices of the read buffer: no copy unless an
-/// escaped frame holds escape sequences.
+/// Decoded frames are [`Bytes`] slices of the read buffer, never copies: in
+/// escaped mode a frame's escape sequences are undone in place, in the read
+/// buffer, as its bytes arrive (and a frame without any is only scanned).
+/// So between calls the start of the buffer may hold a partly decoded
+/// frame: only append to the buffer between calls. (A buffer that shrank
+/// behind the codec's back, below the bytes it had scanned, is scanned anew
+/// from its start; one replaced by a longer one is not noticed.)
 ///
 /// # Examples
 ///
@@ -297,6 +302,12 @@ pub struct FrameCodec {
     /// After a too-long frame: bytes still to drop (length-prefixed), or
     /// drop until the next delimiter (`usize::MAX`).
     discard: usize,
+    /// Escaped mode: the wire bytes `src[..next_index]` of the frame being
+    /// read are already unescaped, in place, into `src[..unescaped]`.
+    unescaped: usize,
+    /// Escaped mode: the offset of the first bad escape in the frame being
+    /// read, reported once its delimiter arrives.
+    bad_escape: Option<usize>,
 }
 
 impl Clone for FrameCodec {
@@ -314,6 +325,8 @@ impl FrameCodec {
             framing: framing.resolve(false),
             next_index: 0,
             discard: 0,
+            unescaped: 0,
+            bad_escape: None,
         }
     }
 
@@ -393,7 +406,10 @@ impl FrameCodec {
                 // The buffer shrank behind the codec's back (cleared by its
                 // owner, or a cloned codec given a new buffer): scan it anew
                 // rather than panic on the slice below.
-                self.next_index = 0;
+                self.reset_scan();
+            }
+            if escaping == Escaping::Escaped && self.discard == 0 {
+                return self.decode_escaped(src, delimiter);
             }
             let Some(found) = memchr::memchr(delimiter, &src[self.next_index..]) else {
                 if self.discard > 0 {
@@ -424,11 +440,104 @@ impl FrameCodec {
             if delimiter == b'\n' && frame.last() == Some(&b'\r') {
                 frame.truncate(at - 1);
             }
-            if escaping == Escaping::Escaped {
-                frame = unescape(frame, delimiter)?;
-            }
             return Ok(Some(frame));
         }
+    }
+
+    /// Escaped mode, outside a discard: one pass over the wire, jumping
+    /// from special byte to special byte (delimiter or escape) with
+    /// `memchr2`, that unescapes the frame in place as it goes (each run
+    /// between escapes is moved back once). A frame without escapes is
+    /// only scanned, and is a slice of the read buffer.
+    ///
+    /// The work done on an incomplete frame is kept (`next_index`,
+    /// `unescaped`, `bad_escape`), so no byte is scanned or moved twice.
+    fn decode_escaped(
+        &mut self,
+        src: &mut BytesMut,
+        delimiter: u8,
+    ) -> Result<Option<Bytes>, Error> {
+        let limit = self.framing.max_frame_length;
+        let escape = escape_byte_for(delimiter);
+        // The wire bytes src[..read] are unescaped into src[..write].
+        let (mut read, mut write) = (self.next_index, self.unescaped);
+        let at = loop {
+            if self.bad_escape.is_some() {
+                // The frame is lost: only its end matters now.
+                match memchr::memchr(delimiter, &src[read..]) {
+                    Some(found) => break Some(read + found),
+                    None => {
+                        read = src.len();
+                        break None;
+                    }
+                }
+            }
+            let found = memchr::memchr2(delimiter, escape, &src[read..]);
+            let run_end = found.map_or(src.len(), |found| read + found);
+            if write != read {
+                src.copy_within(read..run_end, write);
+            }
+            write += run_end - read;
+            read = run_end;
+            if found.is_none() {
+                break None;
+            }
+            if src[read] == delimiter {
+                break Some(read);
+            }
+            // An escape byte; its code may not have arrived yet.
+            let Some(&code) = src.get(read + 1) else {
+                break None;
+            };
+            let byte = code ^ ESCAPE_XOR;
+            let escaped_cr = delimiter == b'\n' && byte == b'\r';
+            if byte == delimiter || byte == escape || escaped_cr {
+                src[write] = byte;
+                write += 1;
+                read += 2;
+            } else {
+                // Also an escape that ends the frame: the code is then the
+                // delimiter (`D ^ 0x20` is never a valid byte) or a `\r`
+                // that ends it (`0x0D ^ 0x20` never is either).
+                self.bad_escape = Some(read);
+                read += 1;
+            }
+        };
+        let Some(at) = at else {
+            self.next_index = read;
+            self.unescaped = write;
+            if src.len() > limit {
+                return Err(self.too_long(src, None));
+            }
+            return Ok(None);
+        };
+        let bad_escape = self.bad_escape.take();
+        self.next_index = 0;
+        self.unescaped = 0;
+        if at > limit {
+            src.advance(at + 1);
+            return Err(Error::FrameTooLong { len: at, limit });
+        }
+        let mut frame = src.split_to(at + 1);
+        if let Some(offset) = bad_escape {
+            return Err(Error::BadEscape { offset });
+        }
+        // A raw `\r` before the delimiter (a text peer's `\r\n`) is the last
+        // byte of the last run: an escaped one would have been refused
+        // above. The wire byte is still in place: bytes only move down, and
+        // the last byte before the delimiter only when nothing moved.
+        if delimiter == b'\n' && at > 0 && frame[at - 1] == b'\r' {
+            write -= 1;
+        }
+        frame.truncate(write);
+        Ok(Some(frame.freeze()))
+    }
+
+    /// Forgets where the scan of the buffer stopped.
+    fn reset_scan(&mut self) {
+        self.next_index = 0;
+        self.unescaped = 0;
+        self.bad_escape = None;
     }
 
     fn decode_length_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
@@ -464,7 +573,7 @@ impl FrameCodec {
     /// the next delimiter (or the end of stream).
     fn too_long(&mut self, src: &mut BytesMut, announced: Option<usize>) -> Error {
         let limit = self.framing.max_frame_length;
-        self.next_index = 0;
+        self.reset_scan();
         let len = match announced {
             None => {
                 let seen = src.len();
@@ -491,59 +600,75 @@ fn check_len(len: usize, limit: usize) -> Result<(), Error> {
     }
 }
 
-/// Escapes `dst[start..]` in place (see the module docs): grows `dst` by one
-/// byte per escape, then moves bytes back to front.
-fn escape_in_place(dst: &mut BytesMut, start: usize, delimiter: u8) {
-    let escape = escape_byte_for(delimiter);
-    let trailing_cr = delimiter == b'\n' && dst.len() > start && dst[dst.len() - 1] == b'\r';
-    let specials = memchr::memchr2_iter(delimiter, escape, &dst[start..]).count();
-    let extra = specials + usize::from(trailing_cr);
-    if extra == 0 {
-        return;
-    }
-    let old_len = dst.len();
-    dst.resize(old_len + extra, 0);
-    // Example (D = '\n'): [41 0A 42] -> [41 FF 2A 42]; read from the old end,
-    // write from the new end, so no byte is overwritten before it is read.
-    let mut write = dst.len();
-    for read in (start..old_len).rev() {
-        let b = dst[read];
-        let needs_escape = b == delimiter || b == escape || (trailing_cr && read == old_len - 1);
-        if needs_escape {
-            dst[write - 1] = b ^ ESCAPE_XOR;
-            dst[write - 2] = escape;
-            write -= 2;
-        } else {
-            dst[write - 1] = b;
-            write -= 1;
-        }
-    }
-    debug_assert_eq!(write, start);
+/// Whether an escaped `\r` is needed: `\n` framing and a payload ending in `\r`.
+fn needs_trailing_cr_escape(payload: &[u8], delimiter: u8) -> bool {
+    delimiter == b'\n' && payload.last() == Some(&b'\r')
 }
 
-/// Undoes [`escape_in_place`] on one wire frame.
-fn unescape(frame: Bytes, delimiter: u8) -> Result<Bytes, Error> {
+/// Escapes `dst[start..]` in place (see the module docs): counts the bytes
+/// to escape, grows `dst` by one byte per escape, then moves the runs between
+/// them back to front with `copy_within`, so each byte moves once and no byte
+/// is overwritten before it is read.
+fn escape_in_place(dst: &mut BytesMut, start: usize, delimiter: u8) {
     let escape = escape_byte_for(delimiter);
-    let Some(first) = memchr::memchr(escape, &frame) else {
-        return Ok(frame);
-    };
-    let mut out = BytesMut::with_capacity(frame.len() - 1);
-    out.extend_from_slice(&frame[..first]);
-    let mut rest = first;
-    while let Some(found) = memchr::memchr(escape, &frame[rest..]) {
-        let at = rest + found;
-        out.extend_from_slice(&frame[rest..at]);
-        let code = *frame.get(at + 1).ok_or(Error::BadEscape { offset: at })?;
-        let byte = code ^ ESCAPE_XOR;
-        let escaped_cr = delimiter == b'\n' && byte == b'\r';
-        if byte != delimiter && byte != escape && !escaped_cr {
-            return Err(Error::BadEscape { offset: at });
+    let Some(first) = memchr::memchr2(delimiter, escape, &dst[start..]) else {
+        if needs_trailing_cr_escape(&dst[start..], delimiter) {
+            let last = dst.len() - 1;
+            dst[last] = escape;
+            dst.put_u8(b'\r' ^ ESCAPE_XOR);
         }
-        out.put_u8(byte);
-        rest = at + 2;
+        return;
+    };
+    // Bytes before the first special one stay where they are.
+    let first = start + first;
+    let trailing_cr = needs_trailing_cr_escape(&dst[start..], delimiter);
+    let specials = 1 + memchr::memchr2_iter(delimiter, escape, &dst[first + 1..]).count();
+    let mut end = dst.len();
+    dst.resize(end + specials + usize::from(trailing_cr), 0);
+    // Example (D = '\n'): [41 0A 42] -> [41 FF 2A 42]. `end` is the end of the
+    // bytes not yet moved, `write` the end of the room left for them.
+    let mut write = dst.len();
+    if trailing_cr {
+        dst[write - 1] = b'\r' ^ ESCAPE_XOR;
+        dst[write - 2] = escape;
+        write -= 2;
+        end -= 1;
     }
-    out.extend_from_slice(&frame[rest..]);
-    Ok(out.freeze())
+    while let Some(found) = memchr::memrchr2(delimiter, escape, &dst[first..end]) {
+        let at = first + found;
+        let run = end - at - 1;
+        dst.copy_within(at + 1..end, write - run);
+        write -= run;
+        dst[write - 1] = dst[at] ^ ESCAPE_XOR;
+        dst[write - 2] = escape;
+        write -= 2;
+        end = at;
+    }
+    debug_assert_eq!(write, end);
+}
+
+/// Appends `payload` escaped (see the module docs) to `dst`: the runs between
+/// bytes to escape are copied whole.
+fn escape_into(payload: &[u8], dst: &mut BytesMut, delimiter: u8) {
+    let escape = escape_byte_for(delimiter);
+    let (body, trailing_cr) = if needs_trailing_cr_escape(payload, delimiter) {
+        (&payload[..payload.len() - 1], true)
+    } else {
+        (payload, false)
+    };
+    // Room for the escapes of random bytes (about 1 %), a `\r` pair and the
+    // delimiter; more is reserved as needed.
+    dst.reserve(body.len() + body.len() / 64 + 3);
+    let mut rest = body;
+    while let Some(found) = memchr::memchr2(delimiter, escape, rest) {
+        dst.extend_from_slice(&rest[..found]);
+        dst.put_slice(&[escape, rest[found] ^ ESCAPE_XOR]);
+        rest = &rest[found + 1..];
+    }
+    dst.extend_from_slice(rest);
+    if trailing_cr {
+        dst.put_slice(&[escape, b'\r' ^ ESCAPE_XOR]);
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -587,7 +712,7 @@ impl Decoder for FrameCodec {
         }
         let len = src.len();
         src.clear();
-        self.next_index = 0;
+        self.reset_scan();
         Err(Error::PartialFrame { len })
     }
 }
@@ -596,6 +721,22 @@ impl Encoder<&[u8]> for FrameCodec {
     type Error = Error;
 
     fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
+        if let Kind::Delimited {
+            delimiter,
+            escaping: Escaping::Escaped,
+        } = self.framing.kind
+        {
+            // Escaped while copied: one pass over the payload, rather than
+            // a copy then an escape in place as `encode_with` must do.
+            let start = dst.len();
+            escape_into(payload, dst, delimiter);
+            if let Err(e) = check_len(dst.len() - start, self.framing.max_frame_length) {
+                dst.truncate(start);
+                return Err(e);
+            }
+            dst.put_u8(delimiter);
+            return Ok(());
+        }
         self.encode_with(dst, |dst| {
             dst.extend_from_slice(payload);
             Ok(())
@@ -645,6 +786,75 @@ mod tests {
     fn escaping_with_delimiter_ff_uses_fe() {
         let got = wire(Framing::delimited(0xFF).escaped(), b"\xFF\xFE");
         assert_eq!(got, b"\xFE\xDF\xFE\xDE\xFF");
+    }
+
+    /// The escaping of the module docs, one byte at a time.
+    fn escape_reference(payload: &[u8], delimiter: u8) -> Vec<u8> {
+        let escape = escape_byte_for(delimiter);
+        let mut out = Vec::new();
+        for (i, &b) in payload.iter().enumerate() {
+            let last_cr = delimiter == b'\n' && b == b'\r' && i + 1 == payload.len();
+            if b == delimiter || b == escape || last_cr {
+                out.extend_from_slice(&[escape, b ^ ESCAPE_XOR]);
+            } else {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// Short payloads dense in special bytes, all of them for lengths 0..=4
+    /// over an alphabet holding every special byte of `delimiter`.
+    fn special_payloads(delimiter: u8) -> Vec<Vec<u8>> {
+        let e = escape_byte_for(delimiter);
+        let alphabet = [
+            b'a',
+            b'\r',
+            delimiter,
+            e,
+            e ^ ESCAPE_XOR,
+            delimiter ^ ESCAPE_XOR,
+        ];
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &last {
+                for &b in &alphabet {
+                    let mut q = p.clone();
+                    q.push(b);
+                    next.push(q);
+                }
+            }
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all
+    }
+
+    #[test]
+    fn both_escapers_and_the_decoder_agree_with_the_reference() {
+        for delimiter in [b'\n', b';', 0x00, 0xFF, 0xDF, 0xFE, 0x2D] {
+            for payload in special_payloads(delimiter) {
+                let expected = escape_reference(&payload, delimiter);
+
+                let mut copied = BytesMut::from(&b"prefix"[..]);
+                escape_into(&payload, &mut copied, delimiter);
+                assert_eq!(&copied[6..], &expected[..], "{delimiter:#x} {payload:x?}");
+
+                let mut in_place = BytesMut::from(&b"prefix"[..]);
+                in_place.extend_from_slice(&payload);
+                escape_in_place(&mut in_place, 6, delimiter);
+                assert_eq!(in_place, copied, "{delimiter:#x} {payload:x?}");
+
+                let mut codec = FrameCodec::new(Framing::delimited(delimiter).escaped());
+                let mut wire = BytesMut::from(&expected[..]);
+                wire.put_u8(delimiter);
+                let frame = codec.decode(&mut wire).unwrap().unwrap();
+                assert_eq!(&frame[..], &payload[..], "{delimiter:#x} {payload:x?}");
+                assert!(wire.is_empty());
+            }
+        }
     }
 
     #[test]
