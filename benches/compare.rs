@@ -361,14 +361,40 @@ impl<M: Message> Handler for Count<M> {
     }
 }
 
+/// Messages per `Client::send_all` call in the batched one-way runs.
+const ONEWAY_BATCH: usize = 1024;
+
+/// How the one-way client hands its messages over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sending {
+    /// One `Client::send` per message.
+    PerMessage,
+    /// `Client::send_all` of [`ONEWAY_BATCH`] messages at a time (filled by
+    /// `step` into a reused vector, inside the clock): the counterpart of the
+    /// baseline's feed-then-flush.
+    Batched,
+}
+
 /// chitchat-net: `n` sends of `msg` (updated by `step` before each) from a
 /// `Client` to a counting `Server`. Returns messages per second.
-fn oneway_ours<M: Message + Sync>(
+fn oneway_ours<M: Message + Sync + Clone>(
+    rt: &Runtime,
+    n: u64,
+    framing: Framing,
+    msg: M,
+    step: impl Fn(&mut M, u64) + Send + 'static,
+) -> f64 {
+    oneway_ours_with(rt, n, framing, msg, step, Sending::PerMessage)
+}
+
+/// [`oneway_ours`], per message or batched.
+fn oneway_ours_with<M: Message + Sync + Clone>(
     rt: &Runtime,
     n: u64,
     framing: Framing,
     mut msg: M,
     step: impl Fn(&mut M, u64) + Send + 'static,
+    sending: Sending,
 ) -> f64 {
     bounded(rt, "one-way (ours)", async move {
         let server = Server::builder(Count::<M>::new(n))
@@ -386,9 +412,25 @@ fn oneway_ours<M: Message + Sync>(
         tokio::pin!(done);
         done.as_mut().enable();
         let started = Instant::now();
-        for i in 0..n {
-            step(&mut msg, i);
-            client.send(&msg).await.expect("send");
+        match sending {
+            Sending::PerMessage => {
+                for i in 0..n {
+                    step(&mut msg, i);
+                    client.send(&msg).await.expect("send");
+                }
+            }
+            Sending::Batched => {
+                let mut batch = vec![msg; ONEWAY_BATCH.min(n as usize)];
+                let mut i = 0;
+                while i < n {
+                    let len = (n - i).min(ONEWAY_BATCH as u64) as usize;
+                    for m in &mut batch[..len] {
+                        step(m, i);
+                        i += 1;
+                    }
+                    client.send_all(&batch[..len]).await.expect("send_all");
+                }
+            }
         }
         tokio::select! {
             _ = &mut done => {}
@@ -754,24 +796,37 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
     eprintln!("one-way: {n} messages per run");
     let framing = Framing::lines();
     if plan.wants_case("oneway", "oneway_pod16") {
-        let (ours, base, ratio) = compare_rates(
-            plan.reps,
-            "pod16",
-            || oneway_framed(rt, n, "0123456789abcdef"),
-            || {
-                let msg = Sample16 { seq: 0, value: 7 };
-                oneway_ours(rt, n, framing, msg, |m, i| m.seq = i)
-            },
-        );
-        report.rows.push(Row {
-            target: "1",
-            name: Some("oneway_pod16"),
-            what: "one-way Pod 16 B, lines (escaped) msg/s".into(),
-            ours: si(ours, "msg/s"),
-            baseline: si(base, "frame/s"),
-            value: ratio,
-            goal: Some(1.0),
-        });
+        // The target: batched (`send_all`), as the baseline feeds a batch
+        // and flushes once; then, as information, one `send` per message.
+        for sending in [Sending::Batched, Sending::PerMessage] {
+            let batched = sending == Sending::Batched;
+            let (ours, base, ratio) = compare_rates(
+                plan.reps,
+                if batched {
+                    "pod16 send_all"
+                } else {
+                    "pod16 send"
+                },
+                || oneway_framed(rt, n, "0123456789abcdef"),
+                || {
+                    let msg = Sample16 { seq: 0, value: 7 };
+                    oneway_ours_with(rt, n, framing, msg, |m, i| m.seq = i, sending)
+                },
+            );
+            report.rows.push(Row {
+                target: "1",
+                name: batched.then_some("oneway_pod16"),
+                what: if batched {
+                    format!("one-way Pod 16 B, escaped, send_all x{ONEWAY_BATCH} msg/s")
+                } else {
+                    "one-way Pod 16 B, escaped, one send per msg msg/s".into()
+                },
+                ours: si(ours, "msg/s"),
+                baseline: si(base, "frame/s"),
+                value: ratio,
+                goal: batched.then_some(1.0),
+            });
+        }
     }
     if !plan.wants_case("oneway", "oneway_bincode") {
         return;
@@ -789,25 +844,35 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
     chitchat_net::Codec::encode(&Bincode, &telemetry, &mut sized).expect("encode");
     let len = sized.len();
     let payload: &'static str = Box::leak("t".repeat(len).into_boxed_str());
-    let (ours, base, ratio) = compare_rates(
-        plan.reps,
-        "bincode",
-        || oneway_framed(rt, n, payload),
-        || {
-            oneway_ours(rt, n, framing, telemetry.clone(), |m, i| {
-                m.seq = EPOCH_MS + i
-            })
-        },
-    );
-    report.rows.push(Row {
-        target: "1",
-        name: Some("oneway_bincode"),
-        what: format!("one-way bincode {len} B, lines (escaped) msg/s"),
-        ours: si(ours, "msg/s"),
-        baseline: si(base, "frame/s"),
-        value: ratio,
-        goal: Some(1.0),
-    });
+    for sending in [Sending::Batched, Sending::PerMessage] {
+        let batched = sending == Sending::Batched;
+        let (ours, base, ratio) = compare_rates(
+            plan.reps,
+            if batched {
+                "bincode send_all"
+            } else {
+                "bincode send"
+            },
+            || oneway_framed(rt, n, payload),
+            || {
+                let step = |m: &mut Telemetry, i| m.seq = EPOCH_MS + i;
+                oneway_ours_with(rt, n, framing, telemetry.clone(), step, sending)
+            },
+        );
+        report.rows.push(Row {
+            target: "1",
+            name: batched.then_some("oneway_bincode"),
+            what: if batched {
+                format!("one-way bincode {len} B, escaped, send_all x{ONEWAY_BATCH} msg/s")
+            } else {
+                format!("one-way bincode {len} B, escaped, one send per msg msg/s")
+            },
+            ours: si(ours, "msg/s"),
+            baseline: si(base, "frame/s"),
+            value: ratio,
+            goal: batched.then_some(1.0),
+        });
+    }
 }
 
 fn target_bulk(plan: &Plan, rt: &Runtime, report: &mut Report) {

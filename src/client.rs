@@ -14,7 +14,7 @@ use crate::config::ConnectionConfig;
 use crate::connection::Connection;
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
-use crate::outbox::Outbox;
+use crate::outbox::{DirectWriter, Outbox};
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, ClientTls, Stream};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
@@ -247,14 +247,23 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
         };
+        let counters = Arc::new(Counters::default());
+        // Plain TCP: `send` may write to the socket itself (see `outbox`).
+        let direct = match &stream {
+            Stream::Tcp(tcp) => DirectWriter::new(tcp, counters.clone()),
+            _ => None,
+        };
         let handle = ConnectionHandle {
             peer,
             local,
             wire: Wire::new(self.config.framing, binary, overrides),
             outbox: Arc::new(Outbox::new(self.config.queue_bytes)),
             cancel: CancellationToken::new(),
-            counters: Arc::new(Counters::default()),
+            counters,
         };
+        if let Some(direct) = direct {
+            handle.outbox.set_writer(direct);
+        }
         handle.counters.opened();
         let ended = CancellationToken::new();
         let (events, errors) = event_channel(
@@ -309,6 +318,55 @@ impl<M: Message> Client<M> {
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send(&self, msg: &M) -> Result<(), Error> {
         self.handle.send(msg).await
+    }
+
+    /// Sends every message of `msgs`, in order, waiting while the outgoing
+    /// queue is full: the batch form of [`send`](Self::send), much cheaper
+    /// per message for streams of small ones (one lock of the queue and at
+    /// most one wake-up of the connection task per batch of about 16 KiB).
+    /// See [`ConnectionHandle::send_all`].
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send). The messages before the one that failed are
+    /// sent; that one and those after it are not.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not all or nothing: if the future is dropped, the messages queued so
+    /// far (a prefix of `msgs`) are still sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let count = seen.clone();
+    /// let counter = handler_fn(move |_n: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     count.fetch_add(1, Ordering::Relaxed);
+    ///     Ok(())
+    /// });
+    /// let server = Server::listen("127.0.0.1:0", counter).await?;
+    /// let client = Client::<String>::connect(server.local_addr()).await?;
+    ///
+    /// let readings: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    /// client.send_all(&readings).await?;
+    /// client.close().await; // delivers everything sent, then ends
+    /// assert_eq!(seen.load(Ordering::Relaxed), 1000);
+    /// server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_all<'a, I>(&self, msgs: I) -> Result<(), Error>
+    where
+        M: 'a,
+        I: IntoIterator<Item = &'a M>,
+    {
+        self.handle.send_all(msgs).await
     }
 
     /// Sends `msg` if the outgoing queue has room now.

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ConnectionConfig;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
+use crate::outbox::Gate;
 use crate::stats::Counters;
 use crate::{Context, Error, FrameCodec, Handler};
 
@@ -134,9 +136,17 @@ where
         let abort = self.abort.clone();
         // An abort (server `cut`) ends the connection even while a handler
         // is pending: the handler's future is dropped at its await point.
+        // Polled only once it has fired (see `Outbox::poll_gated`).
+        let outbox = self.handle.outbox.clone();
+        let gate_waker = outbox.gate_waker();
+        let aborted = abort.cancelled();
+        tokio::pin!(aborted);
+        let aborted = std::future::poll_fn(|cx| {
+            outbox.poll_gated(Gate::Abort, aborted.as_mut(), &gate_waker, cx)
+        });
         let served = tokio::select! {
             biased;
-            _ = abort.cancelled() => Ok(Err(Error::Closed)),
+            _ = aborted => Ok(Err(Error::Closed)),
             served = AssertUnwindSafe(self.serve()).catch_unwind() => served,
         };
         match served.unwrap_or_else(|panic| Err(Error::HandlerPanic(panic_message(&*panic)))) {
@@ -162,27 +172,39 @@ where
         let close_token = self.handle.cancel.clone();
         let close = close_token.cancelled();
         tokio::pin!(close);
+        // The close signal and the outbox, watched through the outbox's
+        // lock-free waker: the close future is polled again only once it has
+        // fired (each poll of it takes two mutexes).
         let outbox = self.handle.outbox.clone();
-        let ready = outbox.ready();
-        tokio::pin!(ready);
+        let gate_waker = outbox.gate_waker();
+        let mut signals = std::future::poll_fn(|cx| {
+            if outbox
+                .poll_gated(Gate::Close, close.as_mut(), &gate_waker, cx)
+                .is_ready()
+            {
+                return Poll::Ready(Wake::Close);
+            }
+            outbox.poll_ready(cx).map(|()| Wake::Outbox)
+        });
+        // Whether the last wake-up was a read (see `Outbox::set_idle`).
+        let mut after_read = true;
         loop {
             if self.closing {
                 return self.close_gracefully().await;
             }
             let room = self.make_read_room();
+            // Everything is written: senders may write through while we wait.
+            self.handle.outbox.set_idle(after_read);
             let wake = tokio::select! {
                 biased;
-                _ = &mut close => Wake::Close,
-                _ = &mut ready => Wake::Outbox,
+                wake = &mut signals => wake,
                 read = self.stream.read_buf(&mut self.read_buf) => Wake::Read(read),
                 _ = &mut idle, if idle_timeout.is_some() => Wake::Idle,
             };
+            after_read = matches!(wake, Wake::Read(_));
             match wake {
                 Wake::Close => return self.close_gracefully().await,
-                Wake::Outbox => {
-                    ready.set(outbox.ready());
-                    self.flush().await?;
-                }
+                Wake::Outbox => self.flush().await?,
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
                 Wake::Read(read) => {
                     let n = self.end_of_stream_as_zero(read)?;
@@ -260,6 +282,8 @@ where
     /// [`Context::close`], decodes and drops them: the frame limit holds).
     /// Returns how many frames there were.
     async fn handle_frames(&mut self) -> Result<u64, Error> {
+        // Replies go out before anything sent meanwhile from other tasks.
+        self.handle.outbox.set_busy();
         let mut frames = 0;
         let decoded = self.handle_decoded_frames(&mut frames).await;
         Counters::add(&self.handle.counters.frames_in, frames);
@@ -388,6 +412,8 @@ where
     }
 
     async fn shutdown(&mut self) -> Result<(), Error> {
+        // Nothing may be written after the end of our side.
+        self.handle.outbox.close();
         let write_timeout = self.config.write_timeout;
         let abort = self.abort.clone();
         bounded_write(&abort, write_timeout, self.stream.shutdown()).await
@@ -397,8 +423,9 @@ where
     /// timeout. A write that has started is finished (or timed out) before
     /// anything else happens, except an abort.
     async fn flush(&mut self) -> Result<(), Error> {
+        let mut wrote = false;
         loop {
-            self.handle.outbox.take_into(&mut self.write_buf);
+            self.handle.outbox.take_into(&mut self.write_buf)?;
             if self.write_buf.is_empty() {
                 break;
             }
@@ -406,8 +433,13 @@ where
             let write = self.stream.write_all_buf(&mut self.write_buf);
             bounded_write(&self.abort, self.config.write_timeout, write).await?;
             Counters::add(&self.handle.counters.bytes_out, len);
+            wrote = true;
         }
-        bounded_write(&self.abort, self.config.write_timeout, self.stream.flush()).await?;
+        // Every flush that wrote ends with this one, so with nothing written
+        // now there is nothing buffered (TLS) to push out.
+        if wrote {
+            bounded_write(&self.abort, self.config.write_timeout, self.stream.flush()).await?;
+        }
         if self.write_buf.capacity() >= SHRINK_ABOVE {
             self.write_buf = BytesMut::new();
         }
