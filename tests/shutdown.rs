@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chitchat_net::{Addr, BoxError, Client, Context, Error, Handler, Server};
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -338,9 +338,16 @@ async fn a_peer_sending_without_pause_holds_shutdown_only_for_the_close_timeout(
         .listen("127.0.0.1:0")
         .await
         .unwrap();
-    let mut stream = within("connect", TcpStream::connect(tcp(server.local_addr())))
+    let stream = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
+    // The echoes are read and dropped: a peer that never reads would hold
+    // the server in a write (bounded by the write timeout, not this test).
+    let (mut echoes, mut stream) = stream.into_split();
+    tokio::spawn(async move {
+        let mut sink = vec![0; 64 * 1024];
+        while matches!(echoes.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
     let sender = tokio::spawn(async move {
         let chunk = b"more\n".repeat(1000);
         let started = Instant::now();
