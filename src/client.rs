@@ -249,10 +249,8 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         };
         let counters = Arc::new(Counters::default());
         // Plain TCP: `send` may write to the socket itself (see `outbox`).
-        let direct = match &stream {
-            Stream::Tcp(tcp) => DirectWriter::new(tcp, counters.clone()),
-            _ => None,
-        };
+        let (stream, socket) = stream.into_shared();
+        let direct = socket.map(|socket| DirectWriter::new(socket, counters.clone()));
         let handle = ConnectionHandle {
             peer,
             local,

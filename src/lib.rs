@@ -115,6 +115,7 @@ mod handler;
 pub mod heartbeat;
 mod outbox;
 mod server;
+mod shared_tcp;
 mod stats;
 #[cfg(feature = "tls")]
 pub mod tls;

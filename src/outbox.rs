@@ -8,8 +8,8 @@
 //!
 //! # Direct writes (plain TCP clients)
 //!
-//! A client's outbox may also hold a second handle on the socket (a
-//! duplicated descriptor). While the connection task is idle (nothing to
+//! A client's outbox may also hold the socket itself (an `Arc` shared with
+//! the connection task: tokio writes through `&TcpStream`). While the connection task is idle (nothing to
 //! write, no frame being handled: it says so under the lock before it
 //! waits), a sender writes what it queued straight to the socket, still
 //! under the lock, so frames never interleave and the connection task does
@@ -23,7 +23,6 @@
 //! through whenever the connection is idle.
 
 use std::future::Future;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,8 +73,8 @@ pub(crate) struct Outbox {
 struct Queue {
     /// Encoded frames waiting for the connection task.
     buf: BytesMut,
-    /// A second handle on the socket for direct writes (plain TCP clients),
-    /// dropped when the connection ends.
+    /// The socket, for direct writes (plain TCP clients), dropped when the
+    /// connection ends.
     writer: Option<DirectWriter>,
     /// The connection task is idle: nothing to write, no frame being
     /// handled. Only then may a sender write to the socket.
@@ -87,31 +86,18 @@ struct Queue {
     error: Option<std::io::Error>,
 }
 
-/// A duplicate of a client's socket for direct writes.
+/// A client's socket, shared with its connection task, for direct writes.
 #[derive(Debug)]
 pub(crate) struct DirectWriter {
-    socket: std::net::TcpStream,
+    socket: Arc<tokio::net::TcpStream>,
     counters: Arc<Counters>,
 }
 
 impl DirectWriter {
-    /// A second handle on `tcp` (`None` where that is not possible: the
-    /// connection then works as without one), counting into `counters`.
-    pub(crate) fn new(tcp: &tokio::net::TcpStream, counters: Arc<Counters>) -> Option<Self> {
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsFd;
-            let fd = tcp.as_fd().try_clone_to_owned().ok()?;
-            Some(DirectWriter {
-                socket: std::net::TcpStream::from(fd),
-                counters,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (tcp, counters);
-            None
-        }
+    /// Writes to `socket` (the connection task's too), counting into
+    /// `counters`.
+    pub(crate) fn new(socket: Arc<tokio::net::TcpStream>, counters: Arc<Counters>) -> Self {
+        DirectWriter { socket, counters }
     }
 }
 
@@ -130,8 +116,9 @@ impl Queue {
         if lone {
             self.fresh = false;
         }
-        // Non-blocking: the descriptor shares the socket's flags.
-        match (&writer.socket).write(&self.buf) {
+        // Non-blocking; without a syscall if the reactor has seen the socket
+        // full since the last write.
+        match writer.socket.try_write(&self.buf) {
             Ok(n) => {
                 Counters::add(&writer.counters.bytes_out, n as u64);
                 self.buf.advance(n);
@@ -443,7 +430,7 @@ impl Outbox {
     /// Marks the outbox closed and wakes every waiting sender.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        // No more direct writes; the duplicate descriptor is closed.
+        // No more direct writes; the outbox lets go of the socket.
         self.direct.store(false, Ordering::Release);
         let mut queue = self.lock();
         queue.idle = false;
@@ -581,15 +568,16 @@ mod tests {
 
     #[tokio::test]
     async fn direct_writes_only_while_idle_and_failures_go_to_the_connection_task() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        let client = Arc::new(client);
         let (mut server, _) = listener.accept().await.unwrap();
         let counters = Arc::new(Counters::default());
         let outbox = Outbox::new(1024);
-        outbox.set_writer(DirectWriter::new(&client, counters.clone()).unwrap());
+        outbox.set_writer(DirectWriter::new(client.clone(), counters.clone()));
         let bytes_out = || counters.bytes_out.load(Ordering::Relaxed);
         let mut out = BytesMut::new();
 
@@ -639,7 +627,9 @@ mod tests {
 
         // A direct write that fails leaves the frame queued and the error for
         // the connection task, which reports it as its own.
-        client.shutdown().await.unwrap();
+        socket2::SockRef::from(&*client)
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
         let (queued, result) = outbox.push_all([b"g\n"], write).await;
         assert!(result.is_ok() && queued == 1);
         let error = outbox.take_into(&mut out).unwrap_err();
@@ -647,7 +637,7 @@ mod tests {
         outbox.take_into(&mut out).unwrap();
         assert_eq!(&out.split()[..], b"g\n");
 
-        // Closing drops the second descriptor: no direct write after it.
+        // Closing lets go of the socket: no direct write after it.
         outbox.close();
         assert!(outbox.lock().writer.is_none());
     }

@@ -170,6 +170,57 @@ async fn dropping_a_client_ends_its_connection() {
     within("cut", server.cut()).await;
 }
 
+/// The descriptors of this process open on the TCP socket whose local
+/// address is `local` (IPv4 loopback), from `/proc`.
+#[cfg(target_os = "linux")]
+fn descriptors_of(local: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = local else {
+        panic!("IPv4 expected")
+    };
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inode = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields[1] == wanted)
+        .map(|fields| fields[9].to_string())
+        .expect("the client's socket in /proc/net/tcp");
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|link| link.to_str() == Some(target.as_str()))
+        .count()
+}
+
+/// Direct writes from `send` share the connection's socket: a client holds
+/// one descriptor, not two (the open-file limit bounds how many clients a
+/// process can run).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_client_holds_one_descriptor() {
+    let server = Server::listen("127.0.0.1:0", Probe::new()).await.unwrap();
+    let (handler, mut rx) = collector::<String>();
+    let client = Client::<String>::builder()
+        .handler(handler)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client.send(&"ping".to_string()).await.unwrap();
+        assert_eq!(recv(&mut rx).await, "pong");
+    }
+    assert_eq!(client.stats().frames_out, 3);
+    assert_eq!(descriptors_of(tcp(client.local_addr())), 1);
+    client.close().await;
+    within("cut", server.cut()).await;
+}
+
 #[tokio::test]
 async fn client_sees_the_server_going_away() {
     let server = Server::listen("127.0.0.1:0", Probe::new()).await.unwrap();
