@@ -4,19 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Framing, Server};
 use common::*;
-use tokio::net::TcpListener;
-
-async fn raw_listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_all_delivers_everything_in_order() {

@@ -15,13 +15,6 @@ use common::*;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-/// A raw listener standing in for a server, to check the client's bytes.
-async fn raw_listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
 async fn accept(listener: &TcpListener) -> RawPeer {
     let (stream, _) = within("accept", listener.accept()).await.unwrap();
     RawPeer::from_stream(stream)

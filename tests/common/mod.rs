@@ -23,6 +23,14 @@ use tokio::time::Instant;
 /// Upper bound of every wait in these tests (the machine is shared and noisy).
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A raw TCP listener on a free loopback port, standing in for a server to
+/// check a client's bytes.
+pub async fn raw_listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
 /// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(WAIT, fut).await {
