@@ -272,7 +272,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let abort = CancellationToken::new();
         let connection = Connection::new(
             stream,
-            handle.clone(),
+            Arc::new(handle.clone()),
             Arc::new(self.handler),
             Arc::new(self.config),
             abort.clone(),

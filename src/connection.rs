@@ -73,7 +73,7 @@ pub(crate) struct Connection<S, H> {
     /// flush, then end.
     closing: bool,
     /// Peer, codecs, outbox and close signal, shared with other tasks.
-    handle: ConnectionHandle,
+    handle: Arc<ConnectionHandle>,
     /// The user's handler, shared by every connection.
     handler: Arc<H>,
     /// Timeouts and limits.
@@ -102,7 +102,7 @@ where
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         stream: S,
-        handle: ConnectionHandle,
+        handle: Arc<ConnectionHandle>,
         handler: Arc<H>,
         config: Arc<ConnectionConfig>,
         abort: CancellationToken,

@@ -71,8 +71,9 @@ struct Shared<H> {
     counters: Arc<Counters>,
     /// TLS, if configured.
     tls: Option<ServerTls>,
-    /// Open connections by peer address.
-    connections: Mutex<HashMap<Addr, ConnectionHandle>>,
+    /// Open connections by peer address; the handle is shared with the
+    /// connection task (one copy per connection).
+    connections: Mutex<HashMap<Addr, Arc<ConnectionHandle>>>,
     /// Error events.
     events: EventSink,
     errors: ErrorEvents,
@@ -428,14 +429,14 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         shared.events.report(Some(peer), Error::Io(error));
         return;
     }
-    let handle = ConnectionHandle {
+    let handle = Arc::new(ConnectionHandle {
         peer: peer.clone(),
         local: shared.local.clone(),
         wire: shared.wire.clone(),
         outbox: Arc::new(Outbox::new(shared.config.queue_bytes)),
         cancel: shared.close_all.child_token(),
         counters: shared.counters.clone(),
-    };
+    });
     connections.insert(peer.clone(), handle.clone());
     drop(connections);
     shared.counters.opened();
@@ -476,7 +477,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
 }
 
 impl<H> Shared<H> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Addr, ConnectionHandle>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Addr, Arc<ConnectionHandle>>> {
         // The table stays consistent even if a holder panicked.
         self.connections
             .lock()
@@ -486,7 +487,7 @@ impl<H> Shared<H> {
     fn handle(&self, peer: &Addr) -> Result<ConnectionHandle, Error> {
         self.lock()
             .get(peer)
-            .cloned()
+            .map(|handle| ConnectionHandle::clone(handle))
             .ok_or_else(|| Error::UnknownPeer(peer.clone()))
     }
 }
