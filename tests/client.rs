@@ -163,24 +163,28 @@ async fn dropping_a_client_ends_its_connection() {
     within("cut", server.cut()).await;
 }
 
-/// The descriptors of this process open on the TCP socket whose local
-/// address is `local` (IPv4 loopback), from `/proc`.
+/// A loopback IPv4 address as `/proc/net/tcp` writes it.
 #[cfg(target_os = "linux")]
-fn descriptors_of(local: SocketAddr) -> usize {
-    let SocketAddr::V4(v4) = local else {
+fn proc_net_addr(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
         panic!("IPv4 expected")
     };
-    let wanted = format!(
-        "{:08X}:{:04X}",
-        u32::from_le_bytes(v4.ip().octets()),
-        v4.port()
-    );
+    let ip = u32::from_le_bytes(v4.ip().octets());
+    format!("{ip:08X}:{:04X}", v4.port())
+}
+
+/// The descriptors of this process open on the established TCP socket from
+/// `local` to `peer` (IPv4), from `/proc`.
+#[cfg(target_os = "linux")]
+fn descriptors_of(local: SocketAddr, peer: SocketAddr) -> usize {
+    let (local, peer) = (proc_net_addr(local), proc_net_addr(peer));
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // Fields: slot, local, remote, state (01: established), ..., inode.
     let inode = table
         .lines()
         .skip(1)
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields[1] == wanted)
+        .find(|fields| fields[1] == local && fields[2] == peer && fields[3] == "01")
         .map(|fields| fields[9].to_string())
         .expect("the client's socket in /proc/net/tcp");
     let target = format!("socket:[{inode}]");
@@ -209,7 +213,8 @@ async fn a_client_holds_one_descriptor() {
         assert_eq!(recv(&mut rx).await, "pong");
     }
     assert_eq!(client.stats().frames_out, 3);
-    assert_eq!(descriptors_of(tcp(client.local_addr())), 1);
+    let (local, peer) = (tcp(client.local_addr()), tcp(client.peer_addr()));
+    assert_eq!(descriptors_of(local, peer), 1);
     client.close().await;
     within("cut", server.cut()).await;
 }
