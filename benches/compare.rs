@@ -794,39 +794,19 @@ fn pingpong_framed(rounds: usize, cpu: usize) -> Vec<Duration> {
 fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
     let n = plan.oneway_msgs;
     eprintln!("one-way: {n} messages per run");
-    let framing = Framing::lines();
     if plan.wants_case("oneway", "oneway_pod16") {
-        // The target: batched (`send_all`), as the baseline feeds a batch
-        // and flushes once; then, as information, one `send` per message.
-        for sending in [Sending::Batched, Sending::PerMessage] {
-            let batched = sending == Sending::Batched;
-            let (ours, base, ratio) = compare_rates(
-                plan.reps,
-                if batched {
-                    "pod16 send_all"
-                } else {
-                    "pod16 send"
-                },
-                || oneway_framed(rt, n, "0123456789abcdef"),
-                || {
-                    let msg = Sample16 { seq: 0, value: 7 };
-                    oneway_ours_with(rt, n, framing, msg, |m, i| m.seq = i, sending)
-                },
-            );
-            report.rows.push(Row {
-                target: "1",
-                name: batched.then_some("oneway_pod16"),
-                what: if batched {
-                    format!("one-way Pod 16 B, escaped, send_all x{ONEWAY_BATCH} msg/s")
-                } else {
-                    "one-way Pod 16 B, escaped, one send per msg msg/s".into()
-                },
-                ours: si(ours, "msg/s"),
-                baseline: si(base, "frame/s"),
-                value: ratio,
-                goal: batched.then_some(1.0),
-            });
-        }
+        let msg = Sample16 { seq: 0, value: 7 };
+        let step = |m: &mut Sample16, i| m.seq = i;
+        oneway_rows(
+            plan,
+            rt,
+            report,
+            "oneway_pod16",
+            "Pod 16 B",
+            msg,
+            step,
+            "0123456789abcdef",
+        );
     }
     if !plan.wants_case("oneway", "oneway_bincode") {
         return;
@@ -844,28 +824,66 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
     chitchat_net::Codec::encode(&Bincode, &telemetry, &mut sized).expect("encode");
     let len = sized.len();
     let payload: &'static str = Box::leak("t".repeat(len).into_boxed_str());
+    let step = |m: &mut Telemetry, i| m.seq = EPOCH_MS + i;
+    let what = format!("bincode {len} B");
+    oneway_rows(
+        plan,
+        rt,
+        report,
+        "oneway_bincode",
+        &what,
+        telemetry,
+        step,
+        payload,
+    );
+}
+
+/// The one-way rows of one message type (`name`: the target's `ratio`
+/// name): the target, batched (`send_all`,
+/// as the baseline feeds a batch and flushes once), then, as information,
+/// one `send` per message. The baseline sends `payload`, a frame of the
+/// same length.
+#[allow(clippy::too_many_arguments)]
+fn oneway_rows<M: Message + Sync + Clone>(
+    plan: &Plan,
+    rt: &Runtime,
+    report: &mut Report,
+    name: &'static str,
+    what: &str,
+    msg: M,
+    step: fn(&mut M, u64),
+    payload: &'static str,
+) {
+    let case = name.strip_prefix("oneway_").unwrap_or(name);
     for sending in [Sending::Batched, Sending::PerMessage] {
         let batched = sending == Sending::Batched;
+        let label = if batched {
+            format!("{case} send_all")
+        } else {
+            format!("{case} send")
+        };
         let (ours, base, ratio) = compare_rates(
             plan.reps,
-            if batched {
-                "bincode send_all"
-            } else {
-                "bincode send"
-            },
-            || oneway_framed(rt, n, payload),
+            &label,
+            || oneway_framed(rt, plan.oneway_msgs, payload),
             || {
-                let step = |m: &mut Telemetry, i| m.seq = EPOCH_MS + i;
-                oneway_ours_with(rt, n, framing, telemetry.clone(), step, sending)
+                oneway_ours_with(
+                    rt,
+                    plan.oneway_msgs,
+                    Framing::lines(),
+                    msg.clone(),
+                    step,
+                    sending,
+                )
             },
         );
         report.rows.push(Row {
             target: "1",
-            name: batched.then_some("oneway_bincode"),
+            name: batched.then_some(name),
             what: if batched {
-                format!("one-way bincode {len} B, escaped, send_all x{ONEWAY_BATCH} msg/s")
+                format!("one-way {what}, escaped, send_all x{ONEWAY_BATCH} msg/s")
             } else {
-                format!("one-way bincode {len} B, escaped, one send per msg msg/s")
+                format!("one-way {what}, escaped, one send per msg msg/s")
             },
             ours: si(ours, "msg/s"),
             baseline: si(base, "frame/s"),

@@ -48,7 +48,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Client<M> {
     /// Sends, close signal and addresses.
-    handle: ConnectionHandle,
+    handle: Arc<ConnectionHandle>,
     /// The connection task, awaited by `close`.
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// Ends the connection at once (on drop).
@@ -251,14 +251,14 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         // Plain TCP: `send` may write to the socket itself (see `outbox`).
         let (stream, socket) = stream.into_shared();
         let direct = socket.map(|socket| DirectWriter::new(socket, counters.clone()));
-        let handle = ConnectionHandle {
+        let handle = Arc::new(ConnectionHandle {
             peer,
             local,
             wire: Wire::new(self.config.framing, binary, overrides),
             outbox: Arc::new(Outbox::new(self.config.queue_bytes)),
             cancel: CancellationToken::new(),
             counters,
-        };
+        });
         if let Some(direct) = direct {
             handle.outbox.set_writer(direct);
         }
@@ -272,7 +272,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let abort = CancellationToken::new();
         let connection = Connection::new(
             stream,
-            Arc::new(handle.clone()),
+            handle.clone(),
             Arc::new(self.handler),
             Arc::new(self.config),
             abort.clone(),
@@ -387,7 +387,7 @@ impl<M: Message> Client<M> {
 
     /// A handle to send on this connection from other tasks.
     pub fn handle(&self) -> ConnectionHandle {
-        self.handle.clone()
+        ConnectionHandle::clone(&self.handle)
     }
 
     /// This end's address.
