@@ -4,17 +4,15 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 #[cfg(unix)]
 use crate::addr::sealed::Target;
 use crate::config::ConnectionConfig;
-use crate::connection::Connection;
+use crate::connection::{self, OnEnd};
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
-use crate::outbox::{DirectWriter, Outbox};
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, ClientTls, Stream};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
@@ -47,13 +45,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Debug)]
 pub struct Client<M> {
-    /// Sends, close signal and addresses.
-    handle: Arc<ConnectionHandle>,
-    /// The connection task, awaited by `close`.
-    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Ends the connection at once (on drop).
-    abort: CancellationToken,
-    /// Closes the event stream once the connection has ended.
+    /// Sends, close and abort signals, and addresses.
+    handle: ConnectionHandle,
+    /// Fired once the connection task has ended (awaited by `close`);
+    /// closes the event stream.
     ended: CancellationToken,
     events: EventSink,
     errors: ErrorEvents,
@@ -175,10 +170,12 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         self
     }
 
-    /// Closes the connection when a write does not complete within
-    /// `timeout` (default 30 s); `None` waits forever.
-    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.write_timeout = timeout;
+    /// Closes the connection when it has bytes to write but can write none
+    /// of them for `timeout` (default 30 s): the server has stopped
+    /// reading. `None` waits forever. See
+    /// [`ServerBuilder::write_stall_timeout`](crate::ServerBuilder::write_stall_timeout).
+    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.write_stall_timeout = timeout;
         self
     }
 
@@ -248,52 +245,34 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             None => (default_is_binary::<M>(), Vec::new()),
         };
         let counters = Arc::new(Counters::default());
-        // Plain TCP: `send` may write to the socket itself (see `outbox`).
-        let (stream, socket) = stream.into_shared();
-        let direct = socket.map(|socket| DirectWriter::new(socket, counters.clone()));
-        let handle = Arc::new(ConnectionHandle {
-            peer,
-            local,
-            wire: Wire::new(self.config.framing, binary, overrides),
-            outbox: Arc::new(Outbox::new(self.config.queue_bytes)),
-            cancel: CancellationToken::new(),
-            counters,
-        });
-        if let Some(direct) = direct {
-            handle.outbox.set_writer(direct);
-        }
-        handle.counters.opened();
+        let wire = Wire::new(self.config.framing, binary, overrides);
+        let handle = ConnectionHandle::new(peer, local, wire, self.config.queue_bytes, counters);
+        let counters = handle.inner.counters.clone();
+        counters.opened();
         let ended = CancellationToken::new();
-        let (events, errors) = event_channel(
-            self.config.event_capacity,
-            ended.clone(),
-            handle.counters.clone(),
-        );
-        let abort = CancellationToken::new();
-        let connection = Connection::new(
+        let (events, errors) =
+            event_channel(self.config.event_capacity, ended.clone(), counters.clone());
+        let span =
+            tracing::info_span!("chitchat_client", peer = %handle.inner.peer, id = %handle.id());
+        let done = ended.clone();
+        let on_end = OnEnd::new(move || counters.closed());
+        let task = connection::run(
             stream,
             handle.clone(),
             Arc::new(self.handler),
             Arc::new(self.config),
-            abort.clone(),
             events.clone(),
-            None,
+            on_end,
         );
-        let span = tracing::info_span!("chitchat_client", peer = %handle.peer);
-        let done = ended.clone();
-        let task = tokio::spawn(
+        tokio::spawn(
             async move {
-                let counters = connection.counters();
-                connection.run().await;
-                counters.closed();
+                task.await;
                 done.cancel();
             }
             .instrument(span),
         );
         Client {
             handle,
-            task: tokio::sync::Mutex::new(Some(task)),
-            abort,
             ended,
             events,
             errors,
@@ -387,17 +366,17 @@ impl<M: Message> Client<M> {
 
     /// A handle to send on this connection from other tasks.
     pub fn handle(&self) -> ConnectionHandle {
-        ConnectionHandle::clone(&self.handle)
+        self.handle.clone()
     }
 
     /// This end's address.
     pub fn local_addr(&self) -> Addr {
-        self.handle.local.clone()
+        self.handle.local_addr()
     }
 
     /// The server's address.
     pub fn peer_addr(&self) -> Addr {
-        self.handle.peer.clone()
+        self.handle.peer_addr()
     }
 
     /// Whether the connection is closing or closed: sends fail from then on.
@@ -409,13 +388,16 @@ impl<M: Message> Client<M> {
     /// closes the write side (in EOF framing, this is what delivers the
     /// message), and waits until the server has closed its side too (or the
     /// close timeout passes). Replies that arrive meanwhile still reach the
-    /// handler. Calling it again does nothing more.
+    /// handler.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped, the connection goes on
+    /// closing, and a later `close().await` waits for the same end (calling
+    /// it after the end returns at once).
     pub async fn close(&self) {
         self.handle.close();
-        if let Some(task) = self.task.lock().await.take() {
-            // A panicking handler has already been reported as an event.
-            let _ = task.await;
-        }
+        self.ended.cancelled().await;
     }
 
     /// The stream of error events.
@@ -425,7 +407,7 @@ impl<M: Message> Client<M> {
 
     /// A snapshot of the client's counters.
     pub fn stats(&self) -> Stats {
-        self.handle.counters.snapshot()
+        self.handle.inner.counters.snapshot()
     }
 
     /// How many error events were dropped because nobody read them.
@@ -437,7 +419,7 @@ impl<M: Message> Client<M> {
 impl<M> Drop for Client<M> {
     /// Ends the connection at once.
     fn drop(&mut self) {
-        self.abort.cancel();
+        self.handle.inner.signal.abort();
         self.ended.cancel();
     }
 }

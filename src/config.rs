@@ -6,8 +6,8 @@ use crate::Framing;
 
 /// Default size of a connection's outgoing queue: 256 KiB.
 pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
-/// Default write timeout: 30 s.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default write stall timeout: 30 s without a byte written.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a TLS handshake may take: 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a closing connection waits for the peer to finish: 5 s.
@@ -20,8 +20,9 @@ pub(crate) struct ConnectionConfig {
     pub(crate) framing: Framing,
     /// Close a connection that receives nothing for this long.
     pub(crate) idle_timeout: Option<Duration>,
-    /// Close a connection whose write cannot complete within this.
-    pub(crate) write_timeout: Option<Duration>,
+    /// Close a connection that has bytes to write but writes none for this
+    /// long.
+    pub(crate) write_stall_timeout: Option<Duration>,
     /// After closing its side, how long to wait for the peer to close.
     pub(crate) close_timeout: Duration,
     /// Bytes the outgoing queue holds before senders wait.
@@ -37,7 +38,7 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             framing: Framing::default(),
             idle_timeout: None,
-            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             event_capacity: crate::DEFAULT_EVENT_CAPACITY,

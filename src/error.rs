@@ -82,9 +82,10 @@ pub enum Error {
     #[error("no complete frame received for {0:?}")]
     IdleTimeout(Duration),
 
-    /// A write could not complete within the write timeout.
-    #[error("write did not complete within {0:?}")]
-    WriteTimeout(Duration),
+    /// A connection had bytes to write and could write none of them for the
+    /// write stall timeout: its peer stopped reading.
+    #[error("no byte could be written for {0:?}: the peer is not reading")]
+    WriteStalled(Duration),
 
     /// Connecting did not complete within the connect timeout.
     #[error("connect did not complete within {0:?}")]

@@ -1,41 +1,109 @@
 //! A cloneable handle on one connection, usable from any task.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, PushError};
+use crate::signal::Signal;
 use crate::stats::Counters;
 use crate::wire::Wire;
 use crate::{Addr, Error, Message};
 
+/// A connection's number: unique among every connection of the process
+/// (servers' and clients'), never reused.
+///
+/// A server keeps its connections by id, so that a peer that reconnects
+/// from the same address while its old connection is still ending is a
+/// different connection: the old one's end never removes the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// The next unused id.
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnectionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number itself.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// A handle on one live connection: send to it from any task, or close it.
 ///
 /// Sends go through the connection's bounded outgoing queue: [`send`] waits
-/// while the queue is full (backpressure), [`try_send`] fails instead. Get one
-/// from [`Context::handle`](crate::Context::handle).
+/// while the queue is full (backpressure), [`try_send`] fails instead. The
+/// queue drains while the connection's handler runs or waits, so a handler
+/// may await [`send`] on any connection, its own included. Get one from
+/// [`Context::handle`](crate::Context::handle), [`Server::connection`](crate::Server::connection)
+/// or [`Client::handle`](crate::Client::handle). Cloning it is cheap (one
+/// reference count).
 ///
 /// [`send`]: ConnectionHandle::send
 /// [`try_send`]: ConnectionHandle::try_send
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
+    pub(crate) inner: Arc<Shared>,
+}
+
+/// What a connection shares with the tasks that hold a handle on it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: ConnectionId,
     pub(crate) peer: Addr,
     pub(crate) local: Addr,
+    /// Framing and codecs.
     pub(crate) wire: Wire,
-    pub(crate) outbox: Arc<Outbox>,
-    pub(crate) cancel: CancellationToken,
+    /// Everything sent goes through it.
+    pub(crate) outbox: Outbox,
+    /// Close and abort, from other tasks.
+    pub(crate) signal: Signal,
+    /// The server's or client's counters.
     pub(crate) counters: Arc<Counters>,
 }
 
 impl ConnectionHandle {
+    pub(crate) fn new(
+        peer: Addr,
+        local: Addr,
+        wire: Wire,
+        queue_bytes: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
+        ConnectionHandle {
+            inner: Arc::new(Shared {
+                id: ConnectionId::next(),
+                peer,
+                local,
+                wire,
+                outbox: Outbox::new(queue_bytes),
+                signal: Signal::default(),
+                counters,
+            }),
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.inner.id
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> Addr {
-        self.peer.clone()
+        self.inner.peer.clone()
     }
 
     /// This end's address.
     pub fn local_addr(&self) -> Addr {
-        self.local.clone()
+        self.inner.local.clone()
     }
 
     /// Queues `msg`, waiting while the outgoing queue is full.
@@ -49,11 +117,10 @@ impl ConnectionHandle {
     ///
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send<M: Message>(&self, msg: &M) -> Result<(), Error> {
-        self.outbox
-            .push_with(|buf| self.wire.encode(msg, buf))
-            .await?;
-        Counters::add(&self.counters.frames_out, 1);
-        Ok(())
+        let inner = &*self.inner;
+        let pushed = inner.outbox.push(|buf| inner.wire.encode(msg, buf)).await;
+        let frames = u64::from(pushed.is_ok());
+        self.sent(pushed, frames)
     }
 
     /// Queues every message of `msgs`, in order, waiting while the outgoing
@@ -102,12 +169,12 @@ impl ConnectionHandle {
         M: Message + 'a,
         I: IntoIterator<Item = &'a M>,
     {
-        let (queued, result) = self
+        let inner = &*self.inner;
+        let (queued, result) = inner
             .outbox
-            .push_all(msgs, |msg, buf| self.wire.encode(msg, buf))
+            .push_all(msgs, |msg, buf| inner.wire.encode(msg, buf))
             .await;
-        Counters::add(&self.counters.frames_out, queued);
-        result
+        self.sent(result, queued)
     }
 
     /// Queues `msg` if there is room now.
@@ -116,10 +183,10 @@ impl ConnectionHandle {
     ///
     /// [`Error::QueueFull`] if there is no room; otherwise as [`send`](Self::send).
     pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), Error> {
-        self.outbox
-            .try_push_with(|buf| self.wire.encode(msg, buf))?;
-        Counters::add(&self.counters.frames_out, 1);
-        Ok(())
+        let inner = &*self.inner;
+        let pushed = inner.outbox.try_push(|buf| inner.wire.encode(msg, buf));
+        let frames = u64::from(pushed.is_ok());
+        self.sent(pushed, frames)
     }
 
     /// Queues one frame of raw bytes, waiting while the queue is full.
@@ -128,21 +195,37 @@ impl ConnectionHandle {
     ///
     /// As [`send`](Self::send).
     pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
-        self.outbox
-            .push_with(|buf| self.wire.encode_bytes(payload, buf))
-            .await?;
-        Counters::add(&self.counters.frames_out, 1);
-        Ok(())
+        let inner = &*self.inner;
+        let pushed = inner
+            .outbox
+            .push(|buf| inner.wire.encode_bytes(payload, buf))
+            .await;
+        let frames = u64::from(pushed.is_ok());
+        self.sent(pushed, frames)
     }
 
-    /// Closes the connection: what is queued is still flushed (within the
-    /// write timeout), then the connection ends.
+    /// Closes the connection gracefully: sends fail from now on; the frames
+    /// that have already arrived are still handled and answered, what is
+    /// queued is written, then the connection ends.
     pub fn close(&self) {
-        self.cancel.cancel();
+        self.inner.outbox.close();
+        self.inner.signal.close();
     }
 
     /// Whether the connection is closing or closed: sends fail from then on.
     pub fn is_closed(&self) -> bool {
-        self.outbox.is_closed()
+        self.inner.outbox.is_closed()
+    }
+
+    /// Counts the `frames` queued and turns a refusal into an [`Error`].
+    fn sent(&self, pushed: Result<(), PushError<Error>>, frames: u64) -> Result<(), Error> {
+        Counters::add(&self.inner.counters.frames_out, frames);
+        pushed.map_err(|error| match error {
+            PushError::Closed => Error::Closed,
+            PushError::Full => Error::QueueFull {
+                limit: self.inner.outbox.limit(),
+            },
+            PushError::Write(error) => error,
+        })
     }
 }

@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::handle::ConnectionHandle;
+use crate::handle::{ConnectionHandle, ConnectionId};
 use crate::stats::Counters;
 use crate::{Addr, BoxError, Error, Message};
 
@@ -50,9 +50,10 @@ pub trait Handler: Send + Sync + 'static {
     /// The type each frame is decoded into.
     type Message: Message;
 
-    /// Handles one message. Replies sent with [`Context::send`] are written
-    /// after the call returns, batched with the replies to other frames of
-    /// the same read.
+    /// Handles one message. Replies sent with [`Context::send`] are queued
+    /// at once and written by the connection's write side, which goes on
+    /// while this call runs or waits: a handler may await anything,
+    /// including a send to another connection or to its own.
     fn handle(
         &self,
         msg: Self::Message,
@@ -85,26 +86,33 @@ impl Handler for () {
 
 /// What a handler can do on its connection while handling a frame.
 ///
-/// Sends are buffered: they cost no system call until the connection flushes,
-/// which it does once the frames of one read are handled (or earlier if the
-/// buffer passes its high-water mark), so a burst of replies goes out in one
-/// write, and a lone reply goes out at once.
+/// Replies go into the connection's outgoing queue, where the write side
+/// takes them: a burst of replies goes out in one write, and a lone reply at
+/// once. A reply never waits: the queue's bound does not refuse it. Instead,
+/// while the connection's unsent output is over twice its bound
+/// ([`queue_bytes`](crate::ServerBuilder::queue_bytes)), no further frame
+/// reaches the handler, so a peer that does not read what it is sent stops
+/// being read (backpressure), and what it makes us hold stays bounded.
 #[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) handle: &'a ConnectionHandle,
-    pub(crate) out: &'a mut BytesMut,
     pub(crate) closing: &'a mut bool,
 }
 
 impl Context<'_> {
     /// The peer's address.
     pub fn peer_addr(&self) -> Addr {
-        self.handle.peer.clone()
+        self.handle.inner.peer.clone()
     }
 
     /// This end's address.
     pub fn local_addr(&self) -> Addr {
-        self.handle.local.clone()
+        self.handle.inner.local.clone()
+    }
+
+    /// This connection's id.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.handle.inner.id
     }
 
     /// Sends a typed message back on this connection, framed and encoded
@@ -115,8 +123,9 @@ impl Context<'_> {
     /// Encode errors, [`Error::DelimiterInPayload`] in raw framing,
     /// [`Error::FrameTooLong`]. Nothing is sent then.
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
-        self.handle.wire.encode(msg, self.out)?;
-        Counters::add(&self.handle.counters.frames_out, 1);
+        let inner = &*self.handle.inner;
+        inner.outbox.push_reply(|buf| inner.wire.encode(msg, buf))?;
+        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 
@@ -126,8 +135,12 @@ impl Context<'_> {
     ///
     /// As [`send`](Self::send).
     pub fn send_bytes(&mut self, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.handle.wire.encode_bytes(payload.as_ref(), self.out)?;
-        Counters::add(&self.handle.counters.frames_out, 1);
+        let inner = &*self.handle.inner;
+        let payload = payload.as_ref();
+        inner
+            .outbox
+            .push_reply(|buf| inner.wire.encode_bytes(payload, buf))?;
+        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 

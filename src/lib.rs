@@ -1,7 +1,10 @@
 //! Typed messages over TCP: a lightweight, high-concurrency server and client.
 //!
-//! A frame's way: socket → read buffer → [framing](frame) → [codec] →
-//! [`Handler`] → [`Context::send`] → write buffer → socket.
+//! A frame's way: socket → read side → [framing](frame) → [codec] →
+//! [`Handler`] → [`Context::send`] → the connection's bounded outgoing queue →
+//! write side → socket. Each connection reads and writes independently: a
+//! write in progress never stops reading, and a handler that waits never
+//! stops writing.
 //!
 //! # Examples
 //!
@@ -87,7 +90,7 @@
 //! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
 //! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
-//! - [`Server`], [`Client`], [`ConnectionHandle`]: the runtime on tokio, over
+//! - [`Server`], [`Client`], [`ConnectionHandle`], [`ConnectionId`]: the runtime on tokio, over
 //!   TCP, TLS (feature `tls`) or, on Unix, a Unix-domain socket
 //!   ([`ServerBuilder::listen_unix`]); peers are named by an [`Addr`].
 //! - [`ErrorEvents`]: the bounded stream of error events.
@@ -114,13 +117,16 @@ mod handle;
 mod handler;
 pub mod heartbeat;
 mod outbox;
+mod reader;
 mod server;
-mod shared_tcp;
+mod signal;
 mod stats;
+mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transport;
 mod wire;
+mod writer;
 
 #[cfg(unix)]
 pub use crate::addr::UnixAddr;
@@ -133,12 +139,13 @@ pub use crate::codec::{
     DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::config::{
-    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES,
+    DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use crate::error::{BoxError, Error};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
-pub use crate::handle::ConnectionHandle;
+pub use crate::handle::{ConnectionHandle, ConnectionId};
 pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;

@@ -1,278 +1,212 @@
-//! A connection's bounded outgoing queue, filled by other tasks (server
-//! `send_to`/`broadcast`, `Client::send`, [`ConnectionHandle`](crate::ConnectionHandle))
-//! and drained by the connection task.
+//! A connection's bounded outgoing queue: the one way bytes reach its socket.
 //!
-//! It is a byte buffer, not a queue of messages: senders encode straight into
-//! it under a short lock, and the connection task swaps the whole buffer out
-//! and writes it with one system call. The bound is in bytes.
+//! Everything a connection sends goes through it: other tasks' sends
+//! ([`ConnectionHandle`](crate::ConnectionHandle), server `send_to` and
+//! `broadcast`, `Client::send`) and its own handler's replies. Senders
+//! encode straight into one byte buffer under a short lock; the
+//! connection's write side takes the whole buffer at once (a swap, no copy)
+//! and is the only writer of the socket, so frames never interleave.
 //!
-//! # Direct writes (plain TCP clients)
+//! The bound counts *unsent* bytes: what is queued plus what the write side
+//! has taken but not yet written.
 //!
-//! A client's outbox may also hold the socket itself (an `Arc` shared with
-//! the connection task: tokio writes through `&TcpStream`). While the connection task is idle (nothing to
-//! write, no frame being handled: it says so under the lock before it
-//! waits), a sender writes what it queued straight to the socket, still
-//! under the lock, so frames never interleave and the connection task does
-//! not have to be woken for it (a task hop less per request). Whatever the
-//! socket does not take at once stays queued for the connection task, which
-//! then owns the rest as before (partial writes, the write timeout); a write
-//! error is kept for it to report as if its own write had failed. A lone
-//! message is written through only once per read of the connection (the
-//! request-reply pattern); messages sent in a row are queued and written
-//! together as before, and batches ([`Outbox::push_all`]) are written
-//! through whenever the connection is idle.
+//! - Other tasks add a frame while fewer than `limit` bytes are unsent
+//!   ([`Outbox::try_push`]), or wait for room ([`Outbox::push`]).
+//! - The handler's replies ([`Outbox::push_reply`]) are always taken: a
+//!   handler cannot wait inside a synchronous `send`. Instead the read side
+//!   stops handing frames to the handler while twice `limit` bytes are
+//!   unsent ([`Outbox::poll_reader_room`]), so what one connection's
+//!   handler queues is bounded too, and the pause is backpressure on the
+//!   peer. Twice, so that a peer that keeps the queue full with sends
+//!   never stops its own connection from reading.
+//! - The write side reports each write ([`Outbox::wrote`]), which wakes
+//!   the senders and the read side waiting for room.
+//!
+//! Phases: open; closed (other tasks' sends fail with `Closed`, replies are
+//! still taken); finished (nothing more is taken; the write side writes
+//! what is left, then ends).
+//!
+//! This file imports nothing of the runtime, so that `loom-models/` can
+//! check its protocol under every interleaving.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
-use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
+use bytes::BytesMut;
 
-use crate::stats::Counters;
-use crate::Error;
+use crate::sync::{AtomicWaker, Mutex, MutexGuard};
 
-/// Wire bytes a batch send encodes under one lock before it lets the
-/// connection task take them.
+/// Wire bytes a batch send encodes under one lock before it lets the write
+/// side take them.
 const BATCH_BYTES: usize = 16 * 1024;
 
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushError<E> {
+    /// The outbox is closed: the connection is closing or has ended.
+    Closed,
+    /// `limit` bytes or more are unsent (only from `try_` pushes).
+    Full,
+    /// The writing closure failed; nothing of it was queued.
+    Write(E),
+}
+
+/// What the write side gets from [`Outbox::poll_take`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Bytes to write were moved into the buffer.
+    Bytes,
+    /// Nothing is left and nothing more will come: end the write side.
+    Finished,
+}
+
+/// A connection's outgoing queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    /// Encoded frames waiting for the connection task, and the state of
-    /// direct writes.
-    queue: Mutex<Queue>,
-    /// Whether the outbox has a direct writer (read without the lock, to
-    /// spare connections without one the lock when they go idle).
-    direct: AtomicBool,
-    /// Bytes above which senders wait (or `try_` sends fail).
+    state: Mutex<State>,
+    /// Unsent bytes above which other tasks' sends wait.
     limit: usize,
-    /// Set when frames are added to an empty queue; cleared by the
-    /// connection task when it sees it.
-    pending: AtomicBool,
-    /// The connection task, woken when `pending` is set or when one of its
-    /// cancellation signals fires (see [`Outbox::poll_gated`]). Lock-free:
-    /// waking it costs no mutex, unlike a `Notify`.
-    task: AtomicWaker,
-    /// Set (both) when the connection's close or abort signal may have
-    /// fired: until then the connection task does not poll those futures
-    /// again (each poll takes two mutexes).
-    gates: [AtomicBool; 2],
-    /// Wakes senders waiting for room.
-    space: Notify,
-    /// Senders waiting for room: draining skips `space` when there are none.
-    waiting: AtomicUsize,
-    /// Set when the connection ends: sends fail with [`Error::Closed`].
-    closed: AtomicBool,
+    /// The write side, woken when bytes are queued into an empty queue or
+    /// when the outbox finishes.
+    writer: AtomicWaker,
 }
 
-/// What the outbox's lock guards.
 #[derive(Debug, Default)]
-struct Queue {
-    /// Encoded frames waiting for the connection task.
-    buf: BytesMut,
-    /// The socket, for direct writes (plain TCP clients), dropped when the
-    /// connection ends.
-    writer: Option<DirectWriter>,
-    /// The connection task is idle: nothing to write, no frame being
-    /// handled. Only then may a sender write to the socket.
-    idle: bool,
-    /// The connection has read something since the last lone message was
-    /// written through.
-    fresh: bool,
-    /// A direct write failed: the connection task reports it.
-    error: Option<std::io::Error>,
+struct State {
+    /// Encoded frames the write side has not taken yet.
+    queued: BytesMut,
+    /// Bytes the write side has taken and not yet written.
+    in_flight: usize,
+    phase: Phase,
+    /// Senders waiting for room, by waiter id.
+    waiters: Vec<(u64, Waker)>,
+    /// The id of the next waiter.
+    next_waiter: u64,
+    /// The read side, waiting for the replies to drain.
+    reader: Option<Waker>,
 }
 
-/// A client's socket, shared with its connection task, for direct writes.
-#[derive(Debug)]
-pub(crate) struct DirectWriter {
-    socket: Arc<tokio::net::TcpStream>,
-    counters: Arc<Counters>,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Open,
+    /// Other tasks' sends fail; the handler's replies are still taken.
+    Closed,
+    /// Nothing more is taken.
+    Finished,
 }
 
-impl DirectWriter {
-    /// Writes to `socket` (the connection task's too), counting into
-    /// `counters`.
-    pub(crate) fn new(socket: Arc<tokio::net::TcpStream>, counters: Arc<Counters>) -> Self {
-        DirectWriter { socket, counters }
+impl State {
+    fn unsent(&self) -> usize {
+        self.queued.len() + self.in_flight
     }
-}
 
-impl Queue {
-    /// After frames were added to an empty queue: writes them to the socket
-    /// at once if the connection task is idle (for a `lone` message, only
-    /// if the connection has read since the last one). Returns whether the
-    /// connection task must be woken (something is left for it).
-    fn write_through(&mut self, lone: bool) -> bool {
-        let Some(writer) = &self.writer else {
-            return true;
-        };
-        if !self.idle || (lone && !self.fresh) {
-            return true;
-        }
-        if lone {
-            self.fresh = false;
-        }
-        // Non-blocking; without a syscall if the reactor has seen the socket
-        // full since the last write.
-        match writer.socket.try_write(&self.buf) {
-            Ok(n) => {
-                Counters::add(&writer.counters.bytes_out, n as u64);
-                self.buf.advance(n);
+    /// Appends with `write`; on error nothing of it stays. Returns whether
+    /// the queue was empty before (the write side must then be woken).
+    fn append<E>(
+        &mut self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<bool, PushError<E>> {
+        let before = self.queued.len();
+        match write(&mut self.queued) {
+            Ok(()) => Ok(before == 0 && !self.queued.is_empty()),
+            Err(error) => {
+                self.queued.truncate(before);
+                Err(PushError::Write(error))
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => self.error = Some(e),
         }
-        if self.buf.is_empty() {
-            return false;
-        }
-        // The connection task owns the rest: no more direct writes until it
-        // is idle again.
-        self.idle = false;
-        true
+    }
+
+    /// Takes the wakers of everyone waiting for room.
+    fn waiting(&mut self) -> (Vec<(u64, Waker)>, Option<Waker>) {
+        (std::mem::take(&mut self.waiters), self.reader.take())
     }
 }
 
-/// Which of the connection task's cancellation futures [`Outbox::poll_gated`]
-/// polls.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Gate {
-    /// The graceful close signal.
-    Close = 0,
-    /// The abort signal.
-    Abort = 1,
-}
-
-/// Counts a sender waiting for room while it lives (dropped too if the
-/// waiting future is cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+fn wake_all((waiters, reader): (Vec<(u64, Waker)>, Option<Waker>)) {
+    for (_, waker) in waiters {
+        waker.wake();
     }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+    if let Some(reader) = reader {
+        reader.wake();
     }
 }
 
 impl Outbox {
+    /// An open outbox whose senders wait past `limit` unsent bytes.
     pub(crate) fn new(limit: usize) -> Self {
         Outbox {
-            queue: Mutex::new(Queue::default()),
-            direct: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
             limit,
-            pending: AtomicBool::new(false),
-            task: AtomicWaker::new(),
-            gates: [AtomicBool::new(true), AtomicBool::new(true)],
-            space: Notify::new(),
-            waiting: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
+            writer: AtomicWaker::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves only bytes behind: go on.
-        self.queue
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Lets senders write to the socket through `writer` while the
-    /// connection task is idle.
-    pub(crate) fn set_writer(&self, writer: DirectWriter) {
-        let mut queue = self.lock();
-        if !self.closed.load(Ordering::Acquire) {
-            queue.writer = Some(writer);
-            self.direct.store(true, Ordering::Release);
-        }
+    /// The bound of other tasks' sends, in unsent bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
-    /// The connection task is about to wait with nothing to write: senders
-    /// may write through from now on (unless frames are queued). `after_read`:
-    /// it has just handled what it read, so a lone message may be written
-    /// through again.
-    pub(crate) fn set_idle(&self, after_read: bool) {
-        if !self.direct.load(Ordering::Acquire) {
-            return;
-        }
-        let mut queue = self.lock();
-        if queue.buf.is_empty() && queue.writer.is_some() {
-            queue.idle = true;
-            queue.fresh |= after_read;
-        }
+    /// Unsent bytes now: queued, or taken and not yet written.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn unsent(&self) -> usize {
+        self.lock().unsent()
     }
 
-    /// The connection task is busy (handling frames, or writing): no direct
-    /// writes until it is idle again.
-    pub(crate) fn set_busy(&self) {
-        if self.direct.load(Ordering::Acquire) {
-            self.lock().idle = false;
-        }
-    }
-
-    /// Tells the connection task that frames are queued.
-    fn signal_ready(&self) {
-        self.pending.store(true, Ordering::Release);
-        self.task.wake();
-    }
-
-    /// Appends with `write` if there is room now.
+    /// Appends a frame with `write` if the outbox is open and has room now.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`], [`Error::QueueFull`], or what `write` returns.
-    pub(crate) fn try_push_with(
+    /// [`PushError::Closed`], [`PushError::Full`], or what `write` returns.
+    pub(crate) fn try_push<E>(
         &self,
-        write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return Err(PushError::Closed);
         }
-        let mut queue = self.lock();
-        if queue.buf.len() >= self.limit {
-            return Err(Error::QueueFull { limit: self.limit });
+        if state.unsent() >= self.limit {
+            return Err(PushError::Full);
         }
-        let was_empty = queue.buf.is_empty();
-        write(&mut queue.buf)?;
-        let wake = was_empty && queue.write_through(true);
-        drop(queue);
+        let wake = state.append(write)?;
+        drop(state);
         if wake {
-            self.signal_ready();
+            self.writer.wake();
         }
         Ok(())
     }
 
-    /// Appends with `write`, waiting for room if the queue is full.
+    /// Appends a frame with `write`, waiting while `limit` bytes or more are
+    /// unsent.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Closed`], or what `write` returns.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: nothing is queued unless the future completes.
-    pub(crate) async fn push_with<F>(&self, write: F) -> Result<(), Error>
-    where
-        F: FnOnce(&mut BytesMut) -> Result<(), Error>,
-    {
-        // A sender in a tight loop must let other tasks run.
-        tokio::task::consume_budget().await;
+    pub(crate) async fn push<E>(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
         let mut write = Some(write);
-        let mut attempt = |buf: &mut BytesMut| match write.take() {
-            Some(write) => write(buf),
-            None => Ok(()),
-        };
         loop {
-            match self.try_push_with(&mut attempt) {
-                Err(Error::QueueFull { .. }) => self.room().await,
+            let attempt = self.try_push(|buf| match write.take() {
+                Some(write) => write(buf),
+                None => Ok(()),
+            });
+            match attempt {
+                Err(PushError::Full) => self.room().await,
                 other => return other,
             }
         }
@@ -280,9 +214,8 @@ impl Outbox {
 
     /// Appends one frame per item with `write`, in order: as many under one
     /// lock as fit (at most about [`BATCH_BYTES`] at a time, so that the
-    /// connection task can start writing), waiting for room in between.
-    /// The bound is the same as for single pushes: an item is added only
-    /// while the queue holds less than the limit.
+    /// write side can start), waiting for room in between. An item is added
+    /// only while fewer than `limit` bytes are unsent, as for single pushes.
     ///
     /// Returns how many items were queued and the error that stopped it, if
     /// any (nothing of the failing item is queued, nor of those after it).
@@ -290,19 +223,17 @@ impl Outbox {
     /// # Cancel safety
     ///
     /// If the future is dropped, the items queued so far stay queued.
-    pub(crate) async fn push_all<T>(
+    pub(crate) async fn push_all<T, E>(
         &self,
         items: impl IntoIterator<Item = T>,
-        mut write: impl FnMut(T, &mut BytesMut) -> Result<(), Error>,
-    ) -> (u64, Result<(), Error>) {
+        mut write: impl FnMut(T, &mut BytesMut) -> Result<(), E>,
+    ) -> (u64, Result<(), PushError<E>>) {
         let mut items = items.into_iter().peekable();
         let mut queued = 0;
         while items.peek().is_some() {
-            // A sender in a tight loop must let other tasks run.
-            tokio::task::consume_budget().await;
             match self.try_push_some(&mut items, &mut write, &mut queued) {
                 Ok(()) => {}
-                Err(Error::QueueFull { .. }) => self.room().await,
+                Err(PushError::Full) => self.room().await,
                 Err(error) => return (queued, Err(error)),
             }
         }
@@ -310,177 +241,393 @@ impl Outbox {
     }
 
     /// One lock's worth of [`push_all`](Self::push_all).
-    fn try_push_some<I: Iterator>(
+    fn try_push_some<I: Iterator, E>(
         &self,
         items: &mut std::iter::Peekable<I>,
-        write: &mut impl FnMut(I::Item, &mut BytesMut) -> Result<(), Error>,
+        write: &mut impl FnMut(I::Item, &mut BytesMut) -> Result<(), E>,
         queued: &mut u64,
-    ) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+    ) -> Result<(), PushError<E>> {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return Err(PushError::Closed);
         }
-        let mut queue = self.lock();
-        let buf = &mut queue.buf;
-        let start = buf.len();
-        if start >= self.limit {
-            return Err(Error::QueueFull { limit: self.limit });
+        if state.unsent() >= self.limit {
+            return Err(PushError::Full);
         }
+        let was_empty = state.queued.is_empty();
+        let start = state.queued.len();
         let mut result = Ok(());
-        while buf.len() < self.limit && buf.len() - start < BATCH_BYTES {
+        while state.unsent() < self.limit && state.queued.len() - start < BATCH_BYTES {
             let Some(item) = items.next() else { break };
-            let before = buf.len();
-            if let Err(error) = write(item, buf) {
-                buf.truncate(before);
+            if let Err(error) = state.append(|buf| write(item, buf)) {
                 result = Err(error);
                 break;
             }
             *queued += 1;
         }
-        let added = buf.len() > start;
-        let wake = start == 0 && added && queue.write_through(false);
-        drop(queue);
+        let wake = was_empty && !state.queued.is_empty();
+        drop(state);
         if wake {
-            self.signal_ready();
+            self.writer.wake();
         }
         result
     }
 
-    /// Waits until the queue has room or is closed.
-    async fn room(&self) {
-        let space = self.space.notified();
-        tokio::pin!(space);
-        space.as_mut().enable();
-        // Counted before the check below, under the lock: a drain that
-        // follows the check sees the count and wakes us.
-        let _waiting = Waiting::new(&self.waiting);
-        if self.closed.load(Ordering::Acquire) || self.lock().buf.len() < self.limit {
-            return;
-        }
-        space.await;
-    }
-
-    /// Moves everything queued to the end of `dst` (a swap when `dst` is
-    /// empty, so no copy). The connection task is busy from then on.
+    /// Appends a reply of the connection's own handler with `write`,
+    /// whatever the bound (see the module docs). Once the outbox has
+    /// finished, replies can no longer be sent: they are dropped (`Ok`).
     ///
     /// # Errors
     ///
-    /// The error of a failed direct write (once).
-    pub(crate) fn take_into(&self, dst: &mut BytesMut) -> std::io::Result<()> {
-        let mut queue = self.lock();
-        queue.idle = false;
-        if let Some(error) = queue.error.take() {
-            return Err(error);
-        }
-        let buf = &mut queue.buf;
-        if buf.is_empty() {
+    /// What `write` returns; nothing of it is queued then.
+    pub(crate) fn push_reply<E>(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut state = self.lock();
+        if state.phase == Phase::Finished {
             return Ok(());
         }
-        if dst.is_empty() {
-            std::mem::swap(buf, dst);
-        } else {
-            dst.extend_from_slice(buf);
-            buf.clear();
+        match state.append(write) {
+            Ok(wake) => {
+                drop(state);
+                if wake {
+                    self.writer.wake();
+                }
+                Ok(())
+            }
+            Err(PushError::Write(error)) => Err(error),
+            Err(PushError::Closed | PushError::Full) => Ok(()),
         }
-        drop(queue);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
-        Ok(())
     }
 
-    /// Whether something was queued since the last call that returned
-    /// `Ready`; registers the connection task (`cx`) to be woken otherwise.
-    /// For the connection task only (one waker).
-    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.pending.swap(false, Ordering::AcqRel) {
+    /// Waits until fewer than `limit` bytes are unsent, or the outbox is
+    /// closed.
+    pub(crate) fn room(&self) -> Room<'_> {
+        Room {
+            outbox: self,
+            id: None,
+        }
+    }
+
+    /// For the read side: ready while fewer than twice `limit` bytes are
+    /// unsent (or once the outbox has finished); registers `cx` to be woken
+    /// when that holds again otherwise.
+    pub(crate) fn poll_reader_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.unsent() < self.limit.saturating_mul(2) || state.phase == Phase::Finished {
+            state.reader = None;
             return Poll::Ready(());
         }
-        self.task.register(cx.waker());
-        if self.pending.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
+        match &mut state.reader {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            reader => *reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// For the write side: moves everything queued into `dst`, which must
+    /// be empty (a swap: `dst`'s allocation is reused by the queue), and
+    /// counts it as in flight until [`wrote`](Self::wrote) says otherwise.
+    /// `Finished` once nothing is left and nothing more will come; pending
+    /// (with `cx` registered) while the queue is empty.
+    pub(crate) fn poll_take(&self, dst: &mut BytesMut, cx: &mut Context<'_>) -> Poll<Take> {
+        if let Some(take) = self.take(dst) {
+            return Poll::Ready(take);
+        }
+        self.writer.register(cx.waker());
+        match self.take(dst) {
+            Some(take) => Poll::Ready(take),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Forgets the write side's waker until its next [`poll_take`](Self::poll_take):
+    /// for a connection task about to poll its write side again anyway, so
+    /// that what it queues meanwhile does not wake it needlessly.
+    pub(crate) fn quiet_writer(&self) {
+        drop(self.writer.take());
+    }
+
+    fn take(&self, dst: &mut BytesMut) -> Option<Take> {
+        debug_assert!(dst.is_empty(), "take into a buffer not yet written");
+        let mut state = self.lock();
+        if !state.queued.is_empty() {
+            std::mem::swap(&mut state.queued, dst);
+            state.in_flight += dst.len();
+            return Some(Take::Bytes);
+        }
+        (state.phase == Phase::Finished).then_some(Take::Finished)
+    }
+
+    /// For the write side: `n` bytes taken were written. Wakes the senders
+    /// and the read side waiting for room, if there is room now.
+    pub(crate) fn wrote(&self, n: usize) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(n);
+        let unsent = state.unsent();
+        let senders = if unsent < self.limit && !state.waiters.is_empty() {
+            std::mem::take(&mut state.waiters)
         } else {
-            Poll::Pending
-        }
+            Vec::new()
+        };
+        let reader = if unsent < self.limit.saturating_mul(2) {
+            state.reader.take()
+        } else {
+            None
+        };
+        drop(state);
+        wake_all((senders, reader));
     }
 
-    /// Polls `fut` (a cancellation future of the connection task) only if
-    /// it may have become ready: the first time, and after it has woken
-    /// the task through `waker` (made by [`Outbox::gate_waker`]). Registers
-    /// the connection task (`cx`) to be woken when it does.
-    pub(crate) fn poll_gated<F: Future>(
-        &self,
-        gate: Gate,
-        fut: Pin<&mut F>,
-        waker: &Waker,
-        cx: &mut Context<'_>,
-    ) -> Poll<F::Output> {
-        self.task.register(cx.waker());
-        if !self.gates[gate as usize].swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        fut.poll(&mut Context::from_waker(waker))
-    }
-
-    /// The waker to poll gated futures with: it opens both gates and wakes
-    /// the connection task.
-    pub(crate) fn gate_waker(self: &Arc<Self>) -> Waker {
-        Waker::from(self.clone())
-    }
-
-    /// Marks the outbox closed and wakes every waiting sender.
+    /// Refuses other tasks' sends from now on (the handler's replies are
+    /// still taken); wakes the senders waiting for room, which then fail.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        // No more direct writes; the outbox lets go of the socket.
-        self.direct.store(false, Ordering::Release);
-        let mut queue = self.lock();
-        queue.idle = false;
-        queue.writer = None;
-        drop(queue);
-        self.space.notify_waiters();
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
-
-/// The gate waker: a cancellation signal of the connection may have fired.
-impl Wake for Outbox {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        for gate in &self.gates {
-            gate.store(true, Ordering::Release);
+        let mut state = self.lock();
+        if state.phase == Phase::Open {
+            state.phase = Phase::Closed;
         }
-        self.task.wake();
+        let waiting = state.waiting();
+        drop(state);
+        wake_all(waiting);
+    }
+
+    /// Takes nothing more: the write side writes what is queued, then
+    /// ends.
+    pub(crate) fn finish(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Finished;
+        let waiting = state.waiting();
+        drop(state);
+        wake_all(waiting);
+        self.writer.wake();
+    }
+
+    /// The connection has ended: drops what was not written (and its
+    /// memory) and takes nothing more.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Finished;
+        state.queued = BytesMut::new();
+        state.in_flight = 0;
+        let waiting = state.waiting();
+        drop(state);
+        wake_all(waiting);
+    }
+
+    /// Whether other tasks' sends are refused (closing or ended).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().phase != Phase::Open
     }
 }
 
-#[cfg(test)]
+/// Waits for room in an [`Outbox`]: made by [`Outbox::room`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct Room<'a> {
+    outbox: &'a Outbox,
+    /// Our entry in the waiter list, once registered.
+    id: Option<u64>,
+}
+
+impl Future for Room<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let outbox = self.outbox;
+        let mut state = outbox.lock();
+        let position = self
+            .id
+            .and_then(|id| state.waiters.iter().position(|(w, _)| *w == id));
+        if state.phase != Phase::Open || state.unsent() < outbox.limit {
+            if let Some(position) = position {
+                state.waiters.swap_remove(position);
+            }
+            self.id = None;
+            return Poll::Ready(());
+        }
+        match position {
+            Some(position) => {
+                let waker = &mut state.waiters[position].1;
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push((id, cx.waker().clone()));
+                self.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut state = self.outbox.lock();
+            if let Some(position) = state.waiters.iter().position(|(w, _)| *w == id) {
+                state.waiters.swap_remove(position);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
-    fn push(outbox: &Outbox, bytes: &'static [u8]) -> Result<(), Error> {
-        outbox.try_push_with(|b| {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    type Result = std::result::Result<(), PushError<()>>;
+
+    fn push(outbox: &Outbox, bytes: &[u8]) -> Result {
+        outbox.try_push(|b| {
             b.extend_from_slice(bytes);
             Ok(())
         })
     }
 
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        (count.clone(), Waker::from(count))
+    }
+
+    fn take(outbox: &Outbox) -> Option<Vec<u8>> {
+        let (_, waker) = counting_waker();
+        let mut buf = BytesMut::new();
+        match outbox.poll_take(&mut buf, &mut Context::from_waker(&waker)) {
+            Poll::Ready(Take::Bytes) => {
+                outbox.wrote(buf.len());
+                Some(buf.to_vec())
+            }
+            Poll::Ready(Take::Finished) | Poll::Pending => None,
+        }
+    }
+
     #[test]
-    fn full_outbox_refuses_until_drained() {
+    fn the_bound_counts_bytes_taken_but_not_yet_written() {
         let outbox = Outbox::new(4);
         push(&outbox, b"abcd").unwrap();
-        assert!(matches!(
-            push(&outbox, b"e"),
-            Err(Error::QueueFull { limit: 4 })
-        ));
-        let mut out = BytesMut::new();
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out[..], b"abcd");
+        assert_eq!(push(&outbox, b"e"), Err(PushError::Full));
+        let (_, waker) = counting_waker();
+        let mut in_flight = BytesMut::new();
+        let poll = outbox.poll_take(&mut in_flight, &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(Take::Bytes));
+        assert_eq!(&in_flight[..], b"abcd");
+        // Taken, not written: still unsent, still full.
+        assert_eq!(outbox.unsent(), 4);
+        assert_eq!(push(&outbox, b"e"), Err(PushError::Full));
+        outbox.wrote(3);
         push(&outbox, b"e").unwrap();
+        assert_eq!(outbox.unsent(), 2);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_queued() {
+        let outbox = Outbox::new(64);
+        push(&outbox, b"ab").unwrap();
+        let failed = outbox.try_push(|b| {
+            b.extend_from_slice(b"half");
+            Err("encode failed")
+        });
+        assert_eq!(failed, Err(PushError::Write("encode failed")));
+        assert_eq!(take(&outbox).unwrap(), b"ab");
+    }
+
+    #[test]
+    fn replies_pass_the_bound_and_the_reader_pauses_at_twice_it() {
+        let outbox = Outbox::new(4);
+        push(&outbox, b"abcd").unwrap();
+        let (reader_wakes, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(outbox.poll_reader_room(&mut cx), Poll::Ready(()));
+        outbox
+            .push_reply(|b| {
+                b.extend_from_slice(b"efgh");
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(outbox.unsent(), 8);
+        assert_eq!(outbox.poll_reader_room(&mut cx), Poll::Pending);
+        let mut in_flight = BytesMut::new();
+        assert_eq!(
+            outbox.poll_take(&mut in_flight, &mut cx),
+            Poll::Ready(Take::Bytes)
+        );
+        outbox.wrote(1);
+        assert_eq!(reader_wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(outbox.poll_reader_room(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn the_writer_is_woken_when_an_empty_queue_gets_bytes_and_on_finish() {
+        let outbox = Outbox::new(64);
+        let (wakes, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::new();
+        assert_eq!(outbox.poll_take(&mut buf, &mut cx), Poll::Pending);
+        push(&outbox, b"a").unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            outbox.poll_take(&mut buf, &mut cx),
+            Poll::Ready(Take::Bytes)
+        );
+        outbox.wrote(1);
+        buf.clear();
+        assert_eq!(outbox.poll_take(&mut buf, &mut cx), Poll::Pending);
+        outbox.close();
+        push_reply(&outbox, b"r");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            outbox.poll_take(&mut buf, &mut cx),
+            Poll::Ready(Take::Bytes)
+        );
+        outbox.wrote(1);
+        buf.clear();
+        assert_eq!(outbox.poll_take(&mut buf, &mut cx), Poll::Pending);
+        outbox.finish();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            outbox.poll_take(&mut buf, &mut cx),
+            Poll::Ready(Take::Finished)
+        );
+    }
+
+    fn push_reply(outbox: &Outbox, bytes: &[u8]) {
+        outbox
+            .push_reply(|b| {
+                b.extend_from_slice(bytes);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn closed_refuses_senders_but_takes_replies_finished_takes_nothing() {
+        let outbox = Outbox::new(64);
+        outbox.close();
+        assert!(outbox.is_closed());
+        assert_eq!(push(&outbox, b"x"), Err(PushError::Closed));
+        push_reply(&outbox, b"reply");
+        outbox.finish();
+        push_reply(&outbox, b"late");
+        assert_eq!(take(&outbox).unwrap(), b"reply");
+        assert_eq!(take(&outbox), None);
     }
 
     #[test]
@@ -489,7 +636,7 @@ mod tests {
         let mut items = [b"aaaa", b"bbbb", b"cccc", b"dddd"].into_iter().peekable();
         let mut write = |item: &[u8; 4], buf: &mut BytesMut| {
             buf.extend_from_slice(item);
-            Ok(())
+            Ok::<_, ()>(())
         };
         let mut queued = 0;
         // 0, 4 and 8 bytes are below the limit: three items, 12 bytes.
@@ -497,13 +644,11 @@ mod tests {
             .try_push_some(&mut items, &mut write, &mut queued)
             .unwrap();
         assert_eq!(queued, 3);
-        assert!(matches!(
+        assert_eq!(
             outbox.try_push_some(&mut items, &mut write, &mut queued),
-            Err(Error::QueueFull { limit: 10 })
-        ));
-        let mut out = BytesMut::new();
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out[..], b"aaaabbbbcccc");
+            Err(PushError::Full)
+        );
+        assert_eq!(take(&outbox).unwrap(), b"aaaabbbbcccc");
         outbox
             .try_push_some(&mut items, &mut write, &mut queued)
             .unwrap();
@@ -513,26 +658,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_batch_goes_on_when_drained() {
-        let outbox = std::sync::Arc::new(Outbox::new(4));
+        let outbox = Arc::new(Outbox::new(4));
         let o = outbox.clone();
         let batch = tokio::spawn(async move {
             let items = [b"ab", b"cd", b"ef", b"gh", b"ij"];
             o.push_all(items, |item, buf| {
                 buf.extend_from_slice(item);
-                Ok(())
+                Ok::<_, ()>(())
             })
             .await
         });
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         while out.len() < 10 {
             tokio::task::yield_now().await;
-            let mut taken = BytesMut::new();
-            outbox.take_into(&mut taken).unwrap();
-            assert!(
-                taken.len() <= 4,
-                "{} bytes queued past a bound of 4",
-                taken.len()
-            );
+            let taken = take(&outbox).unwrap_or_default();
+            assert!(taken.len() <= 4, "{} bytes past a bound of 4", taken.len());
             out.extend_from_slice(&taken);
         }
         let (queued, result) = tokio::time::timeout(std::time::Duration::from_secs(5), batch)
@@ -545,124 +685,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_waiting_batch_fails_when_closed() {
-        let outbox = std::sync::Arc::new(Outbox::new(1));
-        push(&outbox, b"x").unwrap();
-        let o = outbox.clone();
-        let batch = tokio::spawn(async move {
-            o.push_all([b"y"], |item, buf| {
-                buf.extend_from_slice(item);
-                Ok(())
-            })
-            .await
-        });
-        tokio::task::yield_now().await;
-        outbox.close();
-        let (queued, result) = tokio::time::timeout(std::time::Duration::from_secs(5), batch)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(queued, 0);
-        assert!(matches!(result, Err(Error::Closed)));
-    }
-
-    #[tokio::test]
-    async fn direct_writes_only_while_idle_and_failures_go_to_the_connection_task() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let client = Arc::new(client);
-        let (mut server, _) = listener.accept().await.unwrap();
-        let counters = Arc::new(Counters::default());
-        let outbox = Outbox::new(1024);
-        outbox.set_writer(DirectWriter::new(client.clone(), counters.clone()));
-        let bytes_out = || counters.bytes_out.load(Ordering::Relaxed);
-        let mut out = BytesMut::new();
-
-        // The connection task has not said it is idle: queued for it.
-        push(&outbox, b"a\n").unwrap();
-        assert_eq!(bytes_out(), 0);
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out.split()[..], b"a\n");
-
-        // Idle after a read: a lone message goes straight to the socket, once.
-        outbox.set_idle(true);
-        push(&outbox, b"b\n").unwrap();
-        assert_eq!(bytes_out(), 2);
-        let mut got = [0u8; 2];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"b\n");
-        push(&outbox, b"c\n").unwrap();
-        assert_eq!(
-            bytes_out(),
-            2,
-            "a second lone message waits for the connection task"
-        );
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out.split()[..], b"c\n");
-
-        // Busy (handling frames): nothing goes through, batches neither.
-        outbox.set_idle(false);
-        outbox.set_busy();
-        let write = |item: &[u8; 2], buf: &mut BytesMut| {
-            buf.extend_from_slice(item);
-            Ok(())
-        };
-        let (queued, result) = outbox.push_all([b"d\n"], write).await;
-        assert!(result.is_ok() && queued == 1);
-        assert_eq!(bytes_out(), 2);
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out.split()[..], b"d\n");
-
-        // Idle, even without a read: a batch goes through.
-        outbox.set_idle(false);
-        let (queued, result) = outbox.push_all([b"e\n", b"f\n"], write).await;
-        assert!(result.is_ok() && queued == 2);
-        assert_eq!(bytes_out(), 6);
-        let mut got = [0u8; 4];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"e\nf\n");
-
-        // A direct write that fails leaves the frame queued and the error for
-        // the connection task, which reports it as its own.
-        socket2::SockRef::from(&*client)
-            .shutdown(std::net::Shutdown::Write)
-            .unwrap();
-        let (queued, result) = outbox.push_all([b"g\n"], write).await;
-        assert!(result.is_ok() && queued == 1);
-        let error = outbox.take_into(&mut out).unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
-        outbox.take_into(&mut out).unwrap();
-        assert_eq!(&out.split()[..], b"g\n");
-
-        // Closing lets go of the socket: no direct write after it.
-        outbox.close();
-        assert!(outbox.lock().writer.is_none());
-    }
-
-    #[tokio::test]
-    async fn waiting_sender_wakes_when_drained_and_fails_when_closed() {
-        let outbox = std::sync::Arc::new(Outbox::new(1));
+    async fn a_waiting_sender_wakes_when_written_and_fails_when_closed() {
+        let outbox = Arc::new(Outbox::new(1));
         push(&outbox, b"x").unwrap();
         let o = outbox.clone();
         let waiter = tokio::spawn(async move {
-            o.push_with(|b| {
+            o.push(|b| {
                 b.extend_from_slice(b"y");
-                Ok(())
+                Ok::<_, ()>(())
             })
             .await
         });
         tokio::task::yield_now().await;
-        let mut out = BytesMut::new();
-        outbox.take_into(&mut out).unwrap();
+        assert_eq!(take(&outbox).unwrap(), b"x");
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
+        let o = outbox.clone();
+        let waiter = tokio::spawn(async move {
+            o.push(|b| {
+                b.extend_from_slice(b"z");
+                Ok::<_, ()>(())
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
         outbox.close();
-        assert!(matches!(push(&outbox, b"z"), Err(Error::Closed)));
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result, Err(PushError::Closed));
+    }
+
+    #[test]
+    fn a_dropped_waiter_leaves_no_entry() {
+        let outbox = Outbox::new(1);
+        push(&outbox, b"x").unwrap();
+        let (_, waker) = counting_waker();
+        let mut room = Box::pin(outbox.room());
+        assert_eq!(
+            room.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        );
+        assert_eq!(outbox.lock().waiters.len(), 1);
+        drop(room);
+        assert!(outbox.lock().waiters.is_empty());
     }
 }

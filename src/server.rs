@@ -10,10 +10,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::ConnectionConfig;
-use crate::connection::{Connection, OnEnd};
+use crate::connection::{self, OnEnd};
 use crate::events::{event_channel, EventSink};
-use crate::handle::ConnectionHandle;
-use crate::outbox::Outbox;
+use crate::handle::{ConnectionHandle, ConnectionId};
+use crate::outbox::PushError;
+use crate::signal::Fired;
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, Listener, ServerTls, Socket};
 use crate::wire::{codec_override, default_is_binary, Wire};
@@ -71,22 +72,52 @@ struct Shared<H> {
     counters: Arc<Counters>,
     /// TLS, if configured.
     tls: Option<ServerTls>,
-    /// Open connections by peer address; the handle is shared with the
-    /// connection task (one copy per connection).
-    connections: Mutex<HashMap<Addr, Arc<ConnectionHandle>>>,
+    /// Open connections; the handle is shared with the connection task.
+    connections: Mutex<Table>,
     /// Error events.
     events: EventSink,
     errors: ErrorEvents,
     /// The accept loop and every connection task.
     tasks: TaskTracker,
-    /// Parent of every connection's close signal.
-    close_all: CancellationToken,
     /// Ends the accept loop.
     stop_accepting: CancellationToken,
-    /// Ends every connection at once.
-    abort: CancellationToken,
     /// Fired once every task has ended: closes the event stream.
     ended: CancellationToken,
+}
+
+/// The server's open connections, by id: a peer that reconnects from the
+/// same address is a new entry, and a connection's end removes only its
+/// own.
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<ConnectionId, ConnectionHandle>,
+    /// Set by `shutdown` (close) or `cut` (abort): every connection was
+    /// told, and one accepted from now on is not started.
+    ending: Option<Fired>,
+}
+
+impl Table {
+    /// The live connection from `peer`: the newest, if a peer reconnected
+    /// from the same address while its old connection was still ending.
+    fn find(&self, peer: &Addr) -> Option<&ConnectionHandle> {
+        self.by_id
+            .values()
+            .filter(|handle| handle.inner.peer == *peer)
+            .max_by_key(|handle| handle.inner.id)
+    }
+
+    /// Tells every connection to close (gracefully) or abort.
+    fn end_all(&mut self, how: Fired) {
+        if self.ending != Some(Fired::Abort) {
+            self.ending = Some(how);
+        }
+        for handle in self.by_id.values() {
+            match how {
+                Fired::Close => handle.close(),
+                Fired::Abort => handle.inner.signal.abort(),
+            }
+        }
+    }
 }
 
 /// A user's accept filter.
@@ -169,10 +200,17 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Closes a connection whose write does not complete within `timeout`
-    /// (default 30 s); `None` waits forever.
-    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.write_timeout = timeout;
+    /// Closes a connection that has bytes to write but can write none of
+    /// them for `timeout` (default 30 s), with an [`Error::WriteStalled`]
+    /// event: its peer has stopped reading. A peer that reads slowly but
+    /// steadily is never cut. `None` waits forever.
+    ///
+    /// Progress is seen as the kernel reports it: a writer blocked on a full
+    /// socket buffer is woken once part of it has drained (on Linux
+    /// loopback, where the send buffer grows to about 4 MiB, after about a
+    /// third), so a peer must read at least that much within `timeout`.
+    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.write_stall_timeout = timeout;
         self
     }
 
@@ -337,13 +375,11 @@ impl<H: Handler> ServerBuilder<H> {
             accept_filter: self.accept_filter,
             counters,
             tls: self.tls,
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(Table::default()),
             events,
             errors,
             tasks: TaskTracker::new(),
-            close_all: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
-            abort: CancellationToken::new(),
             ended,
         });
         let span = tracing::info_span!("chitchat_server", local = %shared.local);
@@ -416,7 +452,11 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         }
     }
     let mut connections = shared.lock();
-    if connections.len() >= shared.max_connections {
+    if connections.ending.is_some() {
+        // Accepted while the server was shutting down: not started.
+        return;
+    }
+    if connections.by_id.len() >= shared.max_connections {
         drop(connections);
         let limit = shared.max_connections;
         shared
@@ -429,47 +469,39 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         shared.events.report(Some(peer), Error::Io(error));
         return;
     }
-    let handle = Arc::new(ConnectionHandle {
-        peer: peer.clone(),
-        local: shared.local.clone(),
-        wire: shared.wire.clone(),
-        outbox: Arc::new(Outbox::new(shared.config.queue_bytes)),
-        cancel: shared.close_all.child_token(),
-        counters: shared.counters.clone(),
-    });
-    connections.insert(peer.clone(), handle.clone());
+    let handle = ConnectionHandle::new(
+        peer.clone(),
+        shared.local.clone(),
+        shared.wire.clone(),
+        shared.config.queue_bytes,
+        shared.counters.clone(),
+    );
+    let id = handle.id();
+    connections.by_id.insert(id, handle.clone());
     drop(connections);
     shared.counters.opened();
     let weak = Arc::downgrade(shared);
     let counters = shared.counters.clone();
-    let key = peer.clone();
     let on_end = OnEnd::new(move || {
         counters.closed();
         if let Some(shared) = weak.upgrade() {
-            shared.lock().remove(&key);
+            shared.lock().by_id.remove(&id);
         }
     });
-    let span = tracing::info_span!("connection", %peer);
+    let span = tracing::info_span!("connection", %peer, %id);
     let tls = shared.tls.clone();
     let handler = shared.handler.clone();
     let config = shared.config.clone();
-    let abort = shared.abort.child_token();
     let events = shared.events.clone();
-    let close = handle.cancel.clone();
     let task = async move {
         let timeout = config.handshake_timeout;
+        let conn = handle.inner.clone();
         let stream = tokio::select! {
-            _ = abort.cancelled() => return,
-            _ = close.cancelled() => return,
+            _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => return,
             stream = transport::accept(socket, tls.as_ref(), timeout) => stream,
         };
         match stream {
-            Ok(stream) => {
-                let on_end = Some(on_end);
-                Connection::new(stream, handle, handler, config, abort, events, on_end)
-                    .run()
-                    .await
-            }
+            Ok(stream) => connection::run(stream, handle, handler, config, events, on_end).await,
             Err(error) => events.report(Some(peer), error),
         }
     };
@@ -477,7 +509,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
 }
 
 impl<H> Shared<H> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Addr, Arc<ConnectionHandle>>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // The table stays consistent even if a holder panicked.
         self.connections
             .lock()
@@ -486,8 +518,8 @@ impl<H> Shared<H> {
 
     fn handle(&self, peer: &Addr) -> Result<ConnectionHandle, Error> {
         self.lock()
-            .get(peer)
-            .map(|handle| ConnectionHandle::clone(handle))
+            .find(peer)
+            .cloned()
             .ok_or_else(|| Error::UnknownPeer(peer.clone()))
     }
 }
@@ -507,15 +539,23 @@ impl<H: Handler> Server<H> {
     /// The addresses of the connected peers (the Go original's
     /// `RangeRemoteAddr`).
     pub fn remote_addrs(&self) -> Vec<Addr> {
-        self.shared.lock().keys().cloned().collect()
+        let table = self.shared.lock();
+        let mut peers: Vec<Addr> = table.by_id.values().map(|h| h.inner.peer.clone()).collect();
+        // A peer reconnecting from the same address while its old
+        // connection ends is listed once.
+        peers.sort_unstable();
+        peers.dedup();
+        peers
     }
 
     /// How many connections are open.
     pub fn connection_count(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.lock().by_id.len()
     }
 
-    /// A handle on the connection from `peer`.
+    /// A handle on the connection from `peer` (the newest, if the peer
+    /// reconnected from the same address while its old connection was still
+    /// ending).
     ///
     /// # Errors
     ///
@@ -556,18 +596,23 @@ impl<H: Handler> Server<H> {
         let mut frame = bytes::BytesMut::new();
         self.shared.wire.encode(msg, &mut frame)?;
         let mut reached = 0;
-        for (peer, handle) in self.shared.lock().iter() {
-            let queued = handle.outbox.try_push_with(|buf| {
+        for handle in self.shared.lock().by_id.values() {
+            let conn = &handle.inner;
+            let queued = conn.outbox.try_push(|buf| {
                 buf.extend_from_slice(&frame);
-                Ok(())
+                Ok::<_, ()>(())
             });
             match queued {
                 Ok(()) => {
                     reached += 1;
-                    Counters::add(&handle.counters.frames_out, 1);
+                    Counters::add(&conn.counters.frames_out, 1);
                 }
-                Err(Error::Closed) => {}
-                Err(error) => self.shared.events.report(Some(peer.clone()), error),
+                Err(PushError::Closed | PushError::Write(())) => {}
+                Err(PushError::Full) => {
+                    let limit = conn.outbox.limit();
+                    let error = Error::QueueFull { limit };
+                    self.shared.events.report(Some(conn.peer.clone()), error);
+                }
             }
         }
         Ok(reached)
@@ -598,7 +643,7 @@ impl<H: Handler> Server<H> {
     /// answered.
     pub async fn shutdown(&self, deadline: Duration) -> bool {
         self.shared.stop_accepting.cancel();
-        self.shared.close_all.cancel();
+        self.shared.lock().end_all(Fired::Close);
         self.shared.tasks.close();
         let finished = tokio::time::timeout(deadline, self.shared.tasks.wait())
             .await
@@ -615,7 +660,7 @@ impl<H: Handler> Server<H> {
     /// not wait). Calling it again does nothing more.
     pub async fn cut(&self) {
         self.shared.stop_accepting.cancel();
-        self.shared.abort.cancel();
+        self.shared.lock().end_all(Fired::Abort);
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
         self.shared.ended.cancel();
@@ -626,7 +671,7 @@ impl<H> Drop for Server<H> {
     /// Cuts the server without waiting for its tasks.
     fn drop(&mut self) {
         self.shared.stop_accepting.cancel();
-        self.shared.abort.cancel();
+        self.shared.lock().end_all(Fired::Abort);
         self.shared.tasks.close();
         self.shared.ended.cancel();
     }

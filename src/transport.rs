@@ -5,7 +5,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,15 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::addr::sealed::Target;
-use crate::shared_tcp::SharedTcp;
 use crate::Addr;
 
 /// A connected byte stream.
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
-    /// Plain TCP that senders may write to as well (a client's).
-    SharedTcp(SharedTcp),
     #[cfg(unix)]
     Unix(UnixStream),
     #[cfg(feature = "tls")]
@@ -31,27 +27,11 @@ pub(crate) enum Stream {
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Stream {
-    /// Makes a plain TCP stream shared, returning the socket for other
-    /// writers (see `outbox::DirectWriter`); any other stream is returned
-    /// as it is.
-    pub(crate) fn into_shared(self) -> (Stream, Option<Arc<TcpStream>>) {
-        match self {
-            Stream::Tcp(tcp) => {
-                let tcp = Arc::new(tcp);
-                (Stream::SharedTcp(SharedTcp(tcp.clone())), Some(tcp))
-            }
-            other => (other, None),
-        }
-    }
-}
-
 /// Calls `$method` on whichever stream `$self` holds (all are `Unpin`).
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
         match $self.get_mut() {
             Stream::Tcp($s) => $call,
-            Stream::SharedTcp($s) => $call,
             #[cfg(unix)]
             Stream::Unix($s) => $call,
             #[cfg(feature = "tls")]
@@ -92,7 +72,6 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::SharedTcp(s) => s.is_write_vectored(),
             #[cfg(unix)]
             Stream::Unix(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]

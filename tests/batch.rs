@@ -47,7 +47,7 @@ async fn send_all_waits_for_room_and_keeps_the_queue_bound() {
     let (listener, addr) = raw_listener().await;
     let client = Client::<String>::builder()
         .queue_bytes(1024)
-        .write_timeout(None)
+        .write_stall_timeout(None)
         .connect(addr)
         .await
         .unwrap();

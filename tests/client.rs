@@ -610,11 +610,11 @@ async fn bincode_override_with_a_smaller_limit() {
 // --------------------------------------------------------------- timeouts --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_write_timeout_when_the_server_never_reads() {
+async fn client_write_stall_timeout_when_the_server_never_reads() {
     let (listener, addr) = raw_listener().await;
     let timeout = Duration::from_millis(300);
     let client = Client::<String>::builder()
-        .write_timeout(Some(timeout))
+        .write_stall_timeout(Some(timeout))
         .connect(addr)
         .await
         .unwrap();
@@ -634,7 +634,7 @@ async fn client_write_timeout_when_the_server_never_reads() {
     let event = next_event(&events).await;
     assert_peer(&event, addr);
     assert!(
-        matches!(event.error, Error::WriteTimeout(t) if t == timeout),
+        matches!(event.error, Error::WriteStalled(t) if t == timeout),
         "{:?}",
         event.error
     );
@@ -674,7 +674,7 @@ async fn try_send_fails_when_the_queue_is_full_until_the_server_reads() {
     let (listener, addr) = raw_listener().await;
     let client = Client::<String>::builder()
         .queue_bytes(1024)
-        .write_timeout(None)
+        .write_stall_timeout(None)
         .connect(addr)
         .await
         .unwrap();

@@ -798,12 +798,12 @@ async fn a_flood_of_empty_frames_does_not_starve_other_connections() {
 // ------------------------------------------------ a peer that never reads --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_never_reads_is_cut_by_the_write_timeout_with_a_bounded_queue() {
+async fn a_peer_that_never_reads_is_cut_by_the_write_stall_timeout_with_a_bounded_queue() {
     let timeout = Duration::from_millis(300);
     let queue = 64 * 1024;
     let server = Arc::new(
         Server::builder(Probe::new())
-            .write_timeout(Some(timeout))
+            .write_stall_timeout(Some(timeout))
             .queue_bytes(queue)
             .listen("127.0.0.1:0")
             .await
@@ -885,7 +885,7 @@ async fn a_peer_that_never_reads_is_cut_by_the_write_timeout_with_a_bounded_queu
         assert_peer(&event, stuck_addr);
         match event.error {
             Error::QueueFull { limit } if limit == queue => queue_full_event = true,
-            Error::WriteTimeout(t) if t == timeout => break,
+            Error::WriteStalled(t) if t == timeout => break,
             other => panic!("unexpected event {other:?}"),
         }
     }

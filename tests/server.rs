@@ -643,7 +643,7 @@ async fn send_to_reaches_one_peer_and_broadcast_reaches_all() {
 async fn broadcast_skips_a_peer_whose_queue_is_full() {
     let server = Server::builder(Probe::new())
         .queue_bytes(1024)
-        .write_timeout(None)
+        .write_stall_timeout(None)
         .listen("127.0.0.1:0")
         .await
         .unwrap();
@@ -830,10 +830,10 @@ async fn idle_timeout_spares_a_busy_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_timeout_closes_a_peer_that_never_reads() {
+async fn write_stall_timeout_closes_a_peer_that_never_reads() {
     let timeout = Duration::from_millis(300);
     let server = Server::builder(Probe::new())
-        .write_timeout(Some(timeout))
+        .write_stall_timeout(Some(timeout))
         .listen("127.0.0.1:0")
         .await
         .unwrap();
@@ -857,7 +857,7 @@ async fn write_timeout_closes_a_peer_that_never_reads() {
     let event = next_event(&events).await;
     assert_peer(&event, raw.local_addr());
     assert!(
-        matches!(event.error, Error::WriteTimeout(t) if t == timeout),
+        matches!(event.error, Error::WriteStalled(t) if t == timeout),
         "{:?}",
         event.error
     );

@@ -339,7 +339,7 @@ async fn ping(
         let client = Client::<Beat>::builder()
             .handler(PongCollector { pongs: tx })
             .connect_timeout(config.timeout)
-            .write_timeout(Some(config.timeout))
+            .write_stall_timeout(Some(config.timeout))
             .close_timeout(config.timeout)
             .connect(addr)
             .await?;

@@ -1,0 +1,333 @@
+//! A connection's read side: socket → read buffer → frames → typed
+//! messages → handler.
+//!
+//! It runs beside the write side ([`crate::writer`]), so it never waits for
+//! a write: the handler's replies go into the outgoing queue and are written
+//! while the next frames are read and handled. It pauses only when this
+//! connection's own unsent output is over twice the queue bound (see
+//! [`crate::outbox`]), and resumes as that output drains.
+//!
+//! How it ends: at the peer's end of stream (after handling every frame,
+//! the last one too in EOF framing), or on a close signal: then it answers
+//! what has already arrived, finishes the queue (the write side flushes and
+//! ends our side) and keeps handing frames to the handler until the peer
+//! ends its side, though their replies can no longer be sent.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::Decoder;
+
+use crate::config::ConnectionConfig;
+use crate::events::EventSink;
+use crate::handle::ConnectionHandle;
+use crate::signal::Fired;
+use crate::stats::Counters;
+use crate::{Context, Error, FrameCodec, Handler};
+
+/// The first read's size: an idle connection holds no read buffer at all,
+/// and one that has read a little holds a small one.
+const MIN_READ: usize = 512;
+/// Reads grow (doubling while they fill the buffer) up to this size.
+const MAX_READ: usize = 64 * 1024;
+/// Buffers larger than this are released once empty (after a large frame).
+const SHRINK_ABOVE: usize = 64 * 1024;
+/// Reads a closing connection makes, without waiting, of what has arrived.
+const MAX_CLOSING_READS: usize = 64;
+
+/// The read side of one connection.
+pub(crate) struct ReadSide<R, H> {
+    /// The socket's read half.
+    stream: R,
+    /// Bytes read but not yet cut into frames.
+    buf: BytesMut,
+    /// How much room the next read gets: doubles while reads fill it (0
+    /// until the first read).
+    chunk: usize,
+    /// Cuts `buf` into frames; keeps its search offset between reads.
+    decoder: FrameCodec,
+    /// Set by [`Context::close`]: no further frame reaches the handler.
+    closing: bool,
+    /// The connection's queue, signal, codecs and counters.
+    handle: ConnectionHandle,
+    /// The user's handler, shared by every connection.
+    handler: Arc<H>,
+    /// Timeouts and limits.
+    config: Arc<ConnectionConfig>,
+    /// Where decode and handler errors go.
+    events: EventSink,
+}
+
+/// Why serving stopped without an error.
+enum Stop {
+    /// The peer ended its side; every frame has been handled.
+    EndOfStream,
+    /// A close was asked (by a signal or by the handler).
+    Close,
+}
+
+/// What woke the read loop.
+enum Wake {
+    Close,
+    Read(std::io::Result<usize>),
+    Idle,
+}
+
+impl<R, H> ReadSide<R, H>
+where
+    R: AsyncRead + Unpin,
+    H: Handler,
+{
+    pub(crate) fn new(
+        stream: R,
+        handle: ConnectionHandle,
+        handler: Arc<H>,
+        config: Arc<ConnectionConfig>,
+        events: EventSink,
+    ) -> Self {
+        ReadSide {
+            stream,
+            buf: BytesMut::new(),
+            chunk: 0,
+            decoder: handle.inner.wire.decoder(),
+            closing: false,
+            handle,
+            handler,
+            config,
+            events,
+        }
+    }
+
+    /// Reads and handles frames until the connection ends (see the module
+    /// docs); finishes the outgoing queue on the way out.
+    ///
+    /// # Errors
+    ///
+    /// Framing and I/O errors, [`Error::IdleTimeout`], or an `on_open`
+    /// failure: the connection ends with them.
+    pub(crate) async fn run(mut self) -> Result<(), Error> {
+        let result = self.serve_then_close().await;
+        self.handle.inner.outbox.finish();
+        result
+    }
+
+    async fn serve_then_close(&mut self) -> Result<(), Error> {
+        self.open().await?;
+        if let Stop::EndOfStream = self.serve().await? {
+            return Ok(());
+        }
+        // Closing: nothing more from other tasks; answer what has arrived.
+        self.handle.inner.outbox.close();
+        if self.answer_what_has_arrived().await? {
+            return Ok(());
+        }
+        // Our side ends once the queue is written; the peer may still send
+        // until it has read everything and ends its side.
+        self.handle.inner.outbox.finish();
+        loop {
+            self.make_read_room();
+            let read = self.stream.read_buf(&mut self.buf).await;
+            let n = self.end_of_stream_as_zero(read)?;
+            if n == 0 {
+                return self.handle_last_frames().await;
+            }
+            Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
+            self.handle_frames().await?;
+        }
+    }
+
+    /// Calls the handler's `on_open`.
+    async fn open(&mut self) -> Result<(), Error> {
+        let mut ctx = Context {
+            handle: &self.handle,
+            closing: &mut self.closing,
+        };
+        self.handler.on_open(&mut ctx).await.map_err(Error::Handler)
+    }
+
+    /// Reads and handles frames until the peer ends the stream or a close
+    /// is asked.
+    async fn serve(&mut self) -> Result<Stop, Error> {
+        let idle_timeout = self.config.idle_timeout;
+        let idle = sleep_until(Instant::now() + idle_timeout.unwrap_or_default());
+        tokio::pin!(idle);
+        let conn = self.handle.inner.clone();
+        loop {
+            if self.closing {
+                return Ok(Stop::Close);
+            }
+            // Backpressure: while our unsent output is over its bound, the
+            // peer is not reading it; stop reading what it sends.
+            let paused = std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx)).now_or_never();
+            if paused.is_none() {
+                let room = std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx));
+                let close = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx));
+                tokio::select! {
+                    biased;
+                    _ = close => return Ok(Stop::Close),
+                    () = room => {}
+                }
+                // Waiting on our peer is not the peer being idle.
+                if let Some(timeout) = idle_timeout {
+                    idle.as_mut().reset(Instant::now() + timeout);
+                }
+            }
+            let room = self.make_read_room();
+            let wake = tokio::select! {
+                biased;
+                _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => Wake::Close,
+                read = self.stream.read_buf(&mut self.buf) => Wake::Read(read),
+                _ = &mut idle, if idle_timeout.is_some() => Wake::Idle,
+            };
+            let n = match wake {
+                Wake::Close => return Ok(Stop::Close),
+                Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
+                Wake::Read(read) => self.end_of_stream_as_zero(read)?,
+            };
+            if n == 0 {
+                self.handle_last_frames().await?;
+                return Ok(Stop::EndOfStream);
+            }
+            Counters::add(&conn.counters.bytes_in, n as u64);
+            if n == room {
+                self.chunk = (self.chunk * 2).min(MAX_READ);
+            }
+            let frames = self.handle_frames().await?;
+            // Idle means no complete frame: a peer dribbling bytes that
+            // never finish a frame (slow loris) is still idle. In EOF
+            // framing the one frame is the whole stream.
+            if frames > 0 || self.decoder.framing().is_eof() {
+                if let Some(timeout) = idle_timeout {
+                    idle.as_mut().reset(Instant::now() + timeout);
+                }
+            }
+        }
+    }
+
+    /// A TLS peer that closes without `close_notify` is read as an
+    /// `UnexpectedEof` error. Between frames that is a normal end, as on
+    /// plain TCP (a partial frame is still reported); in EOF framing it is
+    /// an error, since there it could cut the one frame short.
+    fn end_of_stream_as_zero(&self, read: std::io::Result<usize>) -> std::io::Result<usize> {
+        match read {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    && !self.decoder.framing().is_eof() =>
+            {
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    /// Makes room for the next read; returns how much there is.
+    fn make_read_room(&mut self) -> usize {
+        if self.chunk == 0 {
+            // The first read: an idle connection holds no buffer until a
+            // byte arrives (`read_buf` then makes a small one itself).
+            self.chunk = MIN_READ;
+            if self.buf.capacity() == 0 {
+                return 0;
+            }
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        if room >= self.chunk / 4 {
+            return room;
+        }
+        self.buf.reserve(self.chunk);
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// Handles every complete frame in the read buffer (after
+    /// [`Context::close`], decodes and drops them: the frame limit holds).
+    /// Returns how many frames there were.
+    async fn handle_frames(&mut self) -> Result<u64, Error> {
+        let mut frames = 0;
+        let decoded = self.handle_decoded_frames(&mut frames).await;
+        Counters::add(&self.handle.inner.counters.frames_in, frames);
+        if self.buf.is_empty() && self.buf.capacity() >= SHRINK_ABOVE {
+            // After a large frame: give the memory back and start small.
+            self.buf = BytesMut::new();
+            self.chunk = MIN_READ;
+        }
+        decoded.map(|()| frames)
+    }
+
+    async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
+        while let Some(frame) = self.decoder.decode(&mut self.buf)? {
+            *frames += 1;
+            if self.closing {
+                continue;
+            }
+            self.handle_frame(frame).await;
+            // A peer flooding tiny frames must not starve other connections.
+            tokio::task::consume_budget().await;
+            // Replies that are not being read hold the next frame back.
+            let conn = &self.handle.inner;
+            std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx)).await;
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame and hands it to the handler. Decode and handler
+    /// errors are reported; the connection goes on.
+    async fn handle_frame(&mut self, frame: Bytes) {
+        let peer = || Some(self.handle.inner.peer.clone());
+        let msg = match self.handle.inner.wire.decode::<H::Message>(frame) {
+            Ok(msg) => msg,
+            Err(error) => return self.events.report(peer(), error),
+        };
+        let mut ctx = Context {
+            handle: &self.handle,
+            closing: &mut self.closing,
+        };
+        if let Err(error) = self.handler.handle(msg, &mut ctx).await {
+            self.events.report(peer(), Error::Handler(error));
+        }
+    }
+
+    /// The peer ended its side: handles what is left in the buffer (in EOF
+    /// framing, the one frame).
+    async fn handle_last_frames(&mut self) -> Result<(), Error> {
+        self.handle_frames().await?;
+        while let Some(frame) = self.decoder.decode_eof(&mut self.buf)? {
+            Counters::add(&self.handle.inner.counters.frames_in, 1);
+            if !self.closing {
+                self.handle_frame(frame).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles and answers the frames that have already arrived (what the
+    /// socket holds now, without waiting), so that a graceful close loses
+    /// nothing the peer sent before it. Returns whether the peer has ended
+    /// its side too (then the read side is done).
+    async fn answer_what_has_arrived(&mut self) -> Result<bool, Error> {
+        // Bounded, so that a peer sending without pause cannot hold us here.
+        for _ in 0..MAX_CLOSING_READS {
+            self.make_read_room();
+            // Unconstrained: with the task's coop budget spent, a read would
+            // say "not ready" even though bytes are waiting.
+            let read = tokio::task::unconstrained(self.stream.read_buf(&mut self.buf))
+                .now_or_never()
+                .map(|read| self.end_of_stream_as_zero(read));
+            match read {
+                None => break,
+                Some(Ok(0)) => {
+                    self.handle_last_frames().await?;
+                    return Ok(true);
+                }
+                Some(Ok(n)) => {
+                    Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
+                    self.handle_frames().await?;
+                }
+                Some(Err(error)) => return Err(error.into()),
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,115 @@
+//! A connection's write side: the only writer of its socket.
+//!
+//! It takes what the outgoing queue holds (everything at once), writes it,
+//! and reports each write back to the queue, which wakes whoever waits for
+//! room. It runs beside the read side, so reading never waits for a write
+//! and a write never waits for a handler. When the queue finishes, it
+//! writes what is left, flushes and ends our side of the stream.
+//!
+//! The stall timeout fires only when bytes are waiting and *none* could be
+//! written for that long, so a peer that reads slowly but steadily is never
+//! cut. Progress is seen at the granularity the kernel wakes a blocked
+//! writer: on Linux loopback the send buffer grows to about 4 MiB, and a
+//! writer waiting on a full buffer is woken once about a third of it has
+//! drained; a peer that reads less than that within the timeout looks
+//! stalled.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::handle::Shared;
+use crate::outbox::Take;
+use crate::stats::Counters;
+use crate::Error;
+
+/// Write buffers larger than this are released once written (after a large
+/// frame), so that a connection that once sent a lot does not keep it.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// The write side of one connection.
+pub(crate) struct WriteSide<W> {
+    /// The socket's write half.
+    stream: W,
+    /// The bytes taken from the queue and not yet written.
+    buf: BytesMut,
+    /// The queue (in `conn.outbox`) and the counters.
+    conn: Arc<Shared>,
+    /// End the connection when no byte could be written for this long.
+    stall_timeout: Option<Duration>,
+}
+
+impl<W: AsyncWrite + Unpin> WriteSide<W> {
+    pub(crate) fn new(stream: W, conn: Arc<Shared>, stall_timeout: Option<Duration>) -> Self {
+        WriteSide {
+            stream,
+            buf: BytesMut::new(),
+            conn,
+            stall_timeout,
+        }
+    }
+
+    /// Writes until the queue finishes, then ends our side of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a write fails, [`Error::WriteStalled`] if the peer
+    /// takes nothing for the stall timeout.
+    pub(crate) async fn run(mut self) -> Result<(), Error> {
+        loop {
+            let conn = &*self.conn;
+            let buf = &mut self.buf;
+            match std::future::poll_fn(|cx| conn.outbox.poll_take(buf, cx)).await {
+                Take::Bytes => self.write_taken().await?,
+                Take::Finished => {
+                    let stream = &mut self.stream;
+                    within_stall(self.stall_timeout, stream.shutdown()).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Writes everything taken, then flushes (TLS buffers records).
+    async fn write_taken(&mut self) -> Result<(), Error> {
+        while !self.buf.is_empty() {
+            let stream = &mut self.stream;
+            let n = within_stall(self.stall_timeout, stream.write_buf(&mut self.buf)).await?;
+            if n == 0 {
+                return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.conn.outbox.wrote(n);
+            Counters::add(&self.conn.counters.bytes_out, n as u64);
+        }
+        within_stall(self.stall_timeout, self.stream.flush()).await?;
+        if self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Runs one write operation, failing with [`Error::WriteStalled`] if it
+/// makes no progress for `timeout`. Most complete at once: no timer then.
+async fn within_stall<T>(
+    timeout: Option<Duration>,
+    op: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, Error> {
+    tokio::pin!(op);
+    if let Some(done) = op.as_mut().now_or_never() {
+        return done.map_err(Error::Io);
+    }
+    match timeout {
+        Some(t) => match tokio::time::timeout(t, op).await {
+            Ok(done) => done.map_err(Error::Io),
+            Err(_) => Err(Error::WriteStalled(t)),
+        },
+        None => op.await.map_err(Error::Io),
+    }
+}
