@@ -13,12 +13,15 @@
 //! ends our side) and keeps handing frames to the handler until the peer
 //! ends its side, though their replies can no longer be sent.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::config::ConnectionConfig;
@@ -152,8 +155,14 @@ where
     /// is asked.
     async fn serve(&mut self) -> Result<Stop, Error> {
         let idle_timeout = self.config.idle_timeout;
-        let idle = sleep_until(Instant::now() + idle_timeout.unwrap_or_default());
-        tokio::pin!(idle);
+        // Boxed, and only with an idle timeout: no room in an idle task
+        // otherwise.
+        let mut idle = idle_timeout.map(|timeout| Box::pin(sleep_until(Instant::now() + timeout)));
+        let mut reset_idle = |idle: &mut Option<Pin<Box<Sleep>>>| {
+            if let (Some(idle), Some(timeout)) = (idle, idle_timeout) {
+                idle.as_mut().reset(Instant::now() + timeout);
+            }
+        };
         let conn = self.handle.inner.clone();
         loop {
             if self.closing {
@@ -171,16 +180,14 @@ where
                     () = room => {}
                 }
                 // Waiting on our peer is not the peer being idle.
-                if let Some(timeout) = idle_timeout {
-                    idle.as_mut().reset(Instant::now() + timeout);
-                }
+                reset_idle(&mut idle);
             }
             let room = self.make_read_room();
             let wake = tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => Wake::Close,
                 read = self.stream.read_buf(&mut self.buf) => Wake::Read(read),
-                _ = &mut idle, if idle_timeout.is_some() => Wake::Idle,
+                _ = poll_idle(&mut idle) => Wake::Idle,
             };
             let n = match wake {
                 Wake::Close => return Ok(Stop::Close),
@@ -200,9 +207,7 @@ where
             // never finish a frame (slow loris) is still idle. In EOF
             // framing the one frame is the whole stream.
             if frames > 0 || self.decoder.framing().is_eof() {
-                if let Some(timeout) = idle_timeout {
-                    idle.as_mut().reset(Instant::now() + timeout);
-                }
+                reset_idle(&mut idle);
             }
         }
     }
@@ -330,4 +335,12 @@ where
         }
         Ok(false)
     }
+}
+
+/// Ready when the idle timer (if any) fires; never without one.
+fn poll_idle(idle: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match idle {
+        Some(sleep) => sleep.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }

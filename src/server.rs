@@ -91,19 +91,49 @@ struct Shared<H> {
 #[derive(Debug, Default)]
 struct Table {
     by_id: HashMap<ConnectionId, ConnectionHandle>,
+    /// The newest connection from each address, for lookups by address.
+    by_addr: HashMap<Addr, ConnectionId>,
     /// Set by `shutdown` (close) or `cut` (abort): every connection was
     /// told, and one accepted from now on is not started.
     ending: Option<Fired>,
 }
 
 impl Table {
-    /// The live connection from `peer`: the newest, if a peer reconnected
-    /// from the same address while its old connection was still ending.
-    fn find(&self, peer: &Addr) -> Option<&ConnectionHandle> {
+    fn insert(&mut self, handle: ConnectionHandle) {
+        let id = handle.id();
+        self.by_addr.insert(handle.inner.peer.clone(), id);
+        self.by_id.insert(id, handle);
+    }
+
+    /// Removes connection `id`, and nothing else.
+    fn remove(&mut self, id: ConnectionId) {
+        let Some(handle) = self.by_id.remove(&id) else {
+            return;
+        };
+        let peer = &handle.inner.peer;
+        if self.by_addr.get(peer) == Some(&id) {
+            // Another live connection from the same address (an old one
+            // still ending) takes its place.
+            match self.newest_from(peer) {
+                Some(other) => self.by_addr.insert(peer.clone(), other),
+                None => self.by_addr.remove(peer),
+            };
+        }
+    }
+
+    /// The newest connection from `peer`, by a scan (rare: removals only).
+    fn newest_from(&self, peer: &Addr) -> Option<ConnectionId> {
         self.by_id
             .values()
             .filter(|handle| handle.inner.peer == *peer)
-            .max_by_key(|handle| handle.inner.id)
+            .map(|handle| handle.id())
+            .max()
+    }
+
+    /// The live connection from `peer`: the newest, if a peer reconnected
+    /// from the same address while its old connection was still ending.
+    fn find(&self, peer: &Addr) -> Option<&ConnectionHandle> {
+        self.by_addr.get(peer).and_then(|id| self.by_id.get(id))
     }
 
     /// Tells every connection to close (gracefully) or abort.
@@ -477,7 +507,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         shared.counters.clone(),
     );
     let id = handle.id();
-    connections.by_id.insert(id, handle.clone());
+    connections.insert(handle.clone());
     drop(connections);
     shared.counters.opened();
     let weak = Arc::downgrade(shared);
@@ -485,7 +515,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
     let on_end = OnEnd::new(move || {
         counters.closed();
         if let Some(shared) = weak.upgrade() {
-            shared.lock().by_id.remove(&id);
+            shared.lock().remove(id);
         }
     });
     let span = tracing::info_span!("connection", %peer, %id);
@@ -539,13 +569,9 @@ impl<H: Handler> Server<H> {
     /// The addresses of the connected peers (the Go original's
     /// `RangeRemoteAddr`).
     pub fn remote_addrs(&self) -> Vec<Addr> {
-        let table = self.shared.lock();
-        let mut peers: Vec<Addr> = table.by_id.values().map(|h| h.inner.peer.clone()).collect();
         // A peer reconnecting from the same address while its old
         // connection ends is listed once.
-        peers.sort_unstable();
-        peers.dedup();
-        peers
+        self.shared.lock().by_addr.keys().cloned().collect()
     }
 
     /// How many connections are open.
@@ -674,5 +700,52 @@ impl<H> Drop for Server<H> {
         self.shared.lock().end_all(Fired::Abort);
         self.shared.tasks.close();
         self.shared.ended.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(peer: &Addr) -> ConnectionHandle {
+        let wire = Wire::new(Framing::lines(), false, Vec::new());
+        let local: Addr = "127.0.0.1:1"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        ConnectionHandle::new(peer.clone(), local, wire, 1024, Arc::default())
+    }
+
+    #[test]
+    fn an_old_connection_ending_never_removes_the_new_one_from_the_same_address() {
+        let peer: Addr = "127.0.0.1:5000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        let mut table = Table::default();
+        let (old, new) = (handle(&peer), handle(&peer));
+        table.insert(old.clone());
+        table.insert(new.clone());
+        assert_eq!(table.find(&peer).map(|h| h.id()), Some(new.id()));
+        table.remove(old.id());
+        assert_eq!(table.find(&peer).map(|h| h.id()), Some(new.id()));
+        assert_eq!(table.by_id.len(), 1);
+        table.remove(new.id());
+        assert!(table.find(&peer).is_none());
+        assert!(table.by_addr.is_empty());
+    }
+
+    #[test]
+    fn the_old_connection_is_found_again_if_the_new_one_ends_first() {
+        let peer: Addr = "127.0.0.1:5001"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        let mut table = Table::default();
+        let (old, new) = (handle(&peer), handle(&peer));
+        table.insert(old.clone());
+        table.insert(new.clone());
+        table.remove(new.id());
+        assert_eq!(table.find(&peer).map(|h| h.id()), Some(old.id()));
     }
 }

@@ -96,7 +96,9 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
 }
 
 /// Runs one write operation, failing with [`Error::WriteStalled`] if it
-/// makes no progress for `timeout`. Most complete at once: no timer then.
+/// makes no progress for `timeout`. Most complete at once: no timer then
+/// (and the timer is boxed, so that it takes no room in an idle
+/// connection's task).
 async fn within_stall<T>(
     timeout: Option<Duration>,
     op: impl Future<Output = std::io::Result<T>>,
@@ -106,7 +108,7 @@ async fn within_stall<T>(
         return done.map_err(Error::Io);
     }
     match timeout {
-        Some(t) => match tokio::time::timeout(t, op).await {
+        Some(t) => match Box::pin(tokio::time::timeout(t, op)).await {
             Ok(done) => done.map_err(Error::Io),
             Err(_) => Err(Error::WriteStalled(t)),
         },
