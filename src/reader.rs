@@ -158,7 +158,7 @@ where
         // Boxed, and only with an idle timeout: no room in an idle task
         // otherwise.
         let mut idle = idle_timeout.map(|timeout| Box::pin(sleep_until(Instant::now() + timeout)));
-        let mut reset_idle = |idle: &mut Option<Pin<Box<Sleep>>>| {
+        let reset_idle = |idle: &mut Option<Pin<Box<Sleep>>>| {
             if let (Some(idle), Some(timeout)) = (idle, idle_timeout) {
                 idle.as_mut().reset(Instant::now() + timeout);
             }
