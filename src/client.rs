@@ -186,8 +186,11 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         self
     }
 
-    /// Bytes the outgoing queue holds before [`Client::send`] waits
-    /// (default 256 KiB).
+    /// Unsent bytes (queued, or being written) before [`Client::send`]
+    /// waits (default 256 KiB). The handler's own replies are always taken,
+    /// but while twice this many bytes are unsent the client stops reading
+    /// until they drain; see
+    /// [`ServerBuilder::queue_bytes`](crate::ServerBuilder::queue_bytes).
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
         self
@@ -257,7 +260,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let done = ended.clone();
         let on_end = OnEnd::new(move || counters.closed());
         let task = connection::run(
-            stream,
+            stream.split(),
             handle.clone(),
             Arc::new(self.handler),
             Arc::new(self.config),

@@ -56,22 +56,23 @@ impl Drop for OnEnd {
     }
 }
 
-/// Runs the connection on `stream` to its end, reports how it ended, then
-/// calls `on_end` (before the handler's `on_close`, so that a server's
-/// table no longer holds the connection while `on_close` runs).
-pub(crate) async fn run<S, H>(
-    stream: S,
+/// Runs the connection on the two halves of its stream to its end, reports
+/// how it ended, then calls `on_end` (before the handler's `on_close`, so
+/// that a server's table no longer holds the connection while `on_close`
+/// runs).
+pub(crate) async fn run<R, W, H>(
+    (read_half, write_half): (R, W),
     handle: ConnectionHandle,
     handler: Arc<H>,
     config: Arc<ConnectionConfig>,
     events: EventSink,
     mut on_end: OnEnd,
 ) where
-    S: AsyncRead + AsyncWrite + Send,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
     H: Handler,
 {
     let conn = handle.inner.clone();
-    let (read_half, write_half) = tokio::io::split(stream);
     // Pinned here, once: `drive` borrows them (a future moved into an
     // awaited one would take room in this task twice).
     let reader = pin!(AssertUnwindSafe(
@@ -206,7 +207,8 @@ mod tests {
         let (events, _) = crate::events::event_channel(1, Default::default(), Default::default());
         let on_end = super::OnEnd::new(|| ());
         let handler = std::sync::Arc::new(());
-        let task = super::run(stream, handle, handler, Default::default(), events, on_end);
+        let halves = tokio::io::split(stream);
+        let task = super::run(halves, handle, handler, Default::default(), events, on_end);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1800, "a connection task takes {size} B");
     }

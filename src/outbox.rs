@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 
-use crate::sync::{AtomicWaker, Mutex, MutexGuard};
+use crate::sync::{AtomicU8, AtomicWaker, Mutex, MutexGuard, Ordering};
 
 /// Wire bytes a batch send encodes under one lock before it lets the write
 /// side take them.
@@ -70,7 +70,16 @@ pub(crate) struct Outbox {
     /// The write side, woken when bytes are queued into an empty queue or
     /// when the outbox finishes.
     writer: AtomicWaker,
+    /// Hints read without the lock, written under it: [`QUEUED`] (the
+    /// write side has something to take), [`FINISHED`], [`OVER`] (the read
+    /// side should pause). The lock decides; a stale hint only costs a
+    /// lock (or, for `OVER`, lets one more frame through).
+    hints: AtomicU8,
 }
+
+const QUEUED: u8 = 1;
+const FINISHED: u8 = 2;
+const OVER: u8 = 4;
 
 #[derive(Debug, Default)]
 struct State {
@@ -140,7 +149,23 @@ impl Outbox {
             state: Mutex::new(State::default()),
             limit,
             writer: AtomicWaker::new(),
+            hints: AtomicU8::new(0),
         }
+    }
+
+    /// Sets the hints from `state` (under its lock).
+    fn hint(&self, state: &State) {
+        let mut hints = 0;
+        if !state.queued.is_empty() {
+            hints |= QUEUED;
+        }
+        if state.phase == Phase::Finished {
+            hints |= FINISHED;
+        }
+        if state.unsent() >= self.limit.saturating_mul(2) {
+            hints |= OVER;
+        }
+        self.hints.store(hints, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -178,6 +203,7 @@ impl Outbox {
             return Err(PushError::Full);
         }
         let wake = state.append(write)?;
+        self.hint(&state);
         drop(state);
         if wake {
             self.writer.wake();
@@ -266,6 +292,7 @@ impl Outbox {
             *queued += 1;
         }
         let wake = was_empty && !state.queued.is_empty();
+        self.hint(&state);
         drop(state);
         if wake {
             self.writer.wake();
@@ -290,6 +317,7 @@ impl Outbox {
         }
         match state.append(write) {
             Ok(wake) => {
+                self.hint(&state);
                 drop(state);
                 if wake {
                     self.writer.wake();
@@ -314,6 +342,9 @@ impl Outbox {
     /// unsent (or once the outbox has finished); registers `cx` to be woken
     /// when that holds again otherwise.
     pub(crate) fn poll_reader_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.hints.load(Ordering::Acquire) & OVER == 0 {
+            return Poll::Ready(());
+        }
         let mut state = self.lock();
         if state.unsent() < self.limit.saturating_mul(2) || state.phase == Phase::Finished {
             state.reader = None;
@@ -351,10 +382,14 @@ impl Outbox {
 
     fn take(&self, dst: &mut BytesMut) -> Option<Take> {
         debug_assert!(dst.is_empty(), "take into a buffer not yet written");
+        if self.hints.load(Ordering::Acquire) & (QUEUED | FINISHED) == 0 {
+            return None;
+        }
         let mut state = self.lock();
         if !state.queued.is_empty() {
             std::mem::swap(&mut state.queued, dst);
             state.in_flight += dst.len();
+            self.hint(&state);
             return Some(Take::Bytes);
         }
         (state.phase == Phase::Finished).then_some(Take::Finished)
@@ -365,6 +400,7 @@ impl Outbox {
     pub(crate) fn wrote(&self, n: usize) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(n);
+        self.hint(&state);
         let unsent = state.unsent();
         let senders = if unsent < self.limit && !state.waiters.is_empty() {
             std::mem::take(&mut state.waiters)
@@ -397,6 +433,7 @@ impl Outbox {
     pub(crate) fn finish(&self) {
         let mut state = self.lock();
         state.phase = Phase::Finished;
+        self.hint(&state);
         let waiting = state.waiting();
         drop(state);
         wake_all(waiting);
@@ -410,6 +447,7 @@ impl Outbox {
         state.phase = Phase::Finished;
         state.queued = BytesMut::new();
         state.in_flight = 0;
+        self.hint(&state);
         let waiting = state.waiting();
         drop(state);
         wake_all(waiting);

@@ -27,7 +27,7 @@ use tokio_util::codec::Decoder;
 use crate::config::ConnectionConfig;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
-use crate::signal::Fired;
+use crate::signal::Signal;
 use crate::stats::Counters;
 use crate::{Context, Error, FrameCodec, Handler};
 
@@ -173,7 +173,7 @@ where
             let paused = std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx)).now_or_never();
             if paused.is_none() {
                 let room = std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx));
-                let close = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx));
+                let close = closing(&conn.signal);
                 tokio::select! {
                     biased;
                     _ = close => return Ok(Stop::Close),
@@ -185,7 +185,7 @@ where
             let room = self.make_read_room();
             let wake = tokio::select! {
                 biased;
-                _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => Wake::Close,
+                _ = closing(&conn.signal) => Wake::Close,
                 read = self.stream.read_buf(&mut self.buf) => Wake::Read(read),
                 _ = poll_idle(&mut idle) => Wake::Idle,
             };
@@ -342,5 +342,18 @@ fn poll_idle(idle: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '
     std::future::poll_fn(move |cx| match idle {
         Some(sleep) => sleep.as_mut().poll(cx),
         None => Poll::Pending,
+    })
+}
+
+/// Ready once a close (or an abort) has been asked. It registers no waker:
+/// the connection task registers for the signal on every wake-up (see
+/// [`Signal::is_closing`]).
+fn closing(signal: &Signal) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| {
+        if signal.is_closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     })
 }

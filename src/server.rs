@@ -304,10 +304,13 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Bytes each connection's outgoing queue holds before
-    /// [`Server::send_to`] waits and [`Server::broadcast`] skips the peer
-    /// (default 256 KiB). A message is taken while fewer bytes are queued,
-    /// so the queue may pass the limit by one frame.
+    /// Unsent bytes (queued, or being written) each connection holds before
+    /// [`Server::send_to`] and [`ConnectionHandle::send`] wait and
+    /// [`Server::broadcast`] skips the peer (default 256 KiB). A message is
+    /// taken while fewer bytes are unsent, so the queue may pass the limit
+    /// by one frame. The handler's own replies are always taken, but while
+    /// twice this many bytes are unsent the connection hands its handler no
+    /// further frame (and stops reading), until they drain.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
         self
@@ -531,7 +534,10 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
             stream = transport::accept(socket, tls.as_ref(), timeout) => stream,
         };
         match stream {
-            Ok(stream) => connection::run(stream, handle, handler, config, events, on_end).await,
+            Ok(stream) => {
+                let halves = stream.split();
+                connection::run(halves, handle, handler, config, events, on_end).await
+            }
             Err(error) => events.report(Some(peer), error),
         }
     };

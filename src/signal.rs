@@ -67,6 +67,14 @@ impl Signal {
         }
     }
 
+    /// Whether a close (or an abort) has been asked: for the read side,
+    /// which need not register to be woken, since the connection task polls
+    /// the abort signal (and registers) on every wake-up, and one waker
+    /// serves both signals.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.fired().is_some()
+    }
+
     /// Ready once `wanted` (or an abort) has been asked; registers the
     /// connection task (`cx`) to be woken otherwise. One task only: every
     /// poller must run in the connection task.

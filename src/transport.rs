@@ -90,6 +90,92 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// The two halves a connection's read and write sides own: TCP and
+    /// Unix sockets split without a lock (the kernel keeps the two
+    /// directions apart); TLS, whose state both directions share, through
+    /// `tokio::io::split`.
+    pub(crate) fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(tcp) => {
+                let (read, write) = tcp.into_split();
+                (ReadHalf::Tcp(read), WriteHalf::Tcp(write))
+            }
+            #[cfg(unix)]
+            Stream::Unix(unix) => {
+                let (read, write) = unix.into_split();
+                (ReadHalf::Unix(read), WriteHalf::Unix(write))
+            }
+            #[cfg(feature = "tls")]
+            other => {
+                let (read, write) = tokio::io::split(other);
+                (ReadHalf::Shared(read), WriteHalf::Shared(write))
+            }
+        }
+    }
+}
+
+/// The read half of a [`Stream`].
+#[derive(Debug)]
+pub(crate) enum ReadHalf {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    #[cfg(unix)]
+    Unix(tokio::net::unix::OwnedReadHalf),
+    #[cfg(feature = "tls")]
+    Shared(tokio::io::ReadHalf<Stream>),
+}
+
+/// The write half of a [`Stream`]. Dropping it ends our side of a TCP or
+/// Unix stream.
+#[derive(Debug)]
+pub(crate) enum WriteHalf {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    #[cfg(unix)]
+    Unix(tokio::net::unix::OwnedWriteHalf),
+    #[cfg(feature = "tls")]
+    Shared(tokio::io::WriteHalf<Stream>),
+}
+
+macro_rules! delegate_half {
+    ($half:ident, $self:ident, $s:ident => $call:expr) => {
+        match $self.get_mut() {
+            $half::Tcp($s) => $call,
+            #[cfg(unix)]
+            $half::Unix($s) => $call,
+            #[cfg(feature = "tls")]
+            $half::Shared($s) => $call,
+        }
+    };
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate_half!(ReadHalf, self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// The server side of TLS: accepts handshakes (uninhabited without the
 /// `tls` feature, so plain TCP costs nothing).
 #[derive(Clone)]
