@@ -266,32 +266,54 @@ impl Outbox {
         (queued, Ok(()))
     }
 
-    /// One lock's worth of [`push_all`](Self::push_all).
+    /// One batch of [`push_all`](Self::push_all): items are encoded
+    /// outside the lock, into a buffer of their own, up to the room there
+    /// was (at most [`BATCH_BYTES`]), then appended under a short lock (a
+    /// swap when the queue is empty), so that the write side never waits
+    /// for a batch being encoded. The bound holds as for single pushes, by
+    /// one item per sender encoding at the same time.
     fn try_push_some<I: Iterator, E>(
         &self,
         items: &mut std::iter::Peekable<I>,
         write: &mut impl FnMut(I::Item, &mut BytesMut) -> Result<(), E>,
         queued: &mut u64,
     ) -> Result<(), PushError<E>> {
-        let mut state = self.lock();
-        if state.phase != Phase::Open {
-            return Err(PushError::Closed);
-        }
-        if state.unsent() >= self.limit {
-            return Err(PushError::Full);
-        }
-        let was_empty = state.queued.is_empty();
-        let start = state.queued.len();
+        let room = {
+            let state = self.lock();
+            if state.phase != Phase::Open {
+                return Err(PushError::Closed);
+            }
+            let unsent = state.unsent();
+            if unsent >= self.limit {
+                return Err(PushError::Full);
+            }
+            (self.limit - unsent).min(BATCH_BYTES)
+        };
+        let mut batch = BytesMut::with_capacity(room.min(BATCH_BYTES) + 256);
+        let mut encoded = 0;
         let mut result = Ok(());
-        while state.unsent() < self.limit && state.queued.len() - start < BATCH_BYTES {
+        while batch.len() < room {
             let Some(item) = items.next() else { break };
-            if let Err(error) = state.append(|buf| write(item, buf)) {
-                result = Err(error);
+            let before = batch.len();
+            if let Err(error) = write(item, &mut batch) {
+                batch.truncate(before);
+                result = Err(PushError::Write(error));
                 break;
             }
-            *queued += 1;
+            encoded += 1;
         }
-        let wake = was_empty && !state.queued.is_empty();
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            // Closed meanwhile: this batch is not queued.
+            return Err(PushError::Closed);
+        }
+        let wake = state.queued.is_empty() && !batch.is_empty();
+        if state.queued.is_empty() {
+            state.queued = batch;
+        } else {
+            state.queued.extend_from_slice(&batch);
+        }
+        *queued += encoded;
         self.hint(&state);
         drop(state);
         if wake {

@@ -23,77 +23,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// Waits until `progress()` reaches `target`, failing the test if it makes
-/// no progress for [`WAIT`] (a deadlock) or takes longer than `limit` in
-/// all. `what` names the count in the failure message.
-async fn wait_for_count(what: &str, target: u64, limit: Duration, progress: impl Fn() -> u64) {
-    let start = Instant::now();
-    let mut last = progress();
-    let mut last_change = start;
-    while last < target {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = progress();
-        let at = Instant::now();
-        if now != last {
-            last = now;
-            last_change = at;
-        }
-        assert!(
-            at - last_change < WAIT,
-            "stalled: {what} stuck at {last} of {target} for {WAIT:?} ({:?} in all)",
-            at - start
-        );
-        assert!(
-            at - start < limit,
-            "too slow: {what} at {last} of {target} after {limit:?}"
-        );
-    }
-}
-
-/// Asserts that no error event is waiting on `events`.
-#[track_caller]
-fn assert_no_event(side: &str, events: &chitchat_net::ErrorEvents) {
-    if let Some(event) = events.try_recv() {
-        panic!("unexpected {side} event: {event} ({:?})", event.error);
-    }
-}
-
 // ------------------------------------------------------- both ways at once --
-
-/// What a counting handler has seen: lines, payload bytes, and lines that
-/// came out of order (by their leading sequence number).
-#[derive(Debug, Default)]
-struct Tally {
-    lines: AtomicU64,
-    bytes: AtomicU64,
-    out_of_order: AtomicU64,
-}
-
-/// A handler that counts lines starting with an 8-digit sequence number and
-/// checks they come in order.
-fn counting(tally: Arc<Tally>) -> impl Handler<Message = String> {
-    handler_fn(
-        move |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-            let seq: u64 = line
-                .get(..8)
-                .and_then(|s| s.parse().ok())
-                .ok_or("no sequence number")?;
-            if seq != tally.lines.load(Ordering::Relaxed) {
-                tally.out_of_order.fetch_add(1, Ordering::Relaxed);
-            }
-            tally.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
-            tally.lines.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        },
-    )
-}
-
-/// `len` bytes: `seq` in 8 digits, then padding.
-fn numbered_line(seq: u64, len: usize) -> String {
-    let mut line = format!("{seq:08}");
-    line.extend(std::iter::repeat_n('.', len - line.len()));
-    line
-}
 
 /// Two peers that both stream while both handle what they receive: a client
 /// sends 64 MiB in 1 KiB lines to an echo server and counts the echoes (64
@@ -111,7 +41,6 @@ fn numbered_line(seq: u64, len: usize) -> String {
 async fn two_peers_stream_64_mib_each_way_with_handlers_on_both_sides() {
     const LINE: usize = 1024; // on the wire, with its `\n`
     const LINES: u64 = 64 * 1024; // 64 MiB
-    const CHUNK: u64 = 1024; // lines per `send_all`
     let echo = handler_fn(
         |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
             ctx.send(&line)?;
@@ -133,31 +62,7 @@ async fn two_peers_stream_64_mib_each_way_with_handlers_on_both_sides() {
         .await
         .unwrap();
 
-    let sent = Arc::new(AtomicU64::new(0));
-    let handle = client.handle();
-    let sending = sent.clone();
-    let sender = tokio::spawn(async move {
-        for chunk in 0..LINES / CHUNK {
-            let lines: Vec<String> = (chunk * CHUNK..(chunk + 1) * CHUNK)
-                .map(|seq| numbered_line(seq, LINE - 1))
-                .collect();
-            handle.send_all(&lines).await?;
-            sending.fetch_add(CHUNK, Ordering::Relaxed);
-        }
-        Ok::<(), Error>(())
-    });
-    wait_for_count("echoed lines", LINES, Duration::from_secs(60), || {
-        tally.lines.load(Ordering::Relaxed)
-    })
-    .await;
-    within("the sender", sender).await.unwrap().unwrap();
-    assert_eq!(sent.load(Ordering::Relaxed), LINES);
-    assert_eq!(tally.lines.load(Ordering::Relaxed), LINES);
-    assert_eq!(
-        tally.bytes.load(Ordering::Relaxed),
-        LINES * (LINE as u64 - 1)
-    );
-    assert_eq!(tally.out_of_order.load(Ordering::Relaxed), 0);
+    stream_through_echo(&client, &tally, LINES, LINE - 1, Duration::from_secs(60)).await;
     assert_no_event("server", &server.errors());
     assert_no_event("client", &client.errors());
     within("close", client.close()).await;

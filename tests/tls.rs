@@ -280,6 +280,30 @@ async fn text_messages_round_trip_over_tls_and_close_delivers() {
     within("cut", server.cut()).await;
 }
 
+/// TLS shares one state between the two directions (its halves are split
+/// behind a lock): a client streaming 16 MiB to an echo server while its
+/// handler counts the 16 MiB of echoes gets every one, in order, with no
+/// error event on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_at_once_over_tls() {
+    let ca = Ca::new("test ca");
+    let server = tls_echo::<String>(server_config(&ca.server(&["localhost"]))).await;
+    let tally = Arc::new(Tally::default());
+    let client = within(
+        "a TLS connect",
+        Client::<String>::builder()
+            .tls(client_config(&ca, None), localhost())
+            .handler(counting(tally.clone()))
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    stream_through_echo(&client, &tally, 16 * 1024, 1023, Duration::from_secs(60)).await;
+    assert_no_event("server", &server.errors());
+    within("close", client.close()).await;
+    within("cut", server.cut()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bincode_messages_round_trip_over_tls() {
     let ca = Ca::new("test ca");

@@ -305,3 +305,28 @@ async fn close_delivers_everything_and_shutdown_is_graceful_over_unix() {
     assert!(server.shutdown(Duration::from_secs(5)).await);
     assert!(!path.exists());
 }
+
+/// Both directions at once over a Unix socket: a client streams 16 MiB to an
+/// echo server while its handler counts the 16 MiB of echoes; every one
+/// arrives, in order, with no error event on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_at_once_over_unix() {
+    let path = socket_path("both-ways");
+    let echo = chitchat_net::handler_fn(
+        |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            ctx.send(&line)?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(echo).listen_unix(&path).await.unwrap();
+    let tally = Arc::new(Tally::default());
+    let client = Client::<String>::builder()
+        .handler(counting(tally.clone()))
+        .connect_unix(&path)
+        .await
+        .unwrap();
+    stream_through_echo(&client, &tally, 16 * 1024, 1023, Duration::from_secs(60)).await;
+    assert_no_event("server", &server.errors());
+    within("close", client.close()).await;
+    within("cut", server.cut()).await;
+}

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -424,4 +425,109 @@ pub fn assert_peer(event: &ErrorEvent, peer: impl Into<Addr>) {
         Some(peer.into()),
         "event {event} names the wrong peer"
     );
+}
+
+/// Waits until `progress()` reaches `target`, failing the test if it makes
+/// no progress for [`WAIT`] (a deadlock) or takes longer than `limit` in
+/// all. `what` names the count in the failure message.
+pub async fn wait_for_count(what: &str, target: u64, limit: Duration, progress: impl Fn() -> u64) {
+    let start = Instant::now();
+    let mut last = progress();
+    let mut last_change = start;
+    while last < target {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = progress();
+        let at = Instant::now();
+        if now != last {
+            last = now;
+            last_change = at;
+        }
+        assert!(
+            at - last_change < WAIT,
+            "stalled: {what} stuck at {last} of {target} for {WAIT:?} ({:?} in all)",
+            at - start
+        );
+        assert!(
+            at - start < limit,
+            "too slow: {what} at {last} of {target} after {limit:?}"
+        );
+    }
+}
+
+/// Asserts that no error event is waiting on `events`.
+#[track_caller]
+pub fn assert_no_event(side: &str, events: &chitchat_net::ErrorEvents) {
+    if let Some(event) = events.try_recv() {
+        panic!("unexpected {side} event: {event} ({:?})", event.error);
+    }
+}
+
+/// What a counting handler has seen: lines, payload bytes, and lines that
+/// came out of order (by their leading sequence number).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub lines: AtomicU64,
+    pub bytes: AtomicU64,
+    pub out_of_order: AtomicU64,
+}
+
+/// A handler that counts lines starting with an 8-digit sequence number and
+/// checks they come in order.
+pub fn counting(tally: Arc<Tally>) -> impl Handler<Message = String> {
+    handler_fn(
+        move |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            let seq: u64 = line
+                .get(..8)
+                .and_then(|s| s.parse().ok())
+                .ok_or("no sequence number")?;
+            if seq != tally.lines.load(Ordering::Relaxed) {
+                tally.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            tally.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
+            tally.lines.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        },
+    )
+}
+
+/// `len` bytes: `seq` in 8 digits, then padding.
+pub fn numbered_line(seq: u64, len: usize) -> String {
+    let mut line = format!("{seq:08}");
+    line.extend(std::iter::repeat_n('.', len - line.len()));
+    line
+}
+
+/// Sends `lines` numbered lines of `len` bytes from `client` (whose handler
+/// is [`counting`] into `tally`) to an echo server, 1,024 per `send_all`,
+/// while the echoes come back; waits until every echo has arrived (failing
+/// on a stall of [`WAIT`] or after `limit`), then checks the count, the
+/// bytes and the order, and that neither side saw an error event.
+pub async fn stream_through_echo(
+    client: &chitchat_net::Client<String>,
+    tally: &Tally,
+    lines: u64,
+    len: usize,
+    limit: Duration,
+) {
+    const CHUNK: u64 = 1024;
+    let handle = client.handle();
+    let sender = tokio::spawn(async move {
+        let mut seq = 0;
+        while seq < lines {
+            let end = (seq + CHUNK).min(lines);
+            let chunk: Vec<String> = (seq..end).map(|seq| numbered_line(seq, len)).collect();
+            handle.send_all(&chunk).await?;
+            seq = end;
+        }
+        Ok::<(), Error>(())
+    });
+    wait_for_count("echoed lines", lines, limit, || {
+        tally.lines.load(Ordering::Relaxed)
+    })
+    .await;
+    within("the sender", sender).await.unwrap().unwrap();
+    assert_eq!(tally.lines.load(Ordering::Relaxed), lines);
+    assert_eq!(tally.bytes.load(Ordering::Relaxed), lines * len as u64);
+    assert_eq!(tally.out_of_order.load(Ordering::Relaxed), 0);
+    assert_no_event("client", &client.errors());
 }
