@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 
-use crate::sync::{AtomicU8, AtomicWaker, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU8, AtomicUsize, AtomicWaker, Mutex, MutexGuard, Ordering};
 
 /// Wire bytes a batch send encodes under one lock before it lets the write
 /// side take them.
@@ -75,7 +75,18 @@ pub(crate) struct Outbox {
     /// side should pause). The lock decides; a stale hint only costs a
     /// lock (or, for `OVER`, lets one more frame through).
     hints: AtomicU8,
+    /// Bytes the write side has taken and not yet written, and the
+    /// [`WAITING`] bit: someone is registered to be woken when there is
+    /// room. One word, so that reporting a write takes no lock unless
+    /// someone waits: a registrant sets the bit (under the lock) with the
+    /// same read-modify-write that reads the bytes in flight, and
+    /// [`wrote`](Outbox::wrote) lowers the bytes with one that reads the
+    /// bit, so one of the two always sees the other.
+    flight: AtomicUsize,
 }
+
+/// The top bit of [`Outbox::flight`].
+const WAITING: usize = !(usize::MAX >> 1);
 
 const QUEUED: u8 = 1;
 const FINISHED: u8 = 2;
@@ -85,8 +96,6 @@ const OVER: u8 = 4;
 struct State {
     /// Encoded frames the write side has not taken yet.
     queued: BytesMut,
-    /// Bytes the write side has taken and not yet written.
-    in_flight: usize,
     phase: Phase,
     /// Senders waiting for room, by waiter id.
     waiters: Vec<(u64, Waker)>,
@@ -107,10 +116,6 @@ enum Phase {
 }
 
 impl State {
-    fn unsent(&self) -> usize {
-        self.queued.len() + self.in_flight
-    }
-
     /// Appends with `write`; on error nothing of it stays. Returns whether
     /// the queue was empty before (the write side must then be woken).
     fn append<E>(
@@ -150,6 +155,26 @@ impl Outbox {
             limit,
             writer: AtomicWaker::new(),
             hints: AtomicU8::new(0),
+            flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Unsent bytes: queued (`state`, under its lock) and in flight.
+    fn unsent_of(&self, state: &State) -> usize {
+        state.queued.len() + (self.flight.load(Ordering::Acquire) & !WAITING)
+    }
+
+    /// For someone about to register for room (under the lock): sets the
+    /// [`WAITING`] bit and returns the unsent bytes as of that moment.
+    fn unsent_waiting(&self, state: &State) -> usize {
+        state.queued.len() + (self.flight.fetch_or(WAITING, Ordering::AcqRel) & !WAITING)
+    }
+
+    /// Clears the [`WAITING`] bit if nobody is registered (under the lock,
+    /// where everyone registers).
+    fn settle_waiting(&self, state: &State) {
+        if state.waiters.is_empty() && state.reader.is_none() {
+            self.flight.fetch_and(!WAITING, Ordering::AcqRel);
         }
     }
 
@@ -162,7 +187,7 @@ impl Outbox {
         if state.phase == Phase::Finished {
             hints |= FINISHED;
         }
-        if state.unsent() >= self.limit.saturating_mul(2) {
+        if self.unsent_of(state) >= self.limit.saturating_mul(2) {
             hints |= OVER;
         }
         self.hints.store(hints, Ordering::Release);
@@ -183,7 +208,8 @@ impl Outbox {
     /// Unsent bytes now: queued, or taken and not yet written.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn unsent(&self) -> usize {
-        self.lock().unsent()
+        let state = self.lock();
+        self.unsent_of(&state)
     }
 
     /// Appends a frame with `write` if the outbox is open and has room now.
@@ -199,7 +225,7 @@ impl Outbox {
         if state.phase != Phase::Open {
             return Err(PushError::Closed);
         }
-        if state.unsent() >= self.limit {
+        if self.unsent_of(&state) >= self.limit {
             return Err(PushError::Full);
         }
         let wake = state.append(write)?;
@@ -283,7 +309,7 @@ impl Outbox {
             if state.phase != Phase::Open {
                 return Err(PushError::Closed);
             }
-            let unsent = state.unsent();
+            let unsent = self.unsent_of(&state);
             if unsent >= self.limit {
                 return Err(PushError::Full);
             }
@@ -368,8 +394,12 @@ impl Outbox {
             return Poll::Ready(());
         }
         let mut state = self.lock();
-        if state.unsent() < self.limit.saturating_mul(2) || state.phase == Phase::Finished {
+        if self.unsent_waiting(&state) < self.limit.saturating_mul(2)
+            || state.phase == Phase::Finished
+        {
             state.reader = None;
+            self.hint(&state);
+            self.settle_waiting(&state);
             return Poll::Ready(());
         }
         match &mut state.reader {
@@ -410,7 +440,7 @@ impl Outbox {
         let mut state = self.lock();
         if !state.queued.is_empty() {
             std::mem::swap(&mut state.queued, dst);
-            state.in_flight += dst.len();
+            self.flight.fetch_add(dst.len(), Ordering::AcqRel);
             self.hint(&state);
             return Some(Take::Bytes);
         }
@@ -420,11 +450,14 @@ impl Outbox {
     /// For the write side: `n` bytes taken were written. Wakes the senders
     /// and the read side waiting for room, if there is room now.
     pub(crate) fn wrote(&self, n: usize) {
+        if self.flight.fetch_sub(n, Ordering::AcqRel) & WAITING == 0 {
+            // Nobody waits: no lock. (The read side's hint may stay set a
+            // little longer; it then looks under the lock.)
+            return;
+        }
         let mut state = self.lock();
-        state.in_flight = state.in_flight.saturating_sub(n);
-        self.hint(&state);
-        let unsent = state.unsent();
-        let senders = if unsent < self.limit && !state.waiters.is_empty() {
+        let unsent = self.unsent_of(&state);
+        let senders = if unsent < self.limit {
             std::mem::take(&mut state.waiters)
         } else {
             Vec::new()
@@ -434,6 +467,8 @@ impl Outbox {
         } else {
             None
         };
+        self.settle_waiting(&state);
+        self.hint(&state);
         drop(state);
         wake_all((senders, reader));
     }
@@ -468,7 +503,7 @@ impl Outbox {
         let mut state = self.lock();
         state.phase = Phase::Finished;
         state.queued = BytesMut::new();
-        state.in_flight = 0;
+        self.flight.store(0, Ordering::Release);
         self.hint(&state);
         let waiting = state.waiting();
         drop(state);
@@ -499,10 +534,11 @@ impl Future for Room<'_> {
         let position = self
             .id
             .and_then(|id| state.waiters.iter().position(|(w, _)| *w == id));
-        if state.phase != Phase::Open || state.unsent() < outbox.limit {
+        if state.phase != Phase::Open || outbox.unsent_waiting(&state) < outbox.limit {
             if let Some(position) = position {
                 state.waiters.swap_remove(position);
             }
+            outbox.settle_waiting(&state);
             self.id = None;
             return Poll::Ready(());
         }

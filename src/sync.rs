@@ -4,5 +4,5 @@
 //! `outbox.rs` and `signal.rs` with its own `sync` module.
 
 pub(crate) use futures_util::task::AtomicWaker;
-pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 pub(crate) use std::sync::{Mutex, MutexGuard};

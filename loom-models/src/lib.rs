@@ -14,7 +14,7 @@
 
 /// loom's primitives under the names `outbox.rs` and `signal.rs` import.
 mod sync {
-    pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Mutex, MutexGuard};
     use std::task::Waker;
 
