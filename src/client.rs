@@ -16,7 +16,7 @@ use crate::handle::ConnectionHandle;
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, ClientTls, Stream};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
-use crate::{Addr, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{Addr, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message};
 
 /// Default connect timeout: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -267,9 +267,14 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
             events.clone(),
             on_end,
         );
+        let conn = handle.inner.clone();
+        let sink = events.clone();
         tokio::spawn(
             async move {
                 task.await;
+                if conn.end.get() == Some(CloseReason::ByPeer) {
+                    sink.report(Some(conn.peer.clone()), Error::ClosedByPeer);
+                }
                 done.cancel();
             }
             .instrument(span),
@@ -401,6 +406,21 @@ impl<M: Message> Client<M> {
     pub async fn close(&self) {
         self.handle.close();
         self.ended.cancelled().await;
+    }
+
+    /// Waits until the connection has ended, whoever ended it, and says
+    /// how: [`CloseReason::ByPeer`] when the server closed it first (an
+    /// [`Error::ClosedByPeer`] event is reported then too, where the Go
+    /// original put `EOF` on its error channel), [`CloseReason::ByUs`]
+    /// after [`close`](Self::close). Returns at once if it already has
+    /// ended; the handler's `on_close` has run by then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    pub async fn closed(&self) -> CloseReason {
+        self.ended.cancelled().await;
+        self.handle.inner.end.get().unwrap_or(CloseReason::Aborted)
     }
 
     /// The stream of error events.

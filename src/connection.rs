@@ -31,7 +31,7 @@ use crate::handle::{ConnectionHandle, Shared};
 use crate::reader::ReadSide;
 use crate::signal::Fired;
 use crate::writer::WriteSide;
-use crate::{Error, Handler};
+use crate::{CloseReason, Error, Handler};
 
 /// Runs a closure once: how a server takes a connection out of its table
 /// however the connection ends (even before it started, if a TLS handshake
@@ -90,10 +90,16 @@ pub(crate) async fn run<R, W, H>(
     let writer = pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
     let ended = drive(reader, writer, &conn, config.close_timeout).await;
     conn.outbox.abandon();
+    let reason = match &ended {
+        Ok(reason) => *reason,
+        Err(Error::Closed) => CloseReason::Aborted,
+        Err(_) => CloseReason::Failed,
+    };
     match ended {
-        Ok(()) | Err(Error::Closed) => tracing::debug!("connection closed"),
+        Ok(_) | Err(Error::Closed) => tracing::debug!(?reason, "connection closed"),
         Err(error) => events.report(Some(conn.peer.clone()), error),
     }
+    conn.end.set(reason);
     on_end.run();
     let closed = AssertUnwindSafe(handler.on_close(conn.peer.clone())).catch_unwind();
     if let Err(panic) = closed.await {
@@ -104,13 +110,14 @@ pub(crate) async fn run<R, W, H>(
 /// Polls both sides on every wake-up until the connection is over (see the
 /// module docs). An abort is checked first.
 async fn drive(
-    mut reader: Pin<&mut impl Future<Output = Result<(), Error>>>,
+    mut reader: Pin<&mut impl Future<Output = Result<CloseReason, Error>>>,
     mut writer: Pin<&mut impl Future<Output = Result<(), Error>>>,
     conn: &Shared,
     close_timeout: std::time::Duration,
-) -> Result<(), Error> {
+) -> Result<CloseReason, Error> {
     let (signal, outbox) = (&conn.signal, &conn.outbox);
-    let (mut read_done, mut write_done) = (false, false);
+    // Who ended it, once the read side knows.
+    let (mut read_done, mut write_done) = (None, false);
     // Started once our side is closed: how long the peer gets to close its
     // (boxed: most connections never need it).
     let mut linger = None;
@@ -120,8 +127,9 @@ async fn drive(
         }
         // Our side is closed: the peer gets the close timeout to close its.
         // (Checked first too, so that a flood of frames cannot hold it.)
+        // (Only our close finishes the write side before the read side.)
         if write_done && poll_linger(&mut linger, close_timeout, cx).is_ready() {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(read_done.unwrap_or(CloseReason::ByUs)));
         }
         // The write side before the read side, so that a flood of frames,
         // which spends the task's cooperative budget, never starves it; and
@@ -132,15 +140,14 @@ async fn drive(
                 write_done = true;
             }
         }
-        if !read_done {
+        if read_done.is_none() {
             if !write_done {
                 // The write side is polled again below: replies need not
                 // wake the task.
                 outbox.quiet_writer();
             }
             if let Poll::Ready(result) = reader.as_mut().poll(cx) {
-                result?;
-                read_done = true;
+                read_done = Some(result?);
             }
             if !write_done {
                 if let Poll::Ready(result) = writer.as_mut().poll(cx) {
@@ -149,11 +156,11 @@ async fn drive(
                 }
             }
         }
-        if read_done && write_done {
-            return Poll::Ready(Ok(()));
+        if let (Some(reason), true) = (read_done, write_done) {
+            return Poll::Ready(Ok(reason));
         }
         if write_done && poll_linger(&mut linger, close_timeout, cx).is_ready() {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(read_done.unwrap_or(CloseReason::ByUs)));
         }
         Poll::Pending
     })

@@ -117,6 +117,12 @@ pub enum Error {
     #[error("connection closed")]
     Closed,
 
+    /// The peer closed the connection (an event of a client whose server
+    /// ended the connection first: the Go original's `EOF` on the error
+    /// channel).
+    #[error("connection closed by the peer")]
+    ClosedByPeer,
+
     /// A TLS handshake failed or took too long.
     #[error("tls handshake failed")]
     Tls(#[source] std::io::Error),

@@ -37,6 +37,69 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
+/// How a connection ended: what [`ConnectionHandle::closed`] and
+/// [`Client::closed`](crate::Client::closed) return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer ended the connection: its end of stream came first, between
+    /// frames (the Go original's `EOF` on the error channel).
+    ByPeer,
+    /// This side closed it gracefully: `close`, [`Context::close`](crate::Context::close),
+    /// `close_remote` or a server's `shutdown`.
+    ByUs,
+    /// This side ended it at once: a server's `cut`, or a dropped client.
+    Aborted,
+    /// An error ended it; the error itself went to the error events.
+    Failed,
+}
+
+/// A connection's end, once known, and the tasks waiting for it.
+#[derive(Debug, Default)]
+pub(crate) struct End {
+    /// 0 while open, else `CloseReason as u8 + 1`.
+    reason: std::sync::atomic::AtomicU8,
+    waiters: tokio::sync::Notify,
+}
+
+impl End {
+    const REASONS: [CloseReason; 4] = [
+        CloseReason::ByPeer,
+        CloseReason::ByUs,
+        CloseReason::Aborted,
+        CloseReason::Failed,
+    ];
+
+    /// Records how the connection ended and wakes everyone waiting.
+    pub(crate) fn set(&self, reason: CloseReason) {
+        let code = Self::REASONS.iter().position(|r| *r == reason).unwrap_or(3) as u8 + 1;
+        self.reason.store(code, Ordering::Release);
+        self.waiters.notify_waiters();
+    }
+
+    /// How the connection ended, if it has.
+    pub(crate) fn get(&self) -> Option<CloseReason> {
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            code => Self::REASONS.get(usize::from(code) - 1).copied(),
+        }
+    }
+
+    /// Waits until the connection has ended.
+    pub(crate) async fn wait(&self) -> CloseReason {
+        loop {
+            let notified = self.waiters.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a `set` in between still wakes us.
+            notified.as_mut().enable();
+            if let Some(reason) = self.get() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A handle on one live connection: send to it from any task, or close it.
 ///
 /// Sends go through the connection's bounded outgoing queue: [`send`] waits
@@ -66,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
     /// Close and abort, from other tasks.
     pub(crate) signal: Signal,
+    /// How it ended, once it has.
+    pub(crate) end: End,
     /// The server's or client's counters.
     pub(crate) counters: Arc<Counters>,
 }
@@ -86,6 +151,7 @@ impl ConnectionHandle {
                 wire,
                 outbox: Outbox::new(queue_bytes),
                 signal: Signal::default(),
+                end: End::default(),
                 counters,
             }),
         }
@@ -215,6 +281,35 @@ impl ConnectionHandle {
     /// Whether the connection is closing or closed: sends fail from then on.
     pub fn is_closed(&self) -> bool {
         self.inner.outbox.is_closed()
+    }
+
+    /// Waits until the connection has ended (it no longer reads or writes),
+    /// and says how. Returns at once if it already has.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{Client, CloseReason, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::listen("127.0.0.1:0", ()).await?;
+    /// let client = Client::<String>::connect(server.local_addr()).await?;
+    /// # tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    /// #     while server.connection_count() == 0 { tokio::task::yield_now().await }
+    /// # }).await?;
+    /// let on_server = server.connection(client.local_addr())?;
+    /// client.close().await;
+    /// assert_eq!(on_server.closed().await, CloseReason::ByPeer);
+    /// assert_eq!(client.closed().await, CloseReason::ByUs);
+    /// # Ok(()) }
+    /// ```
+    pub async fn closed(&self) -> CloseReason {
+        self.inner.end.wait().await
     }
 
     /// Counts the `frames` queued and turns a refusal into an [`Error`].

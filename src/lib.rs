@@ -145,7 +145,7 @@ pub use crate::config::{
 pub use crate::error::{BoxError, Error};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
-pub use crate::handle::{ConnectionHandle, ConnectionId};
+pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
 pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;

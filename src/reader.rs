@@ -29,7 +29,7 @@ use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
 use crate::signal::Signal;
 use crate::stats::Counters;
-use crate::{Context, Error, FrameCodec, Handler};
+use crate::{CloseReason, Context, Error, FrameCodec, Handler};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -111,21 +111,23 @@ where
     ///
     /// Framing and I/O errors, [`Error::IdleTimeout`], or an `on_open`
     /// failure: the connection ends with them.
-    pub(crate) async fn run(mut self) -> Result<(), Error> {
+    /// Returns who ended the connection: the peer (its end of stream came
+    /// first) or this side (a close was asked).
+    pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
         let result = self.serve_then_close().await;
         self.handle.inner.outbox.finish();
         result
     }
 
-    async fn serve_then_close(&mut self) -> Result<(), Error> {
+    async fn serve_then_close(&mut self) -> Result<CloseReason, Error> {
         self.open().await?;
         if let Stop::EndOfStream = self.serve().await? {
-            return Ok(());
+            return Ok(CloseReason::ByPeer);
         }
         // Closing: nothing more from other tasks; answer what has arrived.
         self.handle.inner.outbox.close();
         if self.answer_what_has_arrived().await? {
-            return Ok(());
+            return Ok(CloseReason::ByUs);
         }
         // Our side ends once the queue is written; the peer may still send
         // until it has read everything and ends its side.
@@ -135,7 +137,7 @@ where
             let read = self.stream.read_buf(&mut self.buf).await;
             let n = self.end_of_stream_as_zero(read)?;
             if n == 0 {
-                return self.handle_last_frames().await;
+                return self.handle_last_frames().await.map(|()| CloseReason::ByUs);
             }
             Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
             self.handle_frames().await?;

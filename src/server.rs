@@ -18,7 +18,7 @@ use crate::signal::Fired;
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, Listener, ServerTls, Socket};
 use crate::wire::{codec_override, default_is_binary, Wire};
-use crate::{Addr, Codec, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{Addr, CloseReason, Codec, Error, ErrorEvents, Framing, Handler, Message};
 
 /// Default listen backlog.
 const DEFAULT_BACKLOG: u32 = 1024;
@@ -530,7 +530,15 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         let timeout = config.handshake_timeout;
         let conn = handle.inner.clone();
         let stream = tokio::select! {
-            _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => return,
+            fired = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => {
+                // Closed or cut before its handshake was done.
+                let reason = match fired {
+                    Fired::Close => CloseReason::ByUs,
+                    Fired::Abort => CloseReason::Aborted,
+                };
+                conn.outbox.abandon();
+                return conn.end.set(reason);
+            }
             stream = transport::accept(socket, tls.as_ref(), timeout) => stream,
         };
         match stream {
@@ -538,7 +546,11 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
                 let halves = stream.split();
                 connection::run(halves, handle, handler, config, events, on_end).await
             }
-            Err(error) => events.report(Some(peer), error),
+            Err(error) => {
+                conn.outbox.abandon();
+                conn.end.set(CloseReason::Failed);
+                events.report(Some(peer), error)
+            }
         }
     };
     shared.tasks.spawn(task.instrument(span));

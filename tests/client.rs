@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chitchat_net::{
-    handler_fn, Bincode, BincodeWithLimit, BoxError, Client, Context, Error, Framing, Server,
-    SizeMismatch,
+    handler_fn, Bincode, BincodeWithLimit, BoxError, Client, CloseReason, Context, Error, Framing,
+    Server, SizeMismatch,
 };
 use common::*;
 use tokio::net::TcpListener;
@@ -718,4 +718,74 @@ async fn try_send_fails_when_the_queue_is_full_until_the_server_reads() {
     .await;
     assert_eq!(server.read_line().await, b"x\n");
     assert!(client.errors().try_recv().is_none());
+}
+
+/// A client learns that its server closed the connection: `closed()` says
+/// `ByPeer`, and one `ClosedByPeer` event names the server (the Go
+/// original's `EOF` on the error channel). The server's handle on the same
+/// connection says it closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hears_when_the_server_closes_the_connection() {
+    let server = Server::listen("127.0.0.1:0", Probe::new()).await.unwrap();
+    let (handler, mut rx) = collector::<String>();
+    let client = Client::<String>::builder()
+        .handler(handler)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    client.send(&"ping".to_string()).await.unwrap();
+    assert_eq!(recv(&mut rx).await, "pong");
+    let on_server = server.connection(client.local_addr()).unwrap();
+    server.close_remote(client.local_addr()).unwrap();
+    assert_eq!(within("closed", client.closed()).await, CloseReason::ByPeer);
+    assert_eq!(
+        within("closed", on_server.closed()).await,
+        CloseReason::ByUs
+    );
+    let event = next_event(&client.errors()).await;
+    assert!(matches!(event.error, Error::ClosedByPeer), "{event}");
+    assert_eq!(event.peer, Some(client.peer_addr()));
+    assert_events_end(&client.errors()).await;
+    // Closing after the end returns at once, and says the same.
+    within("close", client.close()).await;
+    assert_eq!(client.closed().await, CloseReason::ByPeer);
+    within("cut", server.cut()).await;
+}
+
+/// A client that closes the connection itself hears no closed-by-peer
+/// event; `closed()` says `ByUs` on its side and `ByPeer` on the server's.
+/// A cut server's connections say `Aborted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_says_who_ended_the_connection() {
+    let server = Server::listen("127.0.0.1:0", Probe::new()).await.unwrap();
+    let client = Client::<String>::connect(server.local_addr())
+        .await
+        .unwrap();
+    wait_until("registered", || server.connection_count() == 1).await;
+    let on_server = server.connection(client.local_addr()).unwrap();
+    // Waiting is cancel safe: a timed-out wait changes nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), client.closed())
+            .await
+            .is_err()
+    );
+    within("close", client.close()).await;
+    assert_eq!(client.closed().await, CloseReason::ByUs);
+    assert_eq!(
+        within("closed", on_server.closed()).await,
+        CloseReason::ByPeer
+    );
+    assert_events_end(&client.errors()).await;
+
+    let other = Client::<String>::connect(server.local_addr())
+        .await
+        .unwrap();
+    wait_until("registered", || {
+        server.connection(other.local_addr()).is_ok()
+    })
+    .await;
+    let on_server = server.connection(other.local_addr()).unwrap();
+    within("cut", server.cut()).await;
+    assert_eq!(on_server.closed().await, CloseReason::Aborted);
+    assert_ne!(within("closed", other.closed()).await, CloseReason::ByUs);
 }

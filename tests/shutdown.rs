@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use chitchat_net::{Addr, BoxError, Client, Context, Error, Handler, Server};
+use chitchat_net::{Addr, BoxError, Client, CloseReason, Context, Error, Handler, Server};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -315,11 +315,17 @@ async fn shutdown_proofs_with_many_clients() {
         for m in 0..MESSAGES {
             assert_eq!(recv(rx).await, format!("c{c} m{m}"));
         }
-        wait_until("the client sees the end", || client.is_closed()).await;
+        // The server closed first: the client says so, with one event.
+        assert_eq!(
+            within("the client sees the end", client.closed()).await,
+            CloseReason::ByPeer
+        );
         assert!(matches!(
             client.send(&"late".to_string()).await,
             Err(Error::Closed)
         ));
+        let event = client.errors().try_recv().expect("a closed-by-peer event");
+        assert!(matches!(event.error, Error::ClosedByPeer), "{event}");
         assert!(client.errors().try_recv().is_none());
     }
     if let Some(newcomer) = newcomer {
