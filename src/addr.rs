@@ -245,7 +245,7 @@ pub(crate) mod sealed {
     use super::Addr;
 
     /// Where to connect, resolved from a [`ConnectAddr`](super::ConnectAddr).
-    #[derive(Debug)]
+    #[derive(Debug, Clone)]
     pub enum Target {
         /// A name to resolve: `"host:port"`.
         Name(String),

@@ -1,36 +1,60 @@
-//! The client: one connection to a server, sending messages of type `M`.
+//! The client: one connection to a server, sending messages of type `M`
+//! (and, with [`ClientBuilder::receive`], receiving messages of type `R`),
+//! optionally reconnecting when the connection drops.
 
+use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-#[cfg(unix)]
-use crate::addr::sealed::Target;
+use crate::addr::sealed::Target as DialTarget;
 use crate::config::ConnectionConfig;
 use crate::connection::{self, OnEnd};
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
+use crate::link::{Current, Link, Target};
+use crate::receive::Inbox;
+use crate::reconnect::{jitter, Reconnect};
 use crate::stats::{Counters, Stats};
-use crate::transport::{self, ClientTls, Stream};
+use crate::transport::{self, ClientTls};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
-use crate::{Addr, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{
+    Addr, BoxError, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message,
+};
 
 /// Default connect timeout: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What runs after every connect: see [`ClientBuilder::on_connect`].
+type OnConnect = Arc<dyn Fn(ConnectionHandle) -> Hello + Send + Sync + 'static>;
+
+/// What `on_connect` returns, boxed.
+type Hello = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
 /// A connection to a server that sends messages of type `M` (the Go
-/// original's `Client`).
+/// original's `Client`), and receives messages of type `R` if it was built
+/// with [`ClientBuilder::receive`].
 ///
-/// Replies go to the client's handler, if it has one; without one the client
-/// is write-only (the Go original's nil `readfunc`). Framing must match the
-/// server's: with an [`Escaping::Auto`](crate::Escaping::Auto) delimited
-/// framing, both ends choose raw or escaped by the codec of `M`.
+/// What the server sends goes to the client's handler, if it has one
+/// ([`ClientBuilder::handler`]), or to its receive buffer, read with
+/// [`recv`](Client::recv) or as a [`Stream`](futures_util::Stream)
+/// ([`ClientBuilder::receive`]); without either the client is write-only
+/// (the Go original's nil `readfunc`). [`request`](Client::request) sends
+/// a message and waits for its reply. Framing must match the server's:
+/// with an [`Escaping::Auto`](crate::Escaping::Auto) delimited framing,
+/// both ends choose raw or escaped by the codec of `M`.
 ///
 /// Dropping a client ends its connection at once; [`close`](Client::close)
-/// ends it after delivering what was sent.
+/// ends it after delivering what was sent. With a [`Reconnect`] policy the
+/// client connects again whenever its connection drops.
 ///
 /// # Examples
 ///
@@ -44,39 +68,65 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Client<M> {
-    /// Sends, close and abort signals, and addresses.
-    handle: ConnectionHandle,
-    /// Fired once the connection task has ended (awaited by `close`);
+pub struct Client<M, R = ()> {
+    /// The connection it sends on now.
+    link: Arc<Link>,
+    /// Fired once the client has ended (its last connection task is over);
     /// closes the event stream.
     ended: CancellationToken,
+    /// How the client ended, once it has.
+    outcome: Arc<OnceLock<CloseReason>>,
     events: EventSink,
     errors: ErrorEvents,
+    /// What the server sent, for `recv` (a receiving client only).
+    inbox: Option<tokio::sync::Mutex<mpsc::Receiver<R>>>,
+    request_timeout: Duration,
     _message: PhantomData<fn(M)>,
 }
 
 /// Configures and connects a [`Client`]. Made by [`Client::builder`].
-#[derive(Debug)]
 #[must_use = "a client builder does nothing until `connect` is awaited"]
-pub struct ClientBuilder<M, H = ()> {
+pub struct ClientBuilder<M, H = (), R = ()> {
     handler: H,
+    /// The receive buffer's reading end (with [`ClientBuilder::receive`]).
+    inbox: Option<mpsc::Receiver<R>>,
     config: ConnectionConfig,
     connect_timeout: Duration,
     codec: Option<(bool, Override)>,
     tls: Option<ClientTls>,
+    reconnect: Option<Reconnect>,
+    on_connect: Option<OnConnect>,
     _message: PhantomData<fn(M)>,
+}
+
+impl<M, H: std::fmt::Debug, R> std::fmt::Debug for ClientBuilder<M, H, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("handler", &self.handler)
+            .field("receive", &self.inbox.is_some())
+            .field("config", &self.config)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("reconnect", &self.reconnect)
+            .field("on_connect", &self.on_connect.is_some())
+            .finish()
+    }
 }
 
 impl<M: Message> Client<M> {
     /// Starts configuring a write-only client; add a handler with
-    /// [`ClientBuilder::handler`].
+    /// [`ClientBuilder::handler`] or a receive buffer with
+    /// [`ClientBuilder::receive`].
     pub fn builder() -> ClientBuilder<M, ()> {
         ClientBuilder {
             handler: (),
+            inbox: None,
             config: ConnectionConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             codec: None,
             tls: None,
+            reconnect: None,
+            on_connect: None,
             _message: PhantomData,
         }
     }
@@ -102,17 +152,146 @@ impl<M: Message> Client<M> {
     }
 }
 
-impl<M: Message, H: Handler> ClientBuilder<M, H> {
+impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// Handles what the server sends with `handler`.
     pub fn handler<H2: Handler>(self, handler: H2) -> ClientBuilder<M, H2> {
+        self.receiving(handler, None)
+    }
+
+    /// Buffers what the server sends, decoded as `R`, for
+    /// [`Client::recv`] (or the client as a `Stream`), up to `capacity`
+    /// messages. When the buffer is full the client stops reading the
+    /// socket until it is read: the server's sends then wait
+    /// (backpressure); nothing is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.send(&line)?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::listen("127.0.0.1:0", echo).await?;
+    /// let client = Client::<String>::builder()
+    ///     .receive::<String>(64)
+    ///     .connect(server.local_addr())
+    ///     .await?;
+    /// client.send(&"hello".to_string()).await?;
+    /// assert_eq!(client.recv().await.as_deref(), Some("hello"));
+    /// # client.close().await;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn receive<R2: Message>(self, capacity: usize) -> ClientBuilder<M, Inbox<R2>, R2> {
+        let (inbox, rx) = Inbox::new(capacity);
+        self.receiving(inbox, Some(rx))
+    }
+
+    fn receiving<H2, R2>(
+        self,
+        handler: H2,
+        inbox: Option<mpsc::Receiver<R2>>,
+    ) -> ClientBuilder<M, H2, R2> {
         ClientBuilder {
             handler,
+            inbox,
             config: self.config,
             connect_timeout: self.connect_timeout,
             codec: self.codec,
             tls: self.tls,
+            reconnect: self.reconnect,
+            on_connect: self.on_connect,
             _message: PhantomData,
         }
+    }
+
+    /// Puts the request envelope on every frame, so that replies are
+    /// matched to [`request`](Client::request)s by id, whatever their order
+    /// (the server answers with [`Context::reply`](crate::Context::reply)).
+    /// The server must switch it on too ([`ServerBuilder::request_ids`](crate::ServerBuilder::request_ids)):
+    /// see [`envelope`](crate::envelope) for the wire format. Delimited
+    /// framing is escaped then, whatever the codec; an explicitly raw
+    /// framing is refused by `connect`.
+    pub fn request_ids(mut self) -> Self {
+        self.config.request_ids = true;
+        self
+    }
+
+    /// Matches replies to requests in order, for servers that cannot carry
+    /// request ids (such as the Go original: `heartbeat ping` is answered
+    /// by `heartbeat pong`): the next frame received answers the oldest
+    /// request in flight; frames that arrive while no request waits go to
+    /// the handler (or the receive buffer).
+    ///
+    /// Its limits: the server must answer every request, once, in order,
+    /// and send nothing else while a request waits (a frame it sends on
+    /// its own would be taken as a reply). A request that times out keeps
+    /// its place in line, so that a late answer is taken (and reported as
+    /// an [`Error::LateReply`] event) instead of answering the next one;
+    /// if the server never answers it, every later reply is off by one.
+    /// Use [`request_ids`](Self::request_ids) when both ends are
+    /// chitchat-net. Ignored with `request_ids`.
+    pub fn ordered_replies(mut self) -> Self {
+        self.config.ordered_replies = true;
+        self
+    }
+
+    /// How long [`Client::request`] waits for a reply (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// Requests in flight at most (default 4096): a request waits for one
+    /// to end beyond that (within its timeout).
+    pub fn max_requests_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
+        self
+    }
+
+    /// Connects again when the connection drops (but not after
+    /// [`Client::close`] or a drop), following `policy`: see
+    /// [`Reconnect`]. There are [`Error::Disconnected`] and
+    /// [`Error::Reconnected`] events each time.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Runs `hook` with a handle on the new connection after every connect
+    /// and reconnect, before the client is handed out (or, after a
+    /// reconnect, before what was kept while down is sent): to say hello or
+    /// register again. Its sends go out first. If it fails, `connect`
+    /// returns [`Error::Handler`]; after a reconnect the failure is an
+    /// event and counts as a failed try.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use chitchat_net::{Client, ConnectionHandle, Reconnect};
+    ///
+    /// # async fn run() -> Result<(), chitchat_net::Error> {
+    /// let client = Client::<String>::builder()
+    ///     .reconnect(Reconnect::new())
+    ///     .on_connect(|conn: ConnectionHandle| async move {
+    ///         conn.send(&"hello node-7".to_string()).await?;
+    ///         Ok(())
+    ///     })
+    ///     .connect("127.0.0.1:7000")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
     }
 
     /// How the byte stream is cut into frames (default: [`Framing::lines`],
@@ -211,13 +390,10 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// [`Error::Io`] if the connection is refused or fails,
     /// [`Error::ConnectTimeout`] if connecting (and the TLS handshake, if
     /// any) takes longer than the connect timeout; `InvalidInput` for TLS
-    /// on a Unix-domain socket.
-    pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M>, Error> {
-        let connecting = transport::dial(addr.target(), self.tls.as_ref());
-        let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        Ok(self.start(stream, peer, local))
+    /// on a Unix-domain socket; [`Error::Config`] for request ids over a
+    /// raw framing; [`Error::Handler`] if the `on_connect` hook fails.
+    pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M, R>, Error> {
+        self.dial_and_start(addr.target()).await
     }
 
     /// Connects to the Unix-domain socket at `path` (a server started with
@@ -230,79 +406,335 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
     /// [`Error::Io`] if nothing listens at `path` or the connection fails,
     /// [`Error::ConnectTimeout`] if it takes longer than the connect
     /// timeout; `InvalidInput` if TLS is configured (not supported on Unix
-    /// sockets).
+    /// sockets); otherwise as [`connect`](Self::connect).
     #[cfg(unix)]
-    pub async fn connect_unix(self, path: impl AsRef<std::path::Path>) -> Result<Client<M>, Error> {
-        let target = Target::Unix(path.as_ref().to_path_buf());
-        let connecting = transport::dial(target, self.tls.as_ref());
-        let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
+    pub async fn connect_unix(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Client<M, R>, Error> {
+        self.dial_and_start(DialTarget::Unix(path.as_ref().to_path_buf()))
             .await
-            .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        Ok(self.start(stream, peer, local))
     }
 
-    /// Starts the connection task on a connected stream.
-    fn start(self, stream: Stream, peer: Addr, local: Addr) -> Client<M> {
+    async fn dial_and_start(self, target: DialTarget) -> Result<Client<M, R>, Error> {
+        let (stream, peer, local) =
+            dial_within(self.connect_timeout, target.clone(), self.tls.as_ref()).await?;
+        let redial = Redial {
+            target,
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+        };
+        let on_connect = self.on_connect.clone();
+        let (client, conn) = self.start(stream.split(), peer, local, Some(redial))?;
+        if let Some(hook) = on_connect {
+            // On failure the client is dropped: its connection ends.
+            say_hello(&hook, conn).await?;
+        }
+        Ok(client)
+    }
+
+    /// Starts the connection on the two halves of a connected stream; the
+    /// client and a handle for `on_connect`. `redial` says how to connect
+    /// again (a reconnecting client needs it).
+    #[allow(clippy::type_complexity)]
+    fn start<Rd, Wr>(
+        self,
+        halves: (Rd, Wr),
+        peer: Addr,
+        local: Addr,
+        redial: Option<Redial>,
+    ) -> Result<(Client<M, R>, ConnectionHandle), Error>
+    where
+        Rd: AsyncRead + Send + Unpin + 'static,
+        Wr: AsyncWrite + Send + Unpin + 'static,
+    {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
         };
+        let wire = Wire::build(&self.config, binary, overrides)?;
         let counters = Arc::new(Counters::default());
-        let wire = Wire::new(self.config.framing, binary, overrides);
-        let handle = ConnectionHandle::new(peer, local, wire, self.config.queue_bytes, counters);
-        let counters = handle.inner.counters.clone();
-        counters.opened();
         let ended = CancellationToken::new();
         let (events, errors) =
             event_channel(self.config.event_capacity, ended.clone(), counters.clone());
-        let span =
-            tracing::info_span!("chitchat_client", peer = %handle.inner.peer, id = %handle.id());
-        let done = ended.clone();
-        let on_end = OnEnd::new(move || counters.closed());
-        let task = connection::run(
-            stream.split(),
-            handle.clone(),
-            Arc::new(self.handler),
-            Arc::new(self.config),
-            events.clone(),
-            on_end,
-        );
-        let conn = handle.inner.clone();
-        let sink = events.clone();
-        tokio::spawn(
-            async move {
-                task.await;
-                if conn.end.get() == Some(CloseReason::ByPeer) {
-                    sink.report(Some(conn.peer.clone()), Error::ClosedByPeer);
-                }
-                done.cancel();
-            }
-            .instrument(span),
-        );
-        Client {
-            handle,
+        let (handler, inbox) = (self.handler, self.inbox);
+        let request_timeout = self.config.request_timeout;
+        let starter = Starter {
+            handler: Arc::new(handler),
+            config: Arc::new(self.config),
+            wire,
+            counters: counters.clone(),
+            events: events.clone(),
+        };
+        let (conn, task) = starter.launch(halves, peer, local);
+        let reconnect = self.reconnect.filter(|_| redial.is_some());
+        let link = Arc::new(Link::new(
+            conn.clone(),
+            reconnect.map(|policy| policy.while_down),
+            counters,
+        ));
+        let outcome = Arc::new(OnceLock::new());
+        let supervisor = Supervisor {
+            starter,
+            link: link.clone(),
+            policy: reconnect.zip(redial),
+            on_connect: self.on_connect.clone(),
+            ended: ended.clone(),
+            outcome: outcome.clone(),
+        };
+        tokio::spawn(supervisor.run(task));
+        let client = Client {
+            link,
             ended,
+            outcome,
             events,
             errors,
+            inbox: inbox.map(tokio::sync::Mutex::new),
+            request_timeout,
             _message: PhantomData,
-        }
+        };
+        Ok((client, conn))
     }
 }
 
-impl<M: Message> Client<M> {
+/// Runs the `on_connect` hook on `conn`.
+fn say_hello(
+    hook: &OnConnect,
+    conn: ConnectionHandle,
+) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    let hello = hook(conn);
+    async move { hello.await.map_err(Error::Handler) }
+}
+
+/// Connects to `target` within `timeout`.
+async fn dial_within(
+    timeout: Duration,
+    target: DialTarget,
+    tls: Option<&ClientTls>,
+) -> Result<(transport::Stream, Addr, Addr), Error> {
+    tokio::time::timeout(timeout, transport::dial(target, tls))
+        .await
+        .map_err(|_| Error::ConnectTimeout(timeout))?
+}
+
+/// How to connect again.
+#[derive(Debug)]
+struct Redial {
+    target: DialTarget,
+    tls: Option<ClientTls>,
+    connect_timeout: Duration,
+}
+
+/// A connection task, boxed: a reconnecting client runs one after another.
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What every connection of one client is started with.
+struct Starter<H> {
+    handler: Arc<H>,
+    config: Arc<ConnectionConfig>,
+    wire: Wire,
+    counters: Arc<Counters>,
+    events: EventSink,
+}
+
+impl<H: Handler> Starter<H> {
+    /// A handle on a new connection on `halves`, and its task.
+    fn launch<Rd, Wr>(&self, halves: (Rd, Wr), peer: Addr, local: Addr) -> (ConnectionHandle, Task)
+    where
+        Rd: AsyncRead + Send + Unpin + 'static,
+        Wr: AsyncWrite + Send + Unpin + 'static,
+    {
+        let conn = self.handle(peer, local);
+        self.counters.opened();
+        let counters = self.counters.clone();
+        let on_end = OnEnd::new(move || counters.closed());
+        let span = tracing::info_span!("chitchat_client", peer = %conn.inner.peer, id = %conn.id());
+        let task = connection::run(
+            halves,
+            conn.clone(),
+            self.handler.clone(),
+            self.config.clone(),
+            self.events.clone(),
+            on_end,
+        );
+        (conn, Box::pin(task.instrument(span)))
+    }
+
+    /// A handle with a queue and no socket (yet).
+    fn handle(&self, peer: Addr, local: Addr) -> ConnectionHandle {
+        ConnectionHandle::new(
+            peer,
+            local,
+            self.wire.clone(),
+            self.config.queue_bytes,
+            self.counters.clone(),
+        )
+    }
+}
+
+/// The task behind a client: awaits its connection, and for a
+/// reconnecting client connects again when it drops.
+struct Supervisor<H> {
+    starter: Starter<H>,
+    link: Arc<Link>,
+    policy: Option<(Reconnect, Redial)>,
+    on_connect: Option<OnConnect>,
+    ended: CancellationToken,
+    outcome: Arc<OnceLock<CloseReason>>,
+}
+
+impl<H: Handler> Supervisor<H> {
+    async fn run(self, first: Task) {
+        let mut task = first;
+        let reason = loop {
+            task.await;
+            let last = self.link.current().handle().clone();
+            let reason = last.inner.end.get().unwrap_or(CloseReason::Aborted);
+            let peer = Some(last.peer_addr());
+            let Some((policy, redial)) = &self.policy else {
+                if reason == CloseReason::ByPeer {
+                    self.starter.events.report(peer, Error::ClosedByPeer);
+                }
+                break reason;
+            };
+            if self.link.stop.is_cancelled() {
+                break reason;
+            }
+            self.starter
+                .events
+                .report(peer, Error::Disconnected { reason });
+            self.link.set(match policy.while_down {
+                crate::WhileDown::Keep => {
+                    Current::Holding(self.starter.handle(last.peer_addr(), last.local_addr()))
+                }
+                _ => Current::Down(last.clone()),
+            });
+            match self.reconnect(policy, redial).await {
+                Ok(next) => task = next,
+                Err(attempts) => {
+                    let gave_up = attempts.is_some();
+                    if let Some(attempts) = attempts {
+                        self.starter
+                            .events
+                            .report(Some(last.peer_addr()), Error::ReconnectGaveUp { attempts });
+                    }
+                    self.link.update(|current| {
+                        if let Current::Holding(held) = current {
+                            held.inner.outbox.abandon();
+                        }
+                        Current::Ended(last.clone())
+                    });
+                    break if gave_up {
+                        CloseReason::Failed
+                    } else {
+                        CloseReason::ByUs
+                    };
+                }
+            }
+        };
+        let _ = self.outcome.set(reason);
+        self.ended.cancel();
+    }
+
+    /// Connects again until it succeeds (the new connection's task), the
+    /// client is stopped (`Err(None)`) or the tries run out
+    /// (`Err(Some(tries))`).
+    async fn reconnect(&self, policy: &Reconnect, redial: &Redial) -> Result<Task, Option<u32>> {
+        let mut failed = 0;
+        loop {
+            if policy.exhausted(failed) {
+                return Err(Some(failed));
+            }
+            let delay = policy.delay(failed, jitter());
+            let attempt = async {
+                tokio::time::sleep(delay).await;
+                self.try_connect(redial).await
+            };
+            let result = tokio::select! {
+                result = attempt => result,
+                () = self.link.stop.cancelled() => return Err(None),
+            };
+            failed += 1;
+            match result {
+                Ok(task) => {
+                    self.starter.events.report(
+                        Some(self.link.current().handle().peer_addr()),
+                        Error::Reconnected { attempts: failed },
+                    );
+                    return Ok(task);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, tries = failed, "reconnect failed");
+                    self.starter.events.report(None, error);
+                }
+            }
+        }
+    }
+
+    /// One try: connects, runs `on_connect` (while the connection runs),
+    /// moves what was kept while down behind what it sent, and makes the
+    /// new connection the client's.
+    async fn try_connect(&self, redial: &Redial) -> Result<Task, Error> {
+        let (stream, peer, local) = dial_within(
+            redial.connect_timeout,
+            redial.target.clone(),
+            redial.tls.as_ref(),
+        )
+        .await?;
+        let (conn, mut task) = self.starter.launch(stream.split(), peer, local);
+        if let Some(hook) = &self.on_connect {
+            let hello = say_hello(hook, conn.clone());
+            tokio::select! {
+                hello = hello => hello?,
+                () = &mut task => return Err(Error::Closed),
+            }
+        }
+        self.link.update(|current| {
+            if let Current::Holding(held) = current {
+                let kept = held.inner.outbox.drain();
+                if let Some(requests) = &held.inner.requests {
+                    requests.end(&held.inner.wire);
+                }
+                if !kept.is_empty() {
+                    conn.inner.outbox.push_bytes(&kept);
+                }
+            }
+            Current::Up(conn.clone())
+        });
+        if self.link.stop.is_cancelled() {
+            // Closed meanwhile: this connection closes too.
+            conn.close();
+        }
+        Ok(task)
+    }
+}
+
+impl<M: Message, R> Client<M, R> {
     /// Sends `msg`, waiting while the outgoing queue is full. Messages sent
     /// in a row are written together; a lone one is written at once.
     ///
+    /// A reconnecting client that is down keeps or drops `msg` as its
+    /// [`WhileDown`](crate::WhileDown) policy says.
+    ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the connection has ended; encode and framing
+    /// [`Error::Closed`] once the connection has ended (a reconnecting
+    /// client: once it is closed or has given up); encode and framing
     /// errors (nothing is sent then).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send(&self, msg: &M) -> Result<(), Error> {
-        self.handle.send(msg).await
+        loop {
+            let Target::Queue(conn, seen) = self.link.target() else {
+                return Ok(());
+            };
+            match conn.send(msg).await {
+                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                other => return other,
+            }
+        }
     }
 
     /// Sends every message of `msgs`, in order, waiting while the outgoing
@@ -351,7 +783,25 @@ impl<M: Message> Client<M> {
         M: 'a,
         I: IntoIterator<Item = &'a M>,
     {
-        self.handle.send_all(msgs).await
+        if self.link.reconnect.is_none() {
+            return self.link.current().handle().send_all(msgs).await;
+        }
+        // Reconnecting: a batch cut short by a dropped connection goes on
+        // after what was queued.
+        let msgs: Vec<&M> = msgs.into_iter().collect();
+        let mut from = 0;
+        while from < msgs.len() {
+            let Target::Queue(conn, seen) = self.link.target() else {
+                return Ok(());
+            };
+            let (queued, result) = conn.send_all_counted(msgs[from..].iter().copied()).await;
+            from += usize::try_from(queued).unwrap_or(usize::MAX);
+            match result {
+                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                other => return other,
+            }
+        }
+        Ok(())
     }
 
     /// Sends `msg` if the outgoing queue has room now.
@@ -360,7 +810,10 @@ impl<M: Message> Client<M> {
     ///
     /// [`Error::QueueFull`], or as [`send`](Self::send).
     pub fn try_send(&self, msg: &M) -> Result<(), Error> {
-        self.handle.try_send(msg)
+        match self.link.target() {
+            Target::Queue(conn, _) => conn.try_send(msg),
+            Target::Drop => Ok(()),
+        }
     }
 
     /// Sends one frame of raw bytes.
@@ -369,34 +822,116 @@ impl<M: Message> Client<M> {
     ///
     /// As [`send`](Self::send).
     pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
-        self.handle.send_bytes(payload).await
+        loop {
+            let Target::Queue(conn, seen) = self.link.target() else {
+                return Ok(());
+            };
+            match conn.send_bytes(payload).await {
+                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                other => return other,
+            }
+        }
     }
 
-    /// A handle to send on this connection from other tasks.
+    /// Sends `msg` as a request and waits for its reply, decoded as `T`,
+    /// for at most the request timeout (default 30 s;
+    /// [`ClientBuilder::request_timeout`]). Needs
+    /// [`request_ids`](ClientBuilder::request_ids) (on both ends) or
+    /// [`ordered_replies`](ClientBuilder::ordered_replies): see
+    /// [`ConnectionHandle::request`]. A reconnecting client that is down
+    /// waits to be connected again, within the timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RequestTimeout`], [`Error::ConnectionLost`] (never
+    /// retried), and as [`ConnectionHandle::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a reply that comes after the future is dropped is an
+    /// [`Error::LateReply`] event, never the answer to another request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shout = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.reply(&line.to_uppercase())?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::builder(shout).request_ids().listen("127.0.0.1:0").await?;
+    /// let client = Client::<String>::builder().request_ids().connect(server.local_addr()).await?;
+    /// let (a, b) = (String::from("ping"), String::from("hello"));
+    /// let (a, b) = tokio::join!(client.request::<String>(&a), client.request::<String>(&b));
+    /// assert_eq!((a?.as_str(), b?.as_str()), ("PING", "HELLO"));
+    /// # client.close().await;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn request<T: Message>(&self, msg: &M) -> Result<T, Error> {
+        self.request_within(msg, self.request_timeout).await
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_within<T: Message>(&self, msg: &M, timeout: Duration) -> Result<T, Error> {
+        let deadline = Instant::now() + timeout;
+        let conn = match self.link.current() {
+            Current::Up(conn) => conn,
+            Current::Ended(_) => return Err(Error::Closed),
+            Current::Holding(_) | Current::Down(_) => {
+                tokio::time::timeout_at(deadline, self.link.up())
+                    .await
+                    .map_err(|_| Error::RequestTimeout(timeout))?
+                    .ok_or(Error::Closed)?
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.request(msg, left).await.map_err(|error| match error {
+            Error::RequestTimeout(_) => Error::RequestTimeout(timeout),
+            other => other,
+        })
+    }
+
+    /// A handle to send on this client's connection from other tasks (of a
+    /// reconnecting client: on the connection now; it does not follow
+    /// reconnects).
     pub fn handle(&self) -> ConnectionHandle {
-        self.handle.clone()
+        self.link.current().handle().clone()
     }
 
-    /// This end's address.
+    /// This end's address (of the connection now).
     pub fn local_addr(&self) -> Addr {
-        self.handle.local_addr()
+        self.link.current().handle().local_addr()
     }
 
     /// The server's address.
     pub fn peer_addr(&self) -> Addr {
-        self.handle.peer_addr()
+        self.link.current().handle().peer_addr()
     }
 
-    /// Whether the connection is closing or closed: sends fail from then on.
+    /// Whether the client is closing or closed: sends fail from then on. A
+    /// reconnecting client is closed only once closed or given up.
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        match self.link.current() {
+            Current::Ended(_) => true,
+            current if self.link.reconnect.is_none() => current.handle().is_closed(),
+            _ => self.link.stop.is_cancelled(),
+        }
     }
 
     /// Delivers everything sent so far, then ends the connection: flushes,
     /// closes the write side (in EOF framing, this is what delivers the
     /// message), and waits until the server has closed its side too (or the
     /// close timeout passes). Replies that arrive meanwhile still reach the
-    /// handler.
+    /// handler. A reconnecting client stops reconnecting; what it kept
+    /// while down is dropped.
     ///
     /// # Cancel safety
     ///
@@ -404,23 +939,30 @@ impl<M: Message> Client<M> {
     /// closing, and a later `close().await` waits for the same end (calling
     /// it after the end returns at once).
     pub async fn close(&self) {
-        self.handle.close();
+        self.link.stop.cancel();
+        match self.link.current() {
+            Current::Up(conn) => conn.close(),
+            Current::Holding(held) => held.inner.outbox.abandon(),
+            Current::Down(_) | Current::Ended(_) => {}
+        }
         self.ended.cancelled().await;
     }
 
-    /// Waits until the connection has ended, whoever ended it, and says
-    /// how: [`CloseReason::ByPeer`] when the server closed it first (an
+    /// Waits until the client has ended, whoever ended it, and says how:
+    /// [`CloseReason::ByPeer`] when the server closed it first (an
     /// [`Error::ClosedByPeer`] event is reported then too, where the Go
     /// original put `EOF` on its error channel), [`CloseReason::ByUs`]
-    /// after [`close`](Self::close). Returns at once if it already has
-    /// ended; the handler's `on_close` has run by then.
+    /// after [`close`](Self::close). A reconnecting client ends only when
+    /// closed, dropped, or out of tries ([`CloseReason::Failed`]). Returns
+    /// at once if it already has ended; the handler's `on_close` has run by
+    /// then.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only waits.
     pub async fn closed(&self) -> CloseReason {
         self.ended.cancelled().await;
-        self.handle.inner.end.get().unwrap_or(CloseReason::Aborted)
+        self.outcome.get().copied().unwrap_or(CloseReason::Aborted)
     }
 
     /// The stream of error events.
@@ -428,9 +970,10 @@ impl<M: Message> Client<M> {
         self.errors.clone()
     }
 
-    /// A snapshot of the client's counters.
+    /// A snapshot of the client's counters (over every connection of a
+    /// reconnecting client).
     pub fn stats(&self) -> Stats {
-        self.handle.inner.counters.snapshot()
+        self.link.counters().snapshot()
     }
 
     /// How many error events were dropped because nobody read them.
@@ -439,10 +982,52 @@ impl<M: Message> Client<M> {
     }
 }
 
-impl<M> Drop for Client<M> {
+impl<M: Message, R: Message> Client<M, R> {
+    /// The next message the server sent, in order; `None` once the client
+    /// has ended and everything it received has been taken
+    /// ([`closed`](Self::closed) then says why, at once). While nobody
+    /// calls it, the buffer fills and the client stops reading (see
+    /// [`ClientBuilder::receive`]).
+    ///
+    /// It takes `&self`, so that one task can receive while others send
+    /// and make requests; concurrent `recv` calls take turns.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no message is lost if the future is dropped.
+    pub async fn recv(&self) -> Option<R> {
+        self.inbox.as_ref()?.lock().await.recv().await
+    }
+
+    /// The next message if one is buffered now (`None` also while another
+    /// task is in [`recv`](Self::recv)).
+    pub fn try_recv(&self) -> Option<R> {
+        self.inbox.as_ref()?.try_lock().ok()?.try_recv().ok()
+    }
+}
+
+/// A receiving client is a stream of what the server sends: it ends when
+/// the client has ended and everything received has been taken (see
+/// [`Client::recv`]).
+impl<M: Message, R: Message> futures_util::Stream for Client<M, R> {
+    type Item = R;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<R>> {
+        match self.get_mut().inbox.as_mut() {
+            Some(inbox) => inbox.get_mut().poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl<M, R> Drop for Client<M, R> {
     /// Ends the connection at once.
     fn drop(&mut self) {
-        self.handle.inner.signal.abort();
+        self.link.stop.cancel();
+        match self.link.current() {
+            Current::Holding(held) => held.inner.outbox.abandon(),
+            current => current.handle().inner.signal.abort(),
+        }
         self.ended.cancel();
     }
 }

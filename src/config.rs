@@ -13,6 +13,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a closing connection waits for the peer to finish: 5 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default time a request waits for its reply: 30 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What each connection of a server or client is configured with.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionConfig {
@@ -31,6 +34,14 @@ pub(crate) struct ConnectionConfig {
     pub(crate) event_capacity: usize,
     /// A TLS handshake must finish within this.
     pub(crate) handshake_timeout: Duration,
+    /// Every frame carries the request envelope (replies matched by id).
+    pub(crate) request_ids: bool,
+    /// Without ids: the next frame answers the oldest request.
+    pub(crate) ordered_replies: bool,
+    /// Requests in flight at most per connection.
+    pub(crate) max_in_flight: usize,
+    /// How long a request waits for its reply by default.
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -43,6 +54,10 @@ impl Default for ConnectionConfig {
             queue_bytes: DEFAULT_QUEUE_BYTES,
             event_capacity: crate::DEFAULT_EVENT_CAPACITY,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            request_ids: false,
+            ordered_replies: false,
+            max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

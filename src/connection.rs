@@ -90,6 +90,9 @@ pub(crate) async fn run<R, W, H>(
     let writer = pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
     let ended = drive(reader, writer, &conn, config.close_timeout).await;
     conn.outbox.abandon();
+    if let Some(requests) = &conn.requests {
+        requests.end(&conn.wire);
+    }
     let reason = match &ended {
         Ok(reason) => *reason,
         Err(Error::Closed) => CloseReason::Aborted,

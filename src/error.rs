@@ -134,6 +134,58 @@ pub enum Error {
     /// A handler panicked while handling a frame.
     #[error("handler panicked: {0}")]
     HandlerPanic(String),
+
+    /// A frame's request envelope is malformed (see [`crate::envelope`]):
+    /// the frame is dropped, the connection stays open.
+    #[error("malformed request envelope")]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+
+    /// A setting that cannot work, refused when the client or server is
+    /// built or used.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+
+    /// No reply arrived within the request's timeout. The request is
+    /// forgotten; a reply that arrives later becomes an
+    /// [`Error::LateReply`] event.
+    #[error("no reply within {0:?}")]
+    RequestTimeout(Duration),
+
+    /// The connection ended (or was lost) before the reply arrived. The
+    /// request is not retried: the peer may or may not have handled it.
+    #[error("the connection ended before the reply arrived")]
+    ConnectionLost,
+
+    /// An event: a reply arrived that no request waits for (it timed out,
+    /// was cancelled, or was never sent). `id` is the reply's request id
+    /// (in ordered mode, the local number of the request it answered).
+    #[error("reply to request {id} arrived after its request was given up")]
+    LateReply {
+        /// The request id the reply carries.
+        id: u64,
+    },
+
+    /// An event of a reconnecting client: its connection ended and it
+    /// reconnects.
+    #[error("disconnected ({reason:?}); reconnecting")]
+    Disconnected {
+        /// How the connection ended.
+        reason: crate::CloseReason,
+    },
+
+    /// An event of a reconnecting client: it is connected again.
+    #[error("reconnected after {attempts} attempt(s)")]
+    Reconnected {
+        /// Connection attempts it took.
+        attempts: u32,
+    },
+
+    /// A reconnecting client used up its tries: it has ended.
+    #[error("gave up reconnecting after {attempts} attempt(s)")]
+    ReconnectGaveUp {
+        /// Connection attempts made.
+        attempts: u32,
+    },
 }
 
 impl Error {
@@ -168,7 +220,14 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            Error::Decode { .. } | Error::Handler(_) | Error::QueueFull { .. }
+            Error::Decode { .. }
+                | Error::Handler(_)
+                | Error::QueueFull { .. }
+                | Error::Envelope(_)
+                | Error::LateReply { .. }
+                | Error::RequestTimeout(_)
+                | Error::Reconnected { .. }
+                | Error::Disconnected { .. }
         )
     }
 }

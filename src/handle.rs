@@ -2,8 +2,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::{timeout_at, Instant};
+
+use crate::envelope::Envelope;
 use crate::outbox::{Outbox, PushError};
+use crate::requests::{Matching, Requests, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
 use crate::wire::Wire;
@@ -100,6 +105,18 @@ impl End {
     }
 }
 
+/// Forgets a request by id when its caller stops waiting.
+struct Forget<'a> {
+    requests: &'a Requests,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.requests.forget(self.id);
+    }
+}
+
 /// A handle on one live connection: send to it from any task, or close it.
 ///
 /// Sends go through the connection's bounded outgoing queue: [`send`] waits
@@ -133,6 +150,8 @@ pub(crate) struct Shared {
     pub(crate) end: End,
     /// The server's or client's counters.
     pub(crate) counters: Arc<Counters>,
+    /// Requests waiting for replies (only if requests are on).
+    pub(crate) requests: Option<Box<Requests>>,
 }
 
 impl ConnectionHandle {
@@ -148,10 +167,11 @@ impl ConnectionHandle {
                 id: ConnectionId::next(),
                 peer,
                 local,
-                wire,
                 outbox: Outbox::new(queue_bytes),
                 signal: Signal::default(),
                 end: End::default(),
+                requests: wire.requests(),
+                wire,
                 counters,
             }),
         }
@@ -243,6 +263,21 @@ impl ConnectionHandle {
         self.sent(result, queued)
     }
 
+    /// [`send_all`](Self::send_all) that also says how many messages were
+    /// queued (when it fails part way).
+    pub(crate) async fn send_all_counted<'a, M, I>(&self, msgs: I) -> (u64, Result<(), Error>)
+    where
+        M: Message + 'a,
+        I: IntoIterator<Item = &'a M>,
+    {
+        let inner = &*self.inner;
+        let (queued, result) = inner
+            .outbox
+            .push_all(msgs, |msg, buf| inner.wire.encode(msg, buf))
+            .await;
+        (queued, self.sent(result, queued))
+    }
+
     /// Queues `msg` if there is room now.
     ///
     /// # Errors
@@ -312,8 +347,113 @@ impl ConnectionHandle {
         self.inner.end.wait().await
     }
 
+    /// Sends `msg` as a request and waits for its reply, decoded as `R`,
+    /// for at most `timeout` (counted from the call: waiting for a slot,
+    /// for room in the queue and for the reply).
+    ///
+    /// Requests need [`request_ids`](crate::ClientBuilder::request_ids) on
+    /// both ends (replies matched by id, in any order) or, toward peers
+    /// without ids, [`ordered_replies`](crate::ClientBuilder::ordered_replies)
+    /// on this end (the next frame answers the oldest request). Any number
+    /// of requests may be in flight at once, up to the connection's bound;
+    /// sends and requests mix freely.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RequestTimeout`]; [`Error::ConnectionLost`] if the
+    /// connection ends first (the request is never retried);
+    /// [`Error::Closed`] if it is closing; decode errors of the reply;
+    /// encode errors (nothing is sent then); [`Error::Config`] if requests
+    /// are not on.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future forgets the request. Its reply, if
+    /// it comes, is an [`Error::LateReply`] event, never the answer to
+    /// another request. (In ordered mode a request whose frame was queued
+    /// keeps its place in line until its reply arrives, so that the next
+    /// frame still answers the right request.)
+    pub async fn request<Q: Message, R: Message>(
+        &self,
+        msg: &Q,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        let deadline = Instant::now() + timeout;
+        let inner = &*self.inner;
+        let requests = inner.requests.as_deref().ok_or(Error::Config(
+            "requests need `request_ids()` (or `ordered_replies()`) on the builder",
+        ))?;
+        let slot = timeout_at(deadline, requests.slot())
+            .await
+            .map_err(|_| Error::RequestTimeout(timeout))??;
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
+        let waiting = Waiting::new(
+            Box::new(move |wire, reply| {
+                tx.send(reply.and_then(|frame| wire.decode(frame))).is_ok()
+            }),
+            slot,
+        );
+        // Forgets the request if this future is dropped or fails (with ids;
+        // in ordered mode a queued request keeps its place).
+        let mut forget = None;
+        match inner.wire.matching() {
+            Matching::Ids => {
+                let id = requests.register()?.by_id(waiting);
+                forget = Some(Forget { requests, id });
+                let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
+                let pushed = timeout_at(deadline, inner.outbox.push(queue))
+                    .await
+                    .map_err(|_| Error::RequestTimeout(timeout))?;
+                let frames = u64::from(pushed.is_ok());
+                self.sent(pushed, frames)?;
+            }
+            _ => {
+                let mut waiting = Some(waiting);
+                while !self.queue_in_line(requests, &mut waiting, msg)? {
+                    timeout_at(deadline, inner.outbox.room())
+                        .await
+                        .map_err(|_| Error::RequestTimeout(timeout))?;
+                }
+            }
+        }
+        let reply = timeout_at(deadline, rx).await;
+        drop(forget);
+        match reply {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::ConnectionLost),
+            Err(_) => Err(Error::RequestTimeout(timeout)),
+        }
+    }
+
+    /// In ordered mode: queues `msg` and puts `waiting` in line, under the
+    /// table's lock so that the line's order is the order on the wire.
+    /// Returns `false` (and keeps `waiting`) if the queue is full.
+    fn queue_in_line<Q: Message>(
+        &self,
+        requests: &Requests,
+        waiting: &mut Option<Waiting>,
+        msg: &Q,
+    ) -> Result<bool, Error> {
+        let inner = &*self.inner;
+        let line = requests.register()?;
+        match inner.outbox.try_push(|buf| inner.wire.encode(msg, buf)) {
+            Ok(()) => {
+                if let Some(waiting) = waiting.take() {
+                    line.in_order(waiting);
+                }
+                self.sent(Ok(()), 1).map(|()| true)
+            }
+            Err(PushError::Full) => Ok(false),
+            Err(refused) => self.sent(Err(refused), 0).map(|()| false),
+        }
+    }
+
     /// Counts the `frames` queued and turns a refusal into an [`Error`].
-    fn sent(&self, pushed: Result<(), PushError<Error>>, frames: u64) -> Result<(), Error> {
+    pub(crate) fn sent(
+        &self,
+        pushed: Result<(), PushError<Error>>,
+        frames: u64,
+    ) -> Result<(), Error> {
         Counters::add(&self.inner.counters.frames_out, frames);
         pushed.map_err(|error| match error {
             PushError::Closed => Error::Closed,

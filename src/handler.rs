@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use bytes::Bytes;
 
+use crate::envelope::Envelope;
 use crate::handle::{ConnectionHandle, ConnectionId};
 use crate::stats::Counters;
 use crate::{Addr, BoxError, Error, Message};
@@ -97,6 +98,9 @@ impl Handler for () {
 pub struct Context<'a> {
     pub(crate) handle: &'a ConnectionHandle,
     pub(crate) closing: &'a mut bool,
+    /// The id of the request being handled, if the frame is one (with
+    /// request ids on).
+    pub(crate) request: Option<u64>,
 }
 
 impl Context<'_> {
@@ -129,6 +133,69 @@ impl Context<'_> {
         Ok(())
     }
 
+    /// Answers the request being handled with `reply`, typed with the
+    /// reply's own codec: with request ids on, the reply carries the
+    /// request's id, so the peer's [`request`](crate::Client::request)
+    /// gets it whatever the order of replies; otherwise (a peer in ordered
+    /// mode, or a one-way message) it is sent like [`send`](Self::send).
+    /// To answer later from another task, take a [`Replier`] with
+    /// [`replier`](Self::replier).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let lengths = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.reply(&line.len().to_string())?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::builder(lengths).request_ids().listen("127.0.0.1:0").await?;
+    /// let client = Client::<String>::builder().request_ids().connect(server.local_addr()).await?;
+    /// let len: String = client.request(&"hello".to_string()).await?;
+    /// assert_eq!(len, "5");
+    /// # client.close().await;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn reply<R: Message>(&mut self, reply: &R) -> Result<(), Error> {
+        let inner = &*self.handle.inner;
+        let kind = match self.request {
+            Some(id) => Envelope::Reply(id),
+            None => Envelope::Message,
+        };
+        inner
+            .outbox
+            .push_reply(|buf| inner.wire.encode_as(kind, reply, buf))?;
+        Counters::add(&inner.counters.frames_out, 1);
+        Ok(())
+    }
+
+    /// The request id of the frame being handled, if it is a request (with
+    /// request ids on).
+    pub fn request_id(&self) -> Option<u64> {
+        self.request
+    }
+
+    /// A handle that answers the request being handled later, from any
+    /// task (for a handler that hands the work to another task and
+    /// returns). Replies sent through it may come in any order with
+    /// request ids; in ordered mode they must keep the order of the
+    /// requests.
+    pub fn replier(&self) -> Replier {
+        Replier {
+            handle: self.handle.clone(),
+            request: self.request,
+        }
+    }
+
     /// Sends one frame of raw bytes back on this connection.
     ///
     /// # Errors
@@ -153,6 +220,85 @@ impl Context<'_> {
     /// A handle to send on this connection from another task later.
     pub fn handle(&self) -> ConnectionHandle {
         self.handle.clone()
+    }
+}
+
+/// Answers one request later, from any task: made by
+/// [`Context::replier`]. It remembers which request it answers.
+///
+/// # Examples
+///
+/// ```
+/// use chitchat_net::{BoxError, Context, Handler};
+///
+/// /// Answers each request from a task of its own: replies may go out in
+/// /// any order, and request ids match them.
+/// struct Slow;
+///
+/// impl Handler for Slow {
+///     type Message = String;
+///
+///     async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+///         let replier = ctx.replier();
+///         tokio::spawn(async move {
+///             tokio::time::sleep(std::time::Duration::from_millis(line.len() as u64)).await;
+///             let _ = replier.reply(&line.to_uppercase()).await;
+///         });
+///         Ok(())
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a request is answered only when `reply` is called"]
+pub struct Replier {
+    handle: ConnectionHandle,
+    request: Option<u64>,
+}
+
+impl Replier {
+    /// Sends the reply, waiting while the connection's outgoing queue is
+    /// full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the connection is closing or has ended;
+    /// encode and framing errors.
+    pub async fn reply<R: Message>(&self, reply: &R) -> Result<(), Error> {
+        let inner = &*self.handle.inner;
+        let kind = self.kind();
+        let pushed = inner
+            .outbox
+            .push(|buf| inner.wire.encode_as(kind, reply, buf))
+            .await;
+        let frames = u64::from(pushed.is_ok());
+        self.handle.sent(pushed, frames)
+    }
+
+    /// Sends the reply if the outgoing queue has room now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`], or as [`reply`](Self::reply).
+    pub fn try_reply<R: Message>(&self, reply: &R) -> Result<(), Error> {
+        let inner = &*self.handle.inner;
+        let kind = self.kind();
+        let pushed = inner
+            .outbox
+            .try_push(|buf| inner.wire.encode_as(kind, reply, buf));
+        let frames = u64::from(pushed.is_ok());
+        self.handle.sent(pushed, frames)
+    }
+
+    /// The id of the request it answers (with request ids on).
+    pub fn request_id(&self) -> Option<u64> {
+        self.request
+    }
+
+    fn kind(&self) -> Envelope {
+        match self.request {
+            Some(id) => Envelope::Reply(id),
+            None => Envelope::Message,
+        }
     }
 }
 

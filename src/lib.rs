@@ -110,14 +110,19 @@ mod client;
 pub mod codec;
 mod config;
 mod connection;
+pub mod envelope;
 mod error;
 mod events;
 pub mod frame;
 mod handle;
 mod handler;
 pub mod heartbeat;
+mod link;
 mod outbox;
 mod reader;
+mod receive;
+mod reconnect;
+mod requests;
 mod server;
 mod signal;
 mod stats;
@@ -139,16 +144,20 @@ pub use crate::codec::{
     DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::config::{
-    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES,
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use crate::error::{BoxError, Error};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
-pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn};
+pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn, Replier};
+pub use crate::link::WhileDown;
+pub use crate::receive::Inbox;
+pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;
+pub use crate::wire::DEFAULT_MAX_IN_FLIGHT;
 
 #[cfg(feature = "derive")]
 pub use chitchat_net_derive::{Handler, Message};

@@ -510,6 +510,30 @@ impl Outbox {
         wake_all(waiting);
     }
 
+    /// For an outbox no write side serves (a reconnecting client's queue
+    /// while it is down): takes nothing more and returns everything queued;
+    /// senders waiting for room are woken and fail.
+    pub(crate) fn drain(&self) -> BytesMut {
+        let mut state = self.lock();
+        state.phase = Phase::Finished;
+        let queued = std::mem::take(&mut state.queued);
+        self.hint(&state);
+        let waiting = state.waiting();
+        drop(state);
+        wake_all(waiting);
+        queued
+    }
+
+    /// Appends frames already framed (what [`drain`](Self::drain) returned
+    /// from another outbox), whatever the bound, like a reply.
+    pub(crate) fn push_bytes(&self, frames: &[u8]) {
+        let appended = self.push_reply(|buf| {
+            buf.extend_from_slice(frames);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let _ = appended;
+    }
+
     /// Whether other tasks' sends are refused (closing or ended).
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().phase != Phase::Open

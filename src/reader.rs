@@ -25,8 +25,10 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::config::ConnectionConfig;
+use crate::envelope::Envelope;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
+use crate::requests::{Matching, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
 use crate::{CloseReason, Context, Error, FrameCodec, Handler};
@@ -149,6 +151,7 @@ where
         let mut ctx = Context {
             handle: &self.handle,
             closing: &mut self.closing,
+            request: None,
         };
         self.handler.on_open(&mut ctx).await.map_err(Error::Handler)
     }
@@ -279,21 +282,57 @@ where
         Ok(())
     }
 
-    /// Decodes one frame and hands it to the handler. Decode and handler
-    /// errors are reported; the connection goes on.
+    /// Decodes one frame and hands it to the handler, or, if it is a reply,
+    /// to the request waiting for it. Decode and handler errors are
+    /// reported; the connection goes on.
     async fn handle_frame(&mut self, frame: Bytes) {
-        let peer = || Some(self.handle.inner.peer.clone());
-        let msg = match self.handle.inner.wire.decode::<H::Message>(frame) {
+        let conn = &*self.handle.inner;
+        let peer = || Some(conn.peer.clone());
+        let (kind, frame) = match conn.wire.open(frame) {
+            Ok(opened) => opened,
+            Err(error) => return self.events.report(peer(), error),
+        };
+        let request = match kind {
+            Envelope::Reply(id) => {
+                let waiting = conn.requests.as_deref().and_then(|r| r.take(id));
+                return self.answer(id, waiting, frame);
+            }
+            Envelope::Message if conn.wire.matching() == Matching::Ordered => {
+                if let Some((id, waiting)) = conn.requests.as_deref().and_then(|r| r.take_oldest())
+                {
+                    return self.answer(id, Some(waiting), frame);
+                }
+                None
+            }
+            Envelope::Request(id) => Some(id),
+            Envelope::Message => None,
+        };
+        let msg = match conn.wire.decode::<H::Message>(frame) {
             Ok(msg) => msg,
             Err(error) => return self.events.report(peer(), error),
         };
         let mut ctx = Context {
             handle: &self.handle,
             closing: &mut self.closing,
+            request,
         };
         if let Err(error) = self.handler.handle(msg, &mut ctx).await {
             self.events.report(peer(), Error::Handler(error));
         }
+    }
+
+    /// Hands a reply to the request waiting for it; a reply nobody waits
+    /// for is a [`Error::LateReply`] event.
+    fn answer(&self, id: u64, waiting: Option<Waiting>, reply: Bytes) {
+        let conn = &*self.handle.inner;
+        if let Some(waiting) = waiting {
+            if waiting.answer(&conn.wire, Ok(reply)) {
+                return;
+            }
+        }
+        Counters::add(&conn.counters.late_replies, 1);
+        self.events
+            .report(Some(conn.peer.clone()), Error::LateReply { id });
     }
 
     /// The peer ended its side: handles what is left in the buffer (in EOF

@@ -332,11 +332,24 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Puts the request envelope on every frame, so that a handler's
+    /// [`Context::reply`](crate::Context::reply) carries the id of the
+    /// request it answers and the peer matches replies in any order. The
+    /// peer must switch it on too ([`ClientBuilder::request_ids`](crate::ClientBuilder::request_ids)):
+    /// see [`envelope`](crate::envelope) for the wire format. Delimited
+    /// framing is escaped then, whatever the codec; an explicitly raw
+    /// framing is refused by `listen`.
+    pub fn request_ids(mut self) -> Self {
+        self.config.request_ids = true;
+        self
+    }
+
     /// Binds `addr` and starts accepting in the background.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the address cannot be bound.
+    /// [`Error::Io`] if the address cannot be bound; [`Error::Config`] for
+    /// request ids over a raw framing.
     pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
         let listener = bind(addr, self.backlog).await?;
         self.start(Listener::Tcp(listener))
@@ -395,6 +408,7 @@ impl<H: Handler> ServerBuilder<H> {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<H::Message>(), Vec::new()),
         };
+        let wire = Wire::build(&self.config, binary, overrides)?;
         let ended = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let (events, errors) =
@@ -402,7 +416,7 @@ impl<H: Handler> ServerBuilder<H> {
         let shared = Arc::new(Shared {
             handler: Arc::new(self.handler),
             local,
-            wire: Wire::new(self.config.framing, binary, overrides),
+            wire,
             config: Arc::new(self.config),
             max_connections: self.max_connections,
             accept_filter: self.accept_filter,

@@ -27,6 +27,15 @@ pub struct Stats {
     pub errors: u64,
     /// Error events dropped because nobody read them.
     pub dropped_events: u64,
+    /// Replies that arrived after their request was given up (timed out or
+    /// cancelled), or that answered no request.
+    pub late_replies: u64,
+    /// Messages a reconnecting client dropped while it was disconnected
+    /// (with [`WhileDown::Drop`](crate::WhileDown::Drop)).
+    pub dropped_while_down: u64,
+    /// Frames a receiving client dropped because it was closing and its
+    /// receive buffer was full (nobody was reading them).
+    pub dropped_at_close: u64,
 }
 
 /// The live counters behind [`Stats`], shared by every task.
@@ -40,6 +49,9 @@ pub(crate) struct Counters {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) dropped_events: AtomicU64,
+    pub(crate) late_replies: AtomicU64,
+    pub(crate) dropped_while_down: AtomicU64,
+    pub(crate) dropped_at_close: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +81,9 @@ impl Counters {
             bytes_out: get(&self.bytes_out),
             errors: get(&self.errors),
             dropped_events: get(&self.dropped_events),
+            late_replies: get(&self.late_replies),
+            dropped_while_down: get(&self.dropped_while_down),
+            dropped_at_close: get(&self.dropped_at_close),
         }
     }
 }

@@ -7,17 +7,29 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::envelope::{self, Envelope};
+use crate::requests::{Matching, Requests};
 use crate::{Codec, Error, FrameCodec, Framing, Message};
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
 /// behind `Any` so that one registry holds overrides for several types.
 pub(crate) type Override = Arc<dyn Any + Send + Sync>;
 
+/// Requests in flight at most per connection, by default: a request waits
+/// for a slot beyond that.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
 /// Framing (with escaping resolved) and codecs of a connection.
 #[derive(Clone)]
 pub(crate) struct Wire {
     frame: FrameCodec,
     overrides: Arc<Vec<Override>>,
+    /// Whether every frame carries the request envelope.
+    envelope: bool,
+    /// How replies are matched to requests.
+    matching: Matching,
+    /// Requests in flight at most, per connection.
+    max_in_flight: usize,
 }
 
 impl fmt::Debug for Wire {
@@ -25,6 +37,7 @@ impl fmt::Debug for Wire {
         f.debug_struct("Wire")
             .field("framing", &self.frame.framing())
             .field("overrides", &self.overrides.len())
+            .field("envelope", &self.envelope)
             .finish()
     }
 }
@@ -35,7 +48,75 @@ impl Wire {
         Wire {
             frame: FrameCodec::new(framing.resolve(binary)),
             overrides: Arc::new(overrides),
+            envelope: false,
+            matching: Matching::Off,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// The wire a server's or client's connections speak: `config`'s
+    /// framing for `binary` payloads (escaped if request ids are on), with
+    /// `overrides` and `config`'s request matching.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for request ids over an explicitly raw framing.
+    pub(crate) fn build(
+        config: &crate::config::ConnectionConfig,
+        binary: bool,
+        overrides: Vec<Override>,
+    ) -> Result<Self, Error> {
+        let wire = if config.request_ids {
+            Wire::with_envelope(config.framing, overrides)?
+        } else if config.ordered_replies {
+            Wire::new(config.framing, binary, overrides).ordered_replies()
+        } else {
+            Wire::new(config.framing, binary, overrides)
+        };
+        Ok(wire.max_in_flight(config.max_in_flight))
+    }
+
+    /// Matches replies to requests in the order the requests were sent
+    /// (for peers without the envelope).
+    pub(crate) fn ordered_replies(mut self) -> Self {
+        if !self.envelope {
+            self.matching = Matching::Ordered;
+        }
+        self
+    }
+
+    /// At most `max` requests in flight per connection.
+    pub(crate) fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// How replies are matched to requests.
+    pub(crate) fn matching(&self) -> Matching {
+        self.matching
+    }
+
+    /// The table for a connection's requests, if requests are on.
+    pub(crate) fn requests(&self) -> Option<Box<Requests>> {
+        (self.matching != Matching::Off).then(|| Box::new(Requests::new(self.max_in_flight)))
+    }
+
+    /// `framing` with the request envelope on every frame (escaped when
+    /// escaping is `Auto`: the header is binary).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an explicitly raw delimited framing.
+    pub(crate) fn with_envelope(framing: Framing, overrides: Vec<Override>) -> Result<Self, Error> {
+        if framing.escaping() == Some(crate::Escaping::Raw) {
+            return Err(Error::Config(
+                "request ids need an escaped (or EOF or length-prefixed) framing, not a raw one",
+            ));
+        }
+        let mut wire = Wire::new(framing, true, overrides);
+        wire.envelope = true;
+        wire.matching = Matching::Ids;
+        Ok(wire)
     }
 
     /// A fresh frame decoder for one connection.
@@ -45,20 +126,59 @@ impl Wire {
 
     /// Appends one framed message to `dst` (nothing on error).
     pub(crate) fn encode<M: Message>(&self, msg: &M, dst: &mut BytesMut) -> Result<(), Error> {
+        self.encode_as(Envelope::Message, msg, dst)
+    }
+
+    /// Appends one framed message to `dst` as `kind` (the envelope is
+    /// written only if the connection has it on; nothing on error).
+    pub(crate) fn encode_as<M: Message>(
+        &self,
+        kind: Envelope,
+        msg: &M,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let header = |d: &mut BytesMut| {
+            if self.envelope {
+                envelope::encode(kind, d);
+            }
+        };
         match self.override_for::<M>() {
-            Some(codec) => self.frame.encode_with(dst, |d| codec.encode(msg, d)),
-            None => self
-                .frame
-                .encode_with(dst, |d| M::Codec::default().encode(msg, d)),
+            Some(codec) => self.frame.encode_with(dst, |d| {
+                header(d);
+                codec.encode(msg, d)
+            }),
+            None => self.frame.encode_with(dst, |d| {
+                header(d);
+                M::Codec::default().encode(msg, d)
+            }),
         }
     }
 
     /// Appends one framed raw payload to `dst` (nothing on error).
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         self.frame.encode_with(dst, |d| {
+            if self.envelope {
+                envelope::encode(Envelope::Message, d);
+            }
             d.extend_from_slice(payload);
             Ok(())
         })
+    }
+
+    /// What a received frame is, and its message bytes: the envelope is
+    /// read if the connection has it on (every frame is a
+    /// [`Envelope::Message`] otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Envelope`] for a malformed header.
+    pub(crate) fn open(&self, frame: Bytes) -> Result<(Envelope, Bytes), Error> {
+        if !self.envelope {
+            return Ok((Envelope::Message, frame));
+        }
+        let (kind, rest) = envelope::decode(&frame)?;
+        let start = frame.len() - rest.len();
+        Ok((kind, frame.slice(start..)))
     }
 
     /// Decodes one frame into a message.

@@ -1,0 +1,202 @@
+//! Requests on one connection that wait for their replies.
+//!
+//! A request registers how to answer it (decode the reply frame into its own
+//! type and hand it to the waiting task) before its frame is queued, and the
+//! read side answers it from the read loop when the reply arrives: by id
+//! with the request envelope, or, in ordered mode, the oldest request with
+//! the next frame. When the connection ends, every request still waiting
+//! fails with [`Error::ConnectionLost`]; none is retried.
+//!
+//! The number of requests in flight is bounded (a semaphore): a request
+//! waits for a slot, so a peer that never answers cannot make us hold more.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::wire::Wire;
+use crate::Error;
+
+/// How replies are matched to requests on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Matching {
+    /// Requests are not enabled.
+    Off,
+    /// By the id in the request envelope.
+    Ids,
+    /// The next frame answers the oldest request.
+    Ordered,
+}
+
+/// Decodes a reply (or takes the error that replaces it) and hands it to
+/// the waiting task; returns whether anyone still waited.
+pub(crate) type Answer = Box<dyn FnOnce(&Wire, Result<Bytes, Error>) -> bool + Send>;
+
+/// A request waiting for its reply.
+pub(crate) struct Waiting {
+    answer: Answer,
+    /// Its slot among the requests in flight, freed with it.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Waiting {
+    pub(crate) fn new(answer: Answer, slot: OwnedSemaphorePermit) -> Self {
+        Waiting {
+            answer,
+            _slot: slot,
+        }
+    }
+
+    /// Answers the request with `reply`; whether anyone still waited.
+    pub(crate) fn answer(self, wire: &Wire, reply: Result<Bytes, Error>) -> bool {
+        (self.answer)(wire, reply)
+    }
+}
+
+/// The requests of one connection that wait for replies.
+#[derive(Debug)]
+pub(crate) struct Requests {
+    state: Mutex<State>,
+    /// Slots for requests in flight.
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The next request's id.
+    next: u64,
+    /// With ids: the waiting requests by id.
+    by_id: HashMap<u64, Waiting>,
+    /// In ordered mode: the waiting requests, oldest first.
+    in_order: VecDeque<(u64, Waiting)>,
+    /// The connection has ended: no request is taken any more.
+    ended: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("next", &self.next)
+            .field("waiting", &(self.by_id.len() + self.in_order.len()))
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+/// The state under the lock, for a request being registered.
+pub(crate) struct Registering<'a>(MutexGuard<'a, State>);
+
+impl Registering<'_> {
+    /// The id the request gets.
+    fn next_id(&mut self) -> u64 {
+        let id = self.0.next;
+        self.0.next = self.0.next.wrapping_add(1);
+        id
+    }
+
+    /// Registers a request to be answered by its id; returns the id.
+    pub(crate) fn by_id(mut self, waiting: Waiting) -> u64 {
+        let mut id = self.next_id();
+        // Ids wrap after 2^64 requests; skip any still waiting.
+        while self.0.by_id.contains_key(&id) {
+            id = self.next_id();
+        }
+        self.0.by_id.insert(id, waiting);
+        id
+    }
+
+    /// Registers a request to be answered by the next frame not taken by
+    /// an older one. Call it while still holding the lock under which the
+    /// request's frame was queued, so that the order here is the order on
+    /// the wire.
+    pub(crate) fn in_order(mut self, waiting: Waiting) -> u64 {
+        let id = self.next_id();
+        self.0.in_order.push_back((id, waiting));
+        id
+    }
+}
+
+impl Requests {
+    /// No request in flight; at most `max_in_flight` at a time.
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        Requests {
+            state: Mutex::new(State::default()),
+            slots: Arc::new(Semaphore::new(
+                max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics under this lock; if something did, the maps are
+        // still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for a slot among the requests in flight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionLost`] once the connection has ended.
+    pub(crate) async fn slot(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ConnectionLost)
+    }
+
+    /// Locks the table to register a request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionLost`] once the connection has ended.
+    pub(crate) fn register(&self) -> Result<Registering<'_>, Error> {
+        let state = self.lock();
+        if state.ended {
+            return Err(Error::ConnectionLost);
+        }
+        Ok(Registering(state))
+    }
+
+    /// Forgets the request with `id` (its caller gave up), if it still
+    /// waits.
+    pub(crate) fn forget(&self, id: u64) {
+        let waiting = self.lock().by_id.remove(&id);
+        drop(waiting);
+    }
+
+    /// The request the reply with `id` answers, if it still waits.
+    pub(crate) fn take(&self, id: u64) -> Option<Waiting> {
+        self.lock().by_id.remove(&id)
+    }
+
+    /// The oldest request waiting in order, with its local id.
+    pub(crate) fn take_oldest(&self) -> Option<(u64, Waiting)> {
+        self.lock().in_order.pop_front()
+    }
+
+    /// The connection has ended: every waiting request fails with
+    /// [`Error::ConnectionLost`], and no new one is taken.
+    pub(crate) fn end(&self, wire: &Wire) {
+        let (by_id, in_order) = {
+            let mut state = self.lock();
+            state.ended = true;
+            (
+                std::mem::take(&mut state.by_id),
+                std::mem::take(&mut state.in_order),
+            )
+        };
+        self.slots.close();
+        let waiting = by_id
+            .into_values()
+            .chain(in_order.into_iter().map(|(_, w)| w));
+        for request in waiting {
+            request.answer(wire, Err(Error::ConnectionLost));
+        }
+    }
+}
