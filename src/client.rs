@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -14,7 +15,7 @@ use crate::connection::{self, OnEnd};
 use crate::events::{event_channel, EventSink};
 use crate::handle::ConnectionHandle;
 use crate::stats::{Counters, Stats};
-use crate::transport::{self, ClientTls, Stream};
+use crate::transport::{self, ClientTls};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
 use crate::{Addr, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -217,7 +218,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        Ok(self.start(stream, peer, local))
+        Ok(self.start(stream.split(), peer, local))
     }
 
     /// Connects to the Unix-domain socket at `path` (a server started with
@@ -238,11 +239,79 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let (stream, peer, local) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
-        Ok(self.start(stream, peer, local))
+        Ok(self.start(stream.split(), peer, local))
     }
 
-    /// Starts the connection task on a connected stream.
-    fn start(self, stream: Stream, peer: Addr, local: Addr) -> Client<M> {
+    /// Runs the client over `io`, any connected byte stream: an in-memory
+    /// [`tokio::io::duplex`], a simulated network, a QUIC stream, a serial
+    /// line. `peer` names the other end (usually [`Addr::named`]); the
+    /// client's own [`local_addr`](Client::local_addr) is
+    /// `Addr::named("local")`. Everything else works as over TCP. The two
+    /// directions share `io` through [`tokio::io::split`].
+    ///
+    /// With TLS configured (feature `tls`), the TLS handshake runs over
+    /// `io` first, within the connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// Only with TLS: [`Error::Tls`] if the handshake fails,
+    /// [`Error::ConnectTimeout`] if it takes longer than the connect
+    /// timeout.
+    ///
+    /// # Examples
+    ///
+    /// Two peers in memory: a server serving one end of a duplex, a client
+    /// on the other.
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, Addr, BoxError, Client, Context, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    ///
+    /// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.send(&line)?;
+    ///     Ok(())
+    /// });
+    /// let accepted = futures_util::stream::iter([Ok((server_end, Addr::named("client")))]);
+    /// let server = Server::builder(echo).serve(Addr::named("server"), accepted);
+    ///
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let print = handler_fn(move |reply: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     tx.send(reply)?;
+    ///     Ok(())
+    /// });
+    /// let client = Client::<String>::builder()
+    ///     .handler(print)
+    ///     .connect_io(client_end, Addr::named("server"))
+    ///     .await?;
+    /// client.send(&"hello".to_string()).await?;
+    /// assert_eq!(rx.recv().await.as_deref(), Some("hello"));
+    /// client.close().await;
+    /// server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_io<S>(self, io: S, peer: Addr) -> Result<Client<M>, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let local = Addr::named("local");
+        let Some(tls) = self.tls.clone() else {
+            return Ok(self.start(tokio::io::split(io), peer, local));
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, tls.connect(io))
+            .await
+            .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
+        Ok(self.start(tokio::io::split(stream), peer, local))
+    }
+
+    /// Starts the connection task on the two halves of a connected stream.
+    fn start<R, W>(self, halves: (R, W), peer: Addr, local: Addr) -> Client<M>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
@@ -260,7 +329,7 @@ impl<M: Message, H: Handler> ClientBuilder<M, H> {
         let done = ended.clone();
         let on_end = OnEnd::new(move || counters.closed());
         let task = connection::run(
-            stream.split(),
+            halves,
             handle.clone(),
             Arc::new(self.handler),
             Arc::new(self.config),

@@ -91,8 +91,10 @@
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
 //! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
 //! - [`Server`], [`Client`], [`ConnectionHandle`], [`ConnectionId`]: the runtime on tokio, over
-//!   TCP, TLS (feature `tls`) or, on Unix, a Unix-domain socket
-//!   ([`ServerBuilder::listen_unix`]); peers are named by an [`Addr`].
+//!   TCP, TLS (feature `tls`), on Unix a Unix-domain socket
+//!   ([`ServerBuilder::listen_unix`]), or any `AsyncRead + AsyncWrite` stream
+//!   ([`ClientBuilder::connect_io`], [`ServerBuilder::serve`]); peers are named by
+//!   an [`Addr`].
 //! - [`ErrorEvents`]: the bounded stream of error events.
 //! - [`heartbeat`]: a reusable heartbeat monitor and responder.
 //! - [`derive@Message`], [`derive@Handler`] (feature `derive`, on by default).
