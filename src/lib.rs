@@ -90,6 +90,8 @@
 //! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
 //! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
+//! - [`TypedCodec`]: typed messages for a [`Framed`](tokio_util::codec::Framed)
+//!   you drive yourself, on our framing and codecs (pure).
 //! - [`Server`], [`Client`], [`ConnectionHandle`], [`ConnectionId`]: the runtime on tokio, over
 //!   TCP, TLS (feature `tls`), on Unix a Unix-domain socket
 //!   ([`ServerBuilder::listen_unix`]), or any `AsyncRead + AsyncWrite` stream
@@ -127,6 +129,7 @@ mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transport;
+mod typed_codec;
 mod wire;
 mod writer;
 
@@ -151,6 +154,7 @@ pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
 pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;
+pub use crate::typed_codec::TypedCodec;
 
 #[cfg(feature = "derive")]
 pub use chitchat_net_derive::{Handler, Message};
