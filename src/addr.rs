@@ -1,11 +1,10 @@
-//! Addresses of connections: a TCP socket address, or (on Unix) a
-//! Unix-domain socket.
+//! Addresses of connections: a TCP socket address, (on Unix) a Unix-domain
+//! socket, or a name for a stream that has no socket address.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 #[cfg(unix)]
 use std::path::Path;
-#[cfg(unix)]
 use std::sync::Arc;
 
 /// Where one end of a connection is: what [`Context::peer_addr`],
@@ -24,6 +23,12 @@ use std::sync::Arc;
 /// assert!(addr.ip().is_some_and(|ip| ip.is_loopback()));
 /// assert_eq!(addr.to_string(), "127.0.0.1:7000");
 /// assert_eq!(addr, tcp);
+///
+/// // A stream with no socket address (in memory, simulated, a serial line):
+/// let named = Addr::named("duplex-1");
+/// assert_eq!(named.name(), Some("duplex-1"));
+/// assert_eq!(named.tcp(), None);
+/// assert_eq!(named.to_string(), "duplex-1");
 /// ```
 ///
 /// [`Context::peer_addr`]: crate::Context::peer_addr
@@ -39,15 +44,38 @@ pub enum Addr {
     /// A Unix-domain socket.
     #[cfg(unix)]
     Unix(UnixAddr),
+    /// A stream that has no socket address, named by whoever made it: an
+    /// in-memory [`tokio::io::duplex`], a simulated network, a QUIC stream,
+    /// a serial line. Made with [`Addr::named`]; the peers of
+    /// [`ClientBuilder::connect_io`](crate::ClientBuilder::connect_io) and
+    /// [`ServerBuilder::serve`](crate::ServerBuilder::serve) are named so.
+    /// Displayed as the name.
+    Named(Arc<str>),
 }
 
 impl Addr {
+    /// The address of a stream that has no socket address: `name`, as the
+    /// user chose it. A server tells its peers apart by their address, so
+    /// give each connection of a server its own name.
+    pub fn named(name: impl Into<Arc<str>>) -> Self {
+        Addr::Named(name.into())
+    }
+
     /// The TCP socket address, if this is one.
     pub fn tcp(&self) -> Option<SocketAddr> {
         match self {
             Addr::Tcp(addr) => Some(*addr),
             #[cfg(unix)]
             Addr::Unix(_) => None,
+            Addr::Named(_) => None,
+        }
+    }
+
+    /// The name, if this is a [named](Addr::Named) address.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Addr::Named(name) => Some(name),
+            _ => None,
         }
     }
 
@@ -61,7 +89,7 @@ impl Addr {
     pub fn unix(&self) -> Option<&UnixAddr> {
         match self {
             Addr::Unix(addr) => Some(addr),
-            Addr::Tcp(_) => None,
+            Addr::Tcp(_) | Addr::Named(_) => None,
         }
     }
 }
@@ -109,6 +137,7 @@ impl fmt::Display for Addr {
             Addr::Tcp(addr) => addr.fmt(f),
             #[cfg(unix)]
             Addr::Unix(addr) => addr.fmt(f),
+            Addr::Named(name) => f.write_str(name),
         }
     }
 }
@@ -225,7 +254,9 @@ impl fmt::Display for UnixAddr {
 /// What a client can connect to: anything [`tokio::net::ToSocketAddrs`]
 /// takes (`"host:port"`, a [`SocketAddr`], an `(ip, port)` pair), or an
 /// [`Addr`] — TCP or, on Unix, a Unix-domain socket — such as a server's
-/// [`local_addr`](crate::Server::local_addr).
+/// [`local_addr`](crate::Server::local_addr). A [named](Addr::Named)
+/// address cannot be dialled: connect over its stream with
+/// [`ClientBuilder::connect_io`](crate::ClientBuilder::connect_io).
 ///
 /// # Examples
 ///
@@ -254,6 +285,8 @@ pub(crate) mod sealed {
         /// A Unix-domain socket path.
         #[cfg(unix)]
         Unix(std::path::PathBuf),
+        /// A named stream's address: nothing to dial.
+        Named(std::sync::Arc<str>),
     }
 
     pub trait Sealed {
@@ -325,6 +358,7 @@ pub(crate) mod sealed {
                     // An unnamed socket cannot be connected to: no such file.
                     None => Target::Unix(std::path::PathBuf::new()),
                 },
+                Addr::Named(name) => Target::Named(name.clone()),
             }
         }
     }

@@ -433,6 +433,75 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         Ok(client)
     }
 
+    /// Runs the client over `io`, any connected byte stream: an in-memory
+    /// [`tokio::io::duplex`], a simulated network, a QUIC stream, a serial
+    /// line. `peer` names the other end (usually [`Addr::named`]); the
+    /// client's own [`local_addr`](Client::local_addr) is
+    /// `Addr::named("local")`. Everything else works as over TCP, except
+    /// that such a client cannot reconnect (it has nothing to dial): a
+    /// [`reconnect`](Self::reconnect) policy is ignored. The two directions
+    /// share `io` through [`tokio::io::split`].
+    ///
+    /// With TLS configured (feature `tls`), the TLS handshake runs over
+    /// `io` first, within the connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// With TLS: [`Error::Tls`] if the handshake fails,
+    /// [`Error::ConnectTimeout`] if it takes longer than the connect
+    /// timeout. [`Error::Config`] for request ids over a raw framing;
+    /// [`Error::Handler`] if the `on_connect` hook fails.
+    ///
+    /// # Examples
+    ///
+    /// Two peers in memory: a server serving one end of a duplex, a client
+    /// on the other.
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, Addr, BoxError, Client, Context, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    ///
+    /// let echo = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.send(&line)?;
+    ///     Ok(())
+    /// });
+    /// let accepted = futures_util::stream::iter([Ok((server_end, Addr::named("client")))]);
+    /// let server = Server::builder(echo).serve(Addr::named("server"), accepted)?;
+    ///
+    /// let client = Client::<String>::builder()
+    ///     .receive::<String>(16)
+    ///     .connect_io(client_end, Addr::named("server"))
+    ///     .await?;
+    /// client.send(&"hello".to_string()).await?;
+    /// assert_eq!(client.recv().await.as_deref(), Some("hello"));
+    /// client.close().await;
+    /// server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_io<S>(self, io: S, peer: Addr) -> Result<Client<M, R>, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let local = Addr::named("local");
+        let on_connect = self.on_connect.clone();
+        let (client, conn) = match self.tls.clone() {
+            None => self.start(tokio::io::split(io), peer, local, None)?,
+            Some(tls) => {
+                let stream = tokio::time::timeout(self.connect_timeout, tls.connect(io))
+                    .await
+                    .map_err(|_| Error::ConnectTimeout(self.connect_timeout))??;
+                self.start(tokio::io::split(stream), peer, local, None)?
+            }
+        };
+        if let Some(hook) = on_connect {
+            say_hello(&hook, conn).await?;
+        }
+        Ok(client)
+    }
+
     /// Starts the connection on the two halves of a connected stream; the
     /// client and a handle for `on_connect`. `redial` says how to connect
     /// again (a reconnecting client needs it).

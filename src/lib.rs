@@ -90,9 +90,13 @@
 //! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
 //! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
+//! - [`TypedCodec`]: typed messages for a [`Framed`](tokio_util::codec::Framed)
+//!   you drive yourself, on our framing and codecs (pure).
 //! - [`Server`], [`Client`], [`ConnectionHandle`], [`ConnectionId`]: the runtime on tokio, over
-//!   TCP, TLS (feature `tls`) or, on Unix, a Unix-domain socket
-//!   ([`ServerBuilder::listen_unix`]); peers are named by an [`Addr`].
+//!   TCP, TLS (feature `tls`), on Unix a Unix-domain socket
+//!   ([`ServerBuilder::listen_unix`]), or any `AsyncRead + AsyncWrite` stream
+//!   ([`ClientBuilder::connect_io`], [`ServerBuilder::serve`]); peers are named by
+//!   an [`Addr`].
 //! - [`ErrorEvents`]: the bounded stream of error events.
 //! - [`heartbeat`]: a reusable heartbeat monitor and responder.
 //! - [`derive@Message`], [`derive@Handler`] (feature `derive`, on by default).
@@ -130,6 +134,7 @@ mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transport;
+mod typed_codec;
 mod wire;
 mod writer;
 
@@ -157,6 +162,7 @@ pub use crate::receive::Inbox;
 pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;
+pub use crate::typed_codec::TypedCodec;
 pub use crate::wire::DEFAULT_MAX_IN_FLIGHT;
 
 #[cfg(feature = "derive")]

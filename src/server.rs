@@ -1,9 +1,12 @@
 //! The server: accepts connections and runs a handler on each.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +19,7 @@ use crate::handle::{ConnectionHandle, ConnectionId};
 use crate::outbox::PushError;
 use crate::signal::Fired;
 use crate::stats::{Counters, Stats};
-use crate::transport::{self, Listener, ServerTls, Socket};
+use crate::transport::{self, Accepted, Io, Listener, ServerTls};
 use crate::wire::{codec_override, default_is_binary, Wire};
 use crate::{Addr, CloseReason, Codec, Error, ErrorEvents, Framing, Handler, Message};
 
@@ -30,7 +33,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 ///
 /// Three steps make it work: an address, a handler, and a look at
 /// [`errors`](Server::errors). The same server serves a Unix-domain socket
-/// for local IPC with [`ServerBuilder::listen_unix`].
+/// for local IPC with [`ServerBuilder::listen_unix`], and connections of
+/// any other kind of byte stream with [`ServerBuilder::serve`].
 ///
 /// # Examples
 ///
@@ -162,7 +166,7 @@ impl std::fmt::Debug for AcceptFilter {
 
 /// Configures and starts a [`Server`]. Made by [`Server::builder`].
 #[derive(Debug)]
-#[must_use = "a server builder does nothing until `listen` is awaited"]
+#[must_use = "a server builder does nothing until `listen` is awaited or `serve` called"]
 pub struct ServerBuilder<H: Handler> {
     handler: H,
     config: ConnectionConfig,
@@ -352,7 +356,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// request ids over a raw framing.
     pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
         let listener = bind(addr, self.backlog).await?;
-        self.start(Listener::Tcp(listener))
+        self.start_listener(Listener::Tcp(listener))
     }
 
     /// Binds a Unix-domain socket at `path` (local IPC) and starts accepting
@@ -398,12 +402,98 @@ impl<H: Handler> ServerBuilder<H> {
             )));
         }
         let listener = transport::bind_unix(path.as_ref()).await?;
-        self.start(listener)
+        self.start_listener(listener)
+    }
+
+    /// Serves every connection `incoming` yields: each an
+    /// `AsyncRead + AsyncWrite` stream of any kind (an in-memory
+    /// [`tokio::io::duplex`], a simulated network, QUIC streams, serial
+    /// lines) with its peer's address, usually [`Addr::named`]. `local` is
+    /// what [`Server::local_addr`] and [`Context::local_addr`] report.
+    ///
+    /// Everything else works as with [`listen`](Self::listen): the accept
+    /// filter and `max_connections` decide on each peer before any byte is
+    /// read, [`Server::remote_addrs`], [`Server::close_remote`] and
+    /// [`Server::send_to`] find connections by the address they came with
+    /// (give each its own), and `cut` and `shutdown` end them. An `Err`
+    /// item is an [`Error::Accept`] event, and the server waits a little
+    /// (longer after each one in a row) before it polls `incoming` again.
+    /// Once `incoming` ends, no connection is added; those open go on. With
+    /// TLS configured (feature `tls`), each connection's handshake runs
+    /// over its stream, within the handshake timeout.
+    ///
+    /// Each stream's two directions are shared through
+    /// [`tokio::io::split`]. Call this within a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// A server in memory, with two peers:
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, Addr, BoxError, Client, Context, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (alice, alice_at_server) = tokio::io::duplex(64 * 1024);
+    /// let (bob, bob_at_server) = tokio::io::duplex(64 * 1024);
+    /// let accepted = futures_util::stream::iter([
+    ///     Ok((alice_at_server, Addr::named("alice"))),
+    ///     Ok((bob_at_server, Addr::named("bob"))),
+    /// ]);
+    /// let greet = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     ctx.send(&format!("{line}, {}", ctx.peer_addr()))?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::builder(greet).serve(Addr::named("memory"), accepted)?;
+    ///
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let collect = handler_fn(move |reply: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     tx.send(reply)?;
+    ///     Ok(())
+    /// });
+    /// let client = Client::<String>::builder()
+    ///     .handler(collect)
+    ///     .connect_io(bob, server.local_addr())
+    ///     .await?;
+    /// client.send(&"hello".to_string()).await?;
+    /// assert_eq!(rx.recv().await.as_deref(), Some("hello, bob"));
+    ///
+    /// server.close_remote(Addr::named("alice"))?;
+    /// server.cut().await;
+    /// # drop(alice);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Context::local_addr`]: crate::Context::local_addr
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for request ids over a raw framing.
+    pub fn serve<I, S>(self, local: impl Into<Addr>, incoming: I) -> Result<Server<H>, Error>
+    where
+        I: Stream<Item = std::io::Result<(S, Addr)>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let incoming = incoming.map(|accepted| accepted.map(|(io, peer)| (Io(io), peer)));
+        self.start(local.into(), incoming)
     }
 
     /// Starts accepting on `listener` in the background.
-    fn start(self, listener: Listener) -> Result<Server<H>, Error> {
+    fn start_listener(self, listener: Listener) -> Result<Server<H>, Error> {
         let local = listener.local_addr()?;
+        let incoming = futures_util::stream::unfold(listener, |mut listener| async move {
+            let accepted = listener.accept().await;
+            Some((accepted, listener))
+        });
+        self.start(local, incoming)
+    }
+
+    /// Starts serving what `incoming` yields in the background.
+    fn start<I, A>(self, local: Addr, incoming: I) -> Result<Server<H>, Error>
+    where
+        I: Stream<Item = std::io::Result<(A, Addr)>> + Send + 'static,
+        A: Accepted,
+    {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<H::Message>(), Vec::new()),
@@ -432,7 +522,7 @@ impl<H: Handler> ServerBuilder<H> {
         let span = tracing::info_span!("chitchat_server", local = %shared.local);
         shared
             .tasks
-            .spawn(accept_loop(listener, shared.clone()).instrument(span));
+            .spawn(accept_loop(incoming, shared.clone()).instrument(span));
         tracing::debug!(local = %shared.local, "listening");
         Ok(Server { shared })
     }
@@ -460,19 +550,29 @@ async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Err
     })))
 }
 
-/// Accepts connections until the server is cut.
-async fn accept_loop<H: Handler>(mut listener: Listener, shared: Arc<Shared<H>>) {
+/// Accepts connections until the server is cut (or `incoming` ends).
+async fn accept_loop<H, I, A>(incoming: I, shared: Arc<Shared<H>>)
+where
+    H: Handler,
+    I: Stream<Item = std::io::Result<(A, Addr)>>,
+    A: Accepted,
+{
+    let mut incoming = pin!(incoming);
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shared.stop_accepting.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = incoming.next() => accepted,
+        };
+        let Some(accepted) = accepted else {
+            tracing::debug!("no more connections to accept");
+            return;
         };
         match accepted {
-            Ok((socket, peer)) => {
+            Ok((accepted, peer)) => {
                 backoff = Duration::ZERO;
-                start_connection(&shared, socket, peer);
+                start_connection(&shared, accepted, peer);
             }
             Err(error) => {
                 // Out of descriptors or a transient network error: wait a
@@ -488,8 +588,10 @@ async fn accept_loop<H: Handler>(mut listener: Listener, shared: Arc<Shared<H>>)
     }
 }
 
-/// Registers and spawns the task of one accepted connection.
-fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: Addr) {
+/// Registers and spawns the task of one accepted connection, whatever its
+/// transport: the accept filter, the connection limit and the table are
+/// the same for all.
+fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: A, peer: Addr) {
     if let Some(AcceptFilter(allow)) = &shared.accept_filter {
         if !allow(&peer) {
             shared
@@ -509,11 +611,6 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
         shared
             .events
             .report(Some(peer), Error::TooManyConnections { limit });
-        return;
-    }
-    if let Err(error) = socket.set_nodelay() {
-        drop(connections);
-        shared.events.report(Some(peer), Error::Io(error));
         return;
     }
     let handle = ConnectionHandle::new(
@@ -543,7 +640,7 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
     let task = async move {
         let timeout = config.handshake_timeout;
         let conn = handle.inner.clone();
-        let stream = tokio::select! {
+        let opened = tokio::select! {
             fired = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => {
                 // Closed or cut before its handshake was done.
                 let reason = match fired {
@@ -553,13 +650,10 @@ fn start_connection<H: Handler>(shared: &Arc<Shared<H>>, socket: Socket, peer: A
                 conn.outbox.abandon();
                 return conn.end.set(reason);
             }
-            stream = transport::accept(socket, tls.as_ref(), timeout) => stream,
+            opened = accepted.open(tls, timeout) => opened,
         };
-        match stream {
-            Ok(stream) => {
-                let halves = stream.split();
-                connection::run(halves, handle, handler, config, events, on_end).await
-            }
+        match opened {
+            Ok(halves) => connection::run(halves, handle, handler, config, events, on_end).await,
             Err(error) => {
                 conn.outbox.abandon();
                 conn.end.set(CloseReason::Failed);
@@ -587,7 +681,8 @@ impl<H> Shared<H> {
 }
 
 impl<H: Handler> Server<H> {
-    /// The address the server listens on (the Go original's `GetLocalAddr`).
+    /// The address the server listens on (the Go original's `GetLocalAddr`),
+    /// or the `local` address it was given by [`ServerBuilder::serve`].
     pub fn local_addr(&self) -> Addr {
         self.shared.local.clone()
     }
@@ -765,6 +860,25 @@ mod tests {
         table.remove(new.id());
         assert!(table.find(&peer).is_none());
         assert!(table.by_addr.is_empty());
+    }
+
+    #[test]
+    fn named_peers_are_indexed_by_name() {
+        let mut table = Table::default();
+        let (a, b) = (Addr::named("a"), Addr::named("b"));
+        let (first_a, on_b, second_a) = (handle(&a), handle(&b), handle(&a));
+        table.insert(first_a.clone());
+        table.insert(on_b.clone());
+        table.insert(second_a.clone());
+        assert_eq!(
+            table.find(&Addr::named("b")).map(|h| h.id()),
+            Some(on_b.id())
+        );
+        assert_eq!(table.find(&a).map(|h| h.id()), Some(second_a.id()));
+        assert_eq!(table.by_addr.len(), 2);
+        table.remove(second_a.id());
+        assert_eq!(table.find(&a).map(|h| h.id()), Some(first_a.id()));
+        assert!(table.find(&Addr::named("c")).is_none());
     }
 
     #[test]

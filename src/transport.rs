@@ -1,7 +1,8 @@
 //! The byte streams a connection runs on: plain TCP, TLS over TCP (feature
-//! `tls`), or a Unix-domain socket. One enum, so that servers and clients run
-//! one kind of connection task whatever the transport; and the listeners that
-//! accept them.
+//! `tls`), or a Unix-domain socket — one enum, split without a lock where
+//! the socket allows it — and the listeners that accept them; or any
+//! `AsyncRead + AsyncWrite` stream a user brings ([`Io`]), with TLS over it
+//! if configured. A connection task runs on the two halves of either.
 
 use std::io;
 use std::pin::Pin;
@@ -249,19 +250,138 @@ pub(crate) async fn accept(
     };
     #[cfg(feature = "tls")]
     {
-        match tokio::time::timeout(timeout, tls.acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => Ok(Stream::TlsServer(Box::new(stream))),
-            Ok(Err(error)) => Err(crate::Error::Tls(error)),
-            Err(_) => Err(crate::Error::Tls(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no TLS handshake within {timeout:?}"),
-            ))),
-        }
+        let stream = tls.accept(tcp, timeout).await?;
+        Ok(Stream::TlsServer(Box::new(stream)))
     }
     #[cfg(not(feature = "tls"))]
     {
         let _ = timeout;
         match tls.never {}
+    }
+}
+
+/// The server side of TLS over a stream of type `S` (`S` itself without
+/// the `tls` feature, where no handshake can be asked for).
+#[cfg(feature = "tls")]
+pub(crate) type ServerTlsStream<S> = tokio_rustls::server::TlsStream<S>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type ServerTlsStream<S> = S;
+
+/// The client side of TLS over a stream of type `S`.
+#[cfg(feature = "tls")]
+pub(crate) type ClientTlsStream<S> = tokio_rustls::client::TlsStream<S>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type ClientTlsStream<S> = S;
+
+impl ServerTls {
+    /// The server's TLS handshake over `io`, which must finish within
+    /// `timeout`.
+    pub(crate) async fn accept<S>(
+        &self,
+        io: S,
+        timeout: std::time::Duration,
+    ) -> Result<ServerTlsStream<S>, crate::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        #[cfg(feature = "tls")]
+        {
+            match tokio::time::timeout(timeout, self.acceptor.accept(io)).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(error)) => Err(crate::Error::Tls(error)),
+                Err(_) => Err(crate::Error::Tls(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS handshake within {timeout:?}"),
+                ))),
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = (io, timeout);
+            match self.never {}
+        }
+    }
+}
+
+impl ClientTls {
+    /// The client's TLS handshake over `io` (bounded by the caller's
+    /// connect timeout).
+    pub(crate) async fn connect<S>(&self, io: S) -> Result<ClientTlsStream<S>, crate::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        #[cfg(feature = "tls")]
+        {
+            match self.connector.connect(self.server_name.clone(), io).await {
+                Ok(stream) => Ok(stream),
+                Err(error) => Err(crate::Error::Tls(error)),
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = io;
+            match self.never {}
+        }
+    }
+}
+
+/// Something a server accepted, to be made into the two halves its
+/// connection task runs on: any TLS handshake happens here, in the
+/// connection's own task.
+pub(crate) trait Accepted: Send + 'static {
+    /// The read half.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The write half.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+
+    /// The halves, after a TLS handshake (within `timeout`) if `tls` is set.
+    fn open(
+        self,
+        tls: Option<ServerTls>,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<(Self::Read, Self::Write), crate::Error>> + Send;
+}
+
+impl Accepted for Socket {
+    type Read = ReadHalf;
+    type Write = WriteHalf;
+
+    async fn open(
+        self,
+        tls: Option<ServerTls>,
+        timeout: std::time::Duration,
+    ) -> Result<(ReadHalf, WriteHalf), crate::Error> {
+        self.set_nodelay()?;
+        Ok(accept(self, tls.as_ref(), timeout).await?.split())
+    }
+}
+
+/// A stream a user brings: any `AsyncRead + AsyncWrite` (an in-memory
+/// duplex, a simulated network, a QUIC stream, a serial line), split with
+/// [`tokio::io::split`].
+#[derive(Debug)]
+pub(crate) struct Io<S>(pub(crate) S);
+
+/// A user's stream, or TLS over it.
+pub(crate) type MaybeTls<S> = tokio_util::either::Either<ServerTlsStream<S>, S>;
+
+impl<S> Accepted for Io<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Read = tokio::io::ReadHalf<MaybeTls<S>>;
+    type Write = tokio::io::WriteHalf<MaybeTls<S>>;
+
+    async fn open(
+        self,
+        tls: Option<ServerTls>,
+        timeout: std::time::Duration,
+    ) -> Result<(Self::Read, Self::Write), crate::Error> {
+        let stream = match tls {
+            Some(tls) => MaybeTls::Left(tls.accept(self.0, timeout).await?),
+            None => MaybeTls::Right(self.0),
+        };
+        Ok(tokio::io::split(stream))
     }
 }
 
@@ -276,10 +396,7 @@ pub(crate) async fn connect(
     };
     #[cfg(feature = "tls")]
     {
-        match tls.connector.connect(tls.server_name.clone(), tcp).await {
-            Ok(stream) => Ok(Stream::TlsClient(Box::new(stream))),
-            Err(error) => Err(crate::Error::Tls(error)),
-        }
+        Ok(Stream::TlsClient(Box::new(tls.connect(tcp).await?)))
     }
     #[cfg(not(feature = "tls"))]
     {
@@ -313,6 +430,12 @@ pub(crate) async fn dial(
             };
             let (peer, local) = (addr(unix.peer_addr()), addr(unix.local_addr()));
             return Ok((Stream::Unix(unix), peer, local));
+        }
+        Target::Named(name) => {
+            return Err(crate::Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{name}` names a stream, not a socket: connect over the stream with `connect_io`"),
+            )));
         }
     };
     tcp.set_nodelay(true)?;
