@@ -149,7 +149,6 @@ impl Context<'_> {
     ///
     /// ```
     /// use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
-    /// use std::time::Duration;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
