@@ -754,6 +754,48 @@ fn pingpong_ours(rounds: usize, cpu: usize) -> Vec<Duration> {
     })
 }
 
+/// chitchat-net request/reply: `Client::request` (request ids on) against
+/// a `Server` whose handler answers with `ctx.reply`, on one thread.
+fn pingpong_request(rounds: usize, cpu: usize) -> Vec<Duration> {
+    struct Pong;
+    impl Handler for Pong {
+        type Message = Heartbeat;
+        async fn handle(&self, hb: Heartbeat, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            ctx.reply(&hb)?;
+            Ok(())
+        }
+    }
+    on_one_cpu(cpu, move || async move {
+        let server = Server::builder(Pong)
+            .request_ids()
+            .listen("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let client = Client::<Heartbeat>::builder()
+            .request_ids()
+            .connect(server.local_addr())
+            .await
+            .expect("connect");
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..(PING_WARMUP + rounds) as u64 {
+            let started = Instant::now();
+            let hb = Heartbeat {
+                seq: i,
+                node: 1,
+                flags: 0,
+            };
+            let reply: Heartbeat = client.request(&hb).await.expect("reply");
+            assert_eq!(reply.seq, i, "a reply answered another request");
+            if i as usize >= PING_WARMUP {
+                samples.push(started.elapsed());
+            }
+        }
+        client.close().await;
+        server.cut().await;
+        samples
+    })
+}
+
 /// tokio-util: `Framed<TcpStream, AnyDelimiterCodec>` at both ends, one
 /// thread (informative: what tokio itself costs).
 fn pingpong_framed(rounds: usize, cpu: usize) -> Vec<Duration> {
@@ -1024,6 +1066,8 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
     let run_std = !plan.ours_only && plan.wants_case("pingpong", "pingpong_std");
     let run_ours = plan.wants_case("pingpong", "pingpong_ours");
     let run_framed = !plan.ours_only && plan.wants_case("pingpong", "pingpong_framed");
+    let run_request = plan.wants_case("pingpong", "pingpong_request");
+    let (mut request, mut request_ratios) = (vec![], vec![]);
     let measure = |run: bool, f: fn(usize, usize) -> Vec<Duration>| {
         if run {
             percentiles(&mut f(rounds, cpu))
@@ -1035,9 +1079,12 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
         let (b, b99) = measure(run_std, pingpong_std);
         let (o, o99) = measure(run_ours, pingpong_ours);
         let (f, _) = measure(run_framed, pingpong_framed);
+        let (r, _) = measure(run_request, pingpong_request);
         eprintln!(
-            "  ping-pong rep {rep}: p50 std {b:.1} µs, ours {o:.1} µs, framed {f:.1} µs; p99 std {b99:.1}, ours {o99:.1}"
+            "  ping-pong rep {rep}: p50 std {b:.1} µs, ours {o:.1} µs, framed {f:.1} µs, request {r:.1} µs; p99 std {b99:.1}, ours {o99:.1}"
         );
+        request.push(r);
+        request_ratios.push(f / r);
         base.push(b);
         ours.push(o);
         framed.push(f);
@@ -1074,6 +1121,15 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
         baseline: format!("{b:.1} µs"),
         value: median(&mut framed_ratios),
         goal: None,
+    });
+    report.rows.push(Row {
+        target: "4",
+        name: Some("request_p50_vs_framed"),
+        what: "Client::request round trip p50 (framed ping-pong/request)".into(),
+        ours: format!("{:.1} µs", median(&mut request)),
+        baseline: format!("{f:.1} µs"),
+        value: median(&mut request_ratios),
+        goal: Some(1.0),
     });
 }
 
