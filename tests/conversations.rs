@@ -786,3 +786,86 @@ async fn a_request_waits_for_a_reconnect_but_one_in_flight_is_never_retried() {
     client.close().await;
     server.cut().await;
 }
+
+#[tokio::test]
+async fn requests_past_the_in_flight_bound_wait_for_a_slot() {
+    let server = doubler_server().await;
+    let client = Client::<Ask>::builder()
+        .request_ids()
+        .max_requests_in_flight(2)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    // Two requests the server never answers hold both slots.
+    let held = async {
+        let a = client.request_within::<Answer>(&Ask::Ignore { n: 1 }, Duration::from_millis(600));
+        let b = client.request_within::<Answer>(&Ask::Ignore { n: 2 }, Duration::from_millis(600));
+        tokio::join!(a, b)
+    };
+    // A third waits for a slot: with a short timeout it never gets one...
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = client
+            .request_within::<Answer>(&Ask::Double { n: 3 }, Duration::from_millis(100))
+            .await;
+        // ... and was never sent: the server saw only the two ignored ones.
+        (refused, server.stats().frames_in)
+    };
+    let ((a, b), (refused, frames_in)) =
+        within("the bounded requests", async { tokio::join!(held, third) }).await;
+    assert!(matches!(a, Err(Error::RequestTimeout(_))), "{a:?}");
+    assert!(matches!(b, Err(Error::RequestTimeout(_))), "{b:?}");
+    assert!(
+        matches!(refused, Err(Error::RequestTimeout(_))),
+        "{refused:?}"
+    );
+    assert_eq!(frames_in, 2, "the third request went out");
+    // Slots free again: a request goes through.
+    let reply: Answer = client.request(&Ask::Double { n: 4 }).await.unwrap();
+    assert_eq!(reply, Answer::Doubled { n: 4, twice: 8 });
+    server.cut().await;
+}
+
+#[tokio::test]
+async fn what_is_kept_while_down_is_bounded_by_the_queue() {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let server = restartable(0, lines.clone()).await;
+    let port = server.local_addr().tcp().unwrap().port();
+    let client = Client::<String>::builder()
+        .queue_bytes(1024)
+        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(10)))
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let events = client.errors();
+    server.cut().await;
+    let event = next_non_io(&events).await;
+    assert!(matches!(event, Error::Disconnected { .. }), "{event}");
+    // 100-byte lines: about ten fit, then the queue refuses.
+    let line = |n: usize| format!("{n:03}{}", "x".repeat(96));
+    let mut kept = 0;
+    while client.try_send(&line(kept)).is_ok() {
+        kept += 1;
+        assert!(kept < 100, "the queue kept {kept} lines past its bound");
+    }
+    assert!((9..=11).contains(&kept), "{kept} lines kept");
+    assert!(matches!(
+        client.try_send(&line(kept)),
+        Err(Error::QueueFull { limit: 1024 })
+    ));
+    // A waiting send goes through once reconnected, after what was kept.
+    let server = restartable(port, lines.clone()).await;
+    within("a send that waited", client.send(&"last".to_string()))
+        .await
+        .unwrap();
+    wait_until("every kept line", || {
+        lines.lock().unwrap().len() == kept + 1
+    })
+    .await;
+    let got = lines.lock().unwrap().clone();
+    let mut want: Vec<String> = (0..kept).map(line).collect();
+    want.push("last".into());
+    assert_eq!(got, want);
+    client.close().await;
+    server.cut().await;
+}
