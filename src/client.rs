@@ -90,6 +90,8 @@ pub struct ClientBuilder<M, H = (), R = ()> {
     handler: H,
     /// The receive buffer's reading end (with [`ClientBuilder::receive`]).
     inbox: Option<mpsc::Receiver<R>>,
+    /// The capacity asked for the receive buffer (validated on connect).
+    receive_capacity: Option<usize>,
     config: ConnectionConfig,
     connect_timeout: Duration,
     codec: Option<(bool, Override)>,
@@ -121,6 +123,7 @@ impl<M: Message> Client<M> {
         ClientBuilder {
             handler: (),
             inbox: None,
+            receive_capacity: None,
             config: ConnectionConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             codec: None,
@@ -188,7 +191,9 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// ```
     pub fn receive<R2: Message>(self, capacity: usize) -> ClientBuilder<M, Inbox<R2>, R2> {
         let (inbox, rx) = Inbox::new(capacity);
-        self.receiving(inbox, Some(rx))
+        let mut builder = self.receiving(inbox, Some(rx));
+        builder.receive_capacity = Some(capacity);
+        builder
     }
 
     fn receiving<H2, R2>(
@@ -199,6 +204,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         ClientBuilder {
             handler,
             inbox,
+            receive_capacity: None,
             config: self.config,
             connect_timeout: self.connect_timeout,
             codec: self.codec,
@@ -416,7 +422,25 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             .await
     }
 
+    /// Refuses client settings that cannot work (the connection's own are
+    /// checked when it starts).
+    fn validate(&self) -> Result<(), Error> {
+        crate::config::runtime_check()?;
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "connect_timeout must not be zero: every connect would time out",
+            ));
+        }
+        if self.receive_capacity == Some(0) {
+            return Err(Error::Config(
+                "receive(capacity) needs a capacity of at least 1 message",
+            ));
+        }
+        self.reconnect.as_ref().map_or(Ok(()), Reconnect::validate)
+    }
+
     async fn dial_and_start(self, target: DialTarget) -> Result<Client<M, R>, Error> {
+        self.validate()?;
         let (stream, peer, local) =
             dial_within(self.connect_timeout, target.clone(), self.tls.as_ref()).await?;
         let redial = Redial {
@@ -485,6 +509,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        self.validate()?;
         let local = Addr::named("local");
         let on_connect = self.on_connect.clone();
         let (client, conn) = match self.tls.clone() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::Framing;
+use crate::{Error, Framing};
 
 /// Default size of a connection's outgoing queue: 256 KiB.
 pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
@@ -42,6 +42,74 @@ pub(crate) struct ConnectionConfig {
     pub(crate) max_in_flight: usize,
     /// How long a request waits for its reply by default.
     pub(crate) request_timeout: Duration,
+}
+
+/// Fails with a clear error outside a tokio runtime (where tokio itself
+/// would panic at the first spawn or timer).
+///
+/// # Errors
+///
+/// [`Error::Runtime`].
+pub(crate) fn runtime_check() -> Result<(), Error> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| {
+            Error::Runtime(
+                "no tokio runtime here: chitchat-net runs on tokio with its I/O and time drivers \
+                 (`#[tokio::main]`, or a runtime built with `enable_all()`)",
+            )
+        })
+}
+
+impl ConnectionConfig {
+    /// Refuses settings that cannot work (a zero queue makes every send
+    /// wait forever, a zero timeout fires at once, ...).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        runtime_check()?;
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        let checks = [
+            (
+                self.framing.max_length() == 0,
+                "max_frame_length must be at least 1 byte: 0 refuses every frame",
+            ),
+            (
+                self.queue_bytes == 0,
+                "queue_bytes must be at least 1 byte: 0 makes every send wait forever",
+            ),
+            (
+                self.event_capacity == 0,
+                "event_capacity must be at least 1: 0 drops every error event",
+            ),
+            (
+                zero(self.idle_timeout),
+                "idle_timeout must not be zero (None turns it off): zero closes every connection at once",
+            ),
+            (
+                zero(self.write_stall_timeout),
+                "write_stall_timeout must not be zero (None turns it off): zero fails every write that waits",
+            ),
+            (
+                self.handshake_timeout.is_zero(),
+                "handshake_timeout must not be zero: every handshake would time out",
+            ),
+            (
+                self.max_in_flight == 0,
+                "max_requests_in_flight must be at least 1: 0 makes every request wait forever",
+            ),
+            (
+                self.request_timeout.is_zero(),
+                "request_timeout must not be zero: every request would time out",
+            ),
+        ];
+        match checks.into_iter().find(|(bad, _)| *bad) {
+            Some((_, why)) => Err(Error::Config(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for ConnectionConfig {

@@ -145,6 +145,12 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(&'static str),
 
+    /// Called outside a tokio runtime: chitchat-net runs on tokio, with its
+    /// I/O and time drivers enabled (`#[tokio::main]` or
+    /// `Builder::enable_all()`).
+    #[error("{0}")]
+    Runtime(&'static str),
+
     /// No reply arrived within the request's timeout. The request is
     /// forgotten; a reply that arrives later becomes an
     /// [`Error::LateReply`] event.

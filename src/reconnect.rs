@@ -105,6 +105,26 @@ impl Reconnect {
         doubled.min(self.max_delay).mul_f64(unit.clamp(0.0, 1.0))
     }
 
+    /// Refuses a policy that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) for a zero delay (a client
+    /// would hammer a server that is down) or zero tries.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        if self.initial_delay.is_zero() || self.max_delay.is_zero() {
+            return Err(crate::Error::Config(
+                "reconnect delays must not be zero: the client would retry without pause",
+            ));
+        }
+        if self.max_tries == Some(0) {
+            return Err(crate::Error::Config(
+                "reconnect max_tries must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether `failed` tries in a row are all it may make.
     pub(crate) fn exhausted(&self, failed: u32) -> bool {
         self.max_tries.is_some_and(|max| failed >= max)

@@ -348,6 +348,16 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Refuses settings that cannot work, and a call outside a runtime.
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_connections == 0 {
+            return Err(Error::Config(
+                "max_connections must be at least 1: 0 refuses every connection",
+            ));
+        }
+        self.config.validate()
+    }
+
     /// Binds `addr` and starts accepting in the background.
     ///
     /// # Errors
@@ -355,6 +365,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// [`Error::Io`] if the address cannot be bound; [`Error::Config`] for
     /// request ids over a raw framing.
     pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
+        self.validate()?;
         let listener = bind(addr, self.backlog).await?;
         self.start_listener(Listener::Tcp(listener))
     }
@@ -395,6 +406,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// ```
     #[cfg(unix)]
     pub async fn listen_unix(self, path: impl AsRef<std::path::Path>) -> Result<Server<H>, Error> {
+        self.validate()?;
         if self.tls.is_some() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -474,6 +486,7 @@ impl<H: Handler> ServerBuilder<H> {
         I: Stream<Item = std::io::Result<(S, Addr)>> + Send + 'static,
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        self.validate()?;
         let incoming = incoming.map(|accepted| accepted.map(|(io, peer)| (Io(io), peer)));
         self.start(local.into(), incoming)
     }

@@ -66,6 +66,7 @@ impl Wire {
         binary: bool,
         overrides: Vec<Override>,
     ) -> Result<Self, Error> {
+        config.validate()?;
         let wire = if config.request_ids {
             Wire::with_envelope(config.framing, overrides)?
         } else if config.ordered_replies {
