@@ -100,7 +100,10 @@ pub(crate) async fn run<R, W, H>(
     };
     match ended {
         Ok(_) | Err(Error::Closed) => tracing::debug!(?reason, "connection closed"),
-        Err(error) => events.report(Some(conn.peer.clone()), error),
+        Err(error) => {
+            tracing::debug!(?reason, error = %crate::Report(&error), "connection closed");
+            events.report(Some(conn.peer.clone()), error);
+        }
     }
     conn.end.set(reason);
     on_end.run();

@@ -14,8 +14,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error on a socket.
-    #[error("i/o error")]
+    /// An I/O error on a socket. Connect and bind errors name the address
+    /// in their message (the `io::Error` keeps its kind).
+    #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 
     /// A frame (as it stands on the wire, without its delimiter) is longer than
@@ -54,17 +55,20 @@ pub enum Error {
     },
 
     /// A frame could not be decoded into a typed value.
-    #[error("{codec} decode failed")]
+    #[error("{codec} decode{} failed: {}", IntoType(*message), Report(&**source))]
     Decode {
         /// Name of the codec that failed.
         codec: &'static str,
+        /// The Rust type it was decoding into, where known (a connection
+        /// and [`TypedCodec`](crate::TypedCodec) always know it).
+        message: Option<&'static str>,
         /// Why.
         #[source]
         source: BoxError,
     },
 
     /// A value could not be encoded.
-    #[error("{codec} encode failed")]
+    #[error("{codec} encode failed: {}", Report(&**source))]
     Encode {
         /// Name of the codec that failed.
         codec: &'static str,
@@ -74,7 +78,7 @@ pub enum Error {
     },
 
     /// A handler returned an error.
-    #[error("handler failed")]
+    #[error("handler failed: {}", Report(&**.0))]
     Handler(#[source] BoxError),
 
     /// A connection received no complete frame for longer than the idle
@@ -124,11 +128,11 @@ pub enum Error {
     ClosedByPeer,
 
     /// A TLS handshake failed or took too long.
-    #[error("tls handshake failed")]
+    #[error("tls handshake failed: {0}")]
     Tls(#[source] std::io::Error),
 
     /// Accepting a connection failed.
-    #[error("accept failed")]
+    #[error("accept failed: {0}")]
     Accept(#[source] std::io::Error),
 
     /// A handler panicked while handling a frame.
@@ -137,7 +141,7 @@ pub enum Error {
 
     /// A frame's request envelope is malformed (see [`crate::envelope`]):
     /// the frame is dropped, the connection stays open.
-    #[error("malformed request envelope")]
+    #[error("malformed request envelope: {0}")]
     Envelope(#[from] crate::envelope::EnvelopeError),
 
     /// A setting that cannot work, refused when the client or server is
@@ -199,7 +203,25 @@ impl Error {
     pub fn decode(codec: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Decode {
             codec,
+            message: None,
             source: source.into(),
+        }
+    }
+
+    /// Names `M` as the type a decode error was decoding into (if it does
+    /// not name one yet); other errors are returned as they are.
+    pub(crate) fn decoding<M>(self) -> Self {
+        match self {
+            Error::Decode {
+                codec,
+                message: None,
+                source,
+            } => Error::Decode {
+                codec,
+                message: Some(std::any::type_name::<M>()),
+                source,
+            },
+            other => other,
         }
     }
 
@@ -221,6 +243,13 @@ impl Error {
         }
     }
 
+    /// Whether an event of this error is logged at WARN: it ended a
+    /// connection (or an accept) abnormally. A peer's ordinary close is
+    /// not one.
+    pub(crate) fn is_warning(&self) -> bool {
+        self.is_fatal() && !matches!(self, Error::ClosedByPeer | Error::ReconnectGaveUp { .. })
+    }
+
     /// Whether this error ends the byte stream it happened on (a framing or I/O
     /// error), as opposed to one frame (decode or handler errors).
     pub fn is_fatal(&self) -> bool {
@@ -238,17 +267,78 @@ impl Error {
     }
 }
 
-/// Displays an error with its chain of sources: `decode failed: unknown tag 9`.
-pub(crate) struct Report<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+/// Displays an error with its chain of sources, each once: `handler
+/// failed: connection refused`. Use it for any error (a handler's own, for
+/// example). chitchat-net's own errors already carry their causes in their
+/// `Display`, which this formatter notices, so it never repeats a cause.
+///
+/// # Examples
+///
+/// ```
+/// use chitchat_net::Report;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "disk on fire");
+/// let error = chitchat_net::Error::Handler(Box::new(io));
+/// assert_eq!(Report(&error).to_string(), "handler failed: disk on fire");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if !shown.ends_with(&text) && !shown.contains(&format!("{text}: ")) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
             source = cause.source();
         }
-        Ok(())
+        f.write_str(&shown)
     }
+}
+
+/// ` of T` for a decode error that knows its type.
+struct IntoType(Option<&'static str>);
+
+impl std::fmt::Display for IntoType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ty) => write!(f, " into {ty}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An I/O error with what was being done and to which address: `connect
+/// to 127.0.0.1:1: Connection refused (os error 111)`. Keeps the kind.
+#[derive(Debug)]
+struct Context {
+    what: String,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `error` with `what` (and the address) in its message, same kind.
+pub(crate) fn io_context(what: impl std::fmt::Display, error: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        error.kind(),
+        Context {
+            what: what.to_string(),
+            source: error,
+        },
+    )
 }

@@ -24,8 +24,8 @@ pub struct ErrorEvent {
 impl std::fmt::Display for ErrorEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.peer {
-            Some(peer) => write!(f, "{peer}: {}", crate::error::Report(&self.error)),
-            None => write!(f, "{}", crate::error::Report(&self.error)),
+            Some(peer) => write!(f, "{peer}: {}", crate::Report(&self.error)),
+            None => write!(f, "{}", crate::Report(&self.error)),
         }
     }
 }
@@ -40,13 +40,19 @@ pub(crate) struct EventSink {
 
 impl EventSink {
     pub(crate) fn report(&self, peer: Option<Addr>, error: Error) {
-        match &peer {
-            Some(peer) => {
-                tracing::debug!(%peer, error = %crate::error::Report(&error), "chitchat-net error event")
+        // Events that end a connection (or stop accepting) at WARN, so that
+        // they show with the default filter even if nobody reads the
+        // events; per-frame ones (a decode or handler error) at DEBUG.
+        let error_text = crate::Report(&error);
+        match (&peer, error.is_warning()) {
+            (Some(peer), true) => {
+                tracing::warn!(%peer, error = %error_text, "chitchat-net error event")
             }
-            None => {
-                tracing::debug!(error = %crate::error::Report(&error), "chitchat-net error event")
+            (None, true) => tracing::warn!(error = %error_text, "chitchat-net error event"),
+            (Some(peer), false) => {
+                tracing::debug!(%peer, error = %error_text, "chitchat-net error event")
             }
+            (None, false) => tracing::debug!(error = %error_text, "chitchat-net error event"),
         }
         Counters::add(&self.counters.errors, 1);
         if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {

@@ -152,7 +152,7 @@ pub use crate::config::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WRITE_STALL_TIMEOUT,
 };
-pub use crate::error::{BoxError, Error};
+pub use crate::error::{BoxError, Error, Report};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};

@@ -544,7 +544,10 @@ impl<H: Handler> ServerBuilder<H> {
 /// Binds the first address of `addr` that works, with `backlog`.
 async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Error> {
     let mut last = None;
-    for addr in tokio::net::lookup_host(addr).await? {
+    let addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| crate::error::io_context("resolve the address to listen on", e))?;
+    for addr in addrs {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -555,7 +558,12 @@ async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Err
         socket.set_reuseaddr(true)?;
         match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
             Ok(listener) => return Ok(listener),
-            Err(error) => last = Some(error),
+            Err(error) => {
+                last = Some(crate::error::io_context(
+                    format_args!("listen on {addr}"),
+                    error,
+                ))
+            }
         }
     }
     Err(Error::Io(last.unwrap_or_else(|| {

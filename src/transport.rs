@@ -412,8 +412,13 @@ pub(crate) async fn dial(
     tls: Option<&ClientTls>,
 ) -> Result<(Stream, Addr, Addr), crate::Error> {
     let tcp = match target {
-        Target::Name(name) => TcpStream::connect(name).await?,
-        Target::Tcp(addrs) => TcpStream::connect(&addrs[..]).await?,
+        Target::Name(name) => TcpStream::connect(&name)
+            .await
+            .map_err(|e| crate::error::io_context(format_args!("connect to {name}"), e))?,
+        Target::Tcp(addrs) => TcpStream::connect(&addrs[..]).await.map_err(|e| {
+            let to = addrs.iter().map(ToString::to_string).collect::<Vec<_>>();
+            crate::error::io_context(format_args!("connect to {}", to.join(" or ")), e)
+        })?,
         #[cfg(unix)]
         Target::Unix(path) => {
             if tls.is_some() {
@@ -422,7 +427,9 @@ pub(crate) async fn dial(
                     "TLS is not supported on Unix-domain sockets",
                 )));
             }
-            let unix = UnixStream::connect(path).await?;
+            let unix = UnixStream::connect(&path).await.map_err(|e| {
+                crate::error::io_context(format_args!("connect to {}", path.display()), e)
+            })?;
             let addr = |addr: io::Result<tokio::net::unix::SocketAddr>| {
                 let addr = addr.ok();
                 let path = addr.as_ref().and_then(|addr| addr.as_pathname());

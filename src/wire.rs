@@ -184,10 +184,11 @@ impl Wire {
 
     /// Decodes one frame into a message.
     pub(crate) fn decode<M: Message>(&self, frame: Bytes) -> Result<M, Error> {
-        match self.override_for::<M>() {
+        let decoded = match self.override_for::<M>() {
             Some(codec) => codec.decode(frame),
             None => M::Codec::default().decode(frame),
-        }
+        };
+        decoded.map_err(Error::decoding::<M>)
     }
 
     fn override_for<M: Message>(&self) -> Option<&Arc<dyn Codec<M>>> {

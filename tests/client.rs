@@ -367,6 +367,7 @@ async fn client_decode_and_handler_errors_are_events() {
         Error::Decode {
             codec: "pod",
             source,
+            ..
         } => assert_eq!(
             source.downcast_ref::<SizeMismatch>(),
             Some(&SizeMismatch {

@@ -102,6 +102,7 @@ fn assert_bincode_decode_error<T: std::fmt::Debug>(
         Err(Error::Decode {
             codec: "bincode",
             source,
+            ..
         }) => source,
         other => {
             let mut shown = format!("{other:?}");

@@ -43,7 +43,7 @@ fn assert_size_mismatch(
     actual: usize,
 ) {
     match result {
-        Err(Error::Decode { codec, source }) => {
+        Err(Error::Decode { codec, source, .. }) => {
             assert_eq!(codec, "pod");
             let mismatch = source
                 .downcast_ref::<SizeMismatch>()
@@ -194,7 +194,7 @@ proptest! {
         } else {
             let is_mismatch = matches!(
                 &result,
-                Err(Error::Decode { codec: "pod", source })
+                Err(Error::Decode { codec: "pod", source, .. })
                     if source.downcast_ref::<SizeMismatch>()
                         == Some(&SizeMismatch { expected: 16, actual: bytes.len() })
             );

@@ -59,6 +59,7 @@ fn assert_postcard_decode_error<T: std::fmt::Debug>(
         Err(Error::Decode {
             codec: "postcard",
             source,
+            ..
         }) => source,
         other => panic!("expected a postcard decode error, got {other:?}"),
     }

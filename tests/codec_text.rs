@@ -41,7 +41,7 @@ fn text_invalid_utf8_is_a_text_decode_error() {
     ] {
         let result: Result<String, Error> = Text.decode(Bytes::copy_from_slice(bad));
         match result {
-            Err(Error::Decode { codec, source }) => {
+            Err(Error::Decode { codec, source, .. }) => {
                 assert_eq!(codec, "text");
                 assert!(
                     source.downcast_ref::<std::str::Utf8Error>().is_some(),

@@ -31,7 +31,7 @@ fn codec_of<M: Message>() -> TypeId {
 /// The error's source, if it is a decode error with a source of type `E`.
 fn decode_source<E: std::error::Error + Copy + 'static>(err: &Error) -> Option<(&'static str, E)> {
     match err {
-        Error::Decode { codec, source } => source.downcast_ref::<E>().map(|e| (*codec, *e)),
+        Error::Decode { codec, source, .. } => source.downcast_ref::<E>().map(|e| (*codec, *e)),
         _ => None,
     }
 }

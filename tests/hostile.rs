@@ -187,7 +187,9 @@ async fn expect_decode_event(
     let event = next_event(events).await;
     assert_peer(&event, peer);
     match &event.error {
-        Error::Decode { codec: c, source } if *c == codec => {
+        Error::Decode {
+            codec: c, source, ..
+        } if *c == codec => {
             assert!(!event.error.is_fatal());
             source.to_string()
         }
@@ -496,6 +498,7 @@ async fn wrong_size_pod_frames_are_decode_events_and_the_connection_stays() {
             Error::Decode {
                 codec: "pod",
                 source,
+                ..
             } => assert_eq!(
                 source.downcast_ref::<SizeMismatch>(),
                 Some(&SizeMismatch {

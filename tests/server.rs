@@ -307,6 +307,7 @@ async fn wrong_size_pod_frame_is_a_decode_event_and_the_connection_stays_open() 
         Error::Decode {
             codec: "pod",
             source,
+            ..
         } => assert_eq!(
             source.downcast_ref::<SizeMismatch>(),
             Some(&SizeMismatch {
@@ -931,6 +932,7 @@ async fn unread_events_are_dropped_and_counted() {
             Error::Decode {
                 codec: "text",
                 source,
+                ..
             } => {
                 let why = source.to_string();
                 assert!(why.contains(&format!("index {i}")), "event {i}: {why}");
