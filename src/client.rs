@@ -546,7 +546,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
         };
-        let wire = Wire::build(&self.config, binary, overrides)?;
+        let wire = Wire::build(&self.config, binary, overrides)?.receiving::<H::Message>();
         let counters = Arc::new(Counters::default());
         let ended = CancellationToken::new();
         let (events, errors) =

@@ -27,11 +27,10 @@ use crate::{Codec, Error, FrameCodec, Framing, Message};
 /// # Escaping
 ///
 /// A delimited framing with [`Escaping::Auto`](crate::Escaping::Auto) is
-/// escaped if either codec is binary, raw otherwise. A chitchat-net client
-/// chooses by the codec of what it sends, a server by the codec of what it
-/// receives; this agrees with both unless a text type travels one way and a
-/// binary one the other. Then force the escaping on both ends, with
-/// [`Framing::escaped`] (any payload) or [`Framing::raw`].
+/// resolved per direction, as chitchat-net connections do: what is sent is
+/// escaped if `Out`'s codec is binary and raw if it is text, what is
+/// received is cut as `In`'s codec needs. So a text type may travel one way
+/// and a binary one the other.
 ///
 /// # Examples
 ///
@@ -66,8 +65,10 @@ use crate::{Codec, Error, FrameCodec, Framing, Message};
 pub struct TypedCodec<Out, In = Out> {
     /// The framing as given (escaping perhaps `Auto`).
     framing: Framing,
-    /// The framing resolved for both codecs, with its decoder state.
-    frame: FrameCodec,
+    /// The framing resolved for `Out`'s codec.
+    frame_out: FrameCodec,
+    /// The framing resolved for `In`'s codec, with its decoder state.
+    frame_in: FrameCodec,
     codec_out: Arc<dyn Codec<Out>>,
     codec_in: Arc<dyn Codec<In>>,
     _types: PhantomData<fn(Out) -> In>,
@@ -100,30 +101,36 @@ impl<Out: Message, In: Message> TypedCodec<Out, In> {
         codec_out: Arc<dyn Codec<Out>>,
         codec_in: Arc<dyn Codec<In>>,
     ) -> Self {
-        let binary = codec_out.is_binary() || codec_in.is_binary();
         TypedCodec {
             framing,
-            frame: FrameCodec::new(framing.resolve(binary)),
+            frame_out: FrameCodec::new(framing.resolve(codec_out.is_binary())),
+            frame_in: FrameCodec::new(framing.resolve(codec_in.is_binary())),
             codec_out,
             codec_in,
             _types: PhantomData,
         }
     }
 
-    /// The framing applied, its escaping resolved (never
-    /// [`Escaping::Auto`](crate::Escaping::Auto)).
+    /// The framing of what is sent, its escaping resolved for `Out`'s
+    /// codec (never [`Escaping::Auto`](crate::Escaping::Auto)).
     ///
     /// ```
     /// use bytes::Bytes;
     /// use chitchat_net::{Escaping, Framing, TypedCodec};
     ///
     /// let text = TypedCodec::<String>::new(Framing::lines());
-    /// assert_eq!(text.framing().escaping(), Some(Escaping::Raw));
+    /// assert_eq!(text.framing_out().escaping(), Some(Escaping::Raw));
     /// let forced = TypedCodec::<Bytes>::new(Framing::lines().escaped());
-    /// assert_eq!(forced.framing().escaping(), Some(Escaping::Escaped));
+    /// assert_eq!(forced.framing_out().escaping(), Some(Escaping::Escaped));
     /// ```
-    pub fn framing(&self) -> Framing {
-        self.frame.framing()
+    pub fn framing_out(&self) -> Framing {
+        self.frame_out.framing()
+    }
+
+    /// The framing of what is received, its escaping resolved for `In`'s
+    /// codec.
+    pub fn framing_in(&self) -> Framing {
+        self.frame_in.framing()
     }
 }
 
@@ -133,7 +140,8 @@ impl<Out: Message, In: Message> Clone for TypedCodec<Out, In> {
     fn clone(&self) -> Self {
         TypedCodec {
             framing: self.framing,
-            frame: self.frame.clone(),
+            frame_out: self.frame_out.clone(),
+            frame_in: FrameCodec::new(self.frame_in.framing()),
             codec_out: self.codec_out.clone(),
             codec_in: self.codec_in.clone(),
             _types: PhantomData,
@@ -144,7 +152,8 @@ impl<Out: Message, In: Message> Clone for TypedCodec<Out, In> {
 impl<Out: Message, In: Message> fmt::Debug for TypedCodec<Out, In> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TypedCodec")
-            .field("framing", &self.frame.framing())
+            .field("framing_out", &self.frame_out.framing())
+            .field("framing_in", &self.frame_in.framing())
             .field("codec_out", &self.codec_out.name())
             .field("codec_in", &self.codec_in.name())
             .finish()
@@ -156,15 +165,23 @@ impl<Out: Message, In: Message> Decoder for TypedCodec<Out, In> {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, Error> {
-        match self.frame.decode(src)? {
-            Some(frame) => self.codec_in.decode(frame).map(Some),
+        match self.frame_in.decode(src)? {
+            Some(frame) => self
+                .codec_in
+                .decode(frame)
+                .map(Some)
+                .map_err(Error::decoding::<In>),
             None => Ok(None),
         }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, Error> {
-        match self.frame.decode_eof(src)? {
-            Some(frame) => self.codec_in.decode(frame).map(Some),
+        match self.frame_in.decode_eof(src)? {
+            Some(frame) => self
+                .codec_in
+                .decode(frame)
+                .map(Some)
+                .map_err(Error::decoding::<In>),
             None => Ok(None),
         }
     }
@@ -176,7 +193,8 @@ impl<Out: Message, In: Message> Encoder<&Out> for TypedCodec<Out, In> {
     /// Appends one framed message to `dst` (nothing on error).
     fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), Error> {
         let codec = &self.codec_out;
-        self.frame.encode_with(dst, |dst| codec.encode(item, dst))
+        self.frame_out
+            .encode_with(dst, |dst| codec.encode(item, dst))
     }
 }
 
@@ -219,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_binary_codec_either_way_escapes_an_auto_framing() {
+    fn each_direction_is_escaped_as_its_codec_needs() {
         use crate::{Escaping, PodCodec};
         #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
         #[repr(C)]
@@ -227,23 +245,16 @@ mod tests {
         impl Message for Pair {
             type Codec = PodCodec;
         }
-        let escaped = Some(Escaping::Escaped);
-        assert_eq!(
-            TypedCodec::<String, Pair>::new(Framing::lines())
-                .framing()
-                .escaping(),
-            escaped
-        );
-        assert_eq!(
-            TypedCodec::<Pair, String>::new(Framing::lines())
-                .framing()
-                .escaping(),
-            escaped
-        );
-        let raw = TypedCodec::<String, Bytes>::new(Framing::lines());
-        assert_eq!(raw.framing().escaping(), Some(Escaping::Raw));
+        let (escaped, raw) = (Some(Escaping::Escaped), Some(Escaping::Raw));
+        let text_out = TypedCodec::<String, Pair>::new(Framing::lines());
+        assert_eq!(text_out.framing_out().escaping(), raw);
+        assert_eq!(text_out.framing_in().escaping(), escaped);
+        let pod_out = TypedCodec::<Pair, String>::new(Framing::lines());
+        assert_eq!(pod_out.framing_out().escaping(), escaped);
+        assert_eq!(pod_out.framing_in().escaping(), raw);
         let forced = TypedCodec::<Pair>::new(Framing::lines().raw());
-        assert_eq!(forced.framing().escaping(), Some(Escaping::Raw));
+        assert_eq!(forced.framing_out().escaping(), raw);
+        assert_eq!(forced.framing_in().escaping(), raw);
     }
 
     #[test]

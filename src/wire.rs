@@ -19,11 +19,32 @@ pub(crate) type Override = Arc<dyn Any + Send + Sync>;
 /// for a slot beyond that.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
-/// Framing (with escaping resolved) and codecs of a connection.
+/// What a connection speaks: framing, codecs and the request envelope.
+/// Cloning it is one reference count: every connection of a server or
+/// client shares one.
+///
+/// Escaping (with a delimited framing whose escaping is `Auto`) is decided
+/// per message type, from that type's codec (or its override), when it is
+/// sent: a binary codec's messages are escaped, a text codec's are raw. The
+/// frames a connection receives are cut with the escaping of the type it
+/// receives. With the request envelope on, everything is escaped.
 #[derive(Clone)]
 pub(crate) struct Wire {
-    frame: FrameCodec,
-    overrides: Arc<Vec<Override>>,
+    spec: Arc<Spec>,
+}
+
+#[derive(Clone)]
+struct Spec {
+    /// The framing for binary messages (escaped with `Auto`).
+    escaped: FrameCodec,
+    /// The framing for text messages (raw with `Auto`).
+    raw: FrameCodec,
+    /// Whether raw payloads (`send_bytes`) are framed as binary: as the
+    /// connection's own message type is.
+    bytes_binary: bool,
+    /// Whether received frames are cut as binary: as the received type is.
+    receive_binary: bool,
+    overrides: Vec<Override>,
     /// Whether every frame carries the request envelope.
     envelope: bool,
     /// How replies are matched to requests.
@@ -35,94 +56,103 @@ pub(crate) struct Wire {
 impl fmt::Debug for Wire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wire")
-            .field("framing", &self.frame.framing())
-            .field("overrides", &self.overrides.len())
-            .field("envelope", &self.envelope)
+            .field("framing", &self.spec.raw.framing())
+            .field("overrides", &self.spec.overrides.len())
+            .field("envelope", &self.spec.envelope)
             .finish()
     }
 }
 
 impl Wire {
-    /// `framing` resolved for `binary` payloads, with the given overrides.
+    /// `framing` for a connection whose own message type is `binary` (how
+    /// raw payloads and received frames are framed), with the given
+    /// overrides.
     pub(crate) fn new(framing: Framing, binary: bool, overrides: Vec<Override>) -> Self {
         Wire {
-            frame: FrameCodec::new(framing.resolve(binary)),
-            overrides: Arc::new(overrides),
-            envelope: false,
-            matching: Matching::Off,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            spec: Arc::new(Spec {
+                escaped: FrameCodec::new(framing.resolve(true)),
+                raw: FrameCodec::new(framing.resolve(false)),
+                bytes_binary: binary,
+                receive_binary: binary,
+                overrides,
+                envelope: false,
+                matching: Matching::Off,
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            }),
         }
     }
 
     /// The wire a server's or client's connections speak: `config`'s
-    /// framing for `binary` payloads (escaped if request ids are on), with
+    /// framing, for a connection whose own message type is `binary`, with
     /// `overrides` and `config`'s request matching.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for request ids over an explicitly raw framing.
+    /// [`Error::Config`] for request ids over an explicitly raw framing,
+    /// and for settings that cannot work.
     pub(crate) fn build(
         config: &crate::config::ConnectionConfig,
         binary: bool,
         overrides: Vec<Override>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let wire = if config.request_ids {
-            Wire::with_envelope(config.framing, overrides)?
+        let mut wire = Wire::new(config.framing, binary, overrides);
+        let spec = Arc::make_mut(&mut wire.spec);
+        if config.request_ids {
+            if config.framing.escaping() == Some(crate::Escaping::Raw) {
+                return Err(Error::Config(
+                    "request ids need an escaped (or EOF or length-prefixed) framing, not a raw one",
+                ));
+            }
+            spec.envelope = true;
+            spec.matching = Matching::Ids;
         } else if config.ordered_replies {
-            Wire::new(config.framing, binary, overrides).ordered_replies()
-        } else {
-            Wire::new(config.framing, binary, overrides)
-        };
-        Ok(wire.max_in_flight(config.max_in_flight))
-    }
-
-    /// Matches replies to requests in the order the requests were sent
-    /// (for peers without the envelope).
-    pub(crate) fn ordered_replies(mut self) -> Self {
-        if !self.envelope {
-            self.matching = Matching::Ordered;
+            spec.matching = Matching::Ordered;
         }
-        self
+        spec.max_in_flight = config.max_in_flight;
+        Ok(wire)
     }
 
-    /// At most `max` requests in flight per connection.
-    pub(crate) fn max_in_flight(mut self, max: usize) -> Self {
-        self.max_in_flight = max;
+    /// Cuts received frames with the escaping of `R` (what a client
+    /// receives may be of another type than what it sends).
+    pub(crate) fn receiving<R: Message>(mut self) -> Self {
+        let binary = self.is_binary::<R>();
+        Arc::make_mut(&mut self.spec).receive_binary = binary;
         self
     }
 
     /// How replies are matched to requests.
     pub(crate) fn matching(&self) -> Matching {
-        self.matching
+        self.spec.matching
     }
 
     /// The table for a connection's requests, if requests are on.
     pub(crate) fn requests(&self) -> Option<Box<Requests>> {
-        (self.matching != Matching::Off).then(|| Box::new(Requests::new(self.max_in_flight)))
-    }
-
-    /// `framing` with the request envelope on every frame (escaped when
-    /// escaping is `Auto`: the header is binary).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an explicitly raw delimited framing.
-    pub(crate) fn with_envelope(framing: Framing, overrides: Vec<Override>) -> Result<Self, Error> {
-        if framing.escaping() == Some(crate::Escaping::Raw) {
-            return Err(Error::Config(
-                "request ids need an escaped (or EOF or length-prefixed) framing, not a raw one",
-            ));
-        }
-        let mut wire = Wire::new(framing, true, overrides);
-        wire.envelope = true;
-        wire.matching = Matching::Ids;
-        Ok(wire)
+        let spec = &self.spec;
+        (spec.matching != Matching::Off).then(|| Box::new(Requests::new(spec.max_in_flight)))
     }
 
     /// A fresh frame decoder for one connection.
     pub(crate) fn decoder(&self) -> FrameCodec {
-        FrameCodec::new(self.frame.framing())
+        FrameCodec::new(self.frame(self.spec.receive_binary).framing())
+    }
+
+    /// The framing for binary or text payloads (everything is binary with
+    /// the envelope).
+    fn frame(&self, binary: bool) -> &FrameCodec {
+        if binary || self.spec.envelope {
+            &self.spec.escaped
+        } else {
+            &self.spec.raw
+        }
+    }
+
+    /// Whether `M`'s codec (or its override) is binary.
+    fn is_binary<M: Message>(&self) -> bool {
+        match self.override_for::<M>() {
+            Some(codec) => codec.is_binary(),
+            None => default_is_binary::<M>(),
+        }
     }
 
     /// Appends one framed message to `dst` (nothing on error).
@@ -131,34 +161,41 @@ impl Wire {
     }
 
     /// Appends one framed message to `dst` as `kind` (the envelope is
-    /// written only if the connection has it on; nothing on error).
+    /// written only if the connection has it on; nothing on error), framed
+    /// as `M`'s codec needs.
     pub(crate) fn encode_as<M: Message>(
         &self,
         kind: Envelope,
         msg: &M,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
+        let envelope = self.spec.envelope;
         let header = |d: &mut BytesMut| {
-            if self.envelope {
+            if envelope {
                 envelope::encode(kind, d);
             }
         };
         match self.override_for::<M>() {
-            Some(codec) => self.frame.encode_with(dst, |d| {
+            Some(codec) => self.frame(codec.is_binary()).encode_with(dst, |d| {
                 header(d);
                 codec.encode(msg, d)
             }),
-            None => self.frame.encode_with(dst, |d| {
-                header(d);
-                M::Codec::default().encode(msg, d)
-            }),
+            None => {
+                let codec = M::Codec::default();
+                self.frame(codec.is_binary()).encode_with(dst, |d| {
+                    header(d);
+                    codec.encode(msg, d)
+                })
+            }
         }
     }
 
-    /// Appends one framed raw payload to `dst` (nothing on error).
+    /// Appends one framed raw payload to `dst` (nothing on error), framed
+    /// as the connection's own message type is.
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
-        self.frame.encode_with(dst, |d| {
-            if self.envelope {
+        let envelope = self.spec.envelope;
+        self.frame(self.spec.bytes_binary).encode_with(dst, |d| {
+            if envelope {
                 envelope::encode(Envelope::Message, d);
             }
             d.extend_from_slice(payload);
@@ -174,7 +211,7 @@ impl Wire {
     ///
     /// [`Error::Envelope`] for a malformed header.
     pub(crate) fn open(&self, frame: Bytes) -> Result<(Envelope, Bytes), Error> {
-        if !self.envelope {
+        if !self.spec.envelope {
             return Ok((Envelope::Message, frame));
         }
         let (kind, rest) = envelope::decode(&frame)?;
@@ -192,7 +229,8 @@ impl Wire {
     }
 
     fn override_for<M: Message>(&self) -> Option<&Arc<dyn Codec<M>>> {
-        self.overrides
+        self.spec
+            .overrides
             .iter()
             .find_map(|o| o.downcast_ref::<Arc<dyn Codec<M>>>())
     }

@@ -98,7 +98,10 @@ fn pod_frame_of_the_wrong_size_is_a_size_mismatch() {
 fn pod_size_mismatch_is_a_per_frame_error_with_a_readable_message() {
     let err = decode::<u64>(Bytes::from_static(b"abc")).unwrap_err();
     assert!(!err.is_fatal());
-    assert_eq!(err.to_string(), "pod decode failed");
+    assert_eq!(
+        err.to_string(),
+        "pod decode failed: frame of 3 bytes, expected 8"
+    );
     let source = std::error::Error::source(&err).unwrap();
     assert_eq!(source.to_string(), "frame of 3 bytes, expected 8");
 }

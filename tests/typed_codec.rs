@@ -101,7 +101,7 @@ where
 async fn a_derived_enum_round_trips_through_framed_over_a_duplex() {
     let (a, b) = tokio::io::duplex(4096);
     let codec = TypedCodec::<Command>::new(Framing::lines());
-    assert_eq!(codec.framing().escaping(), Some(Escaping::Escaped));
+    assert_eq!(codec.framing_out().escaping(), Some(Escaping::Escaped));
     let mut left = Framed::new(a, codec.clone());
     let mut right = Framed::new(b, codec);
 
@@ -130,7 +130,7 @@ async fn a_derived_enum_round_trips_through_framed_over_a_duplex() {
 async fn text_round_trips_through_framed_in_raw_lines() {
     let (a, mut bare) = tokio::io::duplex(4096);
     let mut framed = Framed::new(a, TypedCodec::<String>::new(Framing::lines()));
-    assert_eq!(framed.codec().framing().escaping(), Some(Escaping::Raw));
+    assert_eq!(framed.codec().framing_out().escaping(), Some(Escaping::Raw));
 
     framed.send(&"héllo wörld".to_string()).await.unwrap();
     let error = framed.send(&"two\nlines".to_string()).await.unwrap_err();
