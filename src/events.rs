@@ -75,8 +75,15 @@ impl EventSink {
 ///
 /// Events wait in a bounded buffer; when nobody reads them, new ones are
 /// dropped (and counted, see `dropped_events()` on the server or client),
-/// so an unread stream never stalls a connection. All handles from one
-/// server or client share one buffer: each event reaches one of them.
+/// so an unread stream never stalls a connection.
+///
+/// There is one stream per server or client, handed out as handles:
+/// `errors()` and `clone()` give handles on that same stream, not separate
+/// subscriptions. Each event is read once, by whichever handle reads it
+/// first; it is not a broadcast. (So `server.errors().recv().await` in a
+/// loop reads every event once, and a handle taken late still gets what is
+/// buffered.) To give every event to several consumers, read it in one
+/// task and fan it out.
 #[derive(Debug, Clone)]
 pub struct ErrorEvents {
     rx: Arc<Mutex<mpsc::Receiver<ErrorEvent>>>,

@@ -99,3 +99,31 @@ async fn a_handler_error_shows_its_cause() {
     client.close().await;
     server.cut().await;
 }
+
+#[tokio::test]
+async fn every_event_is_read_once_whichever_handle_reads_it() {
+    let failing = handler_fn(|line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+        Err(line.into())
+    });
+    let server = Server::listen("127.0.0.1:0", failing).await.unwrap();
+    let client = Client::<String>::connect(server.local_addr()).await.unwrap();
+    for n in 0..4 {
+        client.send(&format!("failure {n}")).await.unwrap();
+    }
+    // Two handles (one a clone, one taken later) on the one stream: the
+    // four events come out once each, in order, between them.
+    let first = server.errors();
+    let second = first.clone();
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        let handle = if n % 2 == 0 { &first } else { &second };
+        seen.push(next_event(handle).await.to_string());
+    }
+    let late = server.errors();
+    assert!(late.try_recv().is_none(), "an event was read twice");
+    for (n, text) in seen.iter().enumerate() {
+        assert!(text.ends_with(&format!("failure {n}")), "{seen:?}");
+    }
+    client.close().await;
+    server.cut().await;
+}
