@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::config::ConnectionConfig;
 use crate::events::EventSink;
 use crate::handle::{ConnectionHandle, Shared};
+use crate::handler::{Closed, Session};
 use crate::reader::ReadSide;
 use crate::signal::Fired;
 use crate::writer::WriteSide;
@@ -86,9 +87,10 @@ pub(crate) async fn run<R, W, H>(
         .run(),
     )
     .catch_unwind()
-    .map(|ended| ended.unwrap_or_else(|panic| Err(panicked(&*panic)))));
+    .map(|ended| ended.unwrap_or_else(|panic| (Err(panicked(&*panic)), None))));
     let writer = pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
-    let ended = drive(reader, writer, &conn, config.close_timeout).await;
+    let mut session = None;
+    let ended = drive(reader, writer, &conn, config.close_timeout, &mut session).await;
     conn.outbox.abandon();
     if let Some(requests) = &conn.requests {
         requests.end(&conn.wire);
@@ -107,7 +109,13 @@ pub(crate) async fn run<R, W, H>(
     }
     conn.end.set(reason);
     on_end.run();
-    let closed = AssertUnwindSafe(handler.on_close(conn.peer.clone())).catch_unwind();
+    let closed = Closed {
+        peer: conn.peer.clone(),
+        id: conn.id,
+        reason,
+        session,
+    };
+    let closed = AssertUnwindSafe(handler.on_close(closed)).catch_unwind();
     if let Err(panic) = closed.await {
         events.report(Some(conn.peer.clone()), panicked(&*panic));
     }
@@ -115,11 +123,13 @@ pub(crate) async fn run<R, W, H>(
 
 /// Polls both sides on every wake-up until the connection is over (see the
 /// module docs). An abort is checked first.
+/// The read side's session is put in `session` when it ends.
 async fn drive(
-    mut reader: Pin<&mut impl Future<Output = Result<CloseReason, Error>>>,
+    mut reader: Pin<&mut impl Future<Output = (Result<CloseReason, Error>, Session)>>,
     mut writer: Pin<&mut impl Future<Output = Result<(), Error>>>,
     conn: &Shared,
     close_timeout: std::time::Duration,
+    session: &mut Session,
 ) -> Result<CloseReason, Error> {
     let (signal, outbox) = (&conn.signal, &conn.outbox);
     // Who ended it, once the read side knows.
@@ -152,7 +162,8 @@ async fn drive(
                 // wake the task.
                 outbox.quiet_writer();
             }
-            if let Poll::Ready(result) = reader.as_mut().poll(cx) {
+            if let Poll::Ready((result, ended_with)) = reader.as_mut().poll(cx) {
+                *session = ended_with;
                 read_done = Some(result?);
             }
             if !write_done {

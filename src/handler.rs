@@ -1,5 +1,6 @@
 //! What users write: a [`Handler`] gets each decoded message and a [`Context`].
 
+use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use crate::envelope::Envelope;
 use crate::handle::{ConnectionHandle, ConnectionId};
 use crate::stats::Counters;
-use crate::{Addr, BoxError, Error, Message};
+use crate::{Addr, BoxError, CloseReason, Error, Message};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
 ///
@@ -68,9 +69,11 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called once a connection has ended, whatever the reason.
-    fn on_close(&self, peer: Addr) -> impl Future<Output = ()> + Send {
-        let _ = peer;
+    /// Called once a connection has ended, whatever the reason: `closed`
+    /// says who the peer was, how the connection ended, and holds its
+    /// [session](Context::set_session), if it had one.
+    fn on_close(&self, closed: Closed) -> impl Future<Output = ()> + Send {
+        let _ = closed;
         async {}
     }
 }
@@ -101,6 +104,49 @@ pub struct Context<'a> {
     /// The id of the request being handled, if the frame is one (with
     /// request ids on).
     pub(crate) request: Option<u64>,
+    /// This connection's own state.
+    pub(crate) session: &'a mut Session,
+}
+
+/// A connection's own state, kept by its read side between frames.
+pub(crate) type Session = Option<Box<dyn Any + Send>>;
+
+/// How a connection ended, for [`Handler::on_close`].
+#[derive(Debug)]
+pub struct Closed {
+    pub(crate) peer: Addr,
+    pub(crate) id: ConnectionId,
+    pub(crate) reason: CloseReason,
+    pub(crate) session: Session,
+}
+
+impl Closed {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> &Addr {
+        &self.peer
+    }
+
+    /// The connection's id.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// How the connection ended (the error that ended a
+    /// [`Failed`](CloseReason::Failed) one went to the error events).
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+    }
+
+    /// Takes the connection's session, if it was set and is an `S`.
+    pub fn take_session<S: Any + Send>(&mut self) -> Option<S> {
+        match self.session.take()?.downcast::<S>() {
+            Ok(session) => Some(*session),
+            Err(other) => {
+                self.session = Some(other);
+                None
+            }
+        }
+    }
 }
 
 impl Context<'_> {
@@ -175,6 +221,67 @@ impl Context<'_> {
             .push_reply(|buf| inner.wire.encode_as(kind, reply, buf))?;
         Counters::add(&inner.counters.frames_out, 1);
         Ok(())
+    }
+
+    /// This connection's session (its own state, kept between frames), if
+    /// one was set and is an `S`. Set it in `on_open`; it ends with the
+    /// connection, and [`Handler::on_close`] gets it back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{BoxError, Closed, Context, Handler};
+    ///
+    /// /// Greets each peer by the name it gave in its first line.
+    /// struct Greeter;
+    ///
+    /// struct Session {
+    ///     name: Option<String>,
+    ///     lines: u64,
+    /// }
+    ///
+    /// impl Handler for Greeter {
+    ///     type Message = String;
+    ///
+    ///     async fn on_open(&self, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+    ///         ctx.set_session(Session { name: None, lines: 0 });
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+    ///         let session = ctx.session::<Session>().ok_or("no session")?;
+    ///         session.lines += 1;
+    ///         let name = session.name.get_or_insert(line).clone();
+    ///         ctx.send(&format!("hello {name}"))?;
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn on_close(&self, mut closed: Closed) {
+    ///         if let Some(session) = closed.take_session::<Session>() {
+    ///             tracing::info!(lines = session.lines, reason = ?closed.reason(), "bye");
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn session<S: Any + Send>(&mut self) -> Option<&mut S> {
+        self.session.as_mut()?.downcast_mut()
+    }
+
+    /// Sets this connection's session, replacing any.
+    pub fn set_session<S: Any + Send>(&mut self, session: S) {
+        *self.session = Some(Box::new(session));
+    }
+
+    /// This connection's session, made with `S::default()` if there is
+    /// none yet (or it is of another type).
+    pub fn session_or_default<S: Any + Send + Default>(&mut self) -> &mut S {
+        if !self.session.as_ref().is_some_and(|s| s.is::<S>()) {
+            *self.session = Some(Box::new(S::default()));
+        }
+        match self.session.as_mut().and_then(|s| s.downcast_mut()) {
+            Some(session) => session,
+            None => unreachable!("the session was just set to an S"),
+        }
     }
 
     /// The request id of the frame being handled, if it is a request (with

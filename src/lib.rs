@@ -156,7 +156,7 @@ pub use crate::error::{BoxError, Error, Report};
 pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
 pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
-pub use crate::handler::{handler_fn, Context, Dispatch, Handler, HandlerFn, Replier};
+pub use crate::handler::{handler_fn, Closed, Context, Dispatch, Handler, HandlerFn, Replier};
 pub use crate::link::WhileDown;
 pub use crate::receive::Inbox;
 pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};

@@ -28,6 +28,7 @@ use crate::config::ConnectionConfig;
 use crate::envelope::Envelope;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
+use crate::handler::Session;
 use crate::requests::{Matching, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
@@ -64,6 +65,8 @@ pub(crate) struct ReadSide<R, H> {
     config: Arc<ConnectionConfig>,
     /// Where decode and handler errors go.
     events: EventSink,
+    /// The connection's own state, for the handler.
+    session: Session,
 }
 
 /// Why serving stopped without an error.
@@ -103,6 +106,7 @@ where
             handler,
             config,
             events,
+            session: None,
         }
     }
 
@@ -115,10 +119,11 @@ where
     /// failure: the connection ends with them.
     /// Returns who ended the connection: the peer (its end of stream came
     /// first) or this side (a close was asked).
-    pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
+    /// Hands back the connection's session too, for `on_close`.
+    pub(crate) async fn run(mut self) -> (Result<CloseReason, Error>, Session) {
         let result = self.serve_then_close().await;
         self.handle.inner.outbox.finish();
-        result
+        (result, self.session.take())
     }
 
     async fn serve_then_close(&mut self) -> Result<CloseReason, Error> {
@@ -152,6 +157,7 @@ where
             handle: &self.handle,
             closing: &mut self.closing,
             request: None,
+            session: &mut self.session,
         };
         self.handler.on_open(&mut ctx).await.map_err(Error::Handler)
     }
@@ -315,6 +321,7 @@ where
             handle: &self.handle,
             closing: &mut self.closing,
             request,
+            session: &mut self.session,
         };
         if let Err(error) = self.handler.handle(msg, &mut ctx).await {
             self.events.report(peer(), Error::Handler(error));

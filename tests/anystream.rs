@@ -559,8 +559,8 @@ impl Handler for ProbeRef {
         self.0.handle(line, ctx).await
     }
 
-    async fn on_close(&self, peer: Addr) {
-        self.0.on_close(peer).await
+    async fn on_close(&self, closed: chitchat_net::Closed) {
+        self.0.on_close(closed).await
     }
 }
 

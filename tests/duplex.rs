@@ -548,7 +548,8 @@ impl Handler for SlowClose {
         Ok(())
     }
 
-    async fn on_close(&self, peer: Addr) {
+    async fn on_close(&self, closed: chitchat_net::Closed) {
+        let peer = closed.peer_addr().clone();
         let _ = self.entered.send(peer.clone());
         let mut release = self.release.clone();
         // Bounded, so that a failed test does not leave it hanging.

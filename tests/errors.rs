@@ -102,11 +102,13 @@ async fn a_handler_error_shows_its_cause() {
 
 #[tokio::test]
 async fn every_event_is_read_once_whichever_handle_reads_it() {
-    let failing = handler_fn(|line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-        Err(line.into())
-    });
+    let failing = handler_fn(
+        |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> { Err(line.into()) },
+    );
     let server = Server::listen("127.0.0.1:0", failing).await.unwrap();
-    let client = Client::<String>::connect(server.local_addr()).await.unwrap();
+    let client = Client::<String>::connect(server.local_addr())
+        .await
+        .unwrap();
     for n in 0..4 {
         client.send(&format!("failure {n}")).await.unwrap();
     }

@@ -161,8 +161,8 @@ impl Handler for Doorman {
         Err("not today".into())
     }
 
-    async fn on_close(&self, peer: chitchat_net::Addr) {
-        self.closed.lock().unwrap().push(peer);
+    async fn on_close(&self, closed: chitchat_net::Closed) {
+        self.closed.lock().unwrap().push(closed.peer_addr().clone());
     }
 }
 

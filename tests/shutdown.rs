@@ -579,7 +579,8 @@ impl Handler for PanicsAtTheEdges {
         Ok(())
     }
 
-    async fn on_close(&self, peer: chitchat_net::Addr) {
+    async fn on_close(&self, closed: chitchat_net::Closed) {
+        let peer = closed.peer_addr().clone();
         let n = {
             let mut closed = self.closed.lock().unwrap();
             closed.push(peer);

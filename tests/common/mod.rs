@@ -294,8 +294,8 @@ impl Handler for Probe {
         Ok(())
     }
 
-    async fn on_close(&self, peer: Addr) {
-        let _ = self.closed_tx.send(peer);
+    async fn on_close(&self, closed: chitchat_net::Closed) {
+        let _ = self.closed_tx.send(closed.peer_addr().clone());
     }
 }
 
