@@ -61,6 +61,13 @@ impl Addr {
         Addr::Named(name.into())
     }
 
+    /// The Unix-domain socket at `path`: something to connect to, or to
+    /// listen on with [`Server::listen`](crate::Server::listen).
+    #[cfg(unix)]
+    pub fn unix_path(path: impl AsRef<Path>) -> Self {
+        Addr::Unix(UnixAddr::named(Some(path.as_ref())))
+    }
+
     /// The TCP socket address, if this is one.
     pub fn tcp(&self) -> Option<SocketAddr> {
         match self {

@@ -27,7 +27,7 @@ use crate::stats::{Counters, Stats};
 use crate::transport::{self, ClientTls};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
 use crate::{
-    Addr, BoxError, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Framing, Handler, Message,
+    Addr, BoxError, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Handler, Message,
 };
 
 /// Default connect timeout: 10 s.
@@ -156,6 +156,14 @@ impl<M: Message> Client<M> {
 }
 
 impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
+    crate::options::connection_options!();
+
+    /// Takes every connection option at once (replacing those set before).
+    pub fn options(mut self, options: crate::Options) -> Self {
+        self.config = options.config;
+        self
+    }
+
     /// Handles what the server sends with `handler`.
     pub fn handler<H2: Handler>(self, handler: H2) -> ClientBuilder<M, H2> {
         self.receiving(handler, None)
@@ -215,50 +223,6 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         }
     }
 
-    /// Puts the request envelope on every frame, so that replies are
-    /// matched to [`request`](Client::request)s by id, whatever their order
-    /// (the server answers with [`Context::reply`](crate::Context::reply)).
-    /// The server must switch it on too ([`ServerBuilder::request_ids`](crate::ServerBuilder::request_ids)):
-    /// see [`envelope`](crate::envelope) for the wire format. Delimited
-    /// framing is escaped then, whatever the codec; an explicitly raw
-    /// framing is refused by `connect`.
-    pub fn request_ids(mut self) -> Self {
-        self.config.request_ids = true;
-        self
-    }
-
-    /// Matches replies to requests in order, for servers that cannot carry
-    /// request ids (such as the Go original: `heartbeat ping` is answered
-    /// by `heartbeat pong`): the next frame received answers the oldest
-    /// request in flight; frames that arrive while no request waits go to
-    /// the handler (or the receive buffer).
-    ///
-    /// Its limits: the server must answer every request, once, in order,
-    /// and send nothing else while a request waits (a frame it sends on
-    /// its own would be taken as a reply). A request that times out keeps
-    /// its place in line, so that a late answer is taken (and reported as
-    /// an [`Error::LateReply`] event) instead of answering the next one;
-    /// if the server never answers it, every later reply is off by one.
-    /// Use [`request_ids`](Self::request_ids) when both ends are
-    /// chitchat-net. Ignored with `request_ids`.
-    pub fn ordered_replies(mut self) -> Self {
-        self.config.ordered_replies = true;
-        self
-    }
-
-    /// How long [`Client::request`] waits for a reply (default 30 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.config.request_timeout = timeout;
-        self
-    }
-
-    /// Requests in flight at most (default 4096): a request waits for one
-    /// to end beyond that (within its timeout).
-    pub fn max_requests_in_flight(mut self, max: usize) -> Self {
-        self.config.max_in_flight = max;
-        self
-    }
-
     /// Connects again when the connection drops (but not after
     /// [`Client::close`] or a drop), following `policy`: see
     /// [`Reconnect`]. There are [`Error::Disconnected`] and
@@ -300,19 +264,6 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self
     }
 
-    /// How the byte stream is cut into frames (default: [`Framing::lines`],
-    /// escaped or raw as `M`'s codec needs).
-    pub fn framing(mut self, framing: Framing) -> Self {
-        self.config.framing = framing;
-        self
-    }
-
-    /// The maximum frame length in bytes (default 1 MiB).
-    pub fn max_frame_length(mut self, max: usize) -> Self {
-        self.config.framing = self.config.framing.max_frame_length(max);
-        self
-    }
-
     /// Uses `codec` for `M` instead of its default codec (also for incoming
     /// frames when the handler's message type is `M`).
     pub fn codec<C: Codec<M>>(mut self, codec: C) -> Self {
@@ -344,46 +295,6 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// `SetDeadLine`).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        self
-    }
-
-    /// Closes the connection when no complete frame is received for
-    /// `timeout` (default: never); see
-    /// [`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.config.idle_timeout = Some(timeout);
-        self
-    }
-
-    /// Closes the connection when it has bytes to write but can write none
-    /// of them for `timeout` (default 30 s): the server has stopped
-    /// reading. `None` waits forever. See
-    /// [`ServerBuilder::write_stall_timeout`](crate::ServerBuilder::write_stall_timeout).
-    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.write_stall_timeout = timeout;
-        self
-    }
-
-    /// How long [`Client::close`] waits for the server to close its side
-    /// (default 5 s).
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.config.close_timeout = timeout;
-        self
-    }
-
-    /// Unsent bytes (queued, or being written) before [`Client::send`]
-    /// waits (default 256 KiB). The handler's own replies are always taken,
-    /// but while twice this many bytes are unsent the client stops reading
-    /// until they drain; see
-    /// [`ServerBuilder::queue_bytes`](crate::ServerBuilder::queue_bytes).
-    pub fn queue_bytes(mut self, bytes: usize) -> Self {
-        self.config.queue_bytes = bytes;
-        self
-    }
-
-    /// Error events buffered before new ones are dropped (default 1024).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.config.event_capacity = capacity;
         self
     }
 

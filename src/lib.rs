@@ -122,6 +122,8 @@ mod handle;
 mod handler;
 pub mod heartbeat;
 mod link;
+#[macro_use]
+mod options;
 mod outbox;
 mod reader;
 mod receive;
@@ -158,6 +160,7 @@ pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
 pub use crate::handler::{handler_fn, Closed, Context, Dispatch, Handler, HandlerFn, Replier};
 pub use crate::link::WhileDown;
+pub use crate::options::Options;
 pub use crate::receive::Inbox;
 pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
 pub use crate::server::{Server, ServerBuilder};

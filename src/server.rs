@@ -8,6 +8,8 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
+
+use crate::addr::sealed::Target;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -21,7 +23,7 @@ use crate::signal::Fired;
 use crate::stats::{Counters, Stats};
 use crate::transport::{self, Accepted, Io, Listener, ServerTls};
 use crate::wire::{codec_override, default_is_binary, Wire};
-use crate::{Addr, CloseReason, Codec, Error, ErrorEvents, Framing, Handler, Message};
+use crate::{Addr, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Handler, Message};
 
 /// Default listen backlog.
 const DEFAULT_BACKLOG: u32 = 1024;
@@ -197,23 +199,19 @@ impl<H: Handler> Server<H> {
     /// # Errors
     ///
     /// [`Error::Io`] if the address cannot be bound.
-    pub async fn listen(addr: impl ToSocketAddrs, handler: H) -> Result<Self, Error> {
+    pub async fn listen(addr: impl ConnectAddr, handler: H) -> Result<Self, Error> {
         Server::builder(handler).listen(addr).await
     }
 }
 
 impl<H: Handler> ServerBuilder<H> {
-    /// How the byte stream is cut into frames (default: [`Framing::lines`],
-    /// escaped or raw as `H::Message`'s codec needs).
-    pub fn framing(mut self, framing: Framing) -> Self {
-        self.config.framing = framing;
-        self
-    }
+    crate::options::connection_options!();
 
-    /// The maximum frame length in bytes (default 1 MiB). A peer that sends a
-    /// longer frame gets [`Error::FrameTooLong`] and is disconnected.
-    pub fn max_frame_length(mut self, max: usize) -> Self {
-        self.config.framing = self.config.framing.max_frame_length(max);
+    /// Takes every connection option at once (replacing those set before).
+    pub fn options(mut self, options: crate::Options) -> Self {
+        let handshake_timeout = self.config.handshake_timeout;
+        self.config = options.config;
+        self.config.handshake_timeout = handshake_timeout;
         self
     }
 
@@ -221,37 +219,6 @@ impl<H: Handler> ServerBuilder<H> {
     /// incoming frames and for messages of that type sent back.
     pub fn codec<C: Codec<H::Message>>(mut self, codec: C) -> Self {
         self.codec = Some(codec_override::<H::Message, C>(codec));
-        self
-    }
-
-    /// Closes a connection that receives no complete frame for `timeout`
-    /// (default: never), with an [`Error::IdleTimeout`] event. A busy
-    /// connection is never cut by it; a peer that dribbles bytes without
-    /// ever finishing a frame (slow loris) is. In EOF framing any byte
-    /// counts.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.config.idle_timeout = Some(timeout);
-        self
-    }
-
-    /// Closes a connection that has bytes to write but can write none of
-    /// them for `timeout` (default 30 s), with an [`Error::WriteStalled`]
-    /// event: its peer has stopped reading. A peer that reads slowly but
-    /// steadily is never cut. `None` waits forever.
-    ///
-    /// Progress is seen as the kernel reports it: a writer blocked on a full
-    /// socket buffer is woken once part of it has drained (on Linux
-    /// loopback, where the send buffer grows to about 4 MiB, after about a
-    /// third), so a peer must read at least that much within `timeout`.
-    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.write_stall_timeout = timeout;
-        self
-    }
-
-    /// How long a closing connection waits for its peer to read what was sent
-    /// and close its side (default 5 s).
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.config.close_timeout = timeout;
         self
     }
 
@@ -308,43 +275,12 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Unsent bytes (queued, or being written) each connection holds before
-    /// [`Server::send_to`] and [`ConnectionHandle::send`] wait and
-    /// [`Server::broadcast`] skips the peer (default 256 KiB). A message is
-    /// taken while fewer bytes are unsent, so the queue may pass the limit
-    /// by one frame. The handler's own replies are always taken, but while
-    /// twice this many bytes are unsent the connection hands its handler no
-    /// further frame (and stops reading), until they drain.
-    pub fn queue_bytes(mut self, bytes: usize) -> Self {
-        self.config.queue_bytes = bytes;
-        self
-    }
-
-    /// Error events buffered for [`Server::errors`] before new ones are
-    /// dropped and counted (default 1024).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.config.event_capacity = capacity;
-        self
-    }
-
     /// The listen backlog: connections the kernel queues before they are
     /// accepted (default 1024; tokio's own default of 128 drops handshakes
     /// when thousands of peers connect at once, each then retrying after
     /// a second).
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
-        self
-    }
-
-    /// Puts the request envelope on every frame, so that a handler's
-    /// [`Context::reply`](crate::Context::reply) carries the id of the
-    /// request it answers and the peer matches replies in any order. The
-    /// peer must switch it on too ([`ClientBuilder::request_ids`](crate::ClientBuilder::request_ids)):
-    /// see [`envelope`](crate::envelope) for the wire format. Delimited
-    /// framing is escaped then, whatever the codec; an explicitly raw
-    /// framing is refused by `listen`.
-    pub fn request_ids(mut self) -> Self {
-        self.config.request_ids = true;
         self
     }
 
@@ -358,15 +294,31 @@ impl<H: Handler> ServerBuilder<H> {
         self.config.validate()
     }
 
-    /// Binds `addr` and starts accepting in the background.
+    /// Binds `addr` and starts accepting in the background. `addr` is
+    /// anything a client connects to: `"host:port"`, a `SocketAddr`,
+    /// `(ip, port)`, `("host", port)`, or an [`Addr`] (an [`Addr::Unix`]
+    /// listens on that path, as [`listen_unix`](Self::listen_unix)).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the address cannot be bound; [`Error::Config`] for
-    /// request ids over a raw framing.
-    pub async fn listen(self, addr: impl ToSocketAddrs) -> Result<Server<H>, Error> {
+    /// [`Error::Io`] if the address cannot be resolved or bound (its
+    /// message names it); [`Error::Config`] for request ids over a raw
+    /// framing, and for settings that cannot work; `InvalidInput` for an
+    /// [`Addr::Named`] (serve such streams with [`serve`](Self::serve)).
+    pub async fn listen(self, addr: impl ConnectAddr) -> Result<Server<H>, Error> {
         self.validate()?;
-        let listener = bind(addr, self.backlog).await?;
+        let listener = match addr.target() {
+            Target::Name(name) => bind(name.as_str(), self.backlog).await?,
+            Target::Tcp(addrs) => bind(&addrs[..], self.backlog).await?,
+            #[cfg(unix)]
+            Target::Unix(path) => return self.listen_unix(path).await,
+            Target::Named(name) => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("`{name}` names a stream, not a socket: serve streams with `serve`"),
+                )))
+            }
+        };
         self.start_listener(Listener::Tcp(listener))
     }
 
@@ -856,7 +808,7 @@ mod tests {
     use super::*;
 
     fn handle(peer: &Addr) -> ConnectionHandle {
-        let wire = Wire::new(Framing::lines(), false, Vec::new());
+        let wire = Wire::new(crate::Framing::lines(), false, Vec::new());
         let local: Addr = "127.0.0.1:1"
             .parse::<std::net::SocketAddr>()
             .unwrap()

@@ -145,3 +145,59 @@ fn outside_a_runtime_the_api_says_so_instead_of_panicking() {
     let result = futures_util::FutureExt::now_or_never(Client::<String>::connect("127.0.0.1:1"));
     assert!(matches!(result, Some(Err(Error::Runtime(_)))), "{result:?}");
 }
+
+#[tokio::test]
+async fn one_options_value_configures_both_ends() {
+    use chitchat_net::{handler_fn, BoxError, Context, Options};
+    let options = Options::new()
+        .framing(Framing::delimited(b';'))
+        .max_frame_length(64)
+        .idle_timeout(Duration::from_millis(1))
+        // Turned off again: the connection below idles without being cut.
+        .idle_timeout(None)
+        .request_ids();
+    let echo = handler_fn(
+        |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            ctx.reply(&line)?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(echo)
+        .options(options.clone())
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .options(options)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Request ids and the `;` framing on both ends: a request goes through.
+    let back: String = client.request(&"a;b".to_string()).await.unwrap();
+    assert_eq!(back, "a;b");
+    // The frame limit applies.
+    let long = "x".repeat(100);
+    assert!(matches!(
+        client.send(&long).await,
+        Err(Error::FrameTooLong { limit: 64, .. })
+    ));
+    client.close().await;
+    server.cut().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn listen_takes_what_connect_takes_a_unix_address_too() {
+    let dir = std::env::temp_dir().join(format!("chitchat-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("listen.sock");
+    let unix = chitchat_net::Addr::unix_path(&path);
+    let server = Server::listen(unix.clone(), ()).await.unwrap();
+    assert!(server.local_addr().unix().is_some());
+    let client = Client::<String>::connect(&unix).await.unwrap();
+    client.send(&"hello".to_string()).await.unwrap();
+    client.close().await;
+    server.cut().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

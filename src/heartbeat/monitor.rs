@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tokio::net::ToSocketAddrs;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -227,7 +226,7 @@ impl Monitor {
     /// [`Error::Io`] if the address cannot be bound.
     pub async fn listen_registrations(
         &self,
-        addr: impl ToSocketAddrs,
+        addr: impl crate::ConnectAddr,
     ) -> Result<Server<Registrar>, Error> {
         let registrar = Registrar {
             monitor: self.clone(),
