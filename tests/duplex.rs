@@ -680,10 +680,17 @@ async fn queued_for_a_raw_peer() -> (Server<Probe>, TcpStream, SocketAddr) {
     within("pong", peer.read_exact(&mut pong)).await.unwrap();
     assert_eq!(&pong, b"pong\n");
     let handle = server.connection(local).unwrap();
-    for i in 0..FRAMES {
-        let letter = char::from(b'a' + (i % 26) as u8);
-        let frame: String = std::iter::repeat_n(letter, FRAME - 1).collect();
-        handle.try_send(&frame).unwrap();
+    // Made first, queued after: from the first frame queued the server
+    // waits on the peer, and the write stall timeout runs; building 24 MiB
+    // of frames on a loaded machine must not eat into it.
+    let frames: Vec<String> = (0..FRAMES)
+        .map(|i| {
+            let letter = char::from(b'a' + (i % 26) as u8);
+            std::iter::repeat_n(letter, FRAME - 1).collect()
+        })
+        .collect();
+    for frame in &frames {
+        handle.try_send(frame).unwrap();
     }
     (server, peer, local)
 }
