@@ -42,6 +42,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) max_in_flight: usize,
     /// How long a request waits for its reply by default.
     pub(crate) request_timeout: Duration,
+    /// The serde format of every derived message, if switched.
+    pub(crate) serde_format: Option<crate::codec::Format>,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -126,6 +128,7 @@ impl Default for ConnectionConfig {
             ordered_replies: false,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            serde_format: None,
         }
     }
 }

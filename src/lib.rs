@@ -147,8 +147,8 @@ pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
-    Bincode, BincodeWithLimit, Codec, Message, PodCodec, Raw, SizeMismatch, Text, TrailingBytes,
-    DEFAULT_BINCODE_LIMIT,
+    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, SizeMismatch, Text,
+    TrailingBytes, DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::config::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_REQUEST_TIMEOUT,

@@ -162,6 +162,26 @@ macro_rules! connection_options {
             self
         }
 
+        /// Writes and reads every serde message in `format` instead of the
+        /// one its type names (derived `codec = "bincode"` and `"postcard"`
+        /// types; see [`Message::codec_in`](crate::Message::codec_in)):
+        /// one call for every such type on the connection. A derived enum
+        /// keeps its pinned tags. Both ends must agree. A codec set for one
+        /// type with `codec(..)` still wins for that type.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use chitchat_net::{codec::Format, Options};
+        ///
+        /// let options = Options::new().serde_format(Format::Bincode);
+        /// # let _ = options;
+        /// ```
+        pub fn serde_format(mut self, format: crate::codec::Format) -> Self {
+            self.config.serde_format = Some(format);
+            self
+        }
+
         /// Requests in flight at most per connection (default 4096): a
         /// request waits for one to end beyond that (within its timeout).
         pub fn max_requests_in_flight(mut self, max: usize) -> Self {

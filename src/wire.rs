@@ -51,6 +51,8 @@ struct Spec {
     matching: Matching,
     /// Requests in flight at most, per connection.
     max_in_flight: usize,
+    /// The serde format of every serde message, if switched.
+    format: Option<crate::codec::Format>,
 }
 
 impl fmt::Debug for Wire {
@@ -78,6 +80,7 @@ impl Wire {
                 envelope: false,
                 matching: Matching::Off,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                format: None,
             }),
         }
     }
@@ -110,6 +113,7 @@ impl Wire {
             spec.matching = Matching::Ordered;
         }
         spec.max_in_flight = config.max_in_flight;
+        spec.format = config.serde_format;
         Ok(wire)
     }
 
@@ -149,10 +153,19 @@ impl Wire {
 
     /// Whether `M`'s codec (or its override) is binary.
     fn is_binary<M: Message>(&self) -> bool {
-        match self.override_for::<M>() {
+        match self.codec_for::<M>() {
             Some(codec) => codec.is_binary(),
             None => default_is_binary::<M>(),
         }
+    }
+
+    /// The codec `M` is switched to (by an override for `M`, or by the
+    /// connection's serde format), if any; `M`'s default codec otherwise.
+    fn codec_for<M: Message>(&self) -> Option<&dyn Codec<M>> {
+        if let Some(codec) = self.override_for::<M>() {
+            return Some(&**codec);
+        }
+        self.spec.format.and_then(M::codec_in)
     }
 
     /// Appends one framed message to `dst` (nothing on error).
@@ -175,7 +188,7 @@ impl Wire {
                 envelope::encode(kind, d);
             }
         };
-        match self.override_for::<M>() {
+        match self.codec_for::<M>() {
             Some(codec) => self.frame(codec.is_binary()).encode_with(dst, |d| {
                 header(d);
                 codec.encode(msg, d)
@@ -221,7 +234,7 @@ impl Wire {
 
     /// Decodes one frame into a message.
     pub(crate) fn decode<M: Message>(&self, frame: Bytes) -> Result<M, Error> {
-        let decoded = match self.override_for::<M>() {
+        let decoded = match self.codec_for::<M>() {
             Some(codec) => codec.decode(frame),
             None => M::Codec::default().decode(frame),
         };

@@ -44,6 +44,7 @@
 //! ```
 
 mod bincode;
+mod format;
 mod pod;
 #[cfg(feature = "postcard")]
 mod postcard;
@@ -52,6 +53,7 @@ mod tagged;
 mod text;
 
 pub use self::bincode::{Bincode, BincodeWithLimit, DEFAULT_BINCODE_LIMIT};
+pub use self::format::{serde_codec, tagged_codec, Format};
 pub use self::pod::{PodCodec, SizeMismatch};
 #[cfg(feature = "postcard")]
 pub use self::postcard::Postcard;
@@ -120,6 +122,17 @@ pub trait Codec<T>: Send + Sync + 'static {
 pub trait Message: Sized + Send + 'static {
     /// The codec used for this type unless a server or client overrides it.
     type Codec: Codec<Self> + Default;
+
+    /// This type's codec in another serde `format`, for
+    /// [`Options::serde_format`](crate::Options::serde_format): `None` (the
+    /// default) for a type that is not written by serde. The `Message`
+    /// derive implements it for `codec = "bincode"` and `"postcard"` types
+    /// (keeping an enum's pinned tags); implement it by hand for a serde
+    /// type of your own, for example with [`serde_codec`].
+    fn codec_in(format: Format) -> Option<&'static dyn Codec<Self>> {
+        let _ = format;
+        None
+    }
 }
 
 impl Message for String {

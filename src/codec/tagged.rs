@@ -97,6 +97,11 @@ pub struct UnknownTag {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tagged<F = Bincode>(PhantomData<F>);
 
+impl<F> Tagged<F> {
+    /// The codec (it holds nothing).
+    pub const NEW: Self = Tagged(PhantomData);
+}
+
 impl<T: TaggedEnum, F: SerdeFormat> Codec<T> for Tagged<F> {
     fn name(&self) -> &'static str {
         F::default().name()
