@@ -164,10 +164,13 @@ macro_rules! connection_options {
 
         /// Writes and reads every serde message in `format` instead of the
         /// one its type names (derived `codec = "bincode"` and `"postcard"`
-        /// types; see [`Message::codec_in`](crate::Message::codec_in)):
-        /// one call for every such type on the connection. A derived enum
-        /// keeps its pinned tags. Both ends must agree. A codec set for one
-        /// type with `codec(..)` still wins for that type.
+        /// types, and any type whose codec is a serde format; see
+        /// [`Codec::in_format`](crate::Codec::in_format)): one call for
+        /// every such type on the connection. A derived enum keeps its
+        /// pinned tags. Both ends must agree. A codec set for one type with
+        /// `codec(..)` still wins for that type. (A `BincodeWithLimit<N>`
+        /// type switched to [`Format::Bincode`](crate::Format::Bincode) gets
+        /// the default limit.)
         ///
         /// # Examples
         ///

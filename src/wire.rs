@@ -165,7 +165,8 @@ impl Wire {
         if let Some(codec) = self.override_for::<M>() {
             return Some(&**codec);
         }
-        self.spec.format.and_then(M::codec_in)
+        let format = self.spec.format?;
+        M::Codec::default().in_format(format)
     }
 
     /// Appends one framed message to `dst` (nothing on error).

@@ -58,3 +58,106 @@ async fn text_one_way_and_binary_the_other_both_arrive_whole() {
     client.close().await;
     server.cut().await;
 }
+
+/// A derived enum with pinned tags, bincode by default.
+#[derive(Debug, Clone, PartialEq, Message)]
+#[message(codec = "bincode")]
+enum Command {
+    #[message(tag = 1)]
+    Set { key: String, value: u64 },
+    #[message(tag = 9)]
+    Stop,
+}
+
+/// Both ends switch every derived message to postcard with one call: the
+/// enum keeps its pinned tags, and the bytes on the wire are postcard's.
+#[cfg(feature = "postcard")]
+#[tokio::test]
+async fn one_call_switches_every_derived_message_to_postcard_keeping_tags() {
+    use chitchat_net::{Format, Options};
+    let options = Options::new().serde_format(Format::Postcard);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collect = handler_fn(
+        move |c: Command, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(c)?;
+            // A reply of another derived type, switched too.
+            ctx.send(&Blob {
+                seq: 300,
+                bytes: vec![10, 13, 255],
+            })?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(collect)
+        .options(options.clone())
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<Command>::builder()
+        .options(options)
+        .receive::<Blob>(4)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let set = Command::Set {
+        key: "k".into(),
+        value: 300,
+    };
+    client.send(&set).await.unwrap();
+    assert_eq!(within("the command", rx.recv()).await, Some(set));
+    assert_eq!(
+        within("the reply", client.recv()).await,
+        Some(Blob {
+            seq: 300,
+            bytes: vec![10, 13, 255]
+        })
+    );
+
+    // What a switched client writes: tag 1, then "k" and 300 as postcard
+    // writes them (300 is 0xAC 0x02 in postcard's varint; bincode would
+    // write 0xFB 0x2C 0x01). Nothing to escape in these bytes.
+    let (listener, addr) = common::raw_listener().await;
+    let switched = Client::<Command>::builder()
+        .serde_format(Format::Postcard)
+        .connect(addr)
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut raw = common::RawPeer::from_stream(stream);
+    switched
+        .send(&Command::Set {
+            key: "k".into(),
+            value: 300,
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw.read_line().await, [1, 1, b'k', 0xAC, 0x02, b'\n']);
+    switched.send(&Command::Stop).await.unwrap();
+    assert_eq!(
+        raw.read_line().await,
+        [9, b'\n'],
+        "the pinned tag 9, in any format"
+    );
+    drop(raw);
+    switched.close().await;
+    client.close().await;
+    server.cut().await;
+}
+
+#[tokio::test]
+async fn without_the_switch_the_same_enum_is_bincode() {
+    let (listener, addr) = common::raw_listener().await;
+    let client = Client::<Command>::connect(addr).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut raw = common::RawPeer::from_stream(stream);
+    client
+        .send(&Command::Set {
+            key: "k".into(),
+            value: 300,
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw.read_line().await, [1, 1, b'k', 0xFB, 0x2C, 0x01, b'\n']);
+    drop(raw);
+    client.close().await;
+}

@@ -112,6 +112,13 @@ macro_rules! bincode_codec {
                 "bincode"
             }
 
+            fn in_format(&self, format: super::Format) -> Option<&'static dyn Codec<T>>
+            where
+                T: 'static,
+            {
+                Some(super::serde_codec::<T>(format))
+            }
+
             fn is_binary(&self) -> bool {
                 true
             }

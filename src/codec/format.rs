@@ -6,15 +6,16 @@ use serde::Serialize;
 
 use super::{Bincode, Codec, Tagged, TaggedEnum};
 
-/// A serde format that every derived serde message (`codec = "bincode"`
-/// or `codec = "postcard"`) can be switched to with one call on a builder
+/// A serde format that every serde message (derived `codec = "bincode"`
+/// or `codec = "postcard"`, or any type whose codec is [`Bincode`],
+/// `Postcard` or [`Tagged`]) can be switched to with one call on a builder
 /// ([`Options::serde_format`](crate::Options::serde_format)).
 ///
 /// A derived enum keeps its pinned tags in any format: only how the tag and
 /// the fields are written changes (bincode's varints or postcard's). A
-/// derived struct is written as serde writes it in that format. Messages
-/// with another codec (`pod`, text, raw bytes, hand-written codecs) are
-/// not affected.
+/// struct is written as serde writes it in that format. Messages with
+/// another codec (`pod`, text, raw bytes, hand-written codecs) are not
+/// affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
@@ -25,8 +26,8 @@ pub enum Format {
     Postcard,
 }
 
-/// The codec of a tagged enum `T` in `format` (what the `Message` derive's
-/// [`Message::codec_in`](crate::Message::codec_in) returns for an enum).
+/// The codec of a tagged enum `T` (a derived enum) in `format`: what
+/// [`Tagged`]'s [`Codec::in_format`] returns.
 pub fn tagged_codec<T: TaggedEnum>(format: Format) -> &'static dyn Codec<T> {
     match format {
         Format::Bincode => &Tagged::<Bincode>::NEW,
@@ -35,12 +36,11 @@ pub fn tagged_codec<T: TaggedEnum>(format: Format) -> &'static dyn Codec<T> {
     }
 }
 
-/// The codec of a serde type `T` in `format` (what the `Message` derive's
-/// [`Message::codec_in`](crate::Message::codec_in) returns for a struct;
-/// use it to implement `codec_in` for a serde type of your own).
+/// The codec of a serde type `T` in `format`: what [`Bincode`]'s and
+/// `Postcard`'s [`Codec::in_format`] return.
 pub fn serde_codec<T>(format: Format) -> &'static dyn Codec<T>
 where
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize + DeserializeOwned + 'static,
 {
     match format {
         Format::Bincode => &Bincode,

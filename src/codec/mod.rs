@@ -93,6 +93,20 @@ pub trait Codec<T>: Send + Sync + 'static {
     ///
     /// [`Error::Decode`] if the frame does not hold exactly one value.
     fn decode(&self, frame: Bytes) -> Result<T, Error>;
+
+    /// This codec in another serde `format`, for
+    /// [`Options::serde_format`](crate::Options::serde_format): `None` (the
+    /// default) for a codec that is not a serde format. [`Bincode`],
+    /// `Postcard` and [`Tagged`] (derived enums, which keep their tags)
+    /// return one; a serde codec of your own can return
+    /// [`serde_codec`] or [`tagged_codec`].
+    fn in_format(&self, format: Format) -> Option<&'static dyn Codec<T>>
+    where
+        T: 'static,
+    {
+        let _ = format;
+        None
+    }
 }
 
 /// A type that travels in frames and knows its default codec.
@@ -122,17 +136,6 @@ pub trait Codec<T>: Send + Sync + 'static {
 pub trait Message: Sized + Send + 'static {
     /// The codec used for this type unless a server or client overrides it.
     type Codec: Codec<Self> + Default;
-
-    /// This type's codec in another serde `format`, for
-    /// [`Options::serde_format`](crate::Options::serde_format): `None` (the
-    /// default) for a type that is not written by serde. The `Message`
-    /// derive implements it for `codec = "bincode"` and `"postcard"` types
-    /// (keeping an enum's pinned tags); implement it by hand for a serde
-    /// type of your own, for example with [`serde_codec`].
-    fn codec_in(format: Format) -> Option<&'static dyn Codec<Self>> {
-        let _ = format;
-        None
-    }
 }
 
 impl Message for String {

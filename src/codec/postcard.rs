@@ -85,6 +85,13 @@ where
         true
     }
 
+    fn in_format(&self, format: super::Format) -> Option<&'static dyn Codec<T>>
+    where
+        T: 'static,
+    {
+        Some(super::serde_codec::<T>(format))
+    }
+
     fn encode(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         self.encode_value(item, dst)
     }

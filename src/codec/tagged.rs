@@ -111,6 +111,10 @@ impl<T: TaggedEnum, F: SerdeFormat> Codec<T> for Tagged<F> {
         true
     }
 
+    fn in_format(&self, format: super::Format) -> Option<&'static dyn Codec<T>> {
+        Some(super::tagged_codec::<T>(format))
+    }
+
     fn encode(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         let format = F::default();
         format.encode_value(&item.tag(), dst)?;
