@@ -102,3 +102,75 @@ async fn each_connection_keeps_its_own_session_until_on_close() {
     );
     server.cut().await;
 }
+
+mod derived {
+    use super::*;
+    use chitchat_net::{Handler, Message};
+
+    #[derive(Debug, Message)]
+    #[message(codec = "bincode")]
+    pub enum Talk {
+        #[message(tag = 1)]
+        Say { text: String },
+    }
+
+    /// A derived handler with both hooks: a per-connection count made in
+    /// `on_open`, reported with the close reason by `on_close`.
+    #[derive(Handler)]
+    #[handler(message = Talk, on_open = Self::hello, on_close = Self::bye)]
+    pub struct Chat {
+        pub ended: mpsc::UnboundedSender<(u64, CloseReason)>,
+    }
+
+    struct Said(u64);
+
+    impl Chat {
+        async fn hello(&self, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            ctx.set_session(Said(0));
+            ctx.send(&"welcome".to_string())?;
+            Ok(())
+        }
+
+        async fn bye(&self, mut closed: Closed) {
+            let said = closed.take_session::<Said>().map_or(0, |s| s.0);
+            let _ = self.ended.send((said, closed.reason()));
+        }
+    }
+
+    impl TalkHandler for Chat {
+        async fn say(&self, text: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            ctx.session::<Said>().ok_or("no session")?.0 += 1;
+            ctx.send(&format!("heard {text}"))?;
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_derived_handler_takes_on_open_and_on_close_hooks() {
+    use derived::{Chat, Talk};
+    let (tx, mut ended) = mpsc::unbounded_channel();
+    let server = Server::listen("127.0.0.1:0", Chat { ended: tx })
+        .await
+        .unwrap();
+    let client = Client::<Talk>::builder()
+        .receive::<String>(8)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    assert_eq!(
+        within("welcome", client.recv()).await.as_deref(),
+        Some("welcome")
+    );
+    for text in ["a", "b", "c"] {
+        client.send(&Talk::Say { text: text.into() }).await.unwrap();
+        let heard = within("an answer", client.recv()).await.unwrap();
+        assert_eq!(heard, format!("heard {text}"));
+    }
+    client.close().await;
+    assert_eq!(
+        within("the end", ended.recv()).await,
+        Some((3, CloseReason::ByPeer))
+    );
+    server.cut().await;
+}

@@ -87,6 +87,10 @@ pub(crate) struct HandlerAttrs {
     pub(crate) message: Option<Type>,
     /// `crate = "path"`.
     pub(crate) krate: Option<Path>,
+    /// `on_open = path::to::fn`: called as `fn(&self, &mut Context)`.
+    pub(crate) on_open: Option<Path>,
+    /// `on_close = path::to::fn`: called as `fn(&self, Closed)`.
+    pub(crate) on_close: Option<Path>,
 }
 
 const CODEC_HELP: &str = "expected `codec = \"bincode\"`, `codec = \"postcard\"`, \
@@ -179,8 +183,16 @@ pub(crate) fn handler_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Han
             } else if meta.path.is_ident("crate") {
                 let path = parse_path_value(&meta)?;
                 set_once(&mut out.krate, path, &meta)
+            } else if meta.path.is_ident("on_open") {
+                let path = parse_path_value(&meta)?;
+                set_once(&mut out.on_open, path, &meta)
+            } else if meta.path.is_ident("on_close") {
+                let path = parse_path_value(&meta)?;
+                set_once(&mut out.on_close, path, &meta)
             } else {
-                Err(meta.error("unknown `handler` attribute: expected `message` or `crate`"))
+                Err(meta.error(
+                    "unknown `handler` attribute: expected `message`, `on_open`, `on_close` or `crate`",
+                ))
             }
         });
         errors.extend(parsed.err());

@@ -329,6 +329,24 @@ fn handler_impl(input: &Handler<'_>, message: &Type) -> TokenStream {
         },
         ident.span(),
     );
+    // The hooks, if named: `fn(&self, &mut Context)` and `fn(&self, Closed)`.
+    let on_open = input.attrs.on_open.as_ref().map(|path| {
+        quote! {
+            fn on_open(&self, ctx: &mut #krate::Context<'_>) -> #future {
+                #path(self, ctx)
+            }
+        }
+    });
+    let on_close = input.attrs.on_close.as_ref().map(|path| {
+        quote! {
+            fn on_close(
+                &self,
+                closed: #krate::Closed,
+            ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                #path(self, closed)
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -336,6 +354,8 @@ fn handler_impl(input: &Handler<'_>, message: &Type) -> TokenStream {
             type Message = #message;
 
             #handle
+            #on_open
+            #on_close
         }
     }
 }

@@ -174,6 +174,13 @@ pub fn derive_message(input: TokenStream) -> TokenStream {
 /// implements the handler trait. `#[handler(crate = "path")]` names the
 /// main crate, as for `Message`.
 ///
+/// `#[handler(on_open = Self::hello, on_close = Self::bye)]` names the
+/// connection hooks: `async fn hello(&self, ctx: &mut Context<'_>) ->
+/// Result<(), BoxError>` runs before a connection's first frame (set a
+/// per-connection session there with `ctx.set_session`), and `async fn
+/// bye(&self, closed: Closed)` once it has ended, with the reason and the
+/// session.
+///
 /// # Constraints
 ///
 /// Refused: unions, and a missing `message`. A type that does not implement
