@@ -390,7 +390,7 @@ mod tests {
         handler_attrs(&input.attrs, &mut errors);
         assert_eq!(
             errors[0].to_string(),
-            "unknown `handler` attribute: expected `message` or `crate`"
+            "unknown `handler` attribute: expected `message`, `on_open`, `on_close` or `crate`"
         );
     }
 }
