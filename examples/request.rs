@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chitchat_net::{BoxError, Client, Context, Error, Handler, Message, Server};
+use chitchat_net::{BoxError, Client, Context, Handler, Message, RequestError, Server};
 
 /// What a client asks the store; tags pinned so that versions agree.
 #[derive(Debug, Message)]
@@ -160,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .request_within::<Reply>(&Command::Slow { millis: 300 }, Duration::from_millis(50))
         .await;
     println!("slow request    -> {slow:?}");
-    assert!(matches!(slow, Err(Error::RequestTimeout(_))));
+    assert!(matches!(slow, Err(RequestError::Timeout(_))));
     // Its reply still comes, later: an event, never the answer to the next
     // request.
     let late = tokio::time::timeout(Duration::from_secs(5), client.errors().recv()).await?;

@@ -27,7 +27,8 @@ use crate::stats::{Counters, Stats};
 use crate::transport::{self, ClientTls};
 use crate::wire::{codec_override, default_is_binary, Override, Wire};
 use crate::{
-    Addr, BoxError, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Handler, Message,
+    Addr, BoxError, CloseReason, Codec, ConnectAddr, ConnectError, Error, ErrorEvents, Handler,
+    Message, RequestError, SendError, TrySendError,
 };
 
 /// Default connect timeout: 10 s.
@@ -139,7 +140,7 @@ impl<M: Message> Client<M> {
     /// # Errors
     ///
     /// As [`ClientBuilder::connect`].
-    pub async fn connect(addr: impl ConnectAddr) -> Result<Self, Error> {
+    pub async fn connect(addr: impl ConnectAddr) -> Result<Self, ConnectError> {
         Client::builder().connect(addr).await
     }
 
@@ -150,7 +151,7 @@ impl<M: Message> Client<M> {
     ///
     /// As [`ClientBuilder::connect_unix`].
     #[cfg(unix)]
-    pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+    pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Self, ConnectError> {
         Client::builder().connect_unix(path).await
     }
 }
@@ -304,12 +305,14 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the connection is refused or fails,
-    /// [`Error::ConnectTimeout`] if connecting (and the TLS handshake, if
-    /// any) takes longer than the connect timeout; `InvalidInput` for TLS
-    /// on a Unix-domain socket; [`Error::Config`] for request ids over a
-    /// raw framing; [`Error::Handler`] if the `on_connect` hook fails.
-    pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M, R>, Error> {
+    /// [`ConnectError::Io`] if the connection is refused or fails (the
+    /// message names the address), [`ConnectError::Timeout`] if connecting
+    /// (and the TLS handshake, if any) takes longer than the connect
+    /// timeout, [`ConnectError::Tls`] if the handshake fails; `InvalidInput`
+    /// for TLS on a Unix-domain socket; [`ConnectError::Config`] for
+    /// settings that cannot work (or no tokio runtime);
+    /// [`ConnectError::Hello`] if the `on_connect` hook fails.
+    pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M, R>, ConnectError> {
         self.dial_and_start(addr.target()).await
     }
 
@@ -320,15 +323,15 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if nothing listens at `path` or the connection fails,
-    /// [`Error::ConnectTimeout`] if it takes longer than the connect
+    /// [`ConnectError::Io`] if nothing listens at `path` or the connection
+    /// fails, [`ConnectError::Timeout`] if it takes longer than the connect
     /// timeout; `InvalidInput` if TLS is configured (not supported on Unix
     /// sockets); otherwise as [`connect`](Self::connect).
     #[cfg(unix)]
     pub async fn connect_unix(
         self,
         path: impl AsRef<std::path::Path>,
-    ) -> Result<Client<M, R>, Error> {
+    ) -> Result<Client<M, R>, ConnectError> {
         self.dial_and_start(DialTarget::Unix(path.as_ref().to_path_buf()))
             .await
     }
@@ -350,7 +353,13 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self.reconnect.as_ref().map_or(Ok(()), Reconnect::validate)
     }
 
-    async fn dial_and_start(self, target: DialTarget) -> Result<Client<M, R>, Error> {
+    async fn dial_and_start(self, target: DialTarget) -> Result<Client<M, R>, ConnectError> {
+        self.dial_and_start_inner(target)
+            .await
+            .map_err(ConnectError::from_error)
+    }
+
+    async fn dial_and_start_inner(self, target: DialTarget) -> Result<Client<M, R>, Error> {
         self.validate()?;
         let (stream, peer, local) =
             dial_within(self.connect_timeout, target.clone(), self.tls.as_ref()).await?;
@@ -382,10 +391,10 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ///
     /// # Errors
     ///
-    /// With TLS: [`Error::Tls`] if the handshake fails,
-    /// [`Error::ConnectTimeout`] if it takes longer than the connect
-    /// timeout. [`Error::Config`] for request ids over a raw framing;
-    /// [`Error::Handler`] if the `on_connect` hook fails.
+    /// With TLS: [`ConnectError::Tls`] if the handshake fails,
+    /// [`ConnectError::Timeout`] if it takes longer than the connect
+    /// timeout. [`ConnectError::Config`] for settings that cannot work;
+    /// [`ConnectError::Hello`] if the `on_connect` hook fails.
     ///
     /// # Examples
     ///
@@ -416,7 +425,16 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// server.cut().await;
     /// # Ok(()) }
     /// ```
-    pub async fn connect_io<S>(self, io: S, peer: Addr) -> Result<Client<M, R>, Error>
+    pub async fn connect_io<S>(self, io: S, peer: Addr) -> Result<Client<M, R>, ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.connect_io_inner(io, peer)
+            .await
+            .map_err(ConnectError::from_error)
+    }
+
+    async fn connect_io_inner<S>(self, io: S, peer: Addr) -> Result<Client<M, R>, Error>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -723,20 +741,21 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the connection has ended (a reconnecting
-    /// client: once it is closed or has given up); encode and framing
-    /// errors (nothing is sent then).
+    /// [`SendError::Closed`] once the connection has ended (a reconnecting
+    /// client: once it is closed or has given up);
+    /// [`SendError::Unsendable`] for encode and framing errors (nothing is
+    /// sent then).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the message is queued whole or not at all.
-    pub async fn send(&self, msg: &M) -> Result<(), Error> {
+    pub async fn send(&self, msg: &M) -> Result<(), SendError> {
         loop {
             let Target::Queue(conn, seen) = self.link.target() else {
                 return Ok(());
             };
             match conn.send(msg).await {
-                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                Err(SendError::Closed) if self.link.retry_after(seen).await => {}
                 other => return other,
             }
         }
@@ -783,7 +802,7 @@ impl<M: Message, R> Client<M, R> {
     /// server.cut().await;
     /// # Ok(()) }
     /// ```
-    pub async fn send_all<'a, I>(&self, msgs: I) -> Result<(), Error>
+    pub async fn send_all<'a, I>(&self, msgs: I) -> Result<(), SendError>
     where
         M: 'a,
         I: IntoIterator<Item = &'a M>,
@@ -802,7 +821,7 @@ impl<M: Message, R> Client<M, R> {
             let (queued, result) = conn.send_all_counted(msgs[from..].iter().copied()).await;
             from += usize::try_from(queued).unwrap_or(usize::MAX);
             match result {
-                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                Err(SendError::Closed) if self.link.retry_after(seen).await => {}
                 other => return other,
             }
         }
@@ -813,8 +832,8 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// # Errors
     ///
-    /// [`Error::QueueFull`], or as [`send`](Self::send).
-    pub fn try_send(&self, msg: &M) -> Result<(), Error> {
+    /// [`TrySendError::Full`], or as [`send`](Self::send).
+    pub fn try_send(&self, msg: &M) -> Result<(), TrySendError> {
         match self.link.target() {
             Target::Queue(conn, _) => conn.try_send(msg),
             Target::Drop => Ok(()),
@@ -826,13 +845,13 @@ impl<M: Message, R> Client<M, R> {
     /// # Errors
     ///
     /// As [`send`](Self::send).
-    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         loop {
             let Target::Queue(conn, seen) = self.link.target() else {
                 return Ok(());
             };
             match conn.send_bytes(payload).await {
-                Err(Error::Closed) if self.link.retry_after(seen).await => {}
+                Err(SendError::Closed) if self.link.retry_after(seen).await => {}
                 other => return other,
             }
         }
@@ -848,7 +867,7 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// # Errors
     ///
-    /// [`Error::RequestTimeout`], [`Error::ConnectionLost`] (never
+    /// [`RequestError::Timeout`], [`RequestError::ConnectionLost`] (never
     /// retried), and as [`ConnectionHandle::request`].
     ///
     /// # Cancel safety
@@ -876,7 +895,7 @@ impl<M: Message, R> Client<M, R> {
     /// # server.cut().await;
     /// # Ok(()) }
     /// ```
-    pub async fn request<T: Message>(&self, msg: &M) -> Result<T, Error> {
+    pub async fn request<T: Message>(&self, msg: &M) -> Result<T, RequestError> {
         self.request_within(msg, self.request_timeout).await
     }
 
@@ -885,21 +904,25 @@ impl<M: Message, R> Client<M, R> {
     /// # Errors
     ///
     /// As [`request`](Self::request).
-    pub async fn request_within<T: Message>(&self, msg: &M, timeout: Duration) -> Result<T, Error> {
+    pub async fn request_within<T: Message>(
+        &self,
+        msg: &M,
+        timeout: Duration,
+    ) -> Result<T, RequestError> {
         let deadline = Instant::now() + timeout;
         let conn = match self.link.current() {
             Current::Up(conn) => conn,
-            Current::Ended(_) => return Err(Error::Closed),
+            Current::Ended(_) => return Err(RequestError::Closed),
             Current::Holding(_) | Current::Down(_) => {
                 tokio::time::timeout_at(deadline, self.link.up())
                     .await
-                    .map_err(|_| Error::RequestTimeout(timeout))?
-                    .ok_or(Error::Closed)?
+                    .map_err(|_| RequestError::Timeout(timeout))?
+                    .ok_or(RequestError::Closed)?
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
         conn.request(msg, left).await.map_err(|error| match error {
-            Error::RequestTimeout(_) => Error::RequestTimeout(timeout),
+            RequestError::Timeout(_) => RequestError::Timeout(timeout),
             other => other,
         })
     }

@@ -12,7 +12,7 @@ use crate::requests::{Matching, Requests, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
 use crate::wire::Wire;
-use crate::{Addr, Error, Message};
+use crate::{Addr, Error, Message, RequestError, SendError, TrySendError};
 
 /// A connection's number: unique among every connection of the process
 /// (servers' and clients'), never reused.
@@ -196,17 +196,18 @@ impl ConnectionHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the connection has ended; encode and framing
-    /// errors ([`Error::DelimiterInPayload`], [`Error::FrameTooLong`]).
+    /// [`SendError::Closed`] once the connection is closing or has ended;
+    /// [`SendError::Unsendable`] for encode and framing errors
+    /// ([`Error::DelimiterInPayload`], [`Error::FrameTooLong`]).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the message is queued whole or not at all.
-    pub async fn send<M: Message>(&self, msg: &M) -> Result<(), Error> {
+    pub async fn send<M: Message>(&self, msg: &M) -> Result<(), SendError> {
         let inner = &*self.inner;
         let pushed = inner.outbox.push(|buf| inner.wire.encode(msg, buf)).await;
         let frames = u64::from(pushed.is_ok());
-        self.sent(pushed, frames)
+        self.sent(pushed, frames).map_err(SendError::from_error)
     }
 
     /// Queues every message of `msgs`, in order, waiting while the outgoing
@@ -250,22 +251,17 @@ impl ConnectionHandle {
     /// server.cut().await;
     /// # Ok(()) }
     /// ```
-    pub async fn send_all<'a, M, I>(&self, msgs: I) -> Result<(), Error>
+    pub async fn send_all<'a, M, I>(&self, msgs: I) -> Result<(), SendError>
     where
         M: Message + 'a,
         I: IntoIterator<Item = &'a M>,
     {
-        let inner = &*self.inner;
-        let (queued, result) = inner
-            .outbox
-            .push_all(msgs, |msg, buf| inner.wire.encode(msg, buf))
-            .await;
-        self.sent(result, queued)
+        self.send_all_counted(msgs).await.1
     }
 
     /// [`send_all`](Self::send_all) that also says how many messages were
     /// queued (when it fails part way).
-    pub(crate) async fn send_all_counted<'a, M, I>(&self, msgs: I) -> (u64, Result<(), Error>)
+    pub(crate) async fn send_all_counted<'a, M, I>(&self, msgs: I) -> (u64, Result<(), SendError>)
     where
         M: Message + 'a,
         I: IntoIterator<Item = &'a M>,
@@ -275,19 +271,20 @@ impl ConnectionHandle {
             .outbox
             .push_all(msgs, |msg, buf| inner.wire.encode(msg, buf))
             .await;
-        (queued, self.sent(result, queued))
+        let sent = self.sent(result, queued).map_err(SendError::from_error);
+        (queued, sent)
     }
 
     /// Queues `msg` if there is room now.
     ///
     /// # Errors
     ///
-    /// [`Error::QueueFull`] if there is no room; otherwise as [`send`](Self::send).
-    pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), Error> {
+    /// [`TrySendError::Full`] if there is no room; otherwise as
+    /// [`send`](Self::send).
+    pub fn try_send<M: Message>(&self, msg: &M) -> Result<(), TrySendError> {
         let inner = &*self.inner;
         let pushed = inner.outbox.try_push(|buf| inner.wire.encode(msg, buf));
-        let frames = u64::from(pushed.is_ok());
-        self.sent(pushed, frames)
+        self.tried(pushed)
     }
 
     /// Queues one frame of raw bytes, waiting while the queue is full.
@@ -295,14 +292,14 @@ impl ConnectionHandle {
     /// # Errors
     ///
     /// As [`send`](Self::send).
-    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), Error> {
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         let inner = &*self.inner;
         let pushed = inner
             .outbox
             .push(|buf| inner.wire.encode_bytes(payload, buf))
             .await;
         let frames = u64::from(pushed.is_ok());
-        self.sent(pushed, frames)
+        self.sent(pushed, frames).map_err(SendError::from_error)
     }
 
     /// Closes the connection gracefully: sends fail from now on; the frames
@@ -360,11 +357,12 @@ impl ConnectionHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::RequestTimeout`]; [`Error::ConnectionLost`] if the
+    /// [`RequestError::Timeout`]; [`RequestError::ConnectionLost`] if the
     /// connection ends first (the request is never retried);
-    /// [`Error::Closed`] if it is closing; decode errors of the reply;
-    /// encode errors (nothing is sent then); [`Error::Config`] if requests
-    /// are not on.
+    /// [`RequestError::Closed`] if it is closing;
+    /// [`RequestError::BadReply`] if the reply does not decode;
+    /// [`RequestError::Unsendable`] for encode errors (nothing is sent
+    /// then); [`RequestError::NotEnabled`] if requests are not on.
     ///
     /// # Cancel safety
     ///
@@ -377,15 +375,15 @@ impl ConnectionHandle {
         &self,
         msg: &Q,
         timeout: Duration,
-    ) -> Result<R, Error> {
+    ) -> Result<R, RequestError> {
         let deadline = Instant::now() + timeout;
+        let timed_out = |_| RequestError::Timeout(timeout);
         let inner = &*self.inner;
-        let requests = inner.requests.as_deref().ok_or(Error::Config(
-            "requests need `request_ids()` (or `ordered_replies()`) on the builder",
-        ))?;
+        let requests = inner.requests.as_deref().ok_or(RequestError::NotEnabled)?;
         let slot = timeout_at(deadline, requests.slot())
             .await
-            .map_err(|_| Error::RequestTimeout(timeout))??;
+            .map_err(timed_out)?
+            .map_err(RequestError::from_error)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
         let waiting = Waiting::new(
             Box::new(move |wire, reply| {
@@ -398,30 +396,36 @@ impl ConnectionHandle {
         let mut forget = None;
         match inner.wire.matching() {
             Matching::Ids => {
-                let id = requests.register()?.by_id(waiting);
+                let line = requests.register().map_err(RequestError::from_error)?;
+                let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
                 let pushed = timeout_at(deadline, inner.outbox.push(queue))
                     .await
-                    .map_err(|_| Error::RequestTimeout(timeout))?;
+                    .map_err(timed_out)?;
                 let frames = u64::from(pushed.is_ok());
-                self.sent(pushed, frames)?;
+                self.sent(pushed, frames)
+                    .map_err(RequestError::from_error)?;
             }
             _ => {
                 let mut waiting = Some(waiting);
-                while !self.queue_in_line(requests, &mut waiting, msg)? {
+                while !self
+                    .queue_in_line(requests, &mut waiting, msg)
+                    .map_err(RequestError::from_error)?
+                {
                     timeout_at(deadline, inner.outbox.room())
                         .await
-                        .map_err(|_| Error::RequestTimeout(timeout))?;
+                        .map_err(timed_out)?;
                 }
             }
         }
         let reply = timeout_at(deadline, rx).await;
         drop(forget);
         match reply {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(Error::ConnectionLost),
-            Err(_) => Err(Error::RequestTimeout(timeout)),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(Error::ConnectionLost)) | Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(Err(bad))) => Err(RequestError::BadReply(bad)),
+            Err(elapsed) => Err(timed_out(elapsed)),
         }
     }
 
@@ -446,6 +450,19 @@ impl ConnectionHandle {
             Err(PushError::Full) => Ok(false),
             Err(refused) => self.sent(Err(refused), 0).map(|()| false),
         }
+    }
+
+    /// Counts a frame queued by a `try_` push, and turns a refusal into a
+    /// [`TrySendError`].
+    pub(crate) fn tried(&self, pushed: Result<(), PushError<Error>>) -> Result<(), TrySendError> {
+        Counters::add(&self.inner.counters.frames_out, u64::from(pushed.is_ok()));
+        pushed.map_err(|error| match error {
+            PushError::Closed => TrySendError::Closed,
+            PushError::Full => TrySendError::Full {
+                limit: self.inner.outbox.limit(),
+            },
+            PushError::Write(error) => TrySendError::Unsendable(error),
+        })
     }
 
     /// Counts the `frames` queued and turns a refusal into an [`Error`].

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::envelope::Envelope;
 use crate::handle::{ConnectionHandle, ConnectionId};
 use crate::stats::Counters;
-use crate::{Addr, BoxError, CloseReason, Error, Message};
+use crate::{Addr, BoxError, CloseReason, Error, Message, SendError, TrySendError};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
 ///
@@ -367,9 +367,9 @@ impl Replier {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the connection is closing or has ended;
-    /// encode and framing errors.
-    pub async fn reply<R: Message>(&self, reply: &R) -> Result<(), Error> {
+    /// [`SendError::Closed`] once the connection is closing or has ended;
+    /// [`SendError::Unsendable`] for encode and framing errors.
+    pub async fn reply<R: Message>(&self, reply: &R) -> Result<(), SendError> {
         let inner = &*self.handle.inner;
         let kind = self.kind();
         let pushed = inner
@@ -377,22 +377,23 @@ impl Replier {
             .push(|buf| inner.wire.encode_as(kind, reply, buf))
             .await;
         let frames = u64::from(pushed.is_ok());
-        self.handle.sent(pushed, frames)
+        self.handle
+            .sent(pushed, frames)
+            .map_err(SendError::from_error)
     }
 
     /// Sends the reply if the outgoing queue has room now.
     ///
     /// # Errors
     ///
-    /// [`Error::QueueFull`], or as [`reply`](Self::reply).
-    pub fn try_reply<R: Message>(&self, reply: &R) -> Result<(), Error> {
+    /// [`TrySendError::Full`], or as [`reply`](Self::reply).
+    pub fn try_reply<R: Message>(&self, reply: &R) -> Result<(), TrySendError> {
         let inner = &*self.handle.inner;
         let kind = self.kind();
         let pushed = inner
             .outbox
             .try_push(|buf| inner.wire.encode_as(kind, reply, buf));
-        let frames = u64::from(pushed.is_ok());
-        self.handle.sent(pushed, frames)
+        self.handle.tried(pushed)
     }
 
     /// The id of the request it answers (with request ids on).

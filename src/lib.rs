@@ -124,6 +124,7 @@ pub mod heartbeat;
 mod link;
 #[macro_use]
 mod options;
+mod op_error;
 mod outbox;
 mod reader;
 mod receive;
@@ -160,6 +161,7 @@ pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
 pub use crate::handler::{handler_fn, Closed, Context, Dispatch, Handler, HandlerFn, Replier};
 pub use crate::link::WhileDown;
+pub use crate::op_error::{ConnectError, RequestError, SendError, TrySendError};
 pub use crate::options::Options;
 pub use crate::receive::Inbox;
 pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};

@@ -707,7 +707,7 @@ impl<H: Handler> Server<H> {
     ///
     /// [`Error::UnknownPeer`], [`Error::Closed`], or encode errors.
     pub async fn send_to<M: Message>(&self, peer: impl Into<Addr>, msg: &M) -> Result<(), Error> {
-        self.shared.handle(&peer.into())?.send(msg).await
+        Ok(self.shared.handle(&peer.into())?.send(msg).await?)
     }
 
     /// Queues `msg` to every connection without waiting on any: it is

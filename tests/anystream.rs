@@ -344,7 +344,7 @@ async fn a_client_that_closes_ends_by_us_and_the_server_sees_it_end_by_peer() {
     assert!(server.remote_addrs().is_empty());
     assert!(matches!(
         client.send(&"too late".to_string()).await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     assert_no_event("client", &client.errors());
     assert_no_event("server", &server.errors());
@@ -544,7 +544,9 @@ async fn a_named_address_cannot_be_dialled() {
     assert_ne!(named, Addr::named("duplex-2"));
     let result = within("connect", Client::<String>::connect(&named)).await;
     match result {
-        Err(Error::Io(error)) => assert_eq!(error.kind(), io::ErrorKind::InvalidInput),
+        Err(chitchat_net::ConnectError::Io(error)) => {
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput)
+        }
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }

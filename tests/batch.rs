@@ -67,7 +67,7 @@ async fn send_all_waits_for_room_and_keeps_the_queue_bound() {
     );
     assert!(matches!(
         client.try_send(&"x".to_string()),
-        Err(Error::QueueFull { limit: 1024 })
+        Err(chitchat_net::TrySendError::Full { limit: 1024 })
     ));
     // What is queued or in flight is bounded: the socket buffers plus the
     // queue (1 KiB, plus one frame past it), nowhere near the whole batch.
@@ -106,7 +106,12 @@ async fn send_all_stops_at_a_message_that_cannot_be_framed() {
     let batch = ["one", "two", "th\nree", "four"].map(String::from);
     let result = within("send_all", client.send_all(&batch)).await;
     assert!(
-        matches!(result, Err(Error::DelimiterInPayload { offset: 2, .. })),
+        matches!(
+            result,
+            Err(chitchat_net::SendError::Unsendable(
+                Error::DelimiterInPayload { offset: 2, .. }
+            ))
+        ),
         "{result:?}"
     );
     // The messages before the bad one are sent, none after it.
@@ -127,7 +132,10 @@ async fn send_all_after_close_is_closed() {
         .unwrap();
     within("close", client.close()).await;
     let batch = ["a", "b"].map(String::from);
-    assert!(matches!(client.send_all(&batch).await, Err(Error::Closed)));
+    assert!(matches!(
+        client.send_all(&batch).await,
+        Err(chitchat_net::SendError::Closed)
+    ));
     // An empty batch has nothing to refuse.
     assert!(client.send_all(&batch[..0]).await.is_ok());
     within("cut", server.cut()).await;

@@ -26,7 +26,10 @@ async fn accept(listener: &TcpListener) -> RawPeer {
 async fn connect_to_a_port_with_nothing_listening_is_an_io_error() {
     let addr = dead_addr().await;
     let result = within("connect", Client::<String>::connect(addr)).await;
-    assert!(matches!(result, Err(Error::Io(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(chitchat_net::ConnectError::Io(_))),
+        "{result:?}"
+    );
     // Same through the builder, with a connect timeout that does not elapse.
     let result = within(
         "connect",
@@ -35,7 +38,10 @@ async fn connect_to_a_port_with_nothing_listening_is_an_io_error() {
             .connect(addr),
     )
     .await;
-    assert!(matches!(result, Err(Error::Io(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(chitchat_net::ConnectError::Io(_))),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -128,15 +134,15 @@ async fn close_twice_and_send_after_close() {
     assert!(client.is_closed());
     assert!(matches!(
         client.send(&"late".to_string()).await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     assert!(matches!(
         client.try_send(&"late".to_string()),
-        Err(Error::Closed)
+        Err(chitchat_net::TrySendError::Closed)
     ));
     assert!(matches!(
         client.send_bytes(b"late").await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     assert_eq!(server.handler().next_closed().await, client.local_addr());
     within("cut", server.cut()).await;
@@ -234,7 +240,7 @@ async fn client_sees_the_server_going_away() {
     wait_until("the client sees the end", || client.is_closed()).await;
     assert!(matches!(
         client.send(&"late".to_string()).await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     // The client's event stream ends with its connection.
     let events = client.errors();
@@ -289,10 +295,12 @@ async fn text_client_speaks_the_go_wire_format() {
     // A text payload holding the delimiter is refused: nothing is sent.
     assert!(matches!(
         client.send(&"a\nb".to_string()).await,
-        Err(Error::DelimiterInPayload {
-            delimiter: b'\n',
-            offset: 1
-        })
+        Err(chitchat_net::SendError::Unsendable(
+            Error::DelimiterInPayload {
+                delimiter: b'\n',
+                offset: 1
+            }
+        ))
     ));
     client.send(&"after".to_string()).await.unwrap();
     assert_eq!(server.read_line().await, b"after\n");
@@ -631,7 +639,7 @@ async fn client_write_stall_timeout_when_the_server_never_reads() {
         panic!("6 GiB were sent to a server that never reads");
     })
     .await;
-    assert!(matches!(end, Error::Closed), "{end:?}");
+    assert!(matches!(end, chitchat_net::SendError::Closed), "{end:?}");
     let event = next_event(&events).await;
     assert_peer(&event, addr);
     assert!(
@@ -698,7 +706,7 @@ async fn try_send_fails_when_the_queue_is_full_until_the_server_reads() {
     assert!(blocked, "256 MiB were queued to a server that never reads");
     assert!(matches!(
         client.try_send(&"x".to_string()),
-        Err(Error::QueueFull { limit: 1024 })
+        Err(chitchat_net::TrySendError::Full { limit: 1024 })
     ));
     assert!(!client.is_closed());
     // Once the server reads, everything sent arrives (the timed-out send
@@ -711,7 +719,7 @@ async fn try_send_fails_when_the_queue_is_full_until_the_server_reads() {
         loop {
             match client.try_send(&"x".to_string()) {
                 Ok(()) => break,
-                Err(Error::QueueFull { .. }) => tokio::task::yield_now().await,
+                Err(chitchat_net::TrySendError::Full { .. }) => tokio::task::yield_now().await,
                 Err(e) => panic!("{e:?}"),
             }
         }

@@ -194,7 +194,10 @@ async fn a_request_times_out_and_its_late_reply_is_an_event_not_the_next_answer(
     let first = client
         .request_within::<Answer>(&Ask::Double { n: 1 }, Duration::from_millis(50))
         .await;
-    assert!(matches!(first, Err(Error::RequestTimeout(_))), "{first:?}");
+    assert!(
+        matches!(first, Err(chitchat_net::RequestError::Timeout(_))),
+        "{first:?}"
+    );
     let second: Answer = within("the second reply", client.request(&Ask::Double { n: 7 }))
         .await
         .unwrap();
@@ -350,7 +353,10 @@ async fn requests_in_flight_fail_when_the_connection_drops() {
         server.cut().await;
     };
     let (reply, ()) = within("the request's end", async { tokio::join!(waiting, cut) }).await;
-    assert!(matches!(reply, Err(Error::ConnectionLost)), "{reply:?}");
+    assert!(
+        matches!(reply, Err(chitchat_net::RequestError::ConnectionLost)),
+        "{reply:?}"
+    );
     assert_eq!(
         within("the end", client.closed()).await,
         CloseReason::ByPeer
@@ -366,7 +372,10 @@ async fn requests_need_a_matching_mode() {
         .await
         .unwrap();
     let refused = client.request::<String>(&"hello".to_string()).await;
-    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(chitchat_net::RequestError::NotEnabled)),
+        "{refused:?}"
+    );
     server.cut().await;
 }
 
@@ -377,7 +386,13 @@ async fn request_ids_refuse_a_raw_framing() {
         .request_ids()
         .connect(dead_end().await)
         .await;
-    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(chitchat_net::ConnectError::Config(Error::Config(_)))
+        ),
+        "{refused:?}"
+    );
 }
 
 /// A listener that accepts (so that connect succeeds) and holds.
@@ -765,7 +780,10 @@ async fn a_request_waits_for_a_reconnect_but_one_in_flight_is_never_retried() {
         server.cut().await;
     };
     let (lost, ()) = within("the cut", async { tokio::join!(in_flight, cut) }).await;
-    assert!(matches!(lost, Err(Error::ConnectionLost)), "{lost:?}");
+    assert!(
+        matches!(lost, Err(chitchat_net::RequestError::ConnectionLost)),
+        "{lost:?}"
+    );
     let server = Server::builder(Doubler::default())
         .request_ids()
         .listen(("127.0.0.1", port))
@@ -813,10 +831,16 @@ async fn requests_past_the_in_flight_bound_wait_for_a_slot() {
     };
     let ((a, b), (refused, frames_in)) =
         within("the bounded requests", async { tokio::join!(held, third) }).await;
-    assert!(matches!(a, Err(Error::RequestTimeout(_))), "{a:?}");
-    assert!(matches!(b, Err(Error::RequestTimeout(_))), "{b:?}");
     assert!(
-        matches!(refused, Err(Error::RequestTimeout(_))),
+        matches!(a, Err(chitchat_net::RequestError::Timeout(_))),
+        "{a:?}"
+    );
+    assert!(
+        matches!(b, Err(chitchat_net::RequestError::Timeout(_))),
+        "{b:?}"
+    );
+    assert!(
+        matches!(refused, Err(chitchat_net::RequestError::Timeout(_))),
         "{refused:?}"
     );
     assert_eq!(frames_in, 2, "the third request went out");
@@ -851,7 +875,7 @@ async fn what_is_kept_while_down_is_bounded_by_the_queue() {
     assert!((9..=11).contains(&kept), "{kept} lines kept");
     assert!(matches!(
         client.try_send(&line(kept)),
-        Err(Error::QueueFull { limit: 1024 })
+        Err(chitchat_net::TrySendError::Full { limit: 1024 })
     ));
     // A waiting send goes through once reconnected, after what was kept.
     let server = restartable(port, lines.clone()).await;

@@ -15,7 +15,7 @@ async fn a_refused_connect_names_the_address_and_the_cause() {
     assert!(text.to_lowercase().contains("refused"), "{text}");
     // The kind is kept for code that matches on it.
     assert!(
-        matches!(&error, Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        matches!(&error, chitchat_net::ConnectError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
         "{error:?}"
     );
     // A reporter that walks the sources does not repeat them.

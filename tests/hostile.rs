@@ -862,7 +862,7 @@ async fn a_peer_that_never_reads_is_cut_by_the_write_stall_timeout_with_a_bounde
     within("the queue to be full", async {
         loop {
             match handle.try_send(&"x".to_string()) {
-                Err(Error::QueueFull { limit }) => break assert_eq!(limit, queue),
+                Err(chitchat_net::TrySendError::Full { limit }) => break assert_eq!(limit, queue),
                 Ok(()) => tokio::time::sleep(Duration::from_millis(1)).await,
                 Err(e) => panic!("the connection ended before its queue filled: {e:?}"),
             }

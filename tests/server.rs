@@ -593,7 +593,7 @@ async fn remote_addrs_connection_count_and_close_remote() {
     wait_until("client 2 sees the close", || c2.is_closed()).await;
     assert!(matches!(
         c2.send(&"late".to_string()).await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     client_ping(&c1, &mut rx1).await;
 
@@ -717,7 +717,10 @@ async fn cut_while_clients_are_sending() {
     within("cut", server.cut()).await;
     for sender in senders {
         let error = within("a sender to fail", sender).await.unwrap();
-        assert!(matches!(error, Error::Closed), "{error:?}");
+        assert!(
+            matches!(error, chitchat_net::SendError::Closed),
+            "{error:?}"
+        );
     }
     for client in &clients {
         wait_until("a client sees the end", || client.is_closed()).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chitchat_net::{Client, Error, Framing, Reconnect, Server};
 
-fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, Error>, setting: &str) {
-    match result {
+fn refused<T: std::fmt::Debug, E: Into<Error>>(what: &str, result: Result<T, E>, setting: &str) {
+    match result.map_err(Into::into) {
         Err(Error::Config(why)) => assert!(why.contains(setting), "{what}: {why}"),
         other => panic!("{what}: expected a configuration error, got {other:?}"),
     }
@@ -143,7 +143,13 @@ fn outside_a_runtime_the_api_says_so_instead_of_panicking() {
         other => panic!("expected Error::Runtime, got {other:?}"),
     }
     let result = futures_util::FutureExt::now_or_never(Client::<String>::connect("127.0.0.1:1"));
-    assert!(matches!(result, Some(Err(Error::Runtime(_)))), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Some(Err(chitchat_net::ConnectError::Config(Error::Runtime(_))))
+        ),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -180,7 +186,10 @@ async fn one_options_value_configures_both_ends() {
     let long = "x".repeat(100);
     assert!(matches!(
         client.send(&long).await,
-        Err(Error::FrameTooLong { limit: 64, .. })
+        Err(chitchat_net::SendError::Unsendable(Error::FrameTooLong {
+            limit: 64,
+            ..
+        }))
     ));
     client.close().await;
     server.cut().await;

@@ -322,7 +322,7 @@ async fn shutdown_proofs_with_many_clients() {
         );
         assert!(matches!(
             client.send(&"late".to_string()).await,
-            Err(Error::Closed)
+            Err(chitchat_net::SendError::Closed)
         ));
         let event = client.errors().try_recv().expect("a closed-by-peer event");
         assert!(matches!(event.error, Error::ClosedByPeer), "{event}");
@@ -436,7 +436,7 @@ async fn client_close_delivers_everything_sent_before_it() {
     assert!(client.is_closed());
     assert!(matches!(
         client.send(&"late".to_string()).await,
-        Err(Error::Closed)
+        Err(chitchat_net::SendError::Closed)
     ));
     assert_eq!(client.stats().connections_open, 0);
     assert!(client.errors().try_recv().is_none());

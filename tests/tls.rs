@@ -721,8 +721,8 @@ async fn tls_client_against_a_plain_server_fails_within_the_connect_timeout() {
     .await;
     let elapsed = started.elapsed();
     match result {
-        Err(Error::ConnectTimeout(_)) => assert!(elapsed >= timeout, "{elapsed:?}"),
-        Err(Error::Tls(_)) => {}
+        Err(chitchat_net::ConnectError::Timeout(_)) => assert!(elapsed >= timeout, "{elapsed:?}"),
+        Err(chitchat_net::ConnectError::Tls(_)) => {}
         other => panic!("expected a TLS error or a connect timeout, got {other:?}"),
     }
     within("cut", server.cut()).await;
@@ -747,7 +747,7 @@ async fn tls_client_against_a_peer_answering_plaintext_fails_with_a_tls_error() 
             .connect(addr),
     )
     .await;
-    let error = result.expect_err("connect must fail");
+    let error: Error = result.expect_err("connect must fail").into();
     assert!(
         matches!(tls_cause(&error), rustls::Error::InvalidMessage(_)),
         "{error:?}"
@@ -786,7 +786,7 @@ async fn tls_handshake_counts_against_the_connect_timeout() {
     .await;
     let elapsed = started.elapsed();
     assert!(
-        matches!(result, Err(Error::ConnectTimeout(_))),
+        matches!(result, Err(chitchat_net::ConnectError::Timeout(_))),
         "{result:?}"
     );
     assert!(elapsed >= timeout, "gave up after {elapsed:?}");
@@ -809,7 +809,9 @@ async fn tls_handshake_timeout_reports_the_configured_connect_timeout() {
     )
     .await;
     match result {
-        Err(Error::ConnectTimeout(t)) => assert_eq!(t, timeout, "the reported timeout"),
+        Err(chitchat_net::ConnectError::Timeout(t)) => {
+            assert_eq!(t, timeout, "the reported timeout")
+        }
         other => panic!("expected Error::ConnectTimeout, got {other:?}"),
     }
 }
@@ -846,7 +848,7 @@ async fn cut_closes_open_tls_connections_promptly() {
         wait_until("the client sees the end", || client.is_closed()).await;
         assert!(matches!(
             client.send(&"late".to_string()).await,
-            Err(Error::Closed)
+            Err(chitchat_net::SendError::Closed)
         ));
         // No close_notify came: the client may report an unexpected EOF;
         // else the server closed first.
@@ -991,7 +993,9 @@ async fn tls_is_refused_on_unix_domain_sockets() {
         .connect_unix(&path)
         .await;
     match client {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        Err(chitchat_net::ConnectError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput)
+        }
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }

@@ -236,7 +236,9 @@ async fn the_socket_file_of_a_dropped_server_is_removed_unless_replaced() {
 async fn connecting_to_a_missing_socket_fails_with_an_io_error() {
     let path = socket_path("missing");
     match Client::<String>::connect_unix(&path).await {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+        Err(chitchat_net::ConnectError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound)
+        }
         other => panic!("expected NotFound, got {other:?}"),
     }
 }
