@@ -390,10 +390,13 @@ impl Keeper {
         // Tries since the last ping: the backoff grows while the monitor
         // is down, or takes the registration but never pings.
         let mut tries = 0u32;
+        let mut seen_ping: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let last_ping = node.last_ping();
-            if last_ping.is_some_and(|ping| registered_at.is_none_or(|at| ping >= at)) {
+            if last_ping != seen_ping {
+                // Pinged since we last looked: the monitor has us.
+                seen_ping = last_ping;
                 tries = 0;
             }
             let heard = match (last_ping, registered_at) {
