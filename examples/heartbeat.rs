@@ -11,14 +11,24 @@
 //! cargo run --example heartbeat -- --mode monitor --listen 127.0.0.1:7100
 //! cargo run --example heartbeat -- --mode node --listen 127.0.0.1:7101 --monitor 127.0.0.1:7100
 //! ```
+//!
+//! With Go chitchat peers (the original's text heartbeat):
+//!
+//! ```text
+//! # watch Go nodes: they register with `hello` and answer `heartbeat ping` on port 7200
+//! cargo run --example heartbeat -- --mode monitor --listen 0.0.0.0:7100 --probe text --go-port 7200
+//! # answer a Go master: `hello` to it, `heartbeat pong` on --listen
+//! cargo run --example heartbeat -- --mode node --go --listen 0.0.0.0:7200 --monitor 10.0.0.1:7100
+//! ```
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat_net::heartbeat::{
-    register, HeartbeatConfig, Monitor, PeerEvent, PeerState, Responder,
+    register, Detector, HeartbeatConfig, KeepRegistered, Monitor, PeerEvent, PeerEvents, PeerState,
+    PhiAccrual, Register, Registrar, Registration, Responder, TextProbe, TextResponder,
 };
-use chitchat_net::Server;
+use chitchat_net::{Framing, Server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -38,16 +48,32 @@ struct Args {
     listen: String,
     monitor: String,
     name: String,
+    /// Monitor: probe with the Go text heartbeat.
+    text_probe: bool,
+    /// Monitor: accept Go `hello` registrations, checked on this port.
+    go_port: Option<u16>,
+    /// Phi accrual at this threshold instead of the miss limit.
+    phi: Option<f64>,
+    /// Node: behave as a Go node (text heartbeat, `hello`).
+    go: bool,
 }
 
 const USAGE: &str = "usage: heartbeat [--mode demo|monitor|node] [--nodes N] [--interval-ms MS]
                  [--miss-limit N] [--healthy-rounds N] [--run-time-s S]
                  [--listen ADDR] [--monitor ADDR] [--name NAME]
+                 [--probe beat|text] [--go-port PORT] [--phi THRESHOLD] [--go]
 
   demo     (default) a monitor and --nodes nodes on loopback; one node is stopped
            after --healthy-rounds rounds; exits 0 once it is reported dead
   monitor  a monitor taking registrations on --listen; prints peer states
-  node     a node answering pings on --listen, registered with --monitor";
+  node     a node answering pings on --listen, kept registered with --monitor
+           (registers again when no ping came for 3 intervals)
+
+  --probe text    (monitor) check nodes with the Go text heartbeat
+  --go-port PORT  (monitor) accept Go `hello` registrations, checked on PORT
+  --phi T         (monitor, demo) phi accrual detector with threshold T
+  --go            (node) a Go-style node: answers `heartbeat ping`, registers
+                  with `hello` (works with a Go chitchat master)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -60,11 +86,19 @@ fn parse_args() -> Result<Args, String> {
         listen: "127.0.0.1:0".into(),
         monitor: String::new(),
         name: format!("node-{}", std::process::id()),
+        text_probe: false,
+        go_port: None,
+        phi: None,
+        go: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
+        }
+        if flag == "--go" {
+            args.go = true;
+            continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |v: &str| {
@@ -88,6 +122,23 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => args.listen = value,
             "--monitor" => args.monitor = value,
             "--name" => args.name = value,
+            "--probe" => {
+                args.text_probe = match value.as_str() {
+                    "beat" => false,
+                    "text" => true,
+                    other => return Err(format!("unknown probe {other}")),
+                }
+            }
+            "--go-port" => {
+                args.go_port = Some(value.parse().map_err(|_| format!("bad port {value}"))?)
+            }
+            "--phi" => {
+                args.phi = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--phi: not a number: {value}"))?,
+                )
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -112,34 +163,53 @@ fn log(start: Instant, text: impl std::fmt::Display) {
 }
 
 fn log_event(start: Instant, event: &PeerEvent) {
-    let line = format!("{:<10} {:<16} {}", event.name, event.addr, event.state);
+    let mut line = format!("{:<10} {:<16} {}", event.name, event.addr, event.state);
+    if event.state != PeerState::Alive {
+        line.push_str(&format!(" (suspicion {:.2})", event.suspicion));
+    }
     println!("{}  {line}", stamp(event.at, start));
 }
 
-fn config(args: &Args) -> HeartbeatConfig {
-    HeartbeatConfig {
-        miss_limit: args.miss_limit,
-        ..HeartbeatConfig::with_interval(args.interval)
+fn config(args: &Args) -> Result<HeartbeatConfig, Box<dyn std::error::Error>> {
+    let detector = match args.phi {
+        Some(threshold) => Detector::PhiAccrual(PhiAccrual::new(threshold)),
+        None => Detector::MissLimit(args.miss_limit),
+    };
+    let mut builder = HeartbeatConfig::builder()
+        .interval(args.interval)
+        .detector(detector);
+    if let Some(port) = args.go_port {
+        builder = builder.go_port(port);
+    }
+    Ok(builder.build()?)
+}
+
+fn describe(config: &HeartbeatConfig) -> String {
+    match config.detector() {
+        Detector::PhiAccrual(phi) => format!("dead at phi >= {}", phi.threshold()),
+        Detector::MissLimit(limit) => format!("dead after more than {limit} misses"),
+        other => format!("{other:?}"),
     }
 }
 
 async fn demo(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Error>> {
-    let (monitor, mut events) = Monitor::new(config(&args));
+    let config = config(&args)?;
+    let (monitor, mut events) = Monitor::new(config);
     let registrations = monitor.listen_registrations(&args.listen).await?;
     log(
         start,
         format!(
-            "monitor: registrations on {}, checking every {:?}, dead after more than {} misses",
+            "monitor: registrations on {}, checking every {:?}, {}",
             registrations.local_addr(),
             args.interval,
-            args.miss_limit
+            describe(&config)
         ),
     );
 
     let mut nodes: Vec<(String, Server<Responder>)> = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("node-{i}");
-        let node = Server::listen("127.0.0.1:0", Responder::default()).await?;
+        let node = Server::listen("127.0.0.1:0", Responder::new()).await?;
         register(registrations.local_addr(), name.clone(), node.local_addr()).await?;
         log(
             start,
@@ -201,11 +271,43 @@ async fn demo(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Er
 }
 
 async fn run_monitor(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Error>> {
-    let (monitor, mut events) = Monitor::new(config(&args));
-    let registrations = monitor.listen_registrations(&args.listen).await?;
+    let config = config(&args)?;
+    if args.text_probe {
+        let (monitor, events) = Monitor::builder(config).probe(TextProbe).build();
+        let registrations = monitor.listen_registrations(&args.listen).await?;
+        watch_events(&args, start, &registrations, &config, events, "text").await;
+        monitor.stop().await;
+        registrations.cut().await;
+    } else {
+        let (monitor, events) = Monitor::new(config);
+        let registrations = monitor.listen_registrations(&args.listen).await?;
+        watch_events(&args, start, &registrations, &config, events, "typed").await;
+        monitor.stop().await;
+        registrations.cut().await;
+    }
+    Ok(true)
+}
+
+/// Prints the monitor's events until the run time is over or Ctrl-C.
+async fn watch_events(
+    args: &Args,
+    start: Instant,
+    registrations: &Server<Registrar>,
+    config: &HeartbeatConfig,
+    mut events: PeerEvents,
+    probe: &str,
+) {
+    let go = match config.go_port() {
+        Some(port) => format!(", Go `hello` checked on port {port}"),
+        None => String::new(),
+    };
     log(
         start,
-        format!("monitor: registrations on {}", registrations.local_addr()),
+        format!(
+            "monitor: registrations on {}, {probe} probe, {}{go}",
+            registrations.local_addr(),
+            describe(config)
+        ),
     );
     let deadline = tokio::time::sleep(args.run_time);
     tokio::pin!(deadline);
@@ -219,22 +321,61 @@ async fn run_monitor(args: Args, start: Instant) -> Result<bool, Box<dyn std::er
             },
         }
     }
-    monitor.stop().await;
-    registrations.cut().await;
-    Ok(true)
 }
 
 async fn run_node(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Error>> {
-    let node = Server::listen(&args.listen, Responder::default()).await?;
-    let addr = node.local_addr();
-    register(&args.monitor, args.name.clone(), addr.clone()).await?;
-    log(
-        start,
-        format!(
-            "{}: answering on {addr}, registered with {}",
-            args.name, args.monitor
-        ),
-    );
+    let monitor: std::net::SocketAddr = tokio::net::lookup_host(&args.monitor)
+        .await?
+        .next()
+        .ok_or("--monitor: no address")?;
+    let (answered, server, keeper): (Box<dyn Fn() -> u64>, _, _) = if args.go {
+        let responder = TextResponder::new();
+        let node = Server::builder(responder.clone())
+            .framing(Framing::lines())
+            .listen(&args.listen)
+            .await?;
+        let keeper = KeepRegistered::builder(monitor, Registration::GoHello)
+            .interval(args.interval)
+            .spawn(responder.clone());
+        log(
+            start,
+            format!(
+                "{}: Go-style node, answering `heartbeat ping` on {}, `hello` to {monitor}",
+                args.name,
+                node.local_addr()
+            ),
+        );
+        let count = responder.clone();
+        (
+            Box::new(move || count.answered()),
+            NodeServer::Text(node),
+            keeper,
+        )
+    } else {
+        let responder = Responder::new();
+        let node = Server::listen(&args.listen, responder.clone()).await?;
+        let addr = node.local_addr().tcp().ok_or("not a TCP address")?;
+        let registration = Registration::Typed(Register {
+            name: args.name.clone(),
+            addr,
+        });
+        let keeper = KeepRegistered::builder(monitor, registration)
+            .interval(args.interval)
+            .spawn(responder.clone());
+        log(
+            start,
+            format!(
+                "{}: answering on {addr}, kept registered with {monitor}",
+                args.name
+            ),
+        );
+        let count = responder.clone();
+        (
+            Box::new(move || count.answered()),
+            NodeServer::Typed(node),
+            keeper,
+        )
+    };
     tokio::select! {
         _ = tokio::time::sleep(args.run_time) => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -242,13 +383,24 @@ async fn run_node(args: Args, start: Instant) -> Result<bool, Box<dyn std::error
     log(
         start,
         format!(
-            "{}: answered {} pings",
+            "{}: answered {} pings, registered {} times",
             args.name,
-            node.handler().answered()
+            answered(),
+            keeper.registrations()
         ),
     );
-    node.cut().await;
+    keeper.stop().await;
+    match server {
+        NodeServer::Typed(server) => server.cut().await,
+        NodeServer::Text(server) => server.cut().await,
+    }
     Ok(true)
+}
+
+/// A node's server, typed or Go-style.
+enum NodeServer {
+    Typed(Server<Responder>),
+    Text(Server<TextResponder>),
 }
 
 #[tokio::main]

@@ -475,7 +475,15 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             Some((binary, codec)) => (binary, vec![codec]),
             None => (default_is_binary::<M>(), Vec::new()),
         };
-        let wire = Wire::build(&self.config, binary, overrides)?.receiving::<H::Message>();
+        let wire = Wire::build(&self.config, binary, overrides)?;
+        // Frames received are cut as the handler's (or receive buffer's)
+        // type needs; a write-only client keeps its sent type's framing,
+        // which is what replies to its requests usually share.
+        let wire = if std::any::TypeId::of::<H>() == std::any::TypeId::of::<()>() {
+            wire
+        } else {
+            wire.receiving::<H::Message>()
+        };
         let counters = Arc::new(Counters::default());
         let ended = CancellationToken::new();
         let (events, errors) =

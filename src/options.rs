@@ -148,7 +148,12 @@ macro_rules! connection_options {
         /// keeps its place in line, so that a late answer is taken (and
         /// reported as an [`Error::LateReply`](crate::Error::LateReply)
         /// event) instead of answering the next one; if the peer never
-        /// answers it, every later reply is off by one. Use
+        /// answers it, every later reply is off by one. Replies are cut
+        /// with the framing of what the client receives (its handler's or
+        /// receive buffer's type; a write-only client's sent type): with a
+        /// delimited `Escaping::Auto` framing, a reply type that is binary
+        /// where that type is text (or the reverse) needs an explicit
+        /// `.escaped()` or `.raw()` framing. Use
         /// [`request_ids`](Self::request_ids) when both ends are
         /// chitchat-net. Ignored with `request_ids`.
         pub fn ordered_replies(mut self) -> Self {

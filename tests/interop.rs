@@ -43,7 +43,9 @@ async fn text_ping_is_written_exactly_as_the_go_original_writes_it() {
 
 #[tokio::test]
 async fn text_responder_reads_crlf_and_lf_lines_as_the_go_original() {
-    let server = Server::listen("127.0.0.1:0", TextResponder).await.unwrap();
+    let server = Server::listen("127.0.0.1:0", TextResponder::new())
+        .await
+        .unwrap();
     let mut go_master = TcpStream::connect(server.local_addr().tcp().unwrap())
         .await
         .unwrap();
@@ -95,7 +97,8 @@ async fn eof_framed_text_from_a_go_node_is_read_as_one_message() {
 
 #[tokio::test]
 async fn eof_framed_registration_written_in_pieces_starts_watching_the_node() {
-    let (monitor, _events) = Monitor::new(HeartbeatConfig::with_interval(Duration::from_secs(60)));
+    let (monitor, _events) =
+        Monitor::new(HeartbeatConfig::with_interval(Duration::from_secs(60)).unwrap());
     let registrations = monitor.listen_registrations("127.0.0.1:0").await.unwrap();
     let node_addr = "127.0.0.1:9".parse().unwrap();
     let mut payload = bytes::BytesMut::new();

@@ -3,68 +3,57 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{Beat, Register};
-use crate::{BoxError, Client, Context, Error, Framing, Handler, Server};
+use super::config::{HeartbeatConfig, RegisteredIp};
+use super::detector::{Judge, Verdict};
+use super::probe::{BeatProbe, Dialer, Probe};
+use super::Register;
+use crate::{
+    Addr, BoxError, Client, Codec, Context, Error, Framing, Handler, Server, ServerBuilder,
+};
 
 /// Peer events buffered for a reader before new ones are dropped.
 const EVENT_CAPACITY: usize = 1024;
-
-/// How often, how patiently and how forgivingly a [`Monitor`] checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeartbeatConfig {
-    /// Time between two checks of a peer (default 3 s, as the Go original).
-    pub interval: Duration,
-    /// How long a check may take: connecting (if needed), ping, pong
-    /// (default: the interval).
-    pub timeout: Duration,
-    /// A peer is dead after more than this many misses in a row (default 3,
-    /// as the Go original).
-    pub miss_limit: u32,
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        HeartbeatConfig::with_interval(Duration::from_secs(3))
-    }
-}
-
-impl HeartbeatConfig {
-    /// Checks every `interval`, with a timeout of one interval and the
-    /// default miss limit.
-    pub fn with_interval(interval: Duration) -> Self {
-        HeartbeatConfig {
-            interval,
-            timeout: interval,
-            miss_limit: 3,
-        }
-    }
-}
+/// Registration connections open at once, at most.
+const MAX_REGISTRATION_CONNECTIONS: usize = 1024;
+/// The largest registration accepted.
+const MAX_REGISTRATION_BYTES: usize = 4 * 1024;
+/// What a Go node sends to register.
+const GO_HELLO: &[u8] = b"hello";
 
 /// What a monitor knows of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PeerState {
     /// It answered the last check.
     Alive,
-    /// It missed the last `misses` checks in a row, not yet more than the
-    /// miss limit.
+    /// It missed the last `misses` checks in a row, and the detector does
+    /// not take it for dead yet.
     Missed {
         /// Misses in a row.
         misses: u32,
     },
-    /// It missed more than the miss limit in a row. Checks go on: an answer
-    /// makes it [`PeerState::Alive`] again.
+    /// The detector declared it dead. Checks go on: an answer makes it
+    /// [`PeerState::Alive`] again.
     Dead {
-        /// Misses in a row when it was declared dead.
+        /// Misses in a row when it was declared dead (it does not change
+        /// while the peer stays dead).
         misses: u32,
     },
+    /// It stayed dead longer than
+    /// [`forget_dead_after`](super::HeartbeatConfigBuilder::forget_dead_after):
+    /// it is no longer watched (the last event of that peer).
+    Forgotten,
 }
 
 impl fmt::Display for PeerState {
@@ -73,12 +62,13 @@ impl fmt::Display for PeerState {
             PeerState::Alive => write!(f, "alive"),
             PeerState::Missed { misses } => write!(f, "missed {misses} in a row"),
             PeerState::Dead { misses } => write!(f, "DEAD after {misses} misses"),
+            PeerState::Forgotten => write!(f, "forgotten"),
         }
     }
 }
 
 /// A change in a peer's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerEvent {
     /// The name the peer registered with.
     pub name: String,
@@ -88,6 +78,11 @@ pub struct PeerEvent {
     pub state: PeerState,
     /// The state before, `None` for the first check.
     pub previous: Option<PeerState>,
+    /// The detector's suspicion level when the change was seen: misses in
+    /// a row with [`Detector::MissLimit`](super::Detector::MissLimit), φ
+    /// with [`Detector::PhiAccrual`](super::Detector::PhiAccrual); 0 when
+    /// alive.
+    pub suspicion: f64,
     /// When the change was seen.
     pub at: SystemTime,
 }
@@ -100,8 +95,8 @@ pub struct PeerEvents {
 }
 
 impl PeerEvents {
-    /// The next state change; `None` once the monitor has stopped and every
-    /// event has been read.
+    /// The next state change; `None` once the monitor has stopped (or
+    /// every handle on it was dropped) and every event has been read.
     ///
     /// # Cancel safety
     ///
@@ -115,17 +110,122 @@ impl PeerEvents {
     }
 }
 
-/// Checks a set of peers with [`Beat`] ping/pong and reports their state
-/// changes. Cloning gives another handle on the same monitor.
-#[derive(Debug, Clone)]
-pub struct Monitor {
-    inner: Arc<Inner>,
+/// Why a peer is not watched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The monitor already watches its maximum of peers.
+    #[error("already watching the maximum of {max} peers")]
+    Full {
+        /// The maximum.
+        max: usize,
+    },
+    /// The monitor has stopped.
+    #[error("monitor stopped")]
+    Stopped,
+}
+
+/// A snapshot of a monitor's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MonitorStats {
+    /// Peers watched now.
+    pub watched: u64,
+    /// Registrations accepted (typed and Go-style, renames included).
+    pub registrations: u64,
+    /// Registrations and `watch` calls refused because the monitor was
+    /// full.
+    pub refused_full: u64,
+    /// Typed registrations refused because they named another IP than
+    /// their connection's.
+    pub refused_ip: u64,
+    /// Registration connections refused by the accept filter.
+    pub refused_filter: u64,
+    /// Registrations that could not be read (neither a [`Register`] nor a
+    /// Go `hello`, or a `hello` with no Go port configured).
+    pub refused_invalid: u64,
+    /// Dead peers forgotten.
+    pub forgotten: u64,
+    /// Checks made.
+    pub checks: u64,
+    /// Checks missed.
+    pub misses: u64,
+    /// Peers declared dead (each time).
+    pub deaths: u64,
+    /// Peer events dropped because nobody read them.
+    pub dropped_events: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    registrations: AtomicU64,
+    refused_full: AtomicU64,
+    refused_ip: AtomicU64,
+    refused_filter: AtomicU64,
+    refused_invalid: AtomicU64,
+    forgotten: AtomicU64,
+    checks: AtomicU64,
+    misses: AtomicU64,
+    deaths: AtomicU64,
+    dropped_events: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A registration accept filter, shared.
+type Filter = Arc<dyn Fn(&Addr) -> bool + Send + Sync + 'static>;
+
+/// Checks a set of peers with a [`Probe`] (by default [`BeatProbe`]) and
+/// reports their state changes. Cloning gives another handle on the same
+/// monitor; once every handle is dropped (or [`stop`](Monitor::stop) is
+/// called) every check ends and the event stream ends once drained.
+pub struct Monitor<P: Probe = BeatProbe> {
+    shared: Arc<Shared<P>>,
+    /// Stops the monitor when the last handle goes (check tasks and the
+    /// registrar hold `shared` only).
+    _owner: Arc<Owner>,
+}
+
+impl<P: Probe> Clone for Monitor<P> {
+    fn clone(&self) -> Self {
+        Monitor {
+            shared: self.shared.clone(),
+            _owner: self._owner.clone(),
+        }
+    }
+}
+
+impl<P: Probe> fmt::Debug for Monitor<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("config", &self.shared.config)
+            .field("probe", &self.shared.probe)
+            .field("watched", &self.shared.lock().len())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
-struct Inner {
+struct Owner {
+    stop: CancellationToken,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Shared<P> {
     config: HeartbeatConfig,
-    /// Watched peers and the signal that stops each one's checks.
+    probe: P,
+    /// How to reach peers (`None`: TCP).
+    dialer: Option<Arc<dyn Dialer>>,
+    /// Who may open a registration connection.
+    filter: Option<Filter>,
+    /// Watched peers.
     peers: Mutex<HashMap<SocketAddr, Watched>>,
     /// Where state changes go (dropped when nobody reads them).
     events: mpsc::Sender<PeerEvent>,
@@ -133,6 +233,7 @@ struct Inner {
     tasks: TaskTracker,
     /// Stops every check task.
     stop: CancellationToken,
+    counters: Counters,
 }
 
 #[derive(Debug)]
@@ -142,65 +243,117 @@ struct Watched {
     stop: CancellationToken,
 }
 
-impl Monitor {
-    /// A monitor with no peers yet, and the stream of its events.
-    pub fn new(config: HeartbeatConfig) -> (Monitor, PeerEvents) {
+/// Configures a [`Monitor`]: made by [`Monitor::builder`].
+#[must_use = "a monitor builder does nothing until `build` is called"]
+pub struct MonitorBuilder<P = BeatProbe> {
+    config: HeartbeatConfig,
+    probe: P,
+    dialer: Option<Arc<dyn Dialer>>,
+    filter: Option<Filter>,
+}
+
+impl<P: fmt::Debug> fmt::Debug for MonitorBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MonitorBuilder")
+            .field("config", &self.config)
+            .field("probe", &self.probe)
+            .field("dialer", &self.dialer.is_some())
+            .field("filter", &self.filter.is_some())
+            .finish()
+    }
+}
+
+impl<P: Probe> MonitorBuilder<P> {
+    /// Probes peers with `probe` (default [`BeatProbe`]): for example
+    /// [`TextProbe`](super::TextProbe) for Go nodes.
+    pub fn probe<Q: Probe>(self, probe: Q) -> MonitorBuilder<Q> {
+        MonitorBuilder {
+            config: self.config,
+            probe,
+            dialer: self.dialer,
+            filter: self.filter,
+        }
+    }
+
+    /// Reaches peers through `dialer` instead of TCP.
+    pub fn dialer(mut self, dialer: impl Dialer) -> Self {
+        self.dialer = Some(Arc::new(dialer));
+        self
+    }
+
+    /// The registration server accepts a connection only if
+    /// `allow(peer)`; refused ones are counted in
+    /// [`MonitorStats::refused_filter`].
+    pub fn registration_filter(
+        mut self,
+        allow: impl Fn(&Addr) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter = Some(Arc::new(allow));
+        self
+    }
+
+    /// The monitor, with no peers yet, and the stream of its events.
+    pub fn build(self) -> (Monitor<P>, PeerEvents) {
         let (events, rx) = mpsc::channel(EVENT_CAPACITY);
         let stop = CancellationToken::new();
-        let inner = Arc::new(Inner {
-            config,
+        let shared = Arc::new(Shared {
+            config: self.config,
+            probe: self.probe,
+            dialer: self.dialer,
+            filter: self.filter,
             peers: Mutex::new(HashMap::new()),
             events,
             tasks: TaskTracker::new(),
             stop: stop.clone(),
+            counters: Counters::default(),
         });
-        let stopped = stop;
-        (Monitor { inner }, PeerEvents { rx, stopped })
+        let monitor = Monitor {
+            shared,
+            _owner: Arc::new(Owner { stop: stop.clone() }),
+        };
+        (monitor, PeerEvents { rx, stopped: stop })
+    }
+}
+
+impl Monitor {
+    /// A monitor probing with [`BeatProbe`], with no peers yet, and the
+    /// stream of its events.
+    pub fn new(config: HeartbeatConfig) -> (Monitor, PeerEvents) {
+        Monitor::builder(config).build()
     }
 
+    /// Starts configuring a monitor (probe, dialer, registration filter).
+    pub fn builder(config: HeartbeatConfig) -> MonitorBuilder {
+        MonitorBuilder {
+            config,
+            probe: BeatProbe,
+            dialer: None,
+            filter: None,
+        }
+    }
+}
+
+impl<P: Probe> Monitor<P> {
     /// The monitor's settings.
     pub fn config(&self) -> HeartbeatConfig {
-        self.inner.config
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Watched>> {
-        self.inner
-            .peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.config
     }
 
     /// Starts checking the responder at `addr`. Watching an address already
     /// watched only renames it.
-    pub fn watch(&self, name: impl Into<String>, addr: SocketAddr) {
-        let name = name.into();
-        let mut peers = self.lock();
-        if let Some(watched) = peers.get_mut(&addr) {
-            watched.name = name;
-            return;
-        }
-        if self.inner.stop.is_cancelled() {
-            return;
-        }
-        let stop = self.inner.stop.child_token();
-        tracing::info!(%addr, %name, "watching peer");
-        peers.insert(
-            addr,
-            Watched {
-                name,
-                state: None,
-                stop: stop.clone(),
-            },
-        );
-        drop(peers);
-        let check = check_peer(self.clone(), addr, stop);
-        let span = tracing::info_span!("heartbeat", peer = %addr);
-        self.inner.tasks.spawn(check.instrument(span));
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError::Full`] if the monitor watches its maximum of peers
+    /// already (counted in [`MonitorStats::refused_full`]),
+    /// [`WatchError::Stopped`] once stopped.
+    pub fn watch(&self, name: impl Into<String>, addr: SocketAddr) -> Result<(), WatchError> {
+        self.shared.watch(name.into(), addr)
     }
 
     /// Stops checking `addr`; returns whether it was watched.
     pub fn unwatch(&self, addr: SocketAddr) -> bool {
-        match self.lock().remove(&addr) {
+        match self.shared.lock().remove(&addr) {
             Some(watched) => {
                 watched.stop.cancel();
                 true
@@ -212,14 +365,72 @@ impl Monitor {
     /// Every watched peer: name, address and last known state (`None`
     /// before its first check).
     pub fn peers(&self) -> Vec<(String, SocketAddr, Option<PeerState>)> {
-        self.lock()
+        self.shared
+            .lock()
             .iter()
             .map(|(addr, w)| (w.name.clone(), *addr, w.state))
             .collect()
     }
 
-    /// Serves registrations on `addr`: each [`Register`] message received
-    /// (EOF-framed, one per connection) starts watching that node.
+    /// The monitor's counters.
+    pub fn stats(&self) -> MonitorStats {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MonitorStats {
+            watched: self.shared.lock().len() as u64,
+            registrations: get(&c.registrations),
+            refused_full: get(&c.refused_full),
+            refused_ip: get(&c.refused_ip),
+            refused_filter: get(&c.refused_filter),
+            refused_invalid: get(&c.refused_invalid),
+            forgotten: get(&c.forgotten),
+            checks: get(&c.checks),
+            misses: get(&c.misses),
+            deaths: get(&c.deaths),
+            dropped_events: get(&c.dropped_events),
+        }
+    }
+
+    /// The registration server, configured (EOF framing, registrations of
+    /// at most 4 KiB, at most 1024 connections at once, an idle timeout,
+    /// the registration filter) but not started: start it with
+    /// [`listen`](ServerBuilder::listen), or
+    /// [`serve`](ServerBuilder::serve) over any stream of connections.
+    /// Each connection carries one registration: a [`Register`] (see
+    /// [`register`](super::register)) or, with a Go port configured, the
+    /// Go original's `hello`.
+    pub fn registration_server(&self) -> ServerBuilder<Registrar> {
+        let registrar = Registrar {
+            shared: Arc::new(self.shared.clone()),
+        };
+        let idle = self
+            .shared
+            .config
+            .interval()
+            .max(std::time::Duration::from_secs(10));
+        let builder = Server::builder(registrar)
+            .framing(Framing::eof().max_frame_length(MAX_REGISTRATION_BYTES))
+            .idle_timeout(idle)
+            .max_connections(MAX_REGISTRATION_CONNECTIONS);
+        match self.shared.filter.clone() {
+            None => builder,
+            Some(allow) => {
+                let shared = Arc::downgrade(&self.shared);
+                builder.accept_filter(move |peer| {
+                    let allowed = allow(peer);
+                    if !allowed {
+                        if let Some(shared) = shared.upgrade() {
+                            bump(&shared.counters.refused_filter);
+                        }
+                    }
+                    allowed
+                })
+            }
+        }
+    }
+
+    /// Serves registrations on `addr` over TCP: see
+    /// [`registration_server`](Self::registration_server).
     ///
     /// # Errors
     ///
@@ -228,169 +439,273 @@ impl Monitor {
         &self,
         addr: impl crate::ConnectAddr,
     ) -> Result<Server<Registrar>, Error> {
-        let registrar = Registrar {
-            monitor: self.clone(),
-        };
-        Server::builder(registrar)
-            .framing(Framing::eof().max_frame_length(64 * 1024))
-            .idle_timeout(self.inner.config.interval.max(Duration::from_secs(10)))
-            .listen(addr)
-            .await
+        self.registration_server().listen(addr).await
     }
 
     /// Stops every check and waits for the checks to end. The event stream
-    /// ends once drained.
+    /// ends once drained. (Dropping every handle stops them too, without
+    /// waiting.)
     pub async fn stop(&self) {
-        self.inner.stop.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl<P: Probe> Shared<P> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Watched>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records `state` for `addr` and reports it if it changed.
-    fn record(&self, addr: SocketAddr, state: PeerState) {
+    fn watch(self: &Arc<Self>, name: String, addr: SocketAddr) -> Result<(), WatchError> {
+        let mut peers = self.lock();
+        if let Some(watched) = peers.get_mut(&addr) {
+            watched.name = name;
+            return Ok(());
+        }
+        if self.stop.is_cancelled() {
+            return Err(WatchError::Stopped);
+        }
+        let max = self.config.max_peers();
+        if peers.len() >= max {
+            bump(&self.counters.refused_full);
+            return Err(WatchError::Full { max });
+        }
+        let stop = self.stop.child_token();
+        tracing::info!(%addr, %name, "watching peer");
+        peers.insert(
+            addr,
+            Watched {
+                name,
+                state: None,
+                stop: stop.clone(),
+            },
+        );
+        drop(peers);
+        // A root span: the registration connection that may have started
+        // this check is long closed by the time it runs.
+        let span = tracing::info_span!(parent: None, "heartbeat", peer = %addr);
+        let check = check_peer(self.clone(), addr, stop);
+        self.tasks.spawn(check.instrument(span));
+        Ok(())
+    }
+
+    /// Records `verdict` for `addr` and reports it if the state changed.
+    fn record(&self, addr: SocketAddr, verdict: Verdict) {
         let mut peers = self.lock();
         let Some(watched) = peers.get_mut(&addr) else {
             return;
         };
+        let state = verdict.state;
         let previous = watched.state.replace(state);
-        let dead_still = matches!(
-            (previous, state),
-            (Some(PeerState::Dead { .. }), PeerState::Dead { .. })
-        );
-        if previous == Some(state) || dead_still {
+        if previous == Some(state) {
             return;
+        }
+        if matches!(state, PeerState::Dead { .. }) {
+            bump(&self.counters.deaths);
         }
         let event = PeerEvent {
             name: watched.name.clone(),
             addr,
             state,
             previous,
+            suspicion: verdict.suspicion,
             at: SystemTime::now(),
         };
         drop(peers);
-        tracing::info!(peer = %addr, %state, "peer state changed");
-        if self.inner.events.try_send(event).is_err() {
+        self.emit(event);
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        let (addr, state, suspicion) = (event.addr, event.state, event.suspicion);
+        tracing::info!(peer = %addr, %state, suspicion, "peer state changed");
+        if self.events.try_send(event).is_err() {
+            bump(&self.counters.dropped_events);
             tracing::warn!(peer = %addr, "peer events are not being read: event dropped");
         }
     }
+
+    /// Stops watching `addr`, dead too long.
+    fn forget(&self, addr: SocketAddr) {
+        let Some(watched) = self.lock().remove(&addr) else {
+            return;
+        };
+        bump(&self.counters.forgotten);
+        self.emit(PeerEvent {
+            name: watched.name,
+            addr,
+            state: PeerState::Forgotten,
+            previous: watched.state,
+            suspicion: 0.0,
+            at: SystemTime::now(),
+        });
+    }
 }
 
-/// Checks one peer every interval until stopped.
-async fn check_peer(monitor: Monitor, addr: SocketAddr, stop: CancellationToken) {
-    let config = monitor.inner.config;
-    let mut ticker = tokio::time::interval(config.interval);
+/// Checks one peer every interval until stopped (or forgotten).
+async fn check_peer<P: Probe>(shared: Arc<Shared<P>>, addr: SocketAddr, stop: CancellationToken) {
+    let config = shared.config;
+    let mut ticker = tokio::time::interval(config.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut link: Option<Link> = None;
+    let mut link: Option<Client<P::Ping>> = None;
+    let mut judge = Judge::new(&config, Instant::now());
+    let mut dead_since: Option<Instant> = None;
     let mut seq = 0u64;
-    let mut misses = 0u32;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
         seq += 1;
+        bump(&shared.counters.checks);
         let check = tokio::select! {
             _ = stop.cancelled() => break,
-            check = tokio::time::timeout(config.timeout, ping(&mut link, addr, seq, config)) => check,
+            check = tokio::time::timeout(config.timeout(), ping(&shared, &mut link, addr, seq)) => check,
         };
-        let state = match check {
+        let now = Instant::now();
+        let verdict = match check {
             Ok(Ok(())) => {
-                misses = 0;
-                PeerState::Alive
+                dead_since = None;
+                judge.answered(now)
             }
             failed => {
                 let why = match failed {
                     Ok(Err(error)) => crate::error::Report(&error).to_string(),
-                    _ => format!("no answer within {:?}", config.timeout),
+                    _ => format!("no answer within {:?}", config.timeout()),
                 };
                 tracing::debug!(seq, %why, "heartbeat missed");
-                link = None;
-                misses += 1;
-                if misses > config.miss_limit {
-                    PeerState::Dead { misses }
-                } else {
-                    PeerState::Missed { misses }
+                bump(&shared.counters.misses);
+                // A fresh connection next time: a late answer never shifts
+                // the next ones.
+                if let Some(client) = link.take() {
+                    drop(client);
                 }
+                judge.missed(now)
             }
         };
-        monitor.record(addr, state);
+        shared.record(addr, verdict);
+        if matches!(verdict.state, PeerState::Dead { .. }) {
+            let since = *dead_since.get_or_insert(now);
+            if config
+                .forget_dead_after()
+                .is_some_and(|after| now.saturating_duration_since(since) >= after)
+            {
+                tracing::info!("dead too long: forgotten");
+                shared.forget(addr);
+                break;
+            }
+        }
     }
-    if let Some(link) = link {
-        link.client.close().await;
+    if let Some(client) = link {
+        client.close().await;
     }
 }
 
-/// A kept-open connection to a peer and the pongs it has received.
-struct Link {
-    client: Client<Beat>,
-    pongs: mpsc::Receiver<u64>,
-}
-
-/// Sends one ping and waits for its pong, connecting first if needed.
-async fn ping(
-    link: &mut Option<Link>,
+/// Sends one ping and waits for its answer, connecting first if needed.
+async fn ping<P: Probe>(
+    shared: &Shared<P>,
+    link: &mut Option<Client<P::Ping>>,
     addr: SocketAddr,
     seq: u64,
-    config: HeartbeatConfig,
 ) -> Result<(), Error> {
+    let timeout = shared.config.timeout();
     if link.is_none() {
-        let (tx, pongs) = mpsc::channel(16);
-        let client = Client::<Beat>::builder()
-            .handler(PongCollector { pongs: tx })
-            .connect_timeout(config.timeout)
-            .write_stall_timeout(Some(config.timeout))
-            .close_timeout(config.timeout)
-            .connect(addr)
-            .await?;
-        *link = Some(Link { client, pongs });
+        let builder = shared
+            .probe
+            .client()
+            .connect_timeout(timeout)
+            .request_timeout(timeout)
+            .write_stall_timeout(Some(timeout))
+            .close_timeout(timeout);
+        let client = match &shared.dialer {
+            None => builder.connect(addr).await?,
+            Some(dialer) => {
+                let io = dialer.dial(addr).await?;
+                builder.connect_io(io, Addr::from(addr)).await?
+            }
+        };
+        *link = Some(client);
     }
-    let Some(link) = link.as_mut() else {
+    let Some(client) = link.as_ref() else {
         return Err(Error::Closed);
     };
-    link.client.send(&Beat::Ping { seq }).await?;
-    // Pongs of earlier, timed-out pings may still arrive: skip them.
-    loop {
-        match link.pongs.recv().await {
-            Some(answer) if answer == seq => return Ok(()),
-            Some(_) => continue,
-            None => return Err(Error::Closed),
-        }
+    let pong: P::Pong = client.request(&shared.probe.ping(seq)).await?;
+    if shared.probe.is_answer(seq, &pong) {
+        Ok(())
+    } else {
+        Err(Error::Handler(format!("wrong answer to ping {seq}").into()))
     }
 }
 
-/// The monitor's handler on each link: passes pongs to the check.
-#[derive(Debug)]
-struct PongCollector {
-    pongs: mpsc::Sender<u64>,
-}
-
-impl Handler for PongCollector {
-    type Message = Beat;
-
-    async fn handle(&self, beat: Beat, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        match beat {
-            Beat::Pong { seq } => {
-                // A full queue means the check is gone or far behind.
-                let _ = self.pongs.try_send(seq);
-                Ok(())
-            }
-            Beat::Ping { seq } => Err(format!("unexpected ping {seq} at a monitor").into()),
-        }
-    }
-}
-
-/// The handler of a monitor's registration server: each [`Register`]
-/// message starts watching that node.
-#[derive(Debug)]
+/// The handler of a monitor's registration server: each registration (one
+/// per connection, EOF-framed) starts watching that node.
+///
+/// A registration is a [`Register`] message, or (with a Go port
+/// configured) the Go original's `hello`, for which the node is checked at
+/// the connection's IP and the Go port. A typed registration must name the
+/// connection's own IP unless configured otherwise
+/// ([`RegisteredIp`]). Refusals are handler errors on the server's error
+/// stream, and counted in [`MonitorStats`].
 pub struct Registrar {
-    monitor: Monitor,
+    shared: Arc<dyn Registry>,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar").finish_non_exhaustive()
+    }
+}
+
+/// What the registrar needs of a monitor, whatever its probe.
+trait Registry: Send + Sync + 'static {
+    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<(), BoxError>;
+}
+
+impl<P: Probe> Registry for Arc<Shared<P>> {
+    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<(), BoxError> {
+        let counters = &self.counters;
+        let peer_ip = peer.ip();
+        let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        let (name, addr) = if trimmed == GO_HELLO {
+            let (Some(port), Some(ip)) = (self.config.go_port(), peer_ip) else {
+                bump(&counters.refused_invalid);
+                return Err("a Go `hello` registration, but no Go port is configured".into());
+            };
+            let addr = SocketAddr::new(ip, port);
+            (addr.to_string(), addr)
+        } else {
+            let codec = <<Register as crate::Message>::Codec as Default>::default();
+            let registration: Register = match codec.decode(Bytes::copy_from_slice(bytes)) {
+                Ok(registration) => registration,
+                Err(error) => {
+                    bump(&counters.refused_invalid);
+                    return Err(error.into());
+                }
+            };
+            let same_ip = peer_ip == Some(registration.addr.ip());
+            if self.config.registered_ip() == RegisteredIp::SameAsConnection && !same_ip {
+                bump(&counters.refused_ip);
+                return Err(format!(
+                    "registration names {} from another address",
+                    registration.addr
+                )
+                .into());
+            }
+            (registration.name, registration.addr)
+        };
+        self.watch(name, addr)?;
+        bump(&counters.registrations);
+        Ok(())
+    }
 }
 
 impl Handler for Registrar {
-    type Message = Register;
+    type Message = Bytes;
 
-    async fn handle(&self, registration: Register, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        self.monitor.watch(registration.name, registration.addr);
-        Ok(())
+    async fn handle(&self, registration: Bytes, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        self.shared.register(&registration, &ctx.peer_addr())
     }
 }

@@ -1,0 +1,225 @@
+//! Deciding death from check results: the miss limit and phi accrual (pure).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{Detector, HeartbeatConfig};
+use super::PeerState;
+
+/// One peer's detector: fed every check's outcome, says its state.
+#[derive(Debug)]
+pub(crate) struct Judge {
+    detector: Detector,
+    interval: Duration,
+    /// Misses in a row.
+    misses: u32,
+    /// The state's miss count frozen when the peer was declared dead.
+    dead_at: Option<u32>,
+    /// When the last answer arrived (or watching started).
+    last_arrival: Instant,
+    /// Whether any answer arrived yet (the first one gives no interval).
+    answered: bool,
+    /// Recent times between two answers, in seconds (phi accrual only).
+    samples: VecDeque<f64>,
+    sum: f64,
+    sum_sq: f64,
+}
+
+/// What a check's outcome made of a peer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Verdict {
+    pub(crate) state: PeerState,
+    /// Misses in a row (miss limit) or φ (phi accrual); 0 when alive.
+    pub(crate) suspicion: f64,
+}
+
+impl Judge {
+    pub(crate) fn new(config: &HeartbeatConfig, now: Instant) -> Self {
+        Judge {
+            detector: config.detector(),
+            interval: config.interval(),
+            misses: 0,
+            dead_at: None,
+            last_arrival: now,
+            answered: false,
+            samples: VecDeque::new(),
+            sum: 0.0,
+            sum_sq: 0.0,
+        }
+    }
+
+    /// A check was answered at `now`.
+    pub(crate) fn answered(&mut self, now: Instant) -> Verdict {
+        if let Detector::PhiAccrual(phi) = self.detector {
+            if self.answered {
+                let gap = now
+                    .saturating_duration_since(self.last_arrival)
+                    .as_secs_f64();
+                if self.samples.len() >= phi.samples() {
+                    if let Some(old) = self.samples.pop_front() {
+                        self.sum -= old;
+                        self.sum_sq -= old * old;
+                    }
+                }
+                self.samples.push_back(gap);
+                self.sum += gap;
+                self.sum_sq += gap * gap;
+            }
+        }
+        self.answered = true;
+        self.last_arrival = now;
+        self.misses = 0;
+        self.dead_at = None;
+        Verdict {
+            state: PeerState::Alive,
+            suspicion: 0.0,
+        }
+    }
+
+    /// A check failed at `now`.
+    pub(crate) fn missed(&mut self, now: Instant) -> Verdict {
+        self.misses = self.misses.saturating_add(1);
+        let (dead, suspicion) = match self.detector {
+            Detector::MissLimit(limit) => (self.misses > limit, f64::from(self.misses)),
+            Detector::PhiAccrual(params) => {
+                let phi = self.phi(now, params.min_std_dev_for(self.interval));
+                (phi >= params.threshold(), phi)
+            }
+        };
+        let state = match self.dead_at {
+            // Stays dead with the count it was declared dead with.
+            Some(misses) => PeerState::Dead { misses },
+            None if dead => {
+                self.dead_at = Some(self.misses);
+                PeerState::Dead {
+                    misses: self.misses,
+                }
+            }
+            None => PeerState::Missed {
+                misses: self.misses,
+            },
+        };
+        Verdict { state, suspicion }
+    }
+
+    /// φ at `now`: −log₁₀ of the probability that an answer comes later
+    /// than the time elapsed since the last one, under a normal model of
+    /// the times between answers.
+    pub(crate) fn phi(&self, now: Instant, min_std_dev: Duration) -> f64 {
+        let elapsed = now
+            .saturating_duration_since(self.last_arrival)
+            .as_secs_f64();
+        let min_std = min_std_dev.as_secs_f64();
+        let n = self.samples.len() as f64;
+        let (mean, std) = if self.samples.len() < 2 {
+            // Before any history: the configured interval.
+            (self.interval.as_secs_f64(), min_std)
+        } else {
+            let mean = self.sum / n;
+            let variance = (self.sum_sq / n - mean * mean).max(0.0);
+            (mean, variance.sqrt().max(min_std))
+        };
+        phi(elapsed, mean, std)
+    }
+}
+
+/// −log₁₀(1 − F(elapsed)) for a normal distribution of `mean` and `std`,
+/// with the logistic approximation of the normal CDF that Akka uses (its
+/// error is under 0.02 %, and it stays finite far in the tail).
+pub(crate) fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
+    let y = (elapsed - mean) / std;
+    let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+    let value = if elapsed > mean {
+        -(e / (1.0 + e)).log10()
+    } else {
+        -(1.0 - 1.0 / (1.0 + e)).log10()
+    };
+    if value.is_finite() {
+        value.max(0.0)
+    } else {
+        f64::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heartbeat::PhiAccrual;
+
+    fn config(detector: Detector) -> HeartbeatConfig {
+        HeartbeatConfig::builder()
+            .interval(Duration::from_secs(1))
+            .detector(detector)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn phi_grows_with_silence() {
+        assert!(phi(1.0, 1.0, 0.1) < 0.5);
+        let p2 = phi(1.3, 1.0, 0.1);
+        let p3 = phi(1.5, 1.0, 0.1);
+        assert!(p2 > 2.0 && p3 > p2, "{p2} {p3}");
+        // z = 5.6 is about φ = 8.
+        let p8 = phi(1.0 + 5.6 * 0.1, 1.0, 0.1);
+        assert!((7.0..9.5).contains(&p8), "{p8}");
+        assert!(phi(1000.0, 1.0, 0.001).is_finite());
+    }
+
+    #[test]
+    fn miss_limit_dies_after_more_than_the_limit_and_keeps_its_count() {
+        let start = Instant::now();
+        let mut judge = Judge::new(&config(Detector::MissLimit(2)), start);
+        let s = Duration::from_secs(1);
+        assert_eq!(judge.answered(start + s).state, PeerState::Alive);
+        assert_eq!(
+            judge.missed(start + 2 * s).state,
+            PeerState::Missed { misses: 1 }
+        );
+        assert_eq!(
+            judge.missed(start + 3 * s).state,
+            PeerState::Missed { misses: 2 }
+        );
+        assert_eq!(
+            judge.missed(start + 4 * s).state,
+            PeerState::Dead { misses: 3 }
+        );
+        let later = judge.missed(start + 5 * s);
+        assert_eq!(later.state, PeerState::Dead { misses: 3 });
+        assert_eq!(later.suspicion, 4.0);
+        assert_eq!(judge.answered(start + 6 * s).state, PeerState::Alive);
+    }
+
+    #[test]
+    fn phi_accrual_tolerates_more_after_a_jittery_history() {
+        let detector =
+            Detector::PhiAccrual(PhiAccrual::new(8.0).min_std_dev(Duration::from_millis(50)));
+        let start = Instant::now();
+        let steady = {
+            let mut judge = Judge::new(&config(detector), start);
+            let mut t = start;
+            for _ in 0..50 {
+                t += Duration::from_secs(1);
+                judge.answered(t);
+            }
+            judge.missed(t + Duration::from_millis(1800))
+        };
+        let jittery = {
+            let mut judge = Judge::new(&config(detector), start);
+            let mut t = start;
+            for i in 0..50 {
+                t += Duration::from_millis(if i % 2 == 0 { 600 } else { 1400 });
+                judge.answered(t);
+            }
+            judge.missed(t + Duration::from_millis(1800))
+        };
+        assert!(matches!(steady.state, PeerState::Dead { .. }), "{steady:?}");
+        assert!(
+            matches!(jittery.state, PeerState::Missed { .. }),
+            "{jittery:?}"
+        );
+        assert!(jittery.suspicion < steady.suspicion);
+    }
+}
