@@ -51,10 +51,12 @@ mod raw;
 mod tagged;
 mod text;
 
-pub use self::bincode::{Bincode, BincodeWithLimit, DEFAULT_BINCODE_LIMIT};
+pub use self::bincode::{
+    Bincode, BincodeWithLimit, DepthLimitExceeded, DEFAULT_BINCODE_LIMIT, DEFAULT_MAX_DEPTH,
+};
 pub use self::pod::{PodCodec, SizeMismatch};
 #[cfg(feature = "postcard")]
-pub use self::postcard::Postcard;
+pub use self::postcard::{Postcard, PostcardWithDepth};
 pub use self::raw::Raw;
 pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 pub use self::text::Text;
