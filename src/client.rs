@@ -381,6 +381,29 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self
     }
 
+    /// Refuses to send an empty frame: [`send`](Client::send) and every
+    /// other way of sending fails with [`Error::EmptyFrame`] instead, and
+    /// nothing is sent. For Go chitchat peers, which crash on an empty
+    /// frame (a lone delimiter). Off by default.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use chitchat_net::{Client, Error};
+    ///
+    /// # async fn run() -> Result<(), Error> {
+    /// let client = Client::<String>::builder()
+    ///     .refuse_empty_frames()
+    ///     .connect("127.0.0.1:7000")
+    ///     .await?;
+    /// assert!(matches!(client.send(&String::new()).await, Err(Error::EmptyFrame)));
+    /// # Ok(()) }
+    /// ```
+    pub fn refuse_empty_frames(mut self) -> Self {
+        self.config.refuse_empty_frames = true;
+        self
+    }
+
     /// Connects to `addr` and starts reading in the background: a TCP
     /// address or name (`"host:port"`), or an [`Addr`] (a Unix-domain
     /// socket's too, such as a Unix server's `local_addr()`).

@@ -42,6 +42,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) max_in_flight: usize,
     /// How long a request waits for its reply by default.
     pub(crate) request_timeout: Duration,
+    /// Sending an empty frame is refused with `Error::EmptyFrame`.
+    pub(crate) refuse_empty_frames: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -58,6 +60,7 @@ impl Default for ConnectionConfig {
             ordered_replies: false,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            refuse_empty_frames: false,
         }
     }
 }

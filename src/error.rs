@@ -180,6 +180,12 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// An empty frame was not sent: the connection refuses them
+    /// ([`refuse_empty_frames`](crate::ClientBuilder::refuse_empty_frames)),
+    /// because a Go chitchat peer crashes on one. Nothing was sent.
+    #[error("empty frame refused: Go chitchat peers crash on one")]
+    EmptyFrame,
+
     /// A reconnecting client used up its tries: it has ended.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
     ReconnectGaveUp {
@@ -228,6 +234,7 @@ impl Error {
                 | Error::RequestTimeout(_)
                 | Error::Reconnected { .. }
                 | Error::Disconnected { .. }
+                | Error::EmptyFrame
         )
     }
 }

@@ -327,6 +327,15 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Refuses to send an empty frame on any connection: sends fail with
+    /// [`Error::EmptyFrame`] instead, and nothing is sent (a handler's
+    /// [`Context::send`](crate::Context::send) too). For Go chitchat peers,
+    /// which crash on an empty frame (a lone delimiter). Off by default.
+    pub fn refuse_empty_frames(mut self) -> Self {
+        self.config.refuse_empty_frames = true;
+        self
+    }
+
     /// The listen backlog: connections the kernel queues before they are
     /// accepted (default 1024; tokio's own default of 128 drops handshakes
     /// when thousands of peers connect at once, each then retrying after

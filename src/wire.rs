@@ -30,6 +30,8 @@ pub(crate) struct Wire {
     matching: Matching,
     /// Requests in flight at most, per connection.
     max_in_flight: usize,
+    /// Refuse to encode an empty frame (Go chitchat peers crash on one).
+    refuse_empty: bool,
 }
 
 impl fmt::Debug for Wire {
@@ -51,6 +53,7 @@ impl Wire {
             envelope: false,
             matching: Matching::Off,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            refuse_empty: false,
         }
     }
 
@@ -73,7 +76,9 @@ impl Wire {
         } else {
             Wire::new(config.framing, binary, overrides)
         };
-        Ok(wire.max_in_flight(config.max_in_flight))
+        let mut wire = wire.max_in_flight(config.max_in_flight);
+        wire.refuse_empty = config.refuse_empty_frames;
+        Ok(wire)
     }
 
     /// Matches replies to requests in the order the requests were sent
@@ -144,24 +149,39 @@ impl Wire {
         };
         match self.override_for::<M>() {
             Some(codec) => self.frame.encode_with(dst, |d| {
+                let start = d.len();
                 header(d);
-                codec.encode(msg, d)
+                codec.encode(msg, d)?;
+                self.check_empty(d.len() - start)
             }),
             None => self.frame.encode_with(dst, |d| {
+                let start = d.len();
                 header(d);
-                M::Codec::default().encode(msg, d)
+                M::Codec::default().encode(msg, d)?;
+                self.check_empty(d.len() - start)
             }),
+        }
+    }
+
+    /// [`Error::EmptyFrame`] for a payload of `len` 0 if empty frames are
+    /// refused.
+    fn check_empty(&self, len: usize) -> Result<(), Error> {
+        if self.refuse_empty && len == 0 {
+            Err(Error::EmptyFrame)
+        } else {
+            Ok(())
         }
     }
 
     /// Appends one framed raw payload to `dst` (nothing on error).
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         self.frame.encode_with(dst, |d| {
+            let start = d.len();
             if self.envelope {
                 envelope::encode(Envelope::Message, d);
             }
             d.extend_from_slice(payload);
-            Ok(())
+            self.check_empty(d.len() - start)
         })
     }
 

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use chitchat_net::codec::DepthLimitExceeded;
 use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Message, Server};
 use serde::{Deserialize, Serialize};
@@ -195,5 +192,89 @@ async fn a_recursive_plain_serde_type_cannot_overflow_the_stack() {
     server.cut().await;
 }
 
-#[allow(dead_code)]
-fn _unused(_: Bytes, _: Duration) {}
+// ---------------------------------------------------------------------------
+// Empty frames toward Go peers
+// ---------------------------------------------------------------------------
+
+/// With `refuse_empty_frames`, no way of sending writes an empty frame, on
+/// either side; without it, an empty frame goes out and arrives as an empty
+/// message (what crashes a Go peer).
+#[tokio::test]
+async fn empty_frames_are_refused_on_both_sides_when_asked() {
+    // The server answers each line with the line, and reports what its
+    // `ctx.send` of an empty line said.
+    let (tx, mut said) = mpsc::unbounded_channel();
+    let echo = handler_fn(
+        move |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(format!("{:?}", ctx.send(&String::new())))?;
+            ctx.send(&line)?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(echo)
+        .refuse_empty_frames()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = within(
+        "connect",
+        Client::<String>::builder()
+            .refuse_empty_frames()
+            .receive::<String>(16)
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+
+    let empty = String::new();
+    assert!(matches!(client.send(&empty).await, Err(Error::EmptyFrame)));
+    assert!(matches!(client.try_send(&empty), Err(Error::EmptyFrame)));
+    assert!(matches!(
+        client.send_bytes(b"").await,
+        Err(Error::EmptyFrame)
+    ));
+    assert!(matches!(
+        client.handle().send_all([&empty]).await,
+        Err(Error::EmptyFrame)
+    ));
+    client.send(&"go".to_string()).await.unwrap();
+    assert_eq!(
+        within("what the handler's send said", said.recv())
+            .await
+            .as_deref(),
+        Some("Err(EmptyFrame)")
+    );
+    // The first frame to arrive is the echo: nothing empty came before it.
+    assert_eq!(
+        within("the echo", client.recv()).await.as_deref(),
+        Some("go")
+    );
+    assert!(matches!(server.broadcast(&empty), Err(Error::EmptyFrame)));
+    assert!(matches!(
+        server.send_to(client.local_addr(), &empty).await,
+        Err(Error::EmptyFrame)
+    ));
+    assert!(!Error::EmptyFrame.is_fatal());
+    client.close().await;
+    server.cut().await;
+
+    // Off (the default): the empty frame is sent and received.
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let collect = handler_fn(
+        move |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(line)?;
+            Ok(())
+        },
+    );
+    let server = Server::listen("127.0.0.1:0", collect).await.unwrap();
+    let client = within("connect", Client::<String>::connect(server.local_addr()))
+        .await
+        .unwrap();
+    client.send(&empty).await.unwrap();
+    assert_eq!(
+        within("the empty line", got.recv()).await.as_deref(),
+        Some("")
+    );
+    client.close().await;
+    server.cut().await;
+}
