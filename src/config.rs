@@ -44,6 +44,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) request_timeout: Duration,
     /// Sending an empty frame is refused with `Error::EmptyFrame`.
     pub(crate) refuse_empty_frames: bool,
+    /// The wrong-peer handshake, if switched on.
+    pub(crate) handshake: Option<crate::handshake::Plan>,
 }
 
 impl Default for ConnectionConfig {
@@ -61,6 +63,7 @@ impl Default for ConnectionConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             refuse_empty_frames: false,
+            handshake: None,
         }
     }
 }

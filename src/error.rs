@@ -186,6 +186,12 @@ pub enum Error {
     #[error("empty frame refused: Go chitchat peers crash on one")]
     EmptyFrame,
 
+    /// The handshake failed (see [`handshake`](crate::handshake)): the peer
+    /// speaks other message types, or has no handshake on. The connection
+    /// ends before any frame reaches the handler.
+    #[error("handshake failed")]
+    Handshake(#[from] crate::handshake::HandshakeError),
+
     /// A reconnecting client used up its tries: it has ended.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
     ReconnectGaveUp {

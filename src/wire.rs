@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::envelope::{self, Envelope};
+use crate::handshake::Hello;
 use crate::requests::{Matching, Requests};
 use crate::{Codec, Error, FrameCodec, Framing, Message};
 
@@ -78,7 +79,48 @@ impl Wire {
         };
         let mut wire = wire.max_in_flight(config.max_in_flight);
         wire.refuse_empty = config.refuse_empty_frames;
+        if config.handshake.is_some() {
+            wire.check_hello()?;
+        }
         Ok(wire)
+    }
+
+    /// Whether hello frames can be sent on this wire: not in EOF framing
+    /// (one frame per stream), nor raw with a delimiter a hello may hold.
+    fn check_hello(&self) -> Result<(), Error> {
+        if self.frame.framing().is_eof() {
+            return Err(Error::Config(
+                "the handshake needs a framing with more than one frame: not EOF framing",
+            ));
+        }
+        let fingerprint = |v| Some(crate::handshake::Fingerprint::from_u64(v));
+        let samples = [
+            Hello {
+                sends: fingerprint(0x0123_4567_89ab_cdef),
+                accepts: fingerprint(0xfedc_ba98_7654_3210),
+            },
+            Hello {
+                sends: None,
+                accepts: None,
+            },
+        ];
+        for hello in samples {
+            if self.encode_hello(&hello, &mut BytesMut::new()).is_err() {
+                return Err(Error::Config(
+                    "the handshake's text holds this raw framing's delimiter: use an escaped framing",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one framed hello (without the envelope) to `dst` (nothing on
+    /// error).
+    pub(crate) fn encode_hello(&self, hello: &Hello, dst: &mut BytesMut) -> Result<(), Error> {
+        self.frame.encode_with(dst, |d| {
+            hello.encode(d);
+            Ok(())
+        })
     }
 
     /// Matches replies to requests in the order the requests were sent

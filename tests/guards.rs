@@ -5,12 +5,17 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use chitchat_net::codec::DepthLimitExceeded;
-use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Message, Server};
+use chitchat_net::handshake::HandshakeError;
+use chitchat_net::{handler_fn, BoxError, Client, CloseReason, Context, Error, Message, Server};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use common::{next_event, within};
+use common::{next_event, within, WAIT};
 
 // ---------------------------------------------------------------------------
 // Recursion
@@ -276,5 +281,397 @@ async fn empty_frames_are_refused_on_both_sides_when_asked() {
         Some("")
     );
     client.close().await;
+    server.cut().await;
+}
+
+// ---------------------------------------------------------------------------
+// Wrong-peer detection
+// ---------------------------------------------------------------------------
+
+/// What the clients send and the server accepts.
+#[derive(Debug, Clone, PartialEq, Message)]
+#[message(codec = "bincode")]
+enum Command {
+    #[message(tag = 1)]
+    Get { key: String },
+    #[message(tag = 2)]
+    Put { key: String, value: String },
+}
+
+/// What the server sends back: `NotFound { key }` has the shape of
+/// `Command::Get { key }`, tag included.
+#[derive(Debug, Clone, PartialEq, Message)]
+#[message(codec = "bincode")]
+enum Reply {
+    #[message(tag = 1)]
+    NotFound { key: String },
+    #[message(tag = 2)]
+    Found { key: String, value: String },
+}
+
+/// Fingerprints of types that differ in one way each from `Command`.
+mod shapes {
+    pub mod renamed_field {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Get { name: String },
+            #[message(tag = 2)]
+            Put { key: String, value: String },
+        }
+    }
+
+    pub mod reordered {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 2)]
+            Put { key: String, value: String },
+            #[message(tag = 1)]
+            Get { key: String },
+        }
+    }
+
+    pub mod retagged {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Get { key: String },
+            #[message(tag = 3)]
+            Put { key: String, value: String },
+        }
+    }
+
+    pub mod retyped {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Get { key: Vec<u8> },
+            #[message(tag = 2)]
+            Put { key: String, value: String },
+        }
+    }
+
+    pub mod postcard {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "postcard")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Get { key: String },
+            #[message(tag = 2)]
+            Put { key: String, value: String },
+        }
+    }
+
+    pub mod renamed_variant {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Fetch { key: String },
+            #[message(tag = 2)]
+            Put { key: String, value: String },
+        }
+    }
+
+    /// A message whose field is a derived message: a change inside the
+    /// field's type shows in the outer fingerprint.
+    pub mod nested {
+        pub mod a {
+            #[derive(Debug, serde::Serialize, serde::Deserialize, chitchat_net::Message)]
+            #[message(codec = "bincode")]
+            pub struct Entry {
+                pub key: String,
+            }
+
+            #[derive(Debug, chitchat_net::Message)]
+            #[message(codec = "bincode")]
+            pub enum Batch {
+                Add(Entry),
+            }
+        }
+
+        pub mod b {
+            #[derive(Debug, serde::Serialize, serde::Deserialize, chitchat_net::Message)]
+            #[message(codec = "bincode")]
+            pub struct Entry {
+                pub name: String,
+            }
+
+            #[derive(Debug, chitchat_net::Message)]
+            #[message(codec = "bincode")]
+            pub enum Batch {
+                Add(Entry),
+            }
+        }
+    }
+}
+
+#[test]
+fn fingerprints_cover_names_tags_fields_and_codec_but_not_order() {
+    let command = Command::fingerprint().expect("derived types have one");
+    assert_ne!(Some(command), Reply::fingerprint());
+    assert_ne!(Some(command), shapes::renamed_field::Command::fingerprint());
+    assert_ne!(Some(command), shapes::retagged::Command::fingerprint());
+    assert_ne!(Some(command), shapes::retyped::Command::fingerprint());
+    assert_ne!(Some(command), shapes::postcard::Command::fingerprint());
+    // Reordering variants with pinned tags keeps the wire, and the
+    // fingerprint; so does renaming a variant.
+    assert_eq!(Some(command), shapes::reordered::Command::fingerprint());
+    assert_eq!(
+        Some(command),
+        shapes::renamed_variant::Command::fingerprint()
+    );
+    // Recursively through derived field types.
+    assert_ne!(
+        shapes::nested::a::Batch::fingerprint(),
+        shapes::nested::b::Batch::fingerprint()
+    );
+    // Types that are not derived declare none.
+    assert_eq!(String::fingerprint(), None);
+    assert_eq!(bytes::Bytes::fingerprint(), None);
+    assert_eq!(Plain::fingerprint(), None);
+    // Stable: the same type gives the same value in every build.
+    assert_eq!(Command::fingerprint(), Command::fingerprint());
+}
+
+/// A server of `Command` that answers with `Reply` and counts what reaches
+/// its handler.
+async fn store_server(
+    timeout: Duration,
+) -> (
+    Server<impl chitchat_net::Handler<Message = Command>>,
+    Arc<AtomicUsize>,
+) {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let count = handled.clone();
+    let store = handler_fn(
+        move |cmd: Command, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            count.fetch_add(1, Ordering::SeqCst);
+            match cmd {
+                Command::Get { key } => ctx.send(&Reply::NotFound { key })?,
+                Command::Put { key, value } => ctx.send(&Reply::Found { key, value })?,
+            }
+            Ok(())
+        },
+    );
+    let server = Server::builder(store)
+        .handshake::<Reply>()
+        .handshake_timeout(timeout)
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    (server, handled)
+}
+
+fn handshake_error(error: &Error) -> Option<&HandshakeError> {
+    match error {
+        Error::Handshake(error) => Some(error),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn matching_peers_pass_the_handshake() {
+    let (server, handled) = store_server(WAIT).await;
+    let (tx, mut replies) = mpsc::unbounded_channel();
+    let collect = handler_fn(
+        move |reply: Reply, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            tx.send(reply)?;
+            Ok(())
+        },
+    );
+    let client = within(
+        "connect",
+        Client::<Command>::builder()
+            .handshake()
+            .handler(collect)
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    // Sent before the server's hello is in: held until it is, then handled.
+    client
+        .send(&Command::Get { key: "a".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the reply", replies.recv()).await,
+        Some(Reply::NotFound { key: "a".into() })
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    // A write-only client (accepting anything) matches too.
+    let writer = within(
+        "connect",
+        Client::<Command>::builder()
+            .handshake()
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    writer
+        .send(&Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap();
+    common::wait_until("the put is handled", || handled.load(Ordering::SeqCst) == 2).await;
+    assert!(server.errors().try_recv().is_none());
+    assert!(client.errors().try_recv().is_none());
+    client.close().await;
+    writer.close().await;
+    server.cut().await;
+}
+
+/// The case: a client built with `Reply` as what it sends. Its
+/// frames would decode as `Command`s; the handshake stops them on both
+/// sides before any reaches the handler.
+#[tokio::test]
+async fn a_client_with_the_wrong_message_type_is_refused_on_both_sides() {
+    let (server, handled) = store_server(WAIT).await;
+    let server_errors = server.errors();
+    let client = within(
+        "connect",
+        Client::<Reply>::builder()
+            .handshake()
+            .receive::<Command>(4)
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    let client_errors = client.errors();
+    // Would arrive as `Command::Get { key: "a" }` without the handshake.
+    let _ = client.send(&Reply::NotFound { key: "a".into() }).await;
+
+    let event = next_event(&server_errors).await;
+    let Some(HandshakeError::Mismatch { ours, theirs }) = handshake_error(&event.error) else {
+        panic!("{:?}", event.error)
+    };
+    assert_eq!(ours.accepts, Command::fingerprint());
+    assert_eq!(theirs.sends, Reply::fingerprint());
+    let event = next_event(&client_errors).await;
+    assert!(
+        matches!(
+            handshake_error(&event.error),
+            Some(HandshakeError::Mismatch { .. })
+        ),
+        "{:?}",
+        event.error
+    );
+    assert!(event.error.is_fatal());
+    assert_eq!(
+        within("the client's end", client.closed()).await,
+        CloseReason::Failed
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+    assert!(client.try_recv().is_none());
+    server.cut().await;
+}
+
+/// A server without the handshake that never sends: the client's
+/// handshake times out (a clear error, not a hang).
+#[tokio::test]
+async fn a_server_without_the_handshake_is_a_timeout_not_a_hang() {
+    let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
+    let client = within(
+        "connect",
+        Client::<Command>::builder()
+            .handshake()
+            .handshake_timeout(Duration::from_millis(200))
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    let event = next_event(&client.errors()).await;
+    assert_eq!(
+        handshake_error(&event.error),
+        Some(&HandshakeError::Timeout(Duration::from_millis(200)))
+    );
+    assert_eq!(
+        within("the client's end", client.closed()).await,
+        CloseReason::Failed
+    );
+    server.cut().await;
+}
+
+/// A client without the handshake: its first frame is not a hello, a
+/// typed error at once (well within the server's handshake timeout); a
+/// silent one times out.
+#[tokio::test]
+async fn a_client_without_the_handshake_is_refused() {
+    let (server, handled) = store_server(Duration::from_secs(60)).await;
+    let errors = server.errors();
+    let client = within("connect", Client::<Command>::connect(server.local_addr()))
+        .await
+        .unwrap();
+    client
+        .send(&Command::Get { key: "a".into() })
+        .await
+        .unwrap();
+    let event = next_event(&errors).await;
+    assert!(
+        matches!(
+            handshake_error(&event.error),
+            Some(HandshakeError::NotAHello { .. })
+        ),
+        "{:?}",
+        event.error
+    );
+    assert!(
+        event.error.to_string().contains("handshake"),
+        "{}",
+        event.error
+    );
+    assert_eq!(
+        within("the client's end", client.closed()).await,
+        CloseReason::ByPeer
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+    server.cut().await;
+
+    let (server, _) = store_server(Duration::from_millis(200)).await;
+    let silent = within("connect", Client::<Command>::connect(server.local_addr()))
+        .await
+        .unwrap();
+    let event = next_event(&server.errors()).await;
+    assert!(
+        matches!(
+            handshake_error(&event.error),
+            Some(HandshakeError::Timeout(_))
+        ),
+        "{:?}",
+        event.error
+    );
+    drop(silent);
+    server.cut().await;
+}
+
+/// The handshake needs more than one frame per stream, and a hello that
+/// the framing can carry.
+#[tokio::test]
+async fn framings_that_cannot_carry_a_hello_are_refused() {
+    let refused = Server::builder(())
+        .framing(chitchat_net::Framing::eof())
+        .handshake::<bytes::Bytes>()
+        .listen("127.0.0.1:0")
+        .await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    let refused = Server::builder(())
+        .framing(chitchat_net::Framing::delimited(b' ').raw())
+        .handshake::<bytes::Bytes>()
+        .listen("127.0.0.1:0")
+        .await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    // Escaped, any delimiter will do.
+    let server = Server::builder(())
+        .framing(chitchat_net::Framing::delimited(b'-').escaped())
+        .handshake::<bytes::Bytes>()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
     server.cut().await;
 }

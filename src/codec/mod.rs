@@ -122,6 +122,16 @@ pub trait Codec<T>: Send + Sync + 'static {
 pub trait Message: Sized + Send + 'static {
     /// The codec used for this type unless a server or client overrides it.
     type Codec: Codec<Self> + Default;
+
+    /// The type's fingerprint, which the [handshake](crate::handshake)
+    /// compares with the peer's: `None` (the default: not checked) unless
+    /// the type declares one. `#[derive(Message)]` does, from the type's
+    /// shape (see [`handshake`](crate::handshake) for what it covers); by
+    /// hand, build one with
+    /// [`FingerprintBuilder`](crate::handshake::FingerprintBuilder).
+    fn fingerprint() -> Option<crate::handshake::Fingerprint> {
+        None
+    }
 }
 
 impl Message for String {
