@@ -688,6 +688,26 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_lists_variants_by_tag_with_fields_as_written() {
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode")]
+            enum Tree { #[message(tag = 9)] Node { left: Box<Self>, r#ref: Vec<u8> }, #[message(tag = 2)] Leaf(u64) }
+        };
+        let text = derive_message(&input).to_string();
+        let leaf = text.find(". variant (2u32)").expect(&text);
+        let node = text.find(". variant (9u32)").expect(&text);
+        assert!(leaf < node, "{text}");
+        assert!(
+            text.contains("FingerprintBuilder :: new (\"enum\" , \"Tree\")"),
+            "{text}"
+        );
+        assert!(text.contains(". codec (\"bincode\")"), "{text}");
+        assert!(text.contains(". field (\"left\" , \"Box<Tree>\""), "{text}");
+        assert!(text.contains(". field (\"ref\" , \"Vec<u8>\""), "{text}");
+        assert!(text.contains(". field (\"0\" , \"u64\""), "{text}");
+    }
+
+    #[test]
     fn struct_expands_to_message_trait_and_dispatch() {
         let input = syn::parse_quote!(
             #[message(codec = "pod")]
