@@ -299,6 +299,86 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self
     }
 
+    /// Switches the wrong-peer [handshake](crate::handshake) on: the
+    /// connection's first frame says what this client sends (`M`) and
+    /// accepts (its handler's message type, or `R`), and the server's first
+    /// frame must match (see [`Message::fingerprint`]). The server must
+    /// switch it on too ([`ServerBuilder::handshake`](crate::ServerBuilder::handshake)).
+    ///
+    /// `connect` returns before the server's answer is in; a mismatch, or a
+    /// server without the handshake (its first frame is not a hello, or no
+    /// hello comes within the [handshake timeout](Self::handshake_timeout)),
+    /// ends the connection with an [`Error::Handshake`] event before any
+    /// frame reaches the handler, and [`Client::closed`] says
+    /// [`CloseReason::Failed`]. Refused by `connect` with [`Error::Config`]
+    /// in EOF framing, and in a raw framing whose delimiter is a character
+    /// of the hello (a letter, a digit, `-`, `/` or a space).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Message, Server};
+    ///
+    /// #[derive(Debug, Message)]
+    /// #[message(codec = "bincode")]
+    /// enum Command { Get { key: String } }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let store = handler_fn(move |cmd: Command, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+    ///     tx.send(cmd)?;
+    ///     Ok(())
+    /// });
+    /// let server = Server::builder(store).handshake::<bytes::Bytes>().listen("127.0.0.1:0").await?;
+    /// let client = Client::<Command>::builder().handshake().connect(server.local_addr()).await?;
+    /// client.send(&Command::Get { key: "a".into() }).await?;
+    /// assert!(rx.recv().await.is_some());
+    /// # client.close().await;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn handshake(mut self) -> Self {
+        self.config.handshake = Some(crate::handshake::Plan {
+            sends: M::fingerprint(),
+        });
+        self
+    }
+
+    /// How long the server's hello may take to arrive once connected, with
+    /// the [handshake](Self::handshake) on (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Refuses to send an empty frame: [`send`](Client::send) and every
+    /// other way of sending fails with [`Error::EmptyFrame`] (in
+    /// [`SendError::Unsendable`]) instead, and
+    /// nothing is sent. For Go chitchat peers, which crash on an empty
+    /// frame (a lone delimiter). Off by default.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use chitchat_net::{Client, Error, SendError};
+    ///
+    /// # async fn run() -> Result<(), Error> {
+    /// let client = Client::<String>::builder()
+    ///     .refuse_empty_frames()
+    ///     .connect("127.0.0.1:7000")
+    ///     .await?;
+    /// assert!(matches!(
+    ///     client.send(&String::new()).await,
+    ///     Err(SendError::Unsendable(Error::EmptyFrame))
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub fn refuse_empty_frames(mut self) -> Self {
+        self.config.refuse_empty_frames = true;
+        self
+    }
+
     /// Connects to `addr` and starts reading in the background: a TCP
     /// address or name (`"host:port"`), or an [`Addr`] (a Unix-domain
     /// socket's too, such as a Unix server's `local_addr()`).
@@ -576,6 +656,7 @@ impl<H: Handler> Starter<H> {
         Wr: AsyncWrite + Send + Unpin + 'static,
     {
         let conn = self.handle(peer, local);
+        conn.greet::<H::Message>(self.config.handshake);
         self.counters.opened();
         let counters = self.counters.clone();
         let on_end = OnEnd::new(move || counters.closed());

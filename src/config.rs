@@ -44,6 +44,10 @@ pub(crate) struct ConnectionConfig {
     pub(crate) request_timeout: Duration,
     /// The serde format of every derived message, if switched.
     pub(crate) serde_format: Option<crate::codec::Format>,
+    /// Sending an empty frame is refused with `Error::EmptyFrame`.
+    pub(crate) refuse_empty_frames: bool,
+    /// The wrong-peer handshake, if switched on.
+    pub(crate) handshake: Option<crate::handshake::Plan>,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -129,6 +133,8 @@ impl Default for ConnectionConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             serde_format: None,
+            refuse_empty_frames: false,
+            handshake: None,
         }
     }
 }

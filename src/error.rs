@@ -190,6 +190,18 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// An empty frame was not sent: the connection refuses them
+    /// ([`refuse_empty_frames`](crate::ClientBuilder::refuse_empty_frames)),
+    /// because a Go chitchat peer crashes on one. Nothing was sent.
+    #[error("empty frame refused: Go chitchat peers crash on one")]
+    EmptyFrame,
+
+    /// The handshake failed (see [`handshake`](crate::handshake)): the peer
+    /// speaks other message types, or has no handshake on. The connection
+    /// ends before any frame reaches the handler.
+    #[error("handshake failed")]
+    Handshake(#[from] crate::handshake::HandshakeError),
+
     /// A reconnecting client used up its tries: it has ended.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
     ReconnectGaveUp {
@@ -263,6 +275,7 @@ impl Error {
                 | Error::RequestTimeout(_)
                 | Error::Reconnected { .. }
                 | Error::Disconnected { .. }
+                | Error::EmptyFrame
         )
     }
 }

@@ -177,6 +177,23 @@ impl ConnectionHandle {
         }
     }
 
+    /// Queues the hello of the [handshake](crate::handshake), first of
+    /// all, if `plan` says the handshake is on (`A`: what this side
+    /// accepts).
+    pub(crate) fn greet<A: Message>(&self, plan: Option<crate::handshake::Plan>) {
+        if let Some(plan) = plan {
+            let inner = &*self.inner;
+            let hello = plan.hello::<A>();
+            // The wire was checked when it was built: a hello encodes.
+            if let Err(error) = inner
+                .outbox
+                .push_reply(|buf| inner.wire.encode_hello(&hello, buf))
+            {
+                tracing::warn!(%error, "the handshake's hello could not be queued");
+            }
+        }
+    }
+
     /// The connection's id.
     pub fn id(&self) -> ConnectionId {
         self.inner.id

@@ -120,6 +120,7 @@ mod events;
 pub mod frame;
 mod handle;
 mod handler;
+pub mod handshake;
 pub mod heartbeat;
 mod link;
 #[macro_use]

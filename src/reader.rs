@@ -29,6 +29,7 @@ use crate::envelope::Envelope;
 use crate::events::EventSink;
 use crate::handle::ConnectionHandle;
 use crate::handler::Session;
+use crate::handshake::{HandshakeError, Hello};
 use crate::requests::{Matching, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
@@ -151,15 +152,54 @@ where
         }
     }
 
-    /// Calls the handler's `on_open`.
+    /// Checks the peer's hello if the handshake is on, calls the
+    /// handler's `on_open`, then handles the frames that came with the
+    /// hello.
     async fn open(&mut self) -> Result<(), Error> {
+        if let Some(plan) = self.config.handshake {
+            self.handshake(plan.hello::<H::Message>()).await?;
+        }
         let mut ctx = Context {
             handle: &self.handle,
             closing: &mut self.closing,
             request: None,
             session: &mut self.session,
         };
-        self.handler.on_open(&mut ctx).await.map_err(Error::Handler)
+        self.handler
+            .on_open(&mut ctx)
+            .await
+            .map_err(Error::Handler)?;
+        if !self.buf.is_empty() {
+            self.handle_frames().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the peer's first frame, within the handshake timeout, and
+    /// checks it against `ours` (see [`crate::handshake`]). A close asked
+    /// meanwhile waits for it (bounded by the timeout); an abort does not.
+    async fn handshake(&mut self, ours: Hello) -> Result<(), Error> {
+        let timeout = self.config.handshake_timeout;
+        let deadline = Instant::now() + timeout;
+        let frame = loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                break frame;
+            }
+            self.make_read_room();
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| HandshakeError::Timeout(timeout))?;
+            let n = self.end_of_stream_as_zero(read)?;
+            if n == 0 {
+                return Err(HandshakeError::Closed.into());
+            }
+            Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
+        };
+        Counters::add(&self.handle.inner.counters.frames_in, 1);
+        let theirs = Hello::decode(&frame)?;
+        ours.check(&theirs)?;
+        tracing::debug!(?theirs, "handshake done");
+        Ok(())
     }
 
     /// Reads and handles frames until the peer ends the stream or a close

@@ -269,9 +269,72 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// How long a TLS handshake may take (default 10 s).
+    /// How long a TLS handshake may take (default 10 s), and, with the
+    /// [`handshake`](Self::handshake) on, the peer's hello after it.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Switches the wrong-peer [handshake](crate::handshake) on: each
+    /// connection's first frame says what this server sends (`S`; use
+    /// `Bytes` if it sends several types or none: not checked) and accepts
+    /// (`H::Message`), and the client's first frame must match (see
+    /// [`Message::fingerprint`](crate::Message::fingerprint)). Clients must
+    /// switch it on too ([`ClientBuilder::handshake`](crate::ClientBuilder::handshake)).
+    ///
+    /// A mismatch, or a client without the handshake (its first frame is
+    /// not a hello, or no hello comes within the
+    /// [handshake timeout](Self::handshake_timeout)), ends the connection
+    /// with an [`Error::Handshake`] event before any frame reaches the
+    /// handler. Refused when the server is started, with [`Error::Config`],
+    /// in EOF framing, and in a raw framing whose delimiter is a character
+    /// of the hello.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{BoxError, Context, Handler, Message, Server};
+    ///
+    /// #[derive(Debug, Message)]
+    /// #[message(codec = "bincode")]
+    /// enum Command { Get { key: String } }
+    ///
+    /// #[derive(Debug, Message)]
+    /// #[message(codec = "bincode")]
+    /// enum Reply { Found { value: String }, NotFound { key: String } }
+    ///
+    /// struct Store;
+    ///
+    /// impl Handler for Store {
+    ///     type Message = Command;
+    ///
+    ///     async fn handle(&self, cmd: Command, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+    ///         let Command::Get { key } = cmd;
+    ///         ctx.send(&Reply::NotFound { key })?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder(Store).handshake::<Reply>().listen("127.0.0.1:0").await?;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn handshake<S: Message>(mut self) -> Self {
+        self.config.handshake = Some(crate::handshake::Plan {
+            sends: S::fingerprint(),
+        });
+        self
+    }
+
+    /// Refuses to send an empty frame on any connection: sends fail with
+    /// [`Error::EmptyFrame`] instead, and nothing is sent (a handler's
+    /// [`Context::send`](crate::Context::send) too). For Go chitchat peers,
+    /// which crash on an empty frame (a lone delimiter). Off by default.
+    pub fn refuse_empty_frames(mut self) -> Self {
+        self.config.refuse_empty_frames = true;
         self
     }
 
@@ -593,6 +656,7 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
         shared.config.queue_bytes,
         shared.counters.clone(),
     );
+    handle.greet::<H::Message>(shared.config.handshake);
     let id = handle.id();
     connections.insert(handle.clone());
     drop(connections);

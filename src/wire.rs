@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::envelope::{self, Envelope};
+use crate::handshake::Hello;
 use crate::requests::{Matching, Requests};
 use crate::{Codec, Error, FrameCodec, Framing, Message};
 
@@ -53,6 +54,8 @@ struct Spec {
     max_in_flight: usize,
     /// The serde format of every serde message, if switched.
     format: Option<crate::codec::Format>,
+    /// Refuse to encode an empty frame (Go chitchat peers crash on one).
+    refuse_empty: bool,
 }
 
 impl fmt::Debug for Wire {
@@ -81,6 +84,7 @@ impl Wire {
                 matching: Matching::Off,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 format: None,
+                refuse_empty: false,
             }),
         }
     }
@@ -114,7 +118,60 @@ impl Wire {
         }
         spec.max_in_flight = config.max_in_flight;
         spec.format = config.serde_format;
+        spec.refuse_empty = config.refuse_empty_frames;
+        if config.handshake.is_some() {
+            wire.check_hello()?;
+        }
         Ok(wire)
+    }
+
+    /// Whether hello frames can be sent on this wire: not in EOF framing
+    /// (one frame per stream), nor raw with a delimiter a hello may hold.
+    fn check_hello(&self) -> Result<(), Error> {
+        if self.spec.raw.framing().is_eof() {
+            return Err(Error::Config(
+                "the handshake needs a framing with more than one frame: not EOF framing",
+            ));
+        }
+        let fingerprint = |v| Some(crate::handshake::Fingerprint::from_u64(v));
+        let samples = [
+            Hello {
+                sends: fingerprint(0x0123_4567_89ab_cdef),
+                accepts: fingerprint(0xfedc_ba98_7654_3210),
+            },
+            Hello {
+                sends: None,
+                accepts: None,
+            },
+        ];
+        for hello in samples {
+            if self.encode_hello(&hello, &mut BytesMut::new()).is_err() {
+                return Err(Error::Config(
+                    "the handshake's text holds this raw framing's delimiter: use an escaped framing",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one framed hello (without the envelope) to `dst` (nothing on
+    /// error). The hello is ASCII text: raw and escaped framing write it
+    /// alike, so the peer cuts it whatever type it receives.
+    pub(crate) fn encode_hello(&self, hello: &Hello, dst: &mut BytesMut) -> Result<(), Error> {
+        self.spec.raw.encode_with(dst, |d| {
+            hello.encode(d);
+            Ok(())
+        })
+    }
+
+    /// [`Error::EmptyFrame`] for a payload of `len` 0 if empty frames are
+    /// refused.
+    fn check_empty(&self, len: usize) -> Result<(), Error> {
+        if self.spec.refuse_empty && len == 0 {
+            Err(Error::EmptyFrame)
+        } else {
+            Ok(())
+        }
     }
 
     /// Cuts received frames with the escaping of `R` (what a client
@@ -191,14 +248,18 @@ impl Wire {
         };
         match self.codec_for::<M>() {
             Some(codec) => self.frame(codec.is_binary()).encode_with(dst, |d| {
+                let start = d.len();
                 header(d);
-                codec.encode(msg, d)
+                codec.encode(msg, d)?;
+                self.check_empty(d.len() - start)
             }),
             None => {
                 let codec = M::Codec::default();
                 self.frame(codec.is_binary()).encode_with(dst, |d| {
+                    let start = d.len();
                     header(d);
-                    codec.encode(msg, d)
+                    codec.encode(msg, d)?;
+                    self.check_empty(d.len() - start)
                 })
             }
         }
@@ -209,11 +270,12 @@ impl Wire {
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         let envelope = self.spec.envelope;
         self.frame(self.spec.bytes_binary).encode_with(dst, |d| {
+            let start = d.len();
             if envelope {
                 envelope::encode(Envelope::Message, d);
             }
             d.extend_from_slice(payload);
-            Ok(())
+            self.check_empty(d.len() - start)
         })
     }
 

@@ -73,17 +73,91 @@ fn message_impl(input: &Message<'_>) -> TokenStream {
     // `assert_pod::<Sample>()` would repeat the same error at the same place
     // (rustc does not merge the two).
     let codec_ty = respan(codec_ty, codec.span());
+    let fingerprint = fingerprint_fn(input, codec);
     let mut out = quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
         impl #krate::Message for #ident {
             type Codec = #codec_ty;
+
+            #fingerprint
         }
     };
     if let (CodecAttr::Builtin(..), Shape::Enum(variants)) = (codec, &input.shape) {
         out.extend(tagged_enum_impl(input, variants));
     }
     out
+}
+
+/// `Message::fingerprint`: the type's kind and name, its codec, and, in
+/// the order of their tags, each variant's tag and fields (see the main
+/// crate's `handshake` module for what is covered).
+fn fingerprint_fn(input: &Message<'_>, codec: &CodecAttr) -> TokenStream {
+    let ident = &input.original.ident;
+    let krate = &input.krate;
+    let name = ident.to_string();
+    let name = name.strip_prefix("r#").unwrap_or(&name);
+    let codec = match codec {
+        CodecAttr::Builtin(builtin, _) => match builtin {
+            Builtin::Bincode => "bincode".to_owned(),
+            Builtin::Postcard => "postcard".to_owned(),
+            Builtin::Pod => "pod".to_owned(),
+        },
+        CodecAttr::Type(ty) => spelling(&ty.to_token_stream(), ident),
+        CodecAttr::Unknown(_) => unreachable!("validated: the codec is known"),
+    };
+    let field = |index: usize, field: &syn::Field| {
+        let name = match &field.ident {
+            Some(ident) => ident.to_string().trim_start_matches("r#").to_owned(),
+            None => index.to_string(),
+        };
+        let ty = &field.ty;
+        let spelled = spelling(&ty.to_token_stream(), ident);
+        quote! {
+            .field(#name, #spelled, (&__Probe::<#ty>::new()).nested_fingerprint())
+        }
+    };
+    let (kind, pieces) = match (&input.shape, &input.original.data) {
+        (Shape::Enum(variants), _) => {
+            let mut sorted: Vec<_> = variants.iter().collect();
+            sorted.sort_by_key(|variant| variant.tag);
+            let pieces = sorted.iter().map(|variant| {
+                let tag = variant.tag;
+                let fields = variant.original.fields.iter().enumerate();
+                let fields = fields.map(|(i, f)| field(i, f));
+                quote!(.variant(#tag) #(#fields)*)
+            });
+            ("enum", quote!(#(#pieces)*))
+        }
+        (Shape::Struct { .. }, syn::Data::Struct(data)) => {
+            let fields = data.fields.iter().enumerate().map(|(i, f)| field(i, f));
+            ("struct", quote!(#(#fields)*))
+        }
+        (Shape::Struct { .. }, _) => ("struct", TokenStream::new()),
+    };
+    let fingerprint = quote!(#krate::handshake::Fingerprint);
+    quote! {
+        fn fingerprint() -> ::core::option::Option<#fingerprint> {
+            #[allow(unused_imports)]
+            use #krate::handshake::__probe::{
+                Probe as __Probe, ViaMessage as _, ViaSpelling as _,
+            };
+            ::core::option::Option::Some(
+                #krate::handshake::FingerprintBuilder::new(#kind, #name)
+                    .codec(#codec)
+                    #pieces
+                    .finish(),
+            )
+        }
+    }
+}
+
+/// A type as written, without spaces, with `Self` replaced by the
+/// message's name: what a fingerprint covers of a type that is not a
+/// message.
+fn spelling(tokens: &TokenStream, ident: &Ident) -> String {
+    let text = replace_self_tokens(tokens.clone(), ident).to_string();
+    text.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 fn builtin_codec(krate: &Path, builtin: Builtin) -> TokenStream {
@@ -512,6 +586,11 @@ fn bindings(variant: &Variant<'_>) -> Vec<Ident> {
 /// A field type with `Self` replaced by the message's name, for the handler
 /// trait, where `Self` would mean the handler.
 fn replace_self(ty: &Type, ident: &Ident) -> TokenStream {
+    replace_self_tokens(ty.to_token_stream(), ident)
+}
+
+/// `tokens` with every `Self` replaced by the message's name.
+fn replace_self_tokens(tokens: TokenStream, ident: &Ident) -> TokenStream {
     fn walk(tokens: TokenStream, ident: &Ident) -> TokenStream {
         tokens
             .into_iter()
@@ -528,7 +607,7 @@ fn replace_self(ty: &Type, ident: &Ident) -> TokenStream {
             })
             .collect()
     }
-    walk(ty.to_token_stream(), ident)
+    walk(tokens, ident)
 }
 
 /// Every token of `tokens`, spanned at `span`.
@@ -626,6 +705,26 @@ mod tests {
             text.contains("Tagged < :: chitchat_net :: Bincode >"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn fingerprint_lists_variants_by_tag_with_fields_as_written() {
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode")]
+            enum Tree { #[message(tag = 9)] Node { left: Box<Self>, r#ref: Vec<u8> }, #[message(tag = 2)] Leaf(u64) }
+        };
+        let text = derive_message(&input).to_string();
+        let leaf = text.find(". variant (2u32)").expect(&text);
+        let node = text.find(". variant (9u32)").expect(&text);
+        assert!(leaf < node, "{text}");
+        assert!(
+            text.contains("FingerprintBuilder :: new (\"enum\" , \"Tree\")"),
+            "{text}"
+        );
+        assert!(text.contains(". codec (\"bincode\")"), "{text}");
+        assert!(text.contains(". field (\"left\" , \"Box<Tree>\""), "{text}");
+        assert!(text.contains(". field (\"ref\" , \"Vec<u8>\""), "{text}");
+        assert!(text.contains(". field (\"0\" , \"u64\""), "{text}");
     }
 
     #[test]

@@ -58,6 +58,17 @@ use syn::{parse_macro_input, DeriveInput};
 /// no variant has is an `Error::Decode` whose source is
 /// `codec::UnknownTag`.
 ///
+/// # Fingerprint
+///
+/// The derive also implements `Message::fingerprint`, which the opt-in
+/// wrong-peer handshake compares with the peer's: a stable hash of the
+/// type's name, its codec, each variant's tag (in the order of the tags)
+/// and each field's name and type (a field type that is itself a derived
+/// message by its own fingerprint, any other as written). Renaming a field
+/// changes it; reordering variants with pinned tags, or renaming a variant,
+/// does not. The main crate's `handshake` module says exactly what is
+/// covered.
+///
 /// # The handler trait
 ///
 /// For `enum Beat`, the derive also generates `trait BeatHandler`, with the

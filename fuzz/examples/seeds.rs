@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use bytes::BytesMut;
+use chitchat_net::handshake::{Fingerprint, Hello};
 use chitchat_net::FrameCodec;
 use chitchat_net_fuzz::{codecs, Header, Mode};
 use tokio_util::codec::Encoder;
@@ -128,4 +129,46 @@ fn main() {
             &input,
         );
     }
+    // A tree nested past the depth limit: refused, not a stack overflow.
+    let mut deep = vec![28u8];
+    deep.extend(std::iter::repeat_n(1u8, 5_000));
+    deep.extend_from_slice(&[0, 0]);
+    assert!(!codecs::run(28, &bytes::Bytes::from(deep[1..].to_vec())));
+    write(&dir, "deep-bincode_Tree", &deep);
+
+    // hello_decode: hellos, and a frame that is almost one.
+    let dir = root.join("hello_decode");
+    let fingerprint = |v| Some(Fingerprint::from_u64(v));
+    for (name, hello) in [
+        (
+            "undeclared",
+            Hello {
+                sends: None,
+                accepts: None,
+            },
+        ),
+        (
+            "both",
+            Hello {
+                sends: fingerprint(0x0123_4567_89ab_cdef),
+                accepts: fingerprint(u64::MAX),
+            },
+        ),
+        (
+            "sends-only",
+            Hello {
+                sends: fingerprint(1),
+                accepts: None,
+            },
+        ),
+    ] {
+        let mut frame = BytesMut::new();
+        hello.encode(&mut frame);
+        write(&dir, name, &frame);
+    }
+    write(
+        &dir,
+        "other-version",
+        b"chitchat-hello/2 ---------------- ----------------",
+    );
 }

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header = data.len() - rest.len();
-    assert!((1..=MAX_HEADER_LEN).contains(&header), "{header}-byte header");
+    assert!(
+        (1..=MAX_HEADER_LEN).contains(&header),
+        "{header}-byte header"
+    );
     let mut again = Vec::new();
     envelope::encode(kind, &mut again);
     assert_eq!(&again[..], &data[..header], "{kind:?}");

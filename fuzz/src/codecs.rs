@@ -55,6 +55,26 @@ pub struct Nested {
     pub pair: (u16, Option<u8>),
 }
 
+/// A recursive type: the serde guard's depth limit (128 levels) must stop
+/// a deep frame before the stack overflows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tree {
+    Leaf(u8),
+    Node(Box<Tree>),
+    Pair(Box<Tree>, Option<Box<Tree>>),
+}
+
+impl Tree {
+    /// Nesting levels, as the guard counts them at most.
+    pub fn depth(&self) -> usize {
+        match self {
+            Tree::Leaf(_) => 1,
+            Tree::Node(inner) => 1 + inner.depth(),
+            Tree::Pair(a, b) => 1 + a.depth().max(b.as_ref().map_or(0, |b| 1 + b.depth())),
+        }
+    }
+}
+
 /// Every string, byte array, sequence and map length is at most `n`.
 pub trait Within {
     /// Whether every length is at most `n`.
@@ -233,6 +253,14 @@ fn limited<T: Within + Debug>(value: Option<T>) -> bool {
     value.is_some()
 }
 
+fn shallow(value: Option<Tree>) -> bool {
+    if let Some(tree) = &value {
+        let depth = tree.depth();
+        assert!(depth <= 128, "the depth limit let through {depth} levels");
+    }
+    value.is_some()
+}
+
 fn decoded<T>(value: Option<T>) -> bool {
     value.is_some()
 }
@@ -267,6 +295,8 @@ pub const CASES: &[&str] = &[
     "tagged-postcard/Beat",
     "tagged-postcard/Cmd",
     "tagged-bincode64/Cmd",
+    "bincode/Tree",
+    "postcard/Tree",
 ];
 
 pub type Tuple = (u32, i64, bool, char, Option<u16>);
@@ -311,6 +341,8 @@ pub fn run(selector: u8, frame: &Bytes) -> bool {
             frame,
             SERDE,
         )),
+        28 => shallow(check::<Tree, _>(Bincode, frame, SERDE)),
+        29 => shallow(check::<Tree, _>(Postcard, frame, SERDE)),
         _ => unreachable!(),
     }
 }
@@ -365,6 +397,10 @@ pub fn seed(case: usize) -> Bytes {
     };
     let batch = Cmd::Batch(vec![(1, "a".into()), (u32::MAX, "b".into())]);
     let beat = Beat::Pong { seq: 300 };
+    let tree = Tree::Pair(
+        Box::new(Tree::Node(Box::new(Tree::Leaf(10)))),
+        Some(Box::new(Tree::Leaf(255))),
+    );
     let mut buf = BytesMut::new();
     let text = "héllo\r\nworld".to_string();
     let raw = Bytes::from_static(b"\x00\x0A\xFF\xDF\r");
@@ -397,6 +433,8 @@ pub fn seed(case: usize) -> Bytes {
         25 => Tagged::<Postcard>::default().encode(&beat, &mut buf),
         26 => Tagged::<Postcard>::default().encode(&batch, &mut buf),
         27 => Tagged::<BincodeWithLimit<64>>::default().encode(&batch, &mut buf),
+        28 => Bincode.encode(&tree, &mut buf),
+        29 => Postcard.encode(&tree, &mut buf),
         _ => panic!("no case {case}"),
     };
     result.expect("seed value encodes");

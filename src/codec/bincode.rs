@@ -13,6 +13,45 @@ use crate::Error;
 /// length.
 pub const DEFAULT_BINCODE_LIMIT: usize = 1024 * 1024;
 
+/// The default nesting limit of the serde codecs ([`Bincode`], `Postcard`,
+/// and the tagged enums over them): 128 levels.
+///
+/// Each sequence, tuple, struct, map, enum variant, `Some` and newtype
+/// struct being decoded is one level. A frame nested deeper is a decode
+/// error whose source is [`DepthLimitExceeded`], found before the stack is:
+/// without the limit, a recursive type (`enum Tree { Leaf, Node(Box<Tree>) }`)
+/// lets a small frame overflow the stack and abort the process. Set another
+/// limit with [`BincodeWithLimit`]'s second parameter or
+/// [`PostcardWithDepth`](super::PostcardWithDepth).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// A frame nested deeper than the codec's depth limit (see
+/// [`DEFAULT_MAX_DEPTH`]): the source of the [`Error::Decode`].
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use chitchat_net::codec::DepthLimitExceeded;
+/// use chitchat_net::{BincodeWithLimit, Codec, Error};
+///
+/// // Ten nested options, decoded with a limit of four levels.
+/// let deep = Some(Some(Some(Some(Some(Some(Some(Some(Some(Some(1u8))))))))));
+/// let mut buf = BytesMut::new();
+/// BincodeWithLimit::<1024>.encode(&deep, &mut buf).unwrap();
+/// let shallow = BincodeWithLimit::<1024, 4>;
+/// let err = Codec::<Option<Option<Option<Option<Option<Option<Option<Option<Option<Option<u8>>>>>>>>>>>::decode(&shallow, buf.freeze())
+///     .unwrap_err();
+/// let Error::Decode { source, .. } = &err else { panic!("{err:?}") };
+/// assert_eq!(source.downcast_ref::<DepthLimitExceeded>(), Some(&DepthLimitExceeded { limit: 4 }));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("nested deeper than the limit of {limit} levels")]
+pub struct DepthLimitExceeded {
+    /// The codec's depth limit.
+    pub limit: usize,
+}
+
 /// Serde types in bincode 2's standard configuration (little-endian,
 /// variable-length integers), with a decode limit of
 /// [`DEFAULT_BINCODE_LIMIT`]; [`BincodeWithLimit`] sets another.
@@ -25,7 +64,9 @@ pub const DEFAULT_BINCODE_LIMIT: usize = 1024 * 1024;
 /// is capped by the frame's length). Every frame within the limit that
 /// [`Codec::encode`] wrote decodes (bar a sequence of more than the limit's
 /// number of values that take no bytes, such as `()`). A frame that fails to
-/// decode, or holds bytes after the value, is a decode error.
+/// decode, or holds bytes after the value, is a decode error. A frame nested
+/// deeper than [`DEFAULT_MAX_DEPTH`] levels is a decode error whose source
+/// is [`DepthLimitExceeded`].
 ///
 /// Beware: bincode writes an enum's variant as its declaration index, so
 /// reordering variants changes the wire format. The `Message` derive gives
@@ -53,8 +94,22 @@ pub struct Bincode;
 
 /// [`Bincode`] with a decode limit of `LIMIT` bytes (or elements) on what
 /// length fields may claim; raise it if you raise the maximum frame length.
+/// `DEPTH` is the nesting limit (default [`DEFAULT_MAX_DEPTH`]): raise it
+/// only as far as the stack of the threads that decode allows (tokio's
+/// worker threads have 2 MiB).
+///
+/// # Examples
+///
+/// ```
+/// use chitchat_net::codec::Tagged;
+/// use chitchat_net::BincodeWithLimit;
+///
+/// // 4 MiB frames, 256 levels: for a server's `.codec(..)` of a derived enum.
+/// let codec = Tagged::<BincodeWithLimit<{ 4 << 20 }, 256>>::default();
+/// # let _ = codec;
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct BincodeWithLimit<const LIMIT: usize>;
+pub struct BincodeWithLimit<const LIMIT: usize, const DEPTH: usize = DEFAULT_MAX_DEPTH>;
 
 /// Without bincode's own limit, which counts in-memory sizes (8 bytes for
 /// any `u64`), refusing valid frames well under the limit, and does not
@@ -70,23 +125,29 @@ fn encode_value<T: Serialize + ?Sized>(item: &T, dst: &mut BytesMut) -> Result<(
         .map_err(|e| Error::encode("bincode", e))
 }
 
-fn decode_prefix<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<(T, usize), Error> {
+fn decode_prefix<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+    max_depth: usize,
+) -> Result<(T, usize), Error> {
     let seed = guard::Guarded {
         seed: PhantomData::<T>,
         limits: guard::Limits {
             max_len: limit,
             hint_cap: bytes.len(),
+            max_depth,
         },
     };
-    bincode::serde::seed_decode_from_slice(seed, bytes, config())
-        .map_err(|e| Error::decode("bincode", e))
+    guard::run("bincode", || {
+        bincode::serde::seed_decode_from_slice(seed, bytes, config())
+    })
 }
 
 /// The inherent methods, `Codec` and `SerdeFormat` of a bincode codec type
 /// with the given limit.
 macro_rules! bincode_codec {
-    ($ty:ty, $limit:expr $(, const $param:ident)?) => {
-        impl<$(const $param: usize)?> $ty {
+    ($ty:ty, $limit:expr, $depth:expr $(, const $param:ident, const $depth_param:ident)?) => {
+        impl<$(const $param: usize, const $depth_param: usize)?> $ty {
             /// Appends the bincode encoding of any serde value to `dst`.
             ///
             /// # Errors
@@ -101,13 +162,14 @@ macro_rules! bincode_codec {
             ///
             /// # Errors
             ///
-            /// [`Error::Decode`] if the bytes are not a valid encoding.
+            /// [`Error::Decode`] if the bytes are not a valid encoding, with
+            /// [`DepthLimitExceeded`] if they are nested too deep.
             pub fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error> {
-                decode_prefix(bytes, $limit)
+                decode_prefix(bytes, $limit, $depth)
             }
         }
 
-        impl<T: Serialize + DeserializeOwned $(, const $param: usize)?> Codec<T> for $ty {
+        impl<T: Serialize + DeserializeOwned $(, const $param: usize, const $depth_param: usize)?> Codec<T> for $ty {
             fn name(&self) -> &'static str {
                 "bincode"
             }
@@ -128,13 +190,13 @@ macro_rules! bincode_codec {
             }
 
             fn decode(&self, frame: Bytes) -> Result<T, Error> {
-                let (value, used) = decode_prefix(&frame, $limit)?;
+                let (value, used) = decode_prefix(&frame, $limit, $depth)?;
                 super::expect_consumed("bincode", used, frame.len())?;
                 Ok(value)
             }
         }
 
-        impl<$(const $param: usize)?> SerdeFormat for $ty {
+        impl<$(const $param: usize, const $depth_param: usize)?> SerdeFormat for $ty {
             fn name(&self) -> &'static str {
                 "bincode"
             }
@@ -144,14 +206,14 @@ macro_rules! bincode_codec {
             }
 
             fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error> {
-                decode_prefix(bytes, $limit)
+                decode_prefix(bytes, $limit, $depth)
             }
         }
     };
 }
 
-bincode_codec!(Bincode, DEFAULT_BINCODE_LIMIT);
-bincode_codec!(BincodeWithLimit<LIMIT>, LIMIT, const LIMIT);
+bincode_codec!(Bincode, DEFAULT_BINCODE_LIMIT, DEFAULT_MAX_DEPTH);
+bincode_codec!(BincodeWithLimit<LIMIT, DEPTH>, LIMIT, DEPTH, const LIMIT, const DEPTH);
 
 /// A serde adapter around bincode's deserializer that bounds what length
 /// fields may claim.
@@ -168,18 +230,83 @@ bincode_codec!(BincodeWithLimit<LIMIT>, LIMIT, const LIMIT);
 ///   instead of the owning path, which allocates the claimed length first;
 /// - refuses a string, byte array, sequence or map longer than `max_len`;
 /// - caps the size hint of a sequence or map (what serde preallocates from)
-///   at the frame's length.
-mod guard {
+///   at the frame's length;
+/// - counts nesting levels (each sequence, map, enum, `Some` and newtype
+///   struct visited) and refuses to go deeper than `max_depth`, so that a
+///   recursive type cannot overflow the stack.
+///
+/// The postcard codec runs its decode through the same adapter.
+///
+/// The depth is counted per thread, not per call, so that a decode nested
+/// in another (a `Deserialize` impl that decodes a tagged enum, say)
+/// continues its count; decoding is synchronous, so nothing else runs on
+/// the thread meanwhile.
+pub(super) mod guard {
+    use std::cell::Cell;
     use std::fmt;
 
     use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 
+    use super::DepthLimitExceeded;
+    use crate::{BoxError, Error};
+
     #[derive(Clone, Copy)]
-    pub(super) struct Limits {
+    pub(in crate::codec) struct Limits {
         /// The largest length a length field may claim.
-        pub(super) max_len: usize,
+        pub(in crate::codec) max_len: usize,
         /// The frame's length: no size hint is trusted beyond it.
-        pub(super) hint_cap: usize,
+        pub(in crate::codec) hint_cap: usize,
+        /// The deepest nesting allowed.
+        pub(in crate::codec) max_depth: usize,
+    }
+
+    thread_local! {
+        /// Nesting levels entered on this thread by guarded decodes.
+        static DEPTH: Cell<usize> = const { Cell::new(0) };
+        /// Set when a guarded decode went over its depth limit: the limit.
+        static EXCEEDED: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// One nesting level, left when dropped (on unwinding too).
+    struct Level;
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.set(DEPTH.get().saturating_sub(1));
+        }
+    }
+
+    /// Enters one nesting level, or fails if that goes over `max_depth`.
+    fn enter<E: de::Error>(max_depth: usize) -> Result<Level, E> {
+        let depth = DEPTH.get() + 1;
+        if depth > max_depth {
+            EXCEEDED.set(Some(max_depth));
+            return Err(E::custom(DepthLimitExceeded { limit: max_depth }));
+        }
+        DEPTH.set(depth);
+        Ok(Level)
+    }
+
+    /// Runs one guarded decode of `codec`; an error it ends with because
+    /// the depth limit was exceeded becomes a [`DepthLimitExceeded`] (the
+    /// format's own error may have lost its message).
+    pub(in crate::codec) fn run<T, E: Into<BoxError>>(
+        codec: &'static str,
+        decode: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, Error> {
+        let outermost = DEPTH.get() == 0;
+        let result = decode();
+        // The outermost decode clears the flag; a nested one leaves it for
+        // the decodes around it.
+        let exceeded = if outermost {
+            EXCEEDED.take()
+        } else {
+            EXCEEDED.get()
+        };
+        result.map_err(|error| match exceeded {
+            Some(limit) => Error::decode(codec, DepthLimitExceeded { limit }),
+            None => Error::decode(codec, error),
+        })
     }
 
     impl Limits {
@@ -196,9 +323,9 @@ mod guard {
     }
 
     /// Deserializes `T` (a seed) with every nested deserializer guarded.
-    pub(super) struct Guarded<S> {
-        pub(super) seed: S,
-        pub(super) limits: Limits,
+    pub(in crate::codec) struct Guarded<S> {
+        pub(in crate::codec) seed: S,
+        pub(in crate::codec) limits: Limits,
     }
 
     impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Guarded<S> {
@@ -364,6 +491,7 @@ mod guard {
         }
 
         fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
+            let _level = enter::<D::Error>(self.limits.max_depth)?;
             self.visitor.visit_some(GuardDe {
                 de,
                 limits: self.limits,
@@ -371,6 +499,7 @@ mod guard {
         }
 
         fn visit_newtype_struct<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
+            let _level = enter::<D::Error>(self.limits.max_depth)?;
             self.visitor.visit_newtype_struct(GuardDe {
                 de,
                 limits: self.limits,
@@ -381,6 +510,7 @@ mod guard {
             if let Some(len) = seq.size_hint() {
                 self.limits.check::<A::Error>(len)?;
             }
+            let _level = enter::<A::Error>(self.limits.max_depth)?;
             self.visitor.visit_seq(GuardAccess {
                 access: seq,
                 limits: self.limits,
@@ -391,6 +521,7 @@ mod guard {
             if let Some(len) = map.size_hint() {
                 self.limits.check::<A::Error>(len)?;
             }
+            let _level = enter::<A::Error>(self.limits.max_depth)?;
             self.visitor.visit_map(GuardAccess {
                 access: map,
                 limits: self.limits,
@@ -398,6 +529,7 @@ mod guard {
         }
 
         fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+            let _level = enter::<A::Error>(self.limits.max_depth)?;
             self.visitor.visit_enum(GuardAccess {
                 access: data,
                 limits: self.limits,
@@ -517,5 +649,207 @@ mod guard {
             };
             self.access.struct_variant(fields, visitor)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::codec::Tagged;
+
+    /// A recursive type: `levels` nodes and a leaf take `levels + 1`
+    /// nesting levels (one enum each).
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Tree {
+        Leaf,
+        Node(Box<Tree>),
+    }
+
+    /// `nodes` nodes around a leaf, as bincode (and postcard) write it:
+    /// one variant index byte per level. Built by hand: encoding (and
+    /// dropping) 50,000 levels would itself recurse that deep.
+    fn nested(nodes: usize) -> Bytes {
+        let mut frame = vec![1u8; nodes];
+        frame.push(0);
+        Bytes::from(frame)
+    }
+
+    fn depth(tree: &Tree) -> usize {
+        let (mut tree, mut levels) = (tree, 1);
+        while let Tree::Node(inner) = tree {
+            tree = inner;
+            levels += 1;
+        }
+        levels
+    }
+
+    fn exceeded(error: &Error) -> Option<DepthLimitExceeded> {
+        match error {
+            Error::Decode { source, .. } => source.downcast_ref().copied(),
+            _ => None,
+        }
+    }
+
+    /// On a thread with tokio's worker stack (2 MiB), as a server decodes.
+    fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_decodes_and_deeper_is_a_typed_error() {
+        on_worker_stack(|| {
+            let tree: Tree = Bincode.decode(nested(DEFAULT_MAX_DEPTH - 1)).unwrap();
+            assert_eq!(depth(&tree), DEFAULT_MAX_DEPTH);
+            let error = Codec::<Tree>::decode(&Bincode, nested(DEFAULT_MAX_DEPTH)).unwrap_err();
+            assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 128 }));
+            // 50 KB of nesting: refused, not a stack overflow.
+            let error = Codec::<Tree>::decode(&Bincode, nested(50_000)).unwrap_err();
+            assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 128 }));
+        });
+    }
+
+    #[test]
+    fn the_depth_limit_is_a_parameter() {
+        let shallow = BincodeWithLimit::<1024, 8>;
+        let tree: Tree = shallow.decode(nested(7)).unwrap();
+        assert_eq!(depth(&tree), 8);
+        let error = Codec::<Tree>::decode(&shallow, nested(8)).unwrap_err();
+        assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 8 }));
+        // Raised: deeper than the default decodes.
+        let deep = BincodeWithLimit::<1024, 200>;
+        let tree: Tree = on_worker_stack(move || deep.decode(nested(150)).unwrap());
+        assert_eq!(depth(&tree), 151);
+    }
+
+    #[test]
+    fn the_count_is_left_clean_after_every_decode() {
+        for _ in 0..3 {
+            let error = Codec::<Tree>::decode(&Bincode, nested(500)).unwrap_err();
+            assert!(exceeded(&error).is_some());
+            // A failure that is not about depth is not reported as one.
+            let error =
+                Codec::<Tree>::decode(&Bincode, Bytes::from_static(&[1, 1, 9])).unwrap_err();
+            assert_eq!(exceeded(&error), None, "{error:?}");
+            let tree: Tree = Bincode.decode(nested(100)).unwrap();
+            assert_eq!(depth(&tree), 101);
+        }
+    }
+
+    #[test]
+    fn every_kind_of_nesting_counts() {
+        // Sequences: one level each.
+        let mut buf = BytesMut::new();
+        Bincode.encode(&vec![vec![vec![1u8]]], &mut buf).unwrap();
+        let limited = BincodeWithLimit::<1024, 3>;
+        assert!(Codec::<Vec<Vec<Vec<u8>>>>::decode(&limited, buf.clone().freeze()).is_ok());
+        let limited = BincodeWithLimit::<1024, 2>;
+        let error = Codec::<Vec<Vec<Vec<u8>>>>::decode(&limited, buf.freeze()).unwrap_err();
+        assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 2 }));
+        let mut buf = BytesMut::new();
+        Bincode.encode(&Some(Some(Some(1u8))), &mut buf).unwrap();
+        let error =
+            Codec::<Option<Option<Option<u8>>>>::decode(&limited, buf.freeze()).unwrap_err();
+        assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 2 }));
+        // Maps and structs (tuples in bincode).
+        let mut buf = BytesMut::new();
+        let map = std::collections::BTreeMap::from([(1u8, (2u8, (3u8,)))]);
+        Bincode.encode(&map, &mut buf).unwrap();
+        let error =
+            Codec::<std::collections::BTreeMap<u8, (u8, (u8,))>>::decode(&limited, buf.freeze())
+                .unwrap_err();
+        assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 2 }));
+    }
+
+    /// What a level costs on the stack, unoptimised: 128 levels fit in a
+    /// quarter of a tokio worker's stack, so the default leaves room for
+    /// the handler and the runtime around the decode.
+    #[test]
+    fn the_default_depth_fits_a_small_stack() {
+        let tree = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| Codec::<Tree>::decode(&Bincode, nested(DEFAULT_MAX_DEPTH - 1)).is_ok())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(tree);
+    }
+
+    /// A derived tagged enum whose field is the recursive type: the fields
+    /// are decoded through the same guard.
+    #[derive(Debug)]
+    enum Wrapped {
+        Tree(Tree),
+    }
+
+    impl crate::codec::TaggedEnum for Wrapped {
+        fn tag(&self) -> u32 {
+            0
+        }
+
+        fn encode_fields<F: SerdeFormat>(
+            &self,
+            format: &F,
+            dst: &mut BytesMut,
+        ) -> Result<(), Error> {
+            let Wrapped::Tree(tree) = self;
+            format.encode_value(&(tree,), dst)
+        }
+
+        fn decode_fields<F: SerdeFormat>(
+            format: &F,
+            _tag: u32,
+            bytes: &[u8],
+        ) -> Result<(Self, usize), Error> {
+            let ((tree,), len) = format.decode_prefix::<(Tree,)>(bytes)?;
+            Ok((Wrapped::Tree(tree), len))
+        }
+    }
+
+    #[test]
+    fn tagged_enums_are_guarded_too() {
+        on_worker_stack(|| {
+            let mut frame = vec![0u8]; // tag 0
+            frame.extend_from_slice(&nested(50_000));
+            let error = Codec::<Wrapped>::decode(&Tagged::<Bincode>::default(), Bytes::from(frame))
+                .unwrap_err();
+            assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 128 }));
+            // The fields' tuple is one level: 126 nodes and a leaf fit.
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&nested(DEFAULT_MAX_DEPTH - 2));
+            let Wrapped::Tree(tree) = Tagged::<Bincode>::default()
+                .decode(Bytes::from(frame))
+                .unwrap();
+            assert_eq!(depth(&tree), DEFAULT_MAX_DEPTH - 1);
+        });
+    }
+
+    #[cfg(feature = "postcard")]
+    #[test]
+    fn postcard_is_guarded_alike() {
+        use crate::codec::{Postcard, PostcardWithDepth};
+        on_worker_stack(|| {
+            let tree: Tree = Postcard.decode(nested(DEFAULT_MAX_DEPTH - 1)).unwrap();
+            assert_eq!(depth(&tree), DEFAULT_MAX_DEPTH);
+            for frame in [nested(DEFAULT_MAX_DEPTH), nested(50_000)] {
+                let error = Codec::<Tree>::decode(&Postcard, frame).unwrap_err();
+                assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 128 }));
+            }
+            let error = Codec::<Tree>::decode(&PostcardWithDepth::<4>, nested(4)).unwrap_err();
+            assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 4 }));
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&nested(50_000));
+            let error =
+                Codec::<Wrapped>::decode(&Tagged::<Postcard>::default(), Bytes::from(frame))
+                    .unwrap_err();
+            assert_eq!(exceeded(&error), Some(DepthLimitExceeded { limit: 128 }));
+        });
     }
 }

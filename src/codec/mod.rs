@@ -52,11 +52,13 @@ mod raw;
 mod tagged;
 mod text;
 
-pub use self::bincode::{Bincode, BincodeWithLimit, DEFAULT_BINCODE_LIMIT};
+pub use self::bincode::{
+    Bincode, BincodeWithLimit, DepthLimitExceeded, DEFAULT_BINCODE_LIMIT, DEFAULT_MAX_DEPTH,
+};
 pub use self::format::{serde_codec, tagged_codec, Format};
 pub use self::pod::{PodCodec, SizeMismatch};
 #[cfg(feature = "postcard")]
-pub use self::postcard::Postcard;
+pub use self::postcard::{Postcard, PostcardWithDepth};
 pub use self::raw::Raw;
 pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 pub use self::text::Text;
@@ -136,6 +138,16 @@ pub trait Codec<T>: Send + Sync + 'static {
 pub trait Message: Sized + Send + 'static {
     /// The codec used for this type unless a server or client overrides it.
     type Codec: Codec<Self> + Default;
+
+    /// The type's fingerprint, which the [handshake](crate::handshake)
+    /// compares with the peer's: `None` (the default: not checked) unless
+    /// the type declares one. `#[derive(Message)]` does, from the type's
+    /// shape (see [`handshake`](crate::handshake) for what it covers); by
+    /// hand, build one with
+    /// [`FingerprintBuilder`](crate::handshake::FingerprintBuilder).
+    fn fingerprint() -> Option<crate::handshake::Fingerprint> {
+        None
+    }
 }
 
 impl Message for String {

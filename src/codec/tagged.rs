@@ -10,7 +10,8 @@ use super::{Bincode, Codec};
 use crate::Error;
 
 /// A serde format that can write and read values back to back, as
-/// [`Tagged`] needs: [`Bincode`], [`BincodeWithLimit`](super::BincodeWithLimit) and `Postcard`.
+/// [`Tagged`] needs: [`Bincode`], [`BincodeWithLimit`](super::BincodeWithLimit), `Postcard`
+/// and `PostcardWithDepth`.
 pub trait SerdeFormat: Default + Send + Sync + 'static {
     /// The format's name, for error messages.
     fn name(&self) -> &'static str;
@@ -33,25 +34,6 @@ pub trait SerdeFormat: Default + Send + Sync + 'static {
     ///
     /// [`Error::Decode`].
     fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error>;
-}
-
-#[cfg(feature = "postcard")]
-impl SerdeFormat for super::Postcard {
-    fn name(&self) -> &'static str {
-        "postcard"
-    }
-
-    fn encode_value<T: Serialize + ?Sized>(
-        &self,
-        item: &T,
-        dst: &mut BytesMut,
-    ) -> Result<(), Error> {
-        super::Postcard::encode_value(self, item, dst)
-    }
-
-    fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), Error> {
-        super::Postcard::decode_prefix(self, bytes)
-    }
 }
 
 /// An enum whose variants have stable wire tags. The `Message` derive
