@@ -60,7 +60,8 @@ pub enum Error {
         /// Name of the codec that failed.
         codec: &'static str,
         /// The Rust type it was decoding into, where known (a connection
-        /// and [`TypedCodec`](crate::TypedCodec) always know it).
+        /// and [`TypedCodec`](crate::TypedCodec) always know it), as
+        /// `Type::Variant` for a derived enum whose tag was read.
         message: Option<&'static str>,
         /// Why.
         #[source]
@@ -217,6 +218,19 @@ impl Error {
             codec,
             message: None,
             source: source.into(),
+        }
+    }
+
+    /// Names `variant` (`Type::Variant`) as what a decode error was
+    /// decoding into.
+    pub(crate) fn decoding_variant(self, variant: &'static str) -> Self {
+        match self {
+            Error::Decode { codec, source, .. } => Error::Decode {
+                codec,
+                message: Some(variant),
+                source,
+            },
+            other => other,
         }
     }
 

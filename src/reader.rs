@@ -275,6 +275,14 @@ where
             {
                 Ok(0)
             }
+            // A reset says nothing of why: say what it usually means.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Err(crate::error::io_context(
+                    "the peer reset the connection (it may have refused what was sent, \
+                     such as a frame over its limit: its log says why)",
+                    e,
+                ))
+            }
             other => other,
         }
     }

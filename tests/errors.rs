@@ -66,10 +66,19 @@ async fn a_decode_error_names_the_type_it_decoded_into() {
     client.send_bytes(&[1, 200]).await.unwrap();
     let event = next_event(&server.errors()).await;
     let text = event.to_string();
-    assert!(text.contains("Command"), "{text}");
+    assert!(
+        text.contains("Command::Get"),
+        "the variant is named: {text}"
+    );
     assert!(text.contains("bincode"), "{text}");
     assert!(
-        matches!(event.error, Error::Decode { message: Some(ty), .. } if ty.ends_with("Command")),
+        matches!(
+            event.error,
+            Error::Decode {
+                message: Some("Command::Get"),
+                ..
+            }
+        ),
         "{:?}",
         event.error
     );

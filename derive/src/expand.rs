@@ -205,6 +205,11 @@ fn tagged_enum_impl(input: &Message<'_>, variants: &[Variant<'_>]) -> TokenStrea
             }
         }
     });
+    let name_arms = variants.iter().map(|variant| {
+        let tag = variant.tag;
+        let full = format!("{}::{}", ident, variant.original.ident);
+        quote!(#tag => ::core::option::Option::Some(#full),)
+    });
     // With no fields anywhere, `format`, `dst` and `bytes` are never read.
     let (unused_encode, unused_decode) = if variants.iter().all(|v| v.fields.is_empty()) {
         (quote!(let _ = (format, dst);), quote!(let _ = bytes;))
@@ -219,6 +224,13 @@ fn tagged_enum_impl(input: &Message<'_>, variants: &[Variant<'_>]) -> TokenStrea
             fn tag(&self) -> u32 {
                 match *self {
                     #(#tag_arms)*
+                }
+            }
+
+            fn variant_name(tag: u32) -> ::core::option::Option<&'static str> {
+                match tag {
+                    #(#name_arms)*
+                    _ => ::core::option::Option::None,
                 }
             }
 

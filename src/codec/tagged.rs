@@ -43,6 +43,13 @@ pub trait TaggedEnum: Sized + Send + 'static {
     /// The tag of this value's variant.
     fn tag(&self) -> u32;
 
+    /// `Type::Variant` for the variant with `tag`, for error messages (the
+    /// derive implements it; `None` by default).
+    fn variant_name(tag: u32) -> Option<&'static str> {
+        let _ = tag;
+        None
+    }
+
     /// Appends this variant's fields (as a tuple) to `dst`.
     ///
     /// # Errors
@@ -106,7 +113,12 @@ impl<T: TaggedEnum, F: SerdeFormat> Codec<T> for Tagged<F> {
     fn decode(&self, frame: Bytes) -> Result<T, Error> {
         let format = F::default();
         let (tag, tag_len) = format.decode_prefix::<u32>(&frame)?;
-        let (value, fields_len) = T::decode_fields(&format, tag, &frame[tag_len..])?;
+        let (value, fields_len) = T::decode_fields(&format, tag, &frame[tag_len..]).map_err(
+            |error| match T::variant_name(tag) {
+                Some(variant) => error.decoding_variant(variant),
+                None => error,
+            },
+        )?;
         super::expect_consumed(format.name(), tag_len + fields_len, frame.len())?;
         Ok(value)
     }
