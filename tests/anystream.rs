@@ -19,7 +19,6 @@ use common::*;
 use futures_util::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 /// Bytes each direction of a test duplex buffers.
 const DUPLEX: usize = 64 * 1024;
@@ -69,24 +68,6 @@ fn names(server: &Server<impl Handler>) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// Samples `value` every 20 ms until it has not changed for `quiet`;
-/// returns the settled value (bounded by twice [`WAIT`] in all).
-async fn settled(quiet: Duration, value: impl Fn() -> u64) -> u64 {
-    let started = Instant::now();
-    let mut last = value();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = value();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= quiet {
-            return now;
-        }
-        assert!(started.elapsed() < 2 * WAIT, "never settled (at {now})");
-    }
 }
 
 // ---------------------------------------------------------- full speed --

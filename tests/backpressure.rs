@@ -27,24 +27,6 @@ fn line(seq: u64) -> Vec<u8> {
     line
 }
 
-/// Samples `value` every 50 ms until it has not changed for `quiet`;
-/// returns the settled value (bounded by [`WAIT`] in all).
-async fn settled(quiet: Duration, value: impl Fn() -> u64) -> u64 {
-    let started = Instant::now();
-    let mut last = value();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = value();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= quiet {
-            return now;
-        }
-        assert!(started.elapsed() < 2 * WAIT, "never settled (at {now})");
-    }
-}
-
 /// A raw peer writes 32 MiB of lines to an echo server and reads nothing.
 /// The server's replies fill the sockets, its unsent output reaches twice
 /// its queue bound, and it stops reading: the peer's writes stall with most

@@ -77,6 +77,16 @@ impl Handler for Doubler {
     }
 }
 
+/// Waits until `server` holds a connection.
+async fn sees_a_client(server: &Server<impl Handler>) {
+    within("the server sees the client", async {
+        while server.connection_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 async fn doubler_server() -> Server<Doubler> {
     Server::builder(Doubler::default())
         .request_ids()
@@ -243,12 +253,7 @@ async fn sends_requests_and_pushes_mix_on_one_connection_both_ways() {
     // pushes go to the receive buffer, replies to their requests.
     let server = doubler_server().await;
     let client = asking_client(&server).await;
-    within("the server sees the client", async {
-        while server.connection_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    sees_a_client(&server).await;
     let to_client = server.connection(client.local_addr()).unwrap();
     let pusher = tokio::spawn(async move {
         for n in 0..500u64 {
@@ -305,12 +310,7 @@ async fn both_ends_ask_each_other_at_full_speed() {
         .connect(server.local_addr())
         .await
         .unwrap();
-    within("the server sees the client", async {
-        while server.connection_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    sees_a_client(&server).await;
     let to_client: ConnectionHandle = server.connection(client.local_addr()).unwrap();
     let server_asks = tokio::spawn(async move {
         let asks = (0..300u64).map(|n| {
@@ -503,12 +503,7 @@ async fn an_unread_receive_buffer_stops_the_server_and_loses_nothing() {
         .connect(server.local_addr())
         .await
         .unwrap();
-    within("the server sees the client", async {
-        while server.connection_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    sees_a_client(&server).await;
     let to_client = server.connection(client.local_addr()).unwrap();
     let total = 400u64; // 25 MiB: far more than every buffer on the way.
     let sent = Arc::new(AtomicU64::new(0));
@@ -522,15 +517,7 @@ async fn an_unread_receive_buffer_stops_the_server_and_loses_nothing() {
         }
     });
     // The sends stop: wait until the count holds still.
-    let mut last = u64::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = sent.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = common::settled(Duration::from_millis(300), || sent.load(Ordering::Relaxed)).await;
     assert!(
         last < total / 2,
         "{last} of {total} sent to a client that does not read"
@@ -587,12 +574,7 @@ async fn closing_a_receiving_client_that_is_not_read_does_not_hang() {
         .connect(server.local_addr())
         .await
         .unwrap();
-    within("the server sees the client", async {
-        while server.connection_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    sees_a_client(&server).await;
     let to_client = server.connection(client.local_addr()).unwrap();
     for n in 0..10 {
         to_client.send(&format!("unread {n}")).await.unwrap();

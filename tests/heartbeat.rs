@@ -5,50 +5,14 @@ use std::time::Duration;
 
 use chitchat_net::heartbeat::{
     register, register_go, Beat, ConfigError, Detector, HeartbeatConfig, KeepRegistered, Monitor,
-    PeerEvent, PeerEvents, PeerState, PhiAccrual, Register, RegisteredIp, Registration, Responder,
-    TextProbe, TextResponder, WatchError,
+    PeerState, PhiAccrual, Register, RegisteredIp, Registration, Responder, TextProbe,
+    TextResponder, WatchError,
 };
 use chitchat_net::{Client, Codec, Framing, Message, Server};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod heartbeat_support;
 
-fn fast() -> HeartbeatConfig {
-    HeartbeatConfig::builder()
-        .interval(Duration::from_millis(50))
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap()
-}
-
-async fn next_event(events: &mut PeerEvents) -> PeerEvent {
-    tokio::time::timeout(WAIT, events.recv())
-        .await
-        .expect("no peer event in time")
-        .expect("event stream ended")
-}
-
-async fn next_state(events: &mut PeerEvents) -> PeerState {
-    next_event(events).await.state
-}
-
-/// Polls `cond` every 10 ms for at most [`WAIT`].
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-async fn node() -> (Server<Responder>, SocketAddr) {
-    let node = Server::listen("127.0.0.1:0", Responder::new())
-        .await
-        .unwrap();
-    let addr = node.local_addr().tcp().unwrap();
-    (node, addr)
-}
+use heartbeat_support::{fast, next_event, next_state, node, until, WAIT};
 
 #[test]
 fn defaults_follow_the_go_original() {

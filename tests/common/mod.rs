@@ -531,3 +531,22 @@ pub async fn stream_through_echo(
     assert_eq!(tally.out_of_order.load(Ordering::Relaxed), 0);
     assert_no_event("client", &client.errors());
 }
+
+/// Samples `value` every 20 ms until it has not changed for `quiet`;
+/// returns the settled value (fails after twice [`WAIT`] in all): how a
+/// test sees that sends have stopped at a bound.
+pub async fn settled(quiet: Duration, value: impl Fn() -> u64) -> u64 {
+    let started = Instant::now();
+    let mut last = value();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = value();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+        assert!(started.elapsed() < 2 * WAIT, "never settled (at {now})");
+    }
+}
