@@ -165,25 +165,22 @@ impl<Out: Message, In: Message> Decoder for TypedCodec<Out, In> {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, Error> {
-        match self.frame_in.decode(src)? {
-            Some(frame) => self
-                .codec_in
-                .decode(frame)
-                .map(Some)
-                .map_err(Error::decoding::<In>),
-            None => Ok(None),
-        }
+        let frame = self.frame_in.decode(src)?;
+        self.typed(frame)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, Error> {
-        match self.frame_in.decode_eof(src)? {
-            Some(frame) => self
-                .codec_in
-                .decode(frame)
-                .map(Some)
-                .map_err(Error::decoding::<In>),
-            None => Ok(None),
-        }
+        let frame = self.frame_in.decode_eof(src)?;
+        self.typed(frame)
+    }
+}
+
+impl<Out: Message, In: Message> TypedCodec<Out, In> {
+    /// Decodes a frame cut by the framing into `In`.
+    fn typed(&self, frame: Option<bytes::Bytes>) -> Result<Option<In>, Error> {
+        frame
+            .map(|frame| self.codec_in.decode(frame).map_err(Error::decoding::<In>))
+            .transpose()
     }
 }
 

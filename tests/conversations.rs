@@ -120,7 +120,8 @@ async fn a_thousand_concurrent_requests_answered_out_of_order_are_matched() {
         seen.insert(n);
     }
     assert_eq!(seen.len(), 1000);
-    // The replies did come out of order (else this test proves little).
+    // No reply went unmatched (that replies do leave out of order is
+    // checked by the next test).
     assert_eq!(client.stats().late_replies, 0);
     common::assert_no_event("client", &client.errors());
     common::assert_no_event("server", &server.errors());
@@ -130,7 +131,7 @@ async fn a_thousand_concurrent_requests_answered_out_of_order_are_matched() {
 #[tokio::test]
 async fn out_of_order_is_what_the_server_does() {
     // The doubler's replies leave in another order than the requests:
-    // watch them arrive on a raw envelope-reading client.
+    // record the order in which they complete.
     let server = doubler_server().await;
     let client = asking_client(&server).await;
     let order = Arc::new(Mutex::new(Vec::new()));
