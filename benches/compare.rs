@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use tokio_util::codec::{AnyDelimiterCodec, Decoder, Encoder, Framed};
 
 use support::scale::{self, ScaleConfig, ScaleReport, ServerKind};
-use support::{fmt_duration, Heartbeat};
+use support::{fmt_duration, Heartbeat, TypedBincode};
 
 /// `--ours-only` / `--baseline-only`: skip one side (for profiling).
 static OURS_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -49,8 +49,9 @@ const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 // Messages
 
-/// 16 bytes of plain old data: target 1.
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+/// 16 bytes of plain old data: target 1. (Serde too, for the typed
+/// `Framed` + bincode baseline.)
+#[derive(Debug, Clone, Copy, Pod, Zeroable, Serialize, Deserialize)]
 #[repr(C)]
 struct Sample16 {
     seq: u64,
@@ -312,6 +313,57 @@ fn compare_rates(
         r.push(y / x);
     }
     (median(&mut o), median(&mut b), median(&mut r))
+}
+
+/// [`compare_rates`] against several baselines in one go: each repetition
+/// runs every baseline and ours (rotating which goes first). Returns the
+/// median of ours, then for each baseline its median and the median of the
+/// per-repetition ratio `ours / baseline`.
+fn compare_many(
+    reps: usize,
+    label: &str,
+    baselines: &mut [(&str, &mut dyn FnMut() -> f64)],
+    ours: &mut dyn FnMut() -> f64,
+) -> (f64, Vec<(f64, f64)>) {
+    let skip_base = OURS_ONLY.load(Ordering::Relaxed);
+    let skip_ours = BASELINE_ONLY.load(Ordering::Relaxed);
+    let k = baselines.len();
+    let mut o = Vec::new();
+    let mut b: Vec<Vec<f64>> = vec![Vec::new(); k];
+    let mut r: Vec<Vec<f64>> = vec![Vec::new(); k];
+    for rep in 0..reps {
+        // Position of ours in this repetition's order.
+        let at = rep % (k + 1);
+        let mut got = vec![f64::NAN; k];
+        let mut y = f64::NAN;
+        for slot in 0..=k {
+            if slot == at {
+                if !skip_ours {
+                    y = ours();
+                }
+                continue;
+            }
+            let i = if slot < at { slot } else { slot - 1 };
+            if !skip_base {
+                got[i] = (baselines[i].1)();
+            }
+        }
+        let line: Vec<String> = baselines
+            .iter()
+            .zip(&got)
+            .map(|((name, _), x)| format!("{name} {x:.4e} (ratio {:.3})", y / x))
+            .collect();
+        eprintln!("  {label} rep {rep}: ours {y:.4e}; {}", line.join(", "));
+        o.push(y);
+        for i in 0..k {
+            b[i].push(got[i]);
+            r[i].push(y / got[i]);
+        }
+    }
+    let per_baseline = (0..k)
+        .map(|i| (median(&mut b[i]), median(&mut r[i])))
+        .collect();
+    (median(&mut o), per_baseline)
 }
 
 fn runtime() -> Runtime {
@@ -601,6 +653,46 @@ fn any_delimiter() -> AnyDelimiterCodec {
     AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec())
 }
 
+/// The typed baseline: `Framed<TcpStream, TypedBincode<M>>` (length
+/// delimited, bincode: the tokio-serde way) feeding `n` values (updated by
+/// `step` before each) and flushing once; the server decodes each frame
+/// into `M` and counts. Returns messages per second.
+fn oneway_typed<M>(rt: &Runtime, n: u64, mut msg: M, step: fn(&mut M, u64)) -> f64
+where
+    M: Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    bounded(rt, "one-way (typed framed)", async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut framed = Framed::new(stream, TypedBincode::<M>::default());
+            let mut count = 0;
+            while let Some(value) = framed.next().await {
+                std::hint::black_box(value.expect("value"));
+                count += 1;
+                if count == n {
+                    break;
+                }
+            }
+            (count, Instant::now())
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut framed = Framed::new(stream, TypedBincode::<M>::default());
+        let started = Instant::now();
+        for i in 0..n {
+            step(&mut msg, i);
+            framed.feed(&msg).await.expect("feed");
+        }
+        SinkExt::<&M>::flush(&mut framed).await.expect("flush");
+        let (count, ended) = counter.await.expect("counter");
+        assert_eq!(count, n);
+        n as f64 / (ended - started).as_secs_f64()
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Target 4: ping-pong
 
@@ -830,6 +922,47 @@ fn pingpong_framed(rounds: usize, cpu: usize) -> Vec<Duration> {
     })
 }
 
+/// The typed baseline: `Framed<TcpStream, TypedBincode<Heartbeat>>` at both
+/// ends (length delimited, bincode), the echo decoding each heartbeat and
+/// sending it back, one thread.
+fn pingpong_typed(rounds: usize, cpu: usize) -> Vec<Duration> {
+    on_one_cpu(cpu, move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let echo = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut framed = Framed::new(stream, TypedBincode::<Heartbeat>::default());
+            while let Some(Ok(hb)) = framed.next().await {
+                if framed.send(&hb).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut framed = Framed::new(stream, TypedBincode::<Heartbeat>::default());
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..(PING_WARMUP + rounds) as u64 {
+            let started = Instant::now();
+            let hb = Heartbeat {
+                seq: i,
+                node: 1,
+                flags: 0,
+            };
+            framed.send(&hb).await.expect("send");
+            let reply = framed.next().await.expect("reply").expect("frame");
+            assert_eq!(reply.seq, i, "a reply answered another request");
+            if i as usize >= PING_WARMUP {
+                samples.push(started.elapsed());
+            }
+        }
+        drop(framed);
+        let _ = echo.await;
+        samples
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The targets
 
@@ -844,6 +977,8 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
             rt,
             report,
             "oneway_pod16",
+            "oneway_pod16_vs_typed",
+            Some("oneway_per_send"),
             "Pod 16 B",
             msg,
             step,
@@ -873,6 +1008,8 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
         rt,
         report,
         "oneway_bincode",
+        "oneway_bincode_vs_typed",
+        None,
         &what,
         telemetry,
         step,
@@ -881,58 +1018,84 @@ fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
 }
 
 /// The one-way rows of one message type (`name`: the target's `ratio`
-/// name): the target, batched (`send_all`,
-/// as the baseline feeds a batch and flushes once), then, as information,
-/// one `send` per message. The baseline sends `payload`, a frame of the
-/// same length.
+/// name): the target, batched (`send_all`, as the baselines feed a batch
+/// and flush once), against the Framed frame counter (`payload`, a frame of
+/// the same length) and against the typed `Framed` + bincode loop (the
+/// same values); then one `send` per message against the frame counter.
 #[allow(clippy::too_many_arguments)]
-fn oneway_rows<M: Message + Sync + Clone>(
+fn oneway_rows<M>(
     plan: &Plan,
     rt: &Runtime,
     report: &mut Report,
     name: &'static str,
+    typed_name: &'static str,
+    per_send_name: Option<&'static str>,
     what: &str,
     msg: M,
     step: fn(&mut M, u64),
     payload: &'static str,
-) {
+) where
+    M: Message + Sync + Clone + Serialize + serde::de::DeserializeOwned,
+{
     let case = name.strip_prefix("oneway_").unwrap_or(name);
-    for sending in [Sending::Batched, Sending::PerMessage] {
-        let batched = sending == Sending::Batched;
-        let label = if batched {
-            format!("{case} send_all")
-        } else {
-            format!("{case} send")
-        };
-        let (ours, base, ratio) = compare_rates(
-            plan.reps,
-            &label,
-            || oneway_framed(rt, plan.oneway_msgs, payload),
-            || {
-                oneway_ours_with(
-                    rt,
-                    plan.oneway_msgs,
-                    Framing::lines(),
-                    msg.clone(),
-                    step,
-                    sending,
-                )
-            },
-        );
-        report.rows.push(Row {
-            target: "1",
-            name: batched.then_some(name),
-            what: if batched {
-                format!("one-way {what}, escaped, send_all x{ONEWAY_BATCH} msg/s")
-            } else {
-                format!("one-way {what}, escaped, one send per msg msg/s")
-            },
-            ours: si(ours, "msg/s"),
-            baseline: si(base, "frame/s"),
-            value: ratio,
-            goal: batched.then_some(1.0),
-        });
-    }
+    let n = plan.oneway_msgs;
+    let (ours, per_baseline) = compare_many(
+        plan.reps,
+        &format!("{case} send_all"),
+        &mut [
+            ("framed", &mut || oneway_framed(rt, n, payload)),
+            ("typed", &mut || oneway_typed(rt, n, msg.clone(), step)),
+        ],
+        &mut || {
+            let m = msg.clone();
+            oneway_ours_with(rt, n, Framing::lines(), m, step, Sending::Batched)
+        },
+    );
+    let [(framed, framed_ratio), (typed, typed_ratio)] = per_baseline[..] else {
+        unreachable!("two baselines")
+    };
+    report.rows.push(Row {
+        target: "1",
+        name: Some(name),
+        what: format!("one-way {what}, escaped, send_all x{ONEWAY_BATCH} msg/s"),
+        ours: si(ours, "msg/s"),
+        baseline: si(framed, "frame/s"),
+        value: framed_ratio,
+        goal: Some(1.0),
+    });
+    report.rows.push(Row {
+        target: "1",
+        name: Some(typed_name),
+        what: format!("  the same vs typed Framed + bincode (msg/s)"),
+        ours: si(ours, "msg/s"),
+        baseline: si(typed, "msg/s"),
+        value: typed_ratio,
+        goal: Some(1.5),
+    });
+    let (ours, base, ratio) = compare_rates(
+        plan.reps,
+        &format!("{case} send"),
+        || oneway_framed(rt, n, payload),
+        || {
+            oneway_ours_with(
+                rt,
+                n,
+                Framing::lines(),
+                msg.clone(),
+                step,
+                Sending::PerMessage,
+            )
+        },
+    );
+    report.rows.push(Row {
+        target: "1",
+        name: per_send_name,
+        what: format!("one-way {what}, escaped, one send per msg msg/s"),
+        ours: si(ours, "msg/s"),
+        baseline: si(base, "frame/s"),
+        value: ratio,
+        goal: per_send_name.map(|_| 0.5),
+    });
 }
 
 fn target_bulk(plan: &Plan, rt: &Runtime, report: &mut Report) {
@@ -1060,14 +1223,11 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
     let rounds = plan.ping_rounds;
     let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     eprintln!("ping-pong: {rounds} round trips per run, pinned to CPU {cpu}");
-    let (mut base, mut ours, mut framed) = (vec![], vec![], vec![]);
-    let (mut ratios, mut framed_ratios, mut tail_ratios) = (vec![], vec![], vec![]);
-    let (mut base99, mut ours99) = (vec![], vec![]);
     let run_std = !plan.ours_only && plan.wants_case("pingpong", "pingpong_std");
     let run_ours = plan.wants_case("pingpong", "pingpong_ours");
     let run_framed = !plan.ours_only && plan.wants_case("pingpong", "pingpong_framed");
+    let run_typed = !plan.ours_only && plan.wants_case("pingpong", "pingpong_typed");
     let run_request = plan.wants_case("pingpong", "pingpong_request");
-    let (mut request, mut request_ratios) = (vec![], vec![]);
     let measure = |run: bool, f: fn(usize, usize) -> Vec<Duration>| {
         if run {
             percentiles(&mut f(rounds, cpu))
@@ -1075,62 +1235,118 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
             (f64::NAN, f64::NAN)
         }
     };
+    // Per repetition: (p50, p99) of std, ours, framed, typed, request.
+    let mut runs: Vec<[(f64, f64); 5]> = Vec::new();
     for rep in 0..plan.reps {
-        let (b, b99) = measure(run_std, pingpong_std);
-        let (o, o99) = measure(run_ours, pingpong_ours);
-        let (f, _) = measure(run_framed, pingpong_framed);
-        let (r, _) = measure(run_request, pingpong_request);
+        let mut cases = [
+            (run_std, pingpong_std as fn(usize, usize) -> Vec<Duration>),
+            (run_ours, pingpong_ours),
+            (run_framed, pingpong_framed),
+            (run_typed, pingpong_typed),
+            (run_request, pingpong_request),
+        ]
+        .map(|(run, f)| (run, f, (f64::NAN, f64::NAN)));
+        // Rotate the order between repetitions (the machine drifts).
+        for k in 0..cases.len() {
+            let i = (k + rep) % cases.len();
+            let (run, f, _) = cases[i];
+            cases[i].2 = measure(run, f);
+        }
+        let r = cases.map(|(_, _, p)| p);
         eprintln!(
-            "  ping-pong rep {rep}: p50 std {b:.1} µs, ours {o:.1} µs, framed {f:.1} µs, request {r:.1} µs; p99 std {b99:.1}, ours {o99:.1}"
+            "  ping-pong rep {rep}: p50 std {:.1} µs, ours {:.1} µs, framed {:.1} µs, typed {:.1} µs, request {:.1} µs; p99 std {:.1}, ours {:.1}, framed {:.1}, request {:.1}",
+            r[0].0, r[1].0, r[2].0, r[3].0, r[4].0, r[0].1, r[1].1, r[2].1, r[4].1
         );
-        request.push(r);
-        request_ratios.push(f / r);
-        base.push(b);
-        ours.push(o);
-        framed.push(f);
-        ratios.push(b / o);
-        framed_ratios.push(b / f);
-        base99.push(b99);
-        ours99.push(o99);
-        tail_ratios.push(b99 / o99);
+        runs.push(r);
     }
-    let (b, o, f) = (median(&mut base), median(&mut ours), median(&mut framed));
-    report.rows.push(Row {
-        target: "4",
-        name: Some("pingpong_p50"),
-        what: "ping-pong p50, one CPU (std/ours)".into(),
-        ours: format!("{o:.1} µs"),
-        baseline: format!("{b:.1} µs"),
-        value: median(&mut ratios),
-        goal: Some(1.0 / 1.1),
-    });
-    report.rows.push(Row {
-        target: "4",
-        name: None,
-        what: "ping-pong p99, one CPU (std/ours)".into(),
-        ours: format!("{:.1} µs", median(&mut ours99)),
-        baseline: format!("{:.1} µs", median(&mut base99)),
-        value: median(&mut tail_ratios),
-        goal: None,
-    });
-    report.rows.push(Row {
-        target: "4",
-        name: None,
-        what: "(tokio-util Framed ping-pong p50, std/framed)".into(),
-        ours: format!("{f:.1} µs"),
-        baseline: format!("{b:.1} µs"),
-        value: median(&mut framed_ratios),
-        goal: None,
-    });
-    report.rows.push(Row {
-        target: "4",
-        name: Some("request_p50_vs_framed"),
-        what: "Client::request round trip p50 (framed ping-pong/request)".into(),
-        ours: format!("{:.1} µs", median(&mut request)),
-        baseline: format!("{f:.1} µs"),
-        value: median(&mut request_ratios),
-        goal: Some(1.0),
-    });
+    // The median over repetitions of `f`.
+    let pick = |f: &dyn Fn(&[(f64, f64); 5]) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        median(&mut v)
+    };
+    const STD: usize = 0;
+    const OURS: usize = 1;
+    const FRAMED: usize = 2;
+    const TYPED: usize = 3;
+    const REQUEST: usize = 4;
+    let p50 = |i: usize| pick(&|r| r[i].0);
+    let p99 = |i: usize| pick(&|r| r[i].1);
+    let us = |v: f64| format!("{v:.1} µs");
+    let mut row = |name, what: &str, ours: String, base: String, value, goal| {
+        report.rows.push(Row {
+            target: "4",
+            name,
+            what: what.into(),
+            ours,
+            baseline: base,
+            value,
+            goal,
+        });
+    };
+    row(
+        Some("pingpong_p50"),
+        "ping-pong p50, one CPU (std/ours)",
+        us(p50(OURS)),
+        us(p50(STD)),
+        pick(&|r| r[STD].0 / r[OURS].0),
+        Some(1.0 / 1.1),
+    );
+    row(
+        None,
+        "ping-pong p99, one CPU (std/ours)",
+        us(p99(OURS)),
+        us(p99(STD)),
+        pick(&|r| r[STD].1 / r[OURS].1),
+        None,
+    );
+    row(
+        None,
+        "(tokio-util Framed ping-pong p50, std/framed)",
+        us(p50(FRAMED)),
+        us(p50(STD)),
+        pick(&|r| r[STD].0 / r[FRAMED].0),
+        None,
+    );
+    row(
+        Some("pingpong_vs_framed"),
+        "ping-pong p50 (Framed/ours)",
+        us(p50(OURS)),
+        us(p50(FRAMED)),
+        pick(&|r| r[FRAMED].0 / r[OURS].0),
+        Some(1.0),
+    );
+    row(
+        None,
+        "ping-pong p50 (typed Framed + bincode/ours)",
+        us(p50(OURS)),
+        us(p50(TYPED)),
+        pick(&|r| r[TYPED].0 / r[OURS].0),
+        None,
+    );
+    row(
+        Some("request_p50_vs_framed"),
+        "Client::request round trip p50 (Framed/request)",
+        us(p50(REQUEST)),
+        us(p50(FRAMED)),
+        pick(&|r| r[FRAMED].0 / r[REQUEST].0),
+        Some(1.0),
+    );
+    row(
+        None,
+        "Client::request round trip p99 (Framed/request)",
+        us(p99(REQUEST)),
+        us(p99(FRAMED)),
+        pick(&|r| r[FRAMED].1 / r[REQUEST].1),
+        None,
+    );
+    row(
+        None,
+        "Client::request p50 (typed Framed + bincode/request)",
+        us(p50(REQUEST)),
+        us(p50(TYPED)),
+        pick(&|r| r[TYPED].0 / r[REQUEST].0),
+        None,
+    );
 }
 
 fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
@@ -1234,11 +1450,22 @@ fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
     let ours_time = pick(&|(o, _)| o.total_time().as_secs_f64());
     let framed_time = pick(&|(_, f)| f.total_time().as_secs_f64());
     let complete = runs.iter().all(|(o, f)| o.complete() && f.complete());
+    let ours_cpu = pick(&|(o, _)| o.server_cpu_per_heartbeat_us());
+    let framed_cpu = pick(&|(_, f)| f.server_cpu_per_heartbeat_us());
     report.rows.push(Row {
         target: "6",
-        name: Some("scale_time"),
+        name: Some("scale_cpu_per_heartbeat"),
+        what: format!("{conns} conns: server CPU per heartbeat (framed/ours)"),
+        ours: format!("{ours_cpu:.1} µs"),
+        baseline: format!("{framed_cpu:.1} µs"),
+        value: pick(&|(o, f)| f.server_cpu_per_heartbeat_us() / o.server_cpu_per_heartbeat_us()),
+        goal: Some(1.0),
+    });
+    report.rows.push(Row {
+        target: "6",
+        name: None,
         what: format!(
-            "{conns} conns x {} heartbeats, total (framed/ours)",
+            "  {conns} conns x {} heartbeats, total time (framed/ours)",
             config.rounds
         ),
         ours: fmt_duration(Duration::from_secs_f64(ours_time)),
@@ -1248,17 +1475,6 @@ fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
         } else {
             0.0
         },
-        goal: Some(1.0),
-    });
-    let ours_cpu = pick(&|(o, _)| o.server_cpu_per_heartbeat_us());
-    let framed_cpu = pick(&|(_, f)| f.server_cpu_per_heartbeat_us());
-    report.rows.push(Row {
-        target: "6",
-        name: None,
-        what: "  server CPU per heartbeat (framed/ours)".into(),
-        ours: format!("{ours_cpu:.1} µs"),
-        baseline: format!("{framed_cpu:.1} µs"),
-        value: framed_cpu / ours_cpu,
         goal: None,
     });
     let ours_connect = pick(&|(o, _)| o.connect_time.as_secs_f64());

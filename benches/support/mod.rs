@@ -4,15 +4,23 @@
 
 pub mod scale;
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
 use bytes::{BufMut, Bytes, BytesMut};
 use chitchat_net::{Message, PodCodec};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::codec::{
+    AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder, LengthDelimitedCodec,
+};
 
 /// A 16-byte heartbeat: what the scale scenario and the ping-pong send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+/// (Serde too, for the typed `Framed` + bincode baseline.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable, serde::Serialize, serde::Deserialize,
+)]
 #[repr(C)]
 pub struct Heartbeat {
     /// Sequence number within one connection.
@@ -94,6 +102,52 @@ impl Encoder<Bytes> for EchoCodec {
         dst.put_slice(&frame);
         dst.put_u8(b'\n');
         Ok(())
+    }
+}
+
+/// The typed baseline: what a user who does not pick chitchat-net writes,
+/// the tokio-serde way: `Framed` with a length-delimited codec around a
+/// serde format (bincode 2, standard configuration, as ours). Each value
+/// is serialized into its own vector, then framed (tokio-serde's
+/// `Bincode` serializer and `LengthDelimitedCodec`); each frame is
+/// deserialized from the frame's bytes.
+#[derive(Debug)]
+#[allow(dead_code)] // `examples/scale.rs` shares this module and does not use it
+pub struct TypedBincode<T> {
+    frames: LengthDelimitedCodec,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Default for TypedBincode<T> {
+    fn default() -> Self {
+        TypedBincode {
+            frames: LengthDelimitedCodec::new(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Decoder for TypedBincode<T> {
+    type Item = T;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, Self::Error> {
+        let Some(frame) = self.frames.decode(src)? else {
+            return Ok(None);
+        };
+        let (value, _) = bincode::serde::decode_from_slice(&frame, bincode::config::standard())
+            .map_err(std::io::Error::other)?;
+        Ok(Some(value))
+    }
+}
+
+impl<T: Serialize> Encoder<&T> for TypedBincode<T> {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        let bytes = bincode::serde::encode_to_vec(item, bincode::config::standard())
+            .map_err(std::io::Error::other)?;
+        self.frames.encode(Bytes::from(bytes), dst)
     }
 }
 
