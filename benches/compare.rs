@@ -1066,7 +1066,7 @@ fn oneway_rows<M>(
     report.rows.push(Row {
         target: "1",
         name: Some(typed_name),
-        what: format!("  the same vs typed Framed + bincode (msg/s)"),
+        what: "  the same vs typed Framed + bincode (msg/s)".to_owned(),
         ours: si(ours, "msg/s"),
         baseline: si(typed, "msg/s"),
         value: typed_ratio,
@@ -1236,7 +1236,8 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
         }
     };
     // Per repetition: (p50, p99) of std, ours, framed, typed, request.
-    let mut runs: Vec<[(f64, f64); 5]> = Vec::new();
+    type Percentiles = [(f64, f64); 5];
+    let mut runs: Vec<Percentiles> = Vec::new();
     for rep in 0..plan.reps {
         let mut cases = [
             (run_std, pingpong_std as fn(usize, usize) -> Vec<Duration>),
@@ -1260,7 +1261,7 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
         runs.push(r);
     }
     // The median over repetitions of `f`.
-    let pick = |f: &dyn Fn(&[(f64, f64); 5]) -> f64| {
+    let pick = |f: &dyn Fn(&Percentiles) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         median(&mut v)
     };
