@@ -43,6 +43,10 @@ use support::{fmt_duration, Heartbeat, TypedBincode};
 static OURS_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether the ping-pongs run their round trips in a spawned task rather
+/// than in the `block_on` future (the informative "spawned" rows).
+static PINGER_SPAWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Bound of every single measurement.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -768,10 +772,14 @@ fn pingpong_std(rounds: usize, cpu: usize) -> Vec<Duration> {
 
 /// Both ends on one current-thread runtime pinned to `cpu`: `build` returns
 /// a future doing the round trips.
-fn on_one_cpu<T: Send + 'static, F: Future<Output = T>>(
+///
+/// The round trips run in the `block_on` future itself, as in a program's
+/// `main`, unless [`PINGER_SPAWNED`] is set: then in a task of their own.
+fn on_one_cpu<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
     cpu: usize,
     build: impl FnOnce() -> F + Send + 'static,
 ) -> T {
+    let spawned = PINGER_SPAWNED.load(Ordering::Relaxed);
     std::thread::spawn(move || {
         pin_to(cpu);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -779,9 +787,13 @@ fn on_one_cpu<T: Send + 'static, F: Future<Output = T>>(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            tokio::time::timeout(MEASURE_TIMEOUT, build())
-                .await
-                .expect("ping-pong timed out")
+            let run = tokio::time::timeout(MEASURE_TIMEOUT, build());
+            let done = if spawned {
+                tokio::spawn(run).await.expect("pinger task")
+            } else {
+                run.await
+            };
+            done.expect("ping-pong timed out")
         })
     })
     .join()
@@ -1348,6 +1360,52 @@ fn target_pingpong(plan: &Plan, report: &mut Report) {
         pick(&|r| r[TYPED].0 / r[REQUEST].0),
         None,
     );
+    if !(run_ours && run_framed && run_request) {
+        return;
+    }
+    // The same with the pinger in a spawned task instead of the `block_on`
+    // future: a task woken by another task is run at once, while a woken
+    // `block_on` future costs the current-thread scheduler a poll of its
+    // driver first (BENCHMARKS.md, "What limits ping-pong").
+    PINGER_SPAWNED.store(true, Ordering::Relaxed);
+    let mut spawned: Vec<[f64; 3]> = Vec::new();
+    for rep in 0..plan.reps {
+        let mut r = [f64::NAN; 3];
+        let cases: [fn(usize, usize) -> Vec<Duration>; 3] =
+            [pingpong_ours, pingpong_framed, pingpong_request];
+        for k in 0..3 {
+            let i = (k + rep) % 3;
+            r[i] = measure(true, cases[i]).0;
+        }
+        eprintln!(
+            "  ping-pong (spawned pinger) rep {rep}: p50 ours {:.1} µs, framed {:.1} µs, request {:.1} µs",
+            r[0], r[1], r[2]
+        );
+        spawned.push(r);
+    }
+    PINGER_SPAWNED.store(false, Ordering::Relaxed);
+    let pick = |f: &dyn Fn(&[f64; 3]) -> f64| {
+        let mut v: Vec<f64> = spawned.iter().map(f).collect();
+        median(&mut v)
+    };
+    report.rows.push(Row {
+        target: "4",
+        name: None,
+        what: "ping-pong p50, pinger in a spawned task (Framed/ours)".into(),
+        ours: us(pick(&|r| r[0])),
+        baseline: us(pick(&|r| r[1])),
+        value: pick(&|r| r[1] / r[0]),
+        goal: None,
+    });
+    report.rows.push(Row {
+        target: "4",
+        name: None,
+        what: "request p50, pinger in a spawned task (Framed/request)".into(),
+        ours: us(pick(&|r| r[2])),
+        baseline: us(pick(&|r| r[1])),
+        value: pick(&|r| r[1] / r[2]),
+        goal: None,
+    });
 }
 
 fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {

@@ -72,6 +72,9 @@ type Hello = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>
 pub struct Client<M, R = ()> {
     /// The connection it sends on now.
     link: Arc<Link>,
+    /// A client that does not reconnect has one connection for its whole
+    /// life: its sends go straight to it, without looking at the link.
+    fixed: Option<ConnectionHandle>,
     /// Fired once the client has ended (its last connection task is over);
     /// closes the event stream.
     ended: CancellationToken,
@@ -594,8 +597,10 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             outcome: outcome.clone(),
         };
         tokio::spawn(supervisor.run(task));
+        let fixed = link.reconnect.is_none().then(|| conn.clone());
         let client = Client {
             link,
+            fixed,
             ended,
             outcome,
             events,
@@ -839,6 +844,9 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send(&self, msg: &M) -> Result<(), SendError> {
+        if let Some(conn) = &self.fixed {
+            return conn.send(msg).await;
+        }
         loop {
             let Target::Queue(conn, seen) = self.link.target() else {
                 return Ok(());
@@ -896,8 +904,8 @@ impl<M: Message, R> Client<M, R> {
         M: 'a,
         I: IntoIterator<Item = &'a M>,
     {
-        if self.link.reconnect.is_none() {
-            return self.link.current().handle().send_all(msgs).await;
+        if let Some(conn) = &self.fixed {
+            return conn.send_all(msgs).await;
         }
         // Reconnecting: a batch cut short by a dropped connection goes on
         // after what was queued.
@@ -923,6 +931,9 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// [`TrySendError::Full`], or as [`send`](Self::send).
     pub fn try_send(&self, msg: &M) -> Result<(), TrySendError> {
+        if let Some(conn) = &self.fixed {
+            return conn.try_send(msg);
+        }
         match self.link.target() {
             Target::Queue(conn, _) => conn.try_send(msg),
             Target::Drop => Ok(()),
@@ -935,6 +946,9 @@ impl<M: Message, R> Client<M, R> {
     ///
     /// As [`send`](Self::send).
     pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
+        if let Some(conn) = &self.fixed {
+            return conn.send_bytes(payload).await;
+        }
         loop {
             let Target::Queue(conn, seen) = self.link.target() else {
                 return Ok(());
@@ -1009,11 +1023,7 @@ impl<M: Message, R> Client<M, R> {
                     .ok_or(RequestError::Closed)?
             }
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        conn.request(msg, left).await.map_err(|error| match error {
-            RequestError::Timeout(_) => RequestError::Timeout(timeout),
-            other => other,
-        })
+        conn.request_until(msg, deadline, timeout).await
     }
 
     /// A handle to send on this client's connection from other tasks (of a

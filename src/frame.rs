@@ -394,12 +394,12 @@ impl FrameCodec {
         }
     }
 
-    fn decode_delimited(
+    fn find_delimited(
         &mut self,
         src: &mut BytesMut,
         delimiter: u8,
         escaping: Escaping,
-    ) -> Result<Option<Bytes>, Error> {
+    ) -> Result<Option<Found>, Error> {
         let limit = self.framing.max_frame_length;
         loop {
             if self.next_index > src.len() {
@@ -409,7 +409,7 @@ impl FrameCodec {
                 self.reset_scan();
             }
             if escaping == Escaping::Escaped && self.discard == 0 {
-                return self.decode_escaped(src, delimiter);
+                return self.find_escaped(src, delimiter);
             }
             let Some(found) = memchr::memchr(delimiter, &src[self.next_index..]) else {
                 if self.discard > 0 {
@@ -435,12 +435,16 @@ impl FrameCodec {
                 src.advance(at + 1);
                 return Err(Error::FrameTooLong { len: at, limit });
             }
-            let mut frame = src.split_to(at + 1).freeze();
-            frame.truncate(at);
-            if delimiter == b'\n' && frame.last() == Some(&b'\r') {
-                frame.truncate(at - 1);
-            }
-            return Ok(Some(frame));
+            let len = if delimiter == b'\n' && at > 0 && src[at - 1] == b'\r' {
+                at - 1
+            } else {
+                at
+            };
+            return Ok(Some(Found {
+                start: 0,
+                len,
+                wire: at + 1,
+            }));
         }
     }
 
@@ -452,11 +456,7 @@ impl FrameCodec {
     ///
     /// The work done on an incomplete frame is kept (`next_index`,
     /// `unescaped`, `bad_escape`), so no byte is scanned or moved twice.
-    fn decode_escaped(
-        &mut self,
-        src: &mut BytesMut,
-        delimiter: u8,
-    ) -> Result<Option<Bytes>, Error> {
+    fn find_escaped(&mut self, src: &mut BytesMut, delimiter: u8) -> Result<Option<Found>, Error> {
         let limit = self.framing.max_frame_length;
         let escape = escape_byte_for(delimiter);
         // The wire bytes src[..read] are unescaped into src[..write].
@@ -518,19 +518,22 @@ impl FrameCodec {
             src.advance(at + 1);
             return Err(Error::FrameTooLong { len: at, limit });
         }
-        let mut frame = src.split_to(at + 1);
         if let Some(offset) = bad_escape {
+            src.advance(at + 1);
             return Err(Error::BadEscape { offset });
         }
         // A raw `\r` before the delimiter (a text peer's `\r\n`) is the last
         // byte of the last run: an escaped one would have been refused
         // above. The wire byte is still in place: bytes only move down, and
         // the last byte before the delimiter only when nothing moved.
-        if delimiter == b'\n' && at > 0 && frame[at - 1] == b'\r' {
+        if delimiter == b'\n' && at > 0 && src[at - 1] == b'\r' {
             write -= 1;
         }
-        frame.truncate(write);
-        Ok(Some(frame.freeze()))
+        Ok(Some(Found {
+            start: 0,
+            len: write,
+            wire: at + 1,
+        }))
     }
 
     /// Forgets where the scan of the buffer stopped.
@@ -540,7 +543,7 @@ impl FrameCodec {
         self.bad_escape = None;
     }
 
-    fn decode_length_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    fn find_length_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
         if self.discard > 0 {
             let n = self.discard.min(src.len());
             src.advance(n);
@@ -564,8 +567,11 @@ impl FrameCodec {
             src.reserve(LENGTH_HEADER + len - src.len());
             return Ok(None);
         }
-        src.advance(LENGTH_HEADER);
-        Ok(Some(src.split_to(len).freeze()))
+        Ok(Some(Found {
+            start: LENGTH_HEADER,
+            len,
+            wire: LENGTH_HEADER + len,
+        }))
     }
 
     /// Reports a too-long frame and starts dropping it: `Some(len)` drops
@@ -671,17 +677,25 @@ fn escape_into(payload: &[u8], dst: &mut BytesMut, delimiter: u8) {
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Bytes;
-    type Error = Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+impl FrameCodec {
+    /// Finds the next complete frame at the start of `src` without taking
+    /// it out: its payload is `src[found.payload()]` (unescaped in place),
+    /// and the caller removes its `found.wire` bytes with `src.advance`
+    /// before the next call (or splits them off). What [`Decoder::decode`]
+    /// does, minus making the frame a [`Bytes`]: for decoders that copy
+    /// what they keep out of the frame, which then never touch a reference
+    /// count.
+    ///
+    /// # Errors
+    ///
+    /// As [`Decoder::decode`] (the bad bytes are already dropped then).
+    pub(crate) fn next_frame(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
         match self.framing.kind {
             Kind::Delimited {
                 delimiter,
                 escaping,
-            } => self.decode_delimited(src, delimiter, escaping),
-            Kind::LengthPrefixed => self.decode_length_prefixed(src),
+            } => self.find_delimited(src, delimiter, escaping),
+            Kind::LengthPrefixed => self.find_length_prefixed(src),
             Kind::Eof => {
                 if self.discard > 0 {
                     src.clear();
@@ -695,9 +709,16 @@ impl Decoder for FrameCodec {
         }
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        if let Some(frame) = self.decode(src)? {
-            return Ok(Some(frame));
+    /// [`next_frame`](Self::next_frame) at the end of the stream: in EOF
+    /// framing the whole buffer is the frame; otherwise what is left after
+    /// the last complete frame is a [`Error::PartialFrame`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Decoder::decode_eof`].
+    pub(crate) fn next_frame_eof(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
+        if let Some(found) = self.next_frame(src)? {
+            return Ok(Some(found));
         }
         if self.discard > 0 {
             src.clear();
@@ -708,12 +729,62 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         if self.framing.kind == Kind::Eof {
-            return Ok(Some(src.split().freeze()));
+            return Ok(Some(Found {
+                start: 0,
+                len: src.len(),
+                wire: src.len(),
+            }));
         }
         let len = src.len();
         src.clear();
         self.reset_scan();
         Err(Error::PartialFrame { len })
+    }
+}
+
+/// Where [`FrameCodec::next_frame`] found a frame, at the start of the read
+/// buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// Where the payload starts (after a length header).
+    pub(crate) start: usize,
+    /// The payload's length, once unescaped.
+    pub(crate) len: usize,
+    /// The frame's bytes on the wire (header, escapes, delimiter): what to
+    /// remove from the buffer once the payload has been used.
+    pub(crate) wire: usize,
+}
+
+impl Found {
+    /// The payload's place in the buffer.
+    pub(crate) fn payload(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
+
+    /// Splits the frame off `src` and returns its payload `within` (a
+    /// range of [`payload`](Self::payload)) as [`Bytes`], without a copy.
+    pub(crate) fn split(&self, src: &mut BytesMut, within: std::ops::Range<usize>) -> Bytes {
+        let mut frame = src.split_to(self.wire);
+        frame.truncate(within.end);
+        frame.advance(within.start);
+        frame.freeze()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        Ok(self
+            .next_frame(src)?
+            .map(|found| found.split(src, found.payload())))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        Ok(self
+            .next_frame_eof(src)?
+            .map(|found| found.split(src, found.payload())))
     }
 }
 

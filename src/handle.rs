@@ -393,14 +393,29 @@ impl ConnectionHandle {
         msg: &Q,
         timeout: Duration,
     ) -> Result<R, RequestError> {
-        let deadline = Instant::now() + timeout;
+        self.request_until(msg, Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// [`request`](Self::request) with its `deadline` already computed
+    /// (`timeout` is what a timeout error reports).
+    pub(crate) async fn request_until<Q: Message, R: Message>(
+        &self,
+        msg: &Q,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<R, RequestError> {
         let timed_out = |_| RequestError::Timeout(timeout);
         let inner = &*self.inner;
         let requests = inner.requests.as_deref().ok_or(RequestError::NotEnabled)?;
-        let slot = timeout_at(deadline, requests.slot())
-            .await
-            .map_err(timed_out)?
-            .map_err(RequestError::from_error)?;
+        // A free slot, the usual case, needs no timer.
+        let slot = match requests.try_slot() {
+            Some(slot) => slot,
+            None => timeout_at(deadline, requests.slot())
+                .await
+                .map_err(timed_out)?
+                .map_err(RequestError::from_error)?,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
         let waiting = Waiting::new(
             Box::new(move |wire, reply| {
@@ -417,9 +432,13 @@ impl ConnectionHandle {
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
-                let pushed = timeout_at(deadline, inner.outbox.push(queue))
-                    .await
-                    .map_err(timed_out)?;
+                // Room in the queue, the usual case, needs no timer.
+                let pushed = match inner.outbox.try_push(queue) {
+                    Err(PushError::Full) => timeout_at(deadline, inner.outbox.push(queue))
+                        .await
+                        .map_err(timed_out)?,
+                    other => other,
+                };
                 let frames = u64::from(pushed.is_ok());
                 self.sent(pushed, frames)
                     .map_err(RequestError::from_error)?;

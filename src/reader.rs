@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -68,6 +68,9 @@ pub(crate) struct ReadSide<R, H> {
     events: EventSink,
     /// The connection's own state, for the handler.
     session: Session,
+    /// Whether the handler's message type is decoded in place, from the
+    /// read buffer ([`Codec::copies_out`](crate::Codec::copies_out)).
+    copies_out: bool,
 }
 
 /// Why serving stopped without an error.
@@ -102,6 +105,7 @@ where
             buf: BytesMut::new(),
             chunk: 0,
             decoder: handle.inner.wire.decoder(),
+            copies_out: handle.inner.wire.copies_out::<H::Message>(),
             closing: false,
             handle,
             handler,
@@ -321,12 +325,9 @@ where
     }
 
     async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
-        while let Some(frame) = self.decoder.decode(&mut self.buf)? {
+        while let Some(found) = self.decoder.next_frame(&mut self.buf)? {
             *frames += 1;
-            if self.closing {
-                continue;
-            }
-            self.handle_frame(frame).await;
+            self.handle_found(found).await;
             // A peer flooding tiny frames must not starve other connections.
             tokio::task::consume_budget().await;
             // Replies that are not being read hold the next frame back.
@@ -336,35 +337,75 @@ where
         Ok(())
     }
 
-    /// Decodes one frame and hands it to the handler, or, if it is a reply,
-    /// to the request waiting for it. Decode and handler errors are
-    /// reported; the connection goes on.
-    async fn handle_frame(&mut self, frame: Bytes) {
+    /// Takes the frame `found` out of the read buffer and hands it to the
+    /// handler (after [`Context::close`], drops it).
+    async fn handle_found(&mut self, found: crate::frame::Found) {
+        if self.closing {
+            self.buf.advance(found.wire);
+            return;
+        }
+        if let Some((msg, request)) = self.take_message(found) {
+            self.call_handler(msg, request).await;
+        }
+    }
+
+    /// Takes the frame `found` out of the read buffer and decodes it into a
+    /// message for the handler, with its request id; or, if it is a reply,
+    /// hands it to the request waiting for it. Decode errors are reported
+    /// (`None` then); the connection goes on.
+    ///
+    /// Codecs that copy out of the frame decode it in place, in the read
+    /// buffer; the others get it as [`Bytes`] split off the buffer.
+    fn take_message(&mut self, found: crate::frame::Found) -> Option<(H::Message, Option<u64>)> {
         let conn = &*self.handle.inner;
-        let peer = || Some(conn.peer.clone());
-        let (kind, frame) = match conn.wire.open(frame) {
+        let payload = found.payload();
+        let (kind, header) = match conn.wire.open_header(&self.buf[payload.clone()]) {
             Ok(opened) => opened,
-            Err(error) => return self.events.report(peer(), error),
+            Err(error) => {
+                self.buf.advance(found.wire);
+                self.events.report(Some(conn.peer.clone()), error);
+                return None;
+            }
         };
+        let body = payload.start + header..payload.end;
         let request = match kind {
             Envelope::Reply(id) => {
                 let waiting = conn.requests.as_deref().and_then(|r| r.take(id));
-                return self.answer(id, waiting, frame);
+                let reply = found.split(&mut self.buf, body);
+                self.answer(id, waiting, reply);
+                return None;
             }
             Envelope::Message if conn.wire.matching() == Matching::Ordered => {
                 if let Some((id, waiting)) = conn.requests.as_deref().and_then(|r| r.take_oldest())
                 {
-                    return self.answer(id, Some(waiting), frame);
+                    let reply = found.split(&mut self.buf, body);
+                    self.answer(id, Some(waiting), reply);
+                    return None;
                 }
                 None
             }
             Envelope::Request(id) => Some(id),
             Envelope::Message => None,
         };
-        let msg = match conn.wire.decode::<H::Message>(frame) {
-            Ok(msg) => msg,
-            Err(error) => return self.events.report(peer(), error),
+        let decoded = if self.copies_out {
+            let decoded = conn.wire.decode_slice::<H::Message>(&self.buf[body]);
+            self.buf.advance(found.wire);
+            decoded
+        } else {
+            let frame = found.split(&mut self.buf, body);
+            conn.wire.decode::<H::Message>(frame)
         };
+        match decoded {
+            Ok(msg) => Some((msg, request)),
+            Err(error) => {
+                self.events.report(Some(conn.peer.clone()), error);
+                None
+            }
+        }
+    }
+
+    /// Hands one message to the handler; its error is reported.
+    async fn call_handler(&mut self, msg: H::Message, request: Option<u64>) {
         let mut ctx = Context {
             handle: &self.handle,
             closing: &mut self.closing,
@@ -372,7 +413,8 @@ where
             session: &mut self.session,
         };
         if let Err(error) = self.handler.handle(msg, &mut ctx).await {
-            self.events.report(peer(), Error::Handler(error));
+            let peer = Some(self.handle.inner.peer.clone());
+            self.events.report(peer, Error::Handler(error));
         }
     }
 
@@ -394,11 +436,9 @@ where
     /// framing, the one frame).
     async fn handle_last_frames(&mut self) -> Result<(), Error> {
         self.handle_frames().await?;
-        while let Some(frame) = self.decoder.decode_eof(&mut self.buf)? {
+        while let Some(found) = self.decoder.next_frame_eof(&mut self.buf)? {
             Counters::add(&self.handle.inner.counters.frames_in, 1);
-            if !self.closing {
-                self.handle_frame(frame).await;
-            }
+            self.handle_found(found).await;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! waits for a slot, so a peer that never answers cannot make us hold more.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -68,7 +69,7 @@ struct State {
     /// The next request's id.
     next: u64,
     /// With ids: the waiting requests by id.
-    by_id: HashMap<u64, Waiting>,
+    by_id: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
     /// In ordered mode: the waiting requests, oldest first.
     in_order: VecDeque<(u64, Waiting)>,
     /// The connection has ended: no request is taken any more.
@@ -82,6 +83,31 @@ impl std::fmt::Debug for State {
             .field("waiting", &(self.by_id.len() + self.in_order.len()))
             .field("ended", &self.ended)
             .finish()
+    }
+}
+
+/// Hashes request ids, which this end hands out itself (a counter): no
+/// peer chooses them, so the table needs no protection against
+/// collisions made on purpose, only a spread of consecutive numbers (a
+/// multiplication by an odd constant, as FxHash does). A reply's id comes
+/// from the peer but is only looked up: an unknown one misses.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0.rotate_left(5) ^ id).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -148,6 +174,12 @@ impl Requests {
             .acquire_owned()
             .await
             .map_err(|_| Error::ConnectionLost)
+    }
+
+    /// A slot among the requests in flight if one is free now (`None`
+    /// also once the connection has ended: [`slot`](Self::slot) says so).
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// Locks the table to register a request.

@@ -279,20 +279,39 @@ impl Wire {
         })
     }
 
-    /// What a received frame is, and its message bytes: the envelope is
-    /// read if the connection has it on (every frame is a
-    /// [`Envelope::Message`] otherwise).
+    /// What a received frame is: the envelope is read if the connection has
+    /// it on (every frame is a [`Envelope::Message`] otherwise). Returns
+    /// the kind and the length of the envelope header (0 without the
+    /// envelope); the message bytes follow the header.
     ///
     /// # Errors
     ///
     /// [`Error::Envelope`] for a malformed header.
-    pub(crate) fn open(&self, frame: Bytes) -> Result<(Envelope, Bytes), Error> {
+    pub(crate) fn open_header(&self, frame: &[u8]) -> Result<(Envelope, usize), Error> {
         if !self.spec.envelope {
-            return Ok((Envelope::Message, frame));
+            return Ok((Envelope::Message, 0));
         }
-        let (kind, rest) = envelope::decode(&frame)?;
-        let start = frame.len() - rest.len();
-        Ok((kind, frame.slice(start..)))
+        let (kind, rest) = envelope::decode(frame)?;
+        Ok((kind, frame.len() - rest.len()))
+    }
+
+    /// Whether `M`'s codec (or its override) decodes from a lent slice at
+    /// no extra cost ([`Codec::copies_out`]): then connections call
+    /// [`decode_slice`](Self::decode_slice).
+    pub(crate) fn copies_out<M: Message>(&self) -> bool {
+        match self.codec_for::<M>() {
+            Some(codec) => codec.copies_out(),
+            None => M::Codec::default().copies_out(),
+        }
+    }
+
+    /// Decodes one frame, lent from the read buffer, into a message.
+    pub(crate) fn decode_slice<M: Message>(&self, frame: &[u8]) -> Result<M, Error> {
+        let decoded = match self.codec_for::<M>() {
+            Some(codec) => codec.decode_slice(frame),
+            None => M::Codec::default().decode_slice(frame),
+        };
+        decoded.map_err(Error::decoding::<M>)
     }
 
     /// Decodes one frame into a message.

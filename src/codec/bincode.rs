@@ -190,7 +190,15 @@ macro_rules! bincode_codec {
             }
 
             fn decode(&self, frame: Bytes) -> Result<T, Error> {
-                let (value, used) = decode_prefix(&frame, $limit, $depth)?;
+                self.decode_slice(&frame)
+            }
+
+            fn copies_out(&self) -> bool {
+                true
+            }
+
+            fn decode_slice(&self, frame: &[u8]) -> Result<T, Error> {
+                let (value, used) = decode_prefix(frame, $limit, $depth)?;
                 super::expect_consumed("bincode", used, frame.len())?;
                 Ok(value)
             }

@@ -96,6 +96,36 @@ pub trait Codec<T>: Send + Sync + 'static {
     /// [`Error::Decode`] if the frame does not hold exactly one value.
     fn decode(&self, frame: Bytes) -> Result<T, Error>;
 
+    /// Decodes one value from a whole frame lent from the connection's
+    /// read buffer. Connections call it instead of [`decode`](Self::decode)
+    /// when [`copies_out`](Self::copies_out) is true: the frame then never
+    /// becomes a [`Bytes`] (no reference count to take and drop per frame).
+    /// The default copies the frame into a `Bytes` and calls `decode`.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode).
+    fn decode_slice(&self, frame: &[u8]) -> Result<T, Error> {
+        self.decode(Bytes::copy_from_slice(frame))
+    }
+
+    /// Whether decoded values copy what they keep out of the frame (plain
+    /// old data, serde formats, text), so that
+    /// [`decode_slice`](Self::decode_slice) costs no more than
+    /// [`decode`](Self::decode). False by default: codecs that keep the
+    /// frame itself (such as [`Raw`] for `Bytes`) get it without a copy.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use chitchat_net::{Codec, Raw, Text};
+    ///
+    /// assert!(Codec::<String>::copies_out(&Text));
+    /// assert!(!Codec::<Bytes>::copies_out(&Raw));
+    /// ```
+    fn copies_out(&self) -> bool {
+        false
+    }
+
     /// This codec in another serde `format`, for
     /// [`Options::serde_format`](crate::Options::serde_format): `None` (the
     /// default) for a codec that is not a serde format. [`Bincode`],

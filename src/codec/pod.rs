@@ -63,6 +63,14 @@ impl<T: bytemuck::Pod + Send + Sync> Codec<T> for PodCodec {
     }
 
     fn decode(&self, frame: Bytes) -> Result<T, Error> {
+        self.decode_slice(&frame)
+    }
+
+    fn copies_out(&self) -> bool {
+        true
+    }
+
+    fn decode_slice(&self, frame: &[u8]) -> Result<T, Error> {
         let expected = std::mem::size_of::<T>();
         if frame.len() != expected {
             let mismatch = SizeMismatch {
@@ -71,6 +79,6 @@ impl<T: bytemuck::Pod + Send + Sync> Codec<T> for PodCodec {
             };
             return Err(Error::decode("pod", mismatch));
         }
-        Ok(bytemuck::pod_read_unaligned(&frame))
+        Ok(bytemuck::pod_read_unaligned(frame))
     }
 }

@@ -150,7 +150,15 @@ macro_rules! postcard_codec {
             }
 
             fn decode(&self, frame: Bytes) -> Result<T, Error> {
-                let (value, used) = decode_prefix(&frame, $depth)?;
+                self.decode_slice(&frame)
+            }
+
+            fn copies_out(&self) -> bool {
+                true
+            }
+
+            fn decode_slice(&self, frame: &[u8]) -> Result<T, Error> {
+                let (value, used) = decode_prefix(frame, $depth)?;
                 super::expect_consumed("postcard", used, frame.len())?;
                 Ok(value)
             }

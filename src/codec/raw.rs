@@ -60,4 +60,12 @@ impl Codec<Vec<u8>> for Raw {
     fn decode(&self, frame: Bytes) -> Result<Vec<u8>, Error> {
         Ok(frame.to_vec())
     }
+
+    fn copies_out(&self) -> bool {
+        true
+    }
+
+    fn decode_slice(&self, frame: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(frame.to_vec())
+    }
 }

@@ -111,8 +111,16 @@ impl<T: TaggedEnum, F: SerdeFormat> Codec<T> for Tagged<F> {
     }
 
     fn decode(&self, frame: Bytes) -> Result<T, Error> {
+        self.decode_slice(&frame)
+    }
+
+    fn copies_out(&self) -> bool {
+        true
+    }
+
+    fn decode_slice(&self, frame: &[u8]) -> Result<T, Error> {
         let format = F::default();
-        let (tag, tag_len) = format.decode_prefix::<u32>(&frame)?;
+        let (tag, tag_len) = format.decode_prefix::<u32>(frame)?;
         let (value, fields_len) = T::decode_fields(&format, tag, &frame[tag_len..]).map_err(
             |error| match T::variant_name(tag) {
                 Some(variant) => error.decoding_variant(variant),

@@ -38,7 +38,15 @@ impl Codec<String> for Text {
     }
 
     fn decode(&self, frame: Bytes) -> Result<String, Error> {
-        match std::str::from_utf8(&frame) {
+        self.decode_slice(&frame)
+    }
+
+    fn copies_out(&self) -> bool {
+        true
+    }
+
+    fn decode_slice(&self, frame: &[u8]) -> Result<String, Error> {
+        match std::str::from_utf8(frame) {
             Ok(text) => Ok(text.to_owned()),
             Err(e) => Err(Error::decode("text", e)),
         }
