@@ -552,7 +552,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ) -> Result<(Client<M, R>, ConnectionHandle), Error>
     where
         Rd: AsyncRead + Send + Unpin + 'static,
-        Wr: AsyncWrite + Send + Unpin + 'static,
+        Wr: crate::transport::SocketWrite + Send + 'static,
     {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
@@ -658,7 +658,7 @@ impl<H: Handler> Starter<H> {
     fn launch<Rd, Wr>(&self, halves: (Rd, Wr), peer: Addr, local: Addr) -> (ConnectionHandle, Task)
     where
         Rd: AsyncRead + Send + Unpin + 'static,
-        Wr: AsyncWrite + Send + Unpin + 'static,
+        Wr: crate::transport::SocketWrite + Send + 'static,
     {
         let conn = self.handle(peer, local);
         conn.greet::<H::Message>(self.config.handshake);

@@ -7,7 +7,8 @@
 //! side](crate::writer) → socket. The two sides share nothing but the
 //! queue, and each is polled on every wake-up of the task, so a write in
 //! progress never stops reading and a handler that waits never stops
-//! writing. The write side is the socket's only writer.
+//! writing. The write side is the socket's writer (on plain TCP, senders
+//! also write through while it holds nothing: see [`crate::outbox`]).
 //!
 //! The connection ends when both sides have ended; when the write side has
 //! ended (our side of the stream is closed) and the peer has not closed its
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 use crate::config::ConnectionConfig;
 use crate::events::EventSink;
@@ -31,6 +32,7 @@ use crate::handle::{ConnectionHandle, Shared};
 use crate::handler::{Closed, Session};
 use crate::reader::ReadSide;
 use crate::signal::Fired;
+use crate::transport::SocketWrite;
 use crate::writer::WriteSide;
 use crate::{CloseReason, Error, Handler};
 
@@ -70,10 +72,13 @@ pub(crate) async fn run<R, W, H>(
     mut on_end: OnEnd,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: SocketWrite,
     H: Handler,
 {
     let conn = handle.inner.clone();
+    if let Some(socket) = write_half.direct(&conn.counters) {
+        conn.outbox.set_direct(socket);
+    }
     // Pinned here, once: `drive` borrows them (a future moved into an
     // awaited one would take room in this task twice).
     let reader = pin!(AssertUnwindSafe(

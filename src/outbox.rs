@@ -5,7 +5,22 @@
 //! `broadcast`, `Client::send`) and its own handler's replies. Senders
 //! encode straight into one byte buffer under a short lock; the
 //! connection's write side takes the whole buffer at once (a swap, no copy)
-//! and is the only writer of the socket, so frames never interleave.
+//! and writes it.
+//!
+//! Writing through: on plain TCP a sending task may write what is queued to
+//! the socket itself, without waiting ([`DirectWrite`]), when the write
+//! side holds nothing (no byte taken and not yet written), *under the
+//! queue's lock*, where the write side takes. So the socket has one writer
+//! at a time, and every byte leaves in queue order: the write side takes
+//! whatever the socket did not take. Frames never interleave. A batch
+//! (`send_all`) always tries; a lone send only if the connection has read
+//! a frame since the last lone send that wrote through
+//! ([`Outbox::read_some`]): in request-reply exchanges that saves the hop
+//! through the connection task, while in a one-way stream lone sends stay
+//! queued and the write side gathers them into large writes. Handler
+//! replies never write through (the write side runs right after the
+//! handler, in the same task). `loom-models/` checks the rule under every
+//! interleaving.
 //!
 //! The bound counts *unsent* bytes: what is queued plus what the write side
 //! has taken but not yet written.
@@ -52,6 +67,21 @@ pub(crate) enum PushError<E> {
     Write(E),
 }
 
+/// A socket a sender may write to itself, without waiting: how a send
+/// writes through the queue while the write side holds nothing (see
+/// [`Outbox::set_direct`]). Plain TCP has one; TLS and other streams do
+/// not (their writes keep state that only the write side may touch).
+pub(crate) trait DirectWrite: Send + Sync + std::fmt::Debug {
+    /// Writes as much of `buf` as the socket takes now, without waiting:
+    /// `WouldBlock` if it takes nothing.
+    ///
+    /// # Errors
+    ///
+    /// The socket's; the write side meets them again and ends the
+    /// connection.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
 /// What the write side gets from [`Outbox::poll_take`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Take {
@@ -83,6 +113,9 @@ pub(crate) struct Outbox {
     /// [`wrote`](Outbox::wrote) lowers the bytes with one that reads the
     /// bit, so one of the two always sees the other.
     flight: AtomicUsize,
+    /// 1 once the connection has read a frame since a lone send last wrote
+    /// through (see [`Outbox::read_some`]).
+    answered: AtomicU8,
 }
 
 /// The top bit of [`Outbox::flight`].
@@ -103,6 +136,8 @@ struct State {
     next_waiter: u64,
     /// The read side, waiting for the replies to drain.
     reader: Option<Waker>,
+    /// The socket, for sends that write through (while open).
+    direct: Option<std::sync::Arc<dyn DirectWrite>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +191,62 @@ impl Outbox {
             writer: AtomicWaker::new(),
             hints: AtomicU8::new(0),
             flight: AtomicUsize::new(0),
+            answered: AtomicU8::new(0),
+        }
+    }
+
+    /// Lets senders write through to `socket` (see [`write_through`]):
+    /// for sockets whose writes keep no state of their own (plain TCP).
+    ///
+    /// [`write_through`]: Self::write_through
+    pub(crate) fn set_direct(&self, socket: std::sync::Arc<dyn DirectWrite>) {
+        let mut state = self.lock();
+        if state.phase == Phase::Open {
+            state.direct = Some(socket);
+        }
+    }
+
+    /// No more writes through (the write side is gone: its socket must not
+    /// outlive it here).
+    pub(crate) fn forget_direct(&self) {
+        self.lock().direct = None;
+    }
+
+    /// For the read side: the connection has read a frame, so the next lone
+    /// send may write through (a request-reply exchange: its sender would
+    /// otherwise wait for the connection task). In a one-way stream lone
+    /// sends stay in the queue, where the write side gathers them into
+    /// large writes.
+    pub(crate) fn read_some(&self) {
+        if self.answered.load(Ordering::Relaxed) == 0 {
+            self.answered.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes what is queued straight to the socket, if it may be written
+    /// through and the write side holds nothing: under the lock, where the
+    /// write side takes, so that the socket has one writer at a time and
+    /// writes the queue's bytes in their order (the write side takes what
+    /// the socket did not). Returns whether anything was written.
+    fn write_through(&self, state: &mut State) -> bool {
+        let Some(socket) = &state.direct else {
+            return false;
+        };
+        if state.queued.is_empty() || self.flight.load(Ordering::Acquire) & !WAITING != 0 {
+            return false;
+        }
+        match socket.try_write(&state.queued) {
+            Ok(n) if n > 0 => {
+                bytes::Buf::advance(&mut state.queued, n);
+                if state.queued.is_empty() && state.queued.capacity() > BATCH_BYTES * 4 {
+                    // After a large frame: do not keep its buffer.
+                    state.queued = BytesMut::new();
+                }
+                true
+            }
+            // Full (or failing): the write side waits for room (or meets
+            // the error) as usual.
+            _ => false,
         }
     }
 
@@ -228,7 +319,14 @@ impl Outbox {
         if self.unsent_of(&state) >= self.limit {
             return Err(PushError::Full);
         }
-        let wake = state.append(write)?;
+        let mut wake = state.append(write)?;
+        if state.direct.is_some()
+            && self.answered.load(Ordering::Relaxed) == 1
+            && self.write_through(&mut state)
+        {
+            self.answered.store(0, Ordering::Relaxed);
+            wake &= !state.queued.is_empty();
+        }
         self.hint(&state);
         drop(state);
         if wake {
@@ -333,12 +431,16 @@ impl Outbox {
             // Closed meanwhile: this batch is not queued.
             return Err(PushError::Closed);
         }
-        let wake = state.queued.is_empty() && !batch.is_empty();
-        if state.queued.is_empty() {
+        let was_empty = state.queued.is_empty();
+        if was_empty {
             state.queued = batch;
         } else {
             state.queued.extend_from_slice(&batch);
         }
+        // A batch is worth a write of its own: through, if the write side
+        // holds nothing.
+        self.write_through(&mut state);
+        let wake = was_empty && !state.queued.is_empty();
         *queued += encoded;
         self.hint(&state);
         drop(state);
@@ -480,6 +582,7 @@ impl Outbox {
         if state.phase == Phase::Open {
             state.phase = Phase::Closed;
         }
+        state.direct = None;
         let waiting = state.waiting();
         drop(state);
         wake_all(waiting);
@@ -490,6 +593,7 @@ impl Outbox {
     pub(crate) fn finish(&self) {
         let mut state = self.lock();
         state.phase = Phase::Finished;
+        state.direct = None;
         self.hint(&state);
         let waiting = state.waiting();
         drop(state);
@@ -503,6 +607,7 @@ impl Outbox {
         let mut state = self.lock();
         state.phase = Phase::Finished;
         state.queued = BytesMut::new();
+        state.direct = None;
         self.flight.store(0, Ordering::Release);
         self.hint(&state);
         let waiting = state.waiting();
@@ -516,6 +621,7 @@ impl Outbox {
     pub(crate) fn drain(&self) -> BytesMut {
         let mut state = self.lock();
         state.phase = Phase::Finished;
+        state.direct = None;
         let queued = std::mem::take(&mut state.queued);
         self.hint(&state);
         let waiting = state.waiting();
@@ -853,5 +959,112 @@ mod tests {
         assert_eq!(outbox.lock().waiters.len(), 1);
         drop(room);
         assert!(outbox.lock().waiters.is_empty());
+    }
+
+    /// A socket that takes at most `room` bytes per write (`WouldBlock`
+    /// when 0) and keeps what it was given.
+    #[derive(Debug, Default)]
+    struct Socket {
+        room: std::sync::Mutex<usize>,
+        wire: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl Socket {
+        fn with_room(room: usize) -> Arc<Self> {
+            Arc::new(Socket {
+                room: std::sync::Mutex::new(room),
+                wire: Default::default(),
+            })
+        }
+
+        fn wire(&self) -> Vec<u8> {
+            self.wire.lock().unwrap().clone()
+        }
+    }
+
+    impl DirectWrite for Socket {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = *self.room.lock().unwrap();
+            if room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(room);
+            self.wire.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_send_never_writes_through_while_the_write_side_holds_bytes() {
+        let outbox = Outbox::new(1024);
+        let socket = Socket::with_room(usize::MAX);
+        outbox.set_direct(socket.clone());
+        // No read yet: a lone send stays queued, for the write side.
+        push(&outbox, b"first ").unwrap();
+        assert!(socket.wire().is_empty());
+        let (_, waker) = counting_waker();
+        let mut taken = BytesMut::new();
+        let cx = &mut Context::from_waker(&waker);
+        assert_eq!(outbox.poll_take(&mut taken, cx), Poll::Ready(Take::Bytes));
+        // The write side holds "first ": a send after a read must not write
+        // ahead of it.
+        outbox.read_some();
+        push(&outbox, b"second ").unwrap();
+        assert!(socket.wire().is_empty(), "wrote ahead of the write side");
+        // The write side writes what it took; then a send after a read
+        // writes through what is queued, in order.
+        socket.try_write(&taken).unwrap();
+        outbox.wrote(taken.len());
+        push(&outbox, b"third ").unwrap();
+        assert_eq!(socket.wire(), b"first second third ");
+        assert_eq!(outbox.unsent(), 0);
+        // That used up the read: the next lone send waits for the write side.
+        push(&outbox, b"fourth").unwrap();
+        assert_eq!(socket.wire(), b"first second third ");
+        assert_eq!(take(&outbox).unwrap(), b"fourth");
+    }
+
+    #[test]
+    fn a_partial_write_through_leaves_the_rest_first_in_line() {
+        let outbox = Outbox::new(1024);
+        let socket = Socket::with_room(4);
+        outbox.set_direct(socket.clone());
+        outbox.read_some();
+        push(&outbox, b"abcdef").unwrap();
+        assert_eq!(socket.wire(), b"abcd");
+        push(&outbox, b"gh").unwrap();
+        // The socket is full now: the write side takes the rest, in order.
+        *socket.room.lock().unwrap() = 0;
+        outbox.read_some();
+        push(&outbox, b"ij").unwrap();
+        assert_eq!(socket.wire(), b"abcd");
+        assert_eq!(take(&outbox).unwrap(), b"efghij");
+    }
+
+    #[test]
+    fn batches_write_through_and_closing_stops_it() {
+        let outbox = Outbox::new(1024);
+        let socket = Socket::with_room(usize::MAX);
+        outbox.set_direct(socket.clone());
+        let items = [b"ab".as_slice(), b"cd".as_slice()];
+        let (queued, pushed) = futures_util::FutureExt::now_or_never(outbox.push_all(
+            items,
+            |item: &[u8], buf: &mut BytesMut| {
+                buf.extend_from_slice(item);
+                Ok::<(), ()>(())
+            },
+        ))
+        .unwrap();
+        assert_eq!((queued, pushed), (2, Ok(())));
+        assert_eq!(socket.wire(), b"abcd");
+        outbox.close();
+        outbox
+            .push_reply(|b| {
+                b.extend_from_slice(b"reply");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(socket.wire(), b"abcd", "wrote through after the close");
+        assert_eq!(take(&outbox).unwrap(), b"reply");
     }
 }

@@ -316,6 +316,9 @@ where
         let mut frames = 0;
         let decoded = self.handle_decoded_frames(&mut frames).await;
         Counters::add(&self.handle.inner.counters.frames_in, frames);
+        if frames > 0 {
+            self.handle.inner.outbox.read_some();
+        }
         if self.buf.is_empty() && self.buf.capacity() >= SHRINK_ABOVE {
             // After a large frame: give the memory back and start small.
             self.buf = BytesMut::new();

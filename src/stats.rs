@@ -23,6 +23,10 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+    /// Of the bytes sent, those that sending tasks wrote to the socket
+    /// themselves, while the connection's write side had nothing in flight
+    /// (plain TCP only; see README, "How a connection works").
+    pub bytes_written_through: u64,
     /// Error events raised (read or dropped).
     pub errors: u64,
     /// Error events dropped because nobody read them.
@@ -47,6 +51,7 @@ pub(crate) struct Counters {
     pub(crate) frames_out: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) bytes_written_through: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) dropped_events: AtomicU64,
     pub(crate) late_replies: AtomicU64,
@@ -79,6 +84,7 @@ impl Counters {
             frames_out: get(&self.frames_out),
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
+            bytes_written_through: get(&self.bytes_written_through),
             errors: get(&self.errors),
             dropped_events: get(&self.dropped_events),
             late_replies: get(&self.late_replies),

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -100,7 +101,7 @@ impl Stream {
         match self {
             Stream::Tcp(tcp) => {
                 let (read, write) = tcp.into_split();
-                (ReadHalf::Tcp(read), WriteHalf::Tcp(write))
+                (ReadHalf::Tcp(read), WriteHalf::Tcp(Arc::new(write)))
             }
             #[cfg(unix)]
             Stream::Unix(unix) => {
@@ -126,11 +127,17 @@ pub(crate) enum ReadHalf {
     Shared(tokio::io::ReadHalf<Stream>),
 }
 
-/// The write half of a [`Stream`]. Dropping it ends our side of a TCP or
-/// Unix stream.
+/// The write half of a [`Stream`]. Dropping it ends our side of a Unix
+/// stream, and of a TCP stream once the outgoing queue has let go of it
+/// too (the queue holds it only while the connection is open).
+///
+/// A TCP half is shared with the connection's outgoing queue, through
+/// which a sender writes through while the write side holds nothing (see
+/// [`crate::outbox`]); both write it through readiness (`poll_write_ready`,
+/// `try_write`), as tokio's own halves do.
 #[derive(Debug)]
 pub(crate) enum WriteHalf {
-    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Tcp(Arc<tokio::net::tcp::OwnedWriteHalf>),
     #[cfg(unix)]
     Unix(tokio::net::unix::OwnedWriteHalf),
     #[cfg(feature = "tls")]
@@ -165,15 +172,101 @@ impl AsyncWrite for WriteHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_write(cx, buf))
+        match self.get_mut() {
+            WriteHalf::Tcp(tcp) => poll_write_tcp(tcp.as_ref().as_ref(), cx, buf),
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            WriteHalf::Shared(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_flush(cx))
+        match self.get_mut() {
+            // TCP writes are not buffered here.
+            WriteHalf::Tcp(_) => Poll::Ready(Ok(())),
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            WriteHalf::Shared(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate_half!(WriteHalf, self, s => Pin::new(s).poll_shutdown(cx))
+        match self.get_mut() {
+            WriteHalf::Tcp(tcp) => {
+                let tcp: &TcpStream = tcp.as_ref().as_ref();
+                Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
+            }
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            WriteHalf::Shared(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One write to a shared TCP half, waiting for room: readiness, then a
+/// write that does not wait (which clears the readiness if the socket is
+/// full).
+fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
+        }
+    }
+}
+
+/// The write half a connection runs on: any writer, and whether senders
+/// may write through to it (see [`crate::outbox`]).
+pub(crate) trait SocketWrite: AsyncWrite + Unpin {
+    /// The socket a sender may write through to, counting what it writes
+    /// in `counters`; `None` (the default) for streams whose writes keep
+    /// state of their own (TLS, a user's stream).
+    fn direct(
+        &self,
+        counters: &Arc<crate::stats::Counters>,
+    ) -> Option<Arc<dyn crate::outbox::DirectWrite>> {
+        let _ = counters;
+        None
+    }
+}
+
+impl<T: AsyncWrite> SocketWrite for tokio::io::WriteHalf<T> {}
+
+impl SocketWrite for WriteHalf {
+    fn direct(
+        &self,
+        counters: &Arc<crate::stats::Counters>,
+    ) -> Option<Arc<dyn crate::outbox::DirectWrite>> {
+        match self {
+            WriteHalf::Tcp(tcp) => Some(Arc::new(DirectTcp {
+                half: tcp.clone(),
+                counters: counters.clone(),
+            })),
+            #[cfg(unix)]
+            WriteHalf::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            WriteHalf::Shared(_) => None,
+        }
+    }
+}
+
+/// A TCP half as the outgoing queue writes through to it.
+#[derive(Debug)]
+struct DirectTcp {
+    half: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    counters: Arc<crate::stats::Counters>,
+}
+
+impl crate::outbox::DirectWrite for DirectTcp {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.half.try_write(buf)?;
+        crate::stats::Counters::add(&self.counters.bytes_out, n as u64);
+        crate::stats::Counters::add(&self.counters.bytes_written_through, n as u64);
+        Ok(n)
     }
 }
 
@@ -332,7 +425,7 @@ pub(crate) trait Accepted: Send + 'static {
     /// The read half.
     type Read: AsyncRead + Unpin + Send + 'static;
     /// The write half.
-    type Write: AsyncWrite + Unpin + Send + 'static;
+    type Write: SocketWrite + Send + 'static;
 
     /// The halves, after a TLS handshake (within `timeout`) if `tls` is set.
     fn open(

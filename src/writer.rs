@@ -1,8 +1,10 @@
-//! A connection's write side: the only writer of its socket.
+//! A connection's write side: the writer of its socket.
 //!
 //! It takes what the outgoing queue holds (everything at once), writes it,
 //! and reports each write back to the queue, which wakes whoever waits for
-//! room. It runs beside the read side, so reading never waits for a write
+//! room. (On plain TCP a sending task may also write what is queued itself,
+//! under the queue's lock, while the write side holds nothing: one writer
+//! at a time, see [`crate::outbox`].) It runs beside the read side, so reading never waits for a write
 //! and a write never waits for a handler. When the queue finishes, it
 //! writes what is left, flushes and ends our side of the stream.
 //!
@@ -92,6 +94,15 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
             self.buf.clear();
         }
         Ok(())
+    }
+}
+
+impl<W> Drop for WriteSide<W> {
+    /// However the write side ends (even dropped with its task), senders
+    /// stop writing through to its socket, so that the socket closes with
+    /// the connection.
+    fn drop(&mut self) {
+        self.conn.outbox.forget_direct();
     }
 }
 

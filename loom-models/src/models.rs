@@ -170,3 +170,71 @@ fn signals_are_never_lost_and_abort_wins() {
         other.join().unwrap();
     });
 }
+
+/// The socket of the write-through model: it takes one byte per write (so
+/// every write through is partial) and fails the model if two writers are
+/// ever inside a write at once.
+#[derive(Debug, Default)]
+struct Socket {
+    wire: loom::sync::Mutex<Vec<u8>>,
+    writers: loom::sync::atomic::AtomicUsize,
+}
+
+impl Socket {
+    fn write(&self, bytes: &[u8]) {
+        use loom::sync::atomic::Ordering::SeqCst;
+        assert_eq!(self.writers.fetch_add(1, SeqCst), 0, "two writers at once");
+        self.wire.lock().unwrap().extend_from_slice(bytes);
+        self.writers.fetch_sub(1, SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct Through(Arc<Socket>);
+
+impl crate::outbox::DirectWrite for Through {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1);
+        self.0.write(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Senders write through to the socket while the write side holds
+/// nothing: the socket still has one writer at a time, and gets the
+/// queue's bytes once each, in their order (the write side takes what a
+/// partial write through left). A lone send writes through only after a
+/// read (`read_some`); a batch whenever the write side holds nothing.
+#[test]
+fn writes_through_never_overlap_the_write_side_and_keep_the_order() {
+    loom::model(|| {
+        let socket = Arc::new(Socket::default());
+        let outbox = Arc::new(Outbox::new(64));
+        outbox.set_direct(std::sync::Arc::new(Through(socket.clone())));
+        let sender = {
+            let outbox = outbox.clone();
+            thread::spawn(move || {
+                outbox.read_some();
+                outbox.try_push(bytes(b"ab")).unwrap();
+                let batch: (u64, Pushed) =
+                    block_on(outbox.push_all([b"cd"], |b, buf| bytes(b)(buf)));
+                batch.1.unwrap();
+                outbox.finish();
+            })
+        };
+        // The write side, writing to the same socket.
+        let mut buf = BytesMut::new();
+        loop {
+            match block_on(poll_fn(|cx| outbox.poll_take(&mut buf, cx))) {
+                Take::Bytes => {
+                    let n = buf.len();
+                    socket.write(&buf.split_to(n));
+                    outbox.wrote(n);
+                }
+                Take::Finished => break,
+            }
+        }
+        sender.join().unwrap();
+        assert_eq!(&socket.wire.lock().unwrap()[..], b"abcd");
+    });
+}
