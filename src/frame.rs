@@ -394,6 +394,7 @@ impl FrameCodec {
         }
     }
 
+    #[inline]
     fn find_delimited(
         &mut self,
         src: &mut BytesMut,
@@ -543,6 +544,7 @@ impl FrameCodec {
         self.bad_escape = None;
     }
 
+    #[inline]
     fn find_length_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
         if self.discard > 0 {
             let n = self.discard.min(src.len());
@@ -689,6 +691,7 @@ impl FrameCodec {
     /// # Errors
     ///
     /// As [`Decoder::decode`] (the bad bytes are already dropped then).
+    #[inline]
     pub(crate) fn next_frame(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
         match self.framing.kind {
             Kind::Delimited {
@@ -716,6 +719,7 @@ impl FrameCodec {
     /// # Errors
     ///
     /// As [`Decoder::decode_eof`].
+    #[inline]
     pub(crate) fn next_frame_eof(&mut self, src: &mut BytesMut) -> Result<Option<Found>, Error> {
         if let Some(found) = self.next_frame(src)? {
             return Ok(Some(found));
@@ -763,6 +767,7 @@ impl Found {
 
     /// Splits the frame off `src` and returns its payload `within` (a
     /// range of [`payload`](Self::payload)) as [`Bytes`], without a copy.
+    #[inline]
     pub(crate) fn split(&self, src: &mut BytesMut, within: std::ops::Range<usize>) -> Bytes {
         let mut frame = src.split_to(self.wire);
         frame.truncate(within.end);
