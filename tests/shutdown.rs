@@ -186,10 +186,10 @@ impl Handler for StopFromInside {
 /// Frames that are in the socket when the shutdown begins must be answered,
 /// however the reads that fetch them fall. A connection gets a budget of
 /// 128 operations per poll (tokio's coop budget): one per read, one per
-/// frame. Here the shutdown begins on the first frame; kilobytes of frames
-/// that need no reply follow, then pings, all in the socket already. The
-/// mix of 3- and 2-byte frames shifts where the budget runs out, over a
-/// whole budget's worth of positions.
+/// 16 frames (so it runs out after about 2,000 frames). Here the shutdown
+/// begins on the first frame; 4,000 frames and more that need no reply
+/// follow, then pings, all in the socket already. The mix of 3- and 2-byte
+/// frames shifts where the budget runs out.
 #[tokio::test(flavor = "current_thread")]
 async fn shutdown_answers_what_has_arrived_wherever_the_budget_runs_out() {
     const PINGS: usize = 10;
