@@ -341,7 +341,7 @@ where
             // A peer flooding tiny frames must not starve other connections:
             // one unit of the task's cooperative budget per
             // FRAMES_PER_BUDGET_UNIT frames.
-            if *frames % FRAMES_PER_BUDGET_UNIT == 0 {
+            if frames.is_multiple_of(FRAMES_PER_BUDGET_UNIT) {
                 tokio::task::consume_budget().await;
             }
             // Replies that are not being read hold the next frame back.
