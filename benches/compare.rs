@@ -1495,7 +1495,7 @@ fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
     let framed_large = pick(&|(_, f)| f.large_bytes_per_conn());
     report.rows.push(Row {
         target: "5",
-        name: None,
+        name: Some("memory_after_large"),
         what: format!(
             "server RSS per conn after {} x {} KiB frames (f/o)",
             config.large_conns,
@@ -1504,7 +1504,7 @@ fn target_scale(plan: &Plan, rt: &Runtime, report: &mut Report) {
         ours: format!("{ours_large:.0} B"),
         baseline: format!("{framed_large:.0} B"),
         value: framed_large / ours_large,
-        goal: None,
+        goal: Some(1.0),
     });
     let ours_time = pick(&|(o, _)| o.total_time().as_secs_f64());
     let framed_time = pick(&|(_, f)| f.total_time().as_secs_f64());
