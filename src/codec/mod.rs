@@ -42,6 +42,12 @@
 //! Decimal.encode(&42, &mut buf).unwrap();
 //! assert_eq!(Decimal.decode(buf.freeze()).unwrap(), 42);
 //! ```
+//!
+//! `Decimal` keeps nothing of the frame, so it could also implement
+//! [`Codec::decode_slice`] and return true from [`Codec::copies_out`]:
+//! connections would then decode its frames where they lie in the read
+//! buffer, without making each a [`Bytes`] (as every built-in codec but
+//! `Raw` for `Bytes` does).
 
 mod bincode;
 mod format;
