@@ -1,9 +1,11 @@
 //! Sends that write through to the socket (plain TCP, while the write side
 //! holds nothing) never interleave frames with the write side's writes, and
 //! keep every sender's order: two chitchat-net peers at full speed in both
-//! directions, lone sends, batches and large frames from several tasks at
-//! once, a server that reads slowly at times (so the socket fills, writes
-//! through are partial or refused, and the write side takes over).
+//! directions (lone sends, batches and large frames from several client
+//! tasks; the server's handler acking each, and a server task streaming to
+//! the client through the connection's handle), a server that reads slowly
+//! at times (so the socket fills, writes through are partial or refused,
+//! and the write side takes over).
 //!
 //! The loom model `writes_through_never_overlap_the_write_side_and_keep_the_order`
 //! (loom-models/) checks the same rule under every interleaving.
@@ -48,6 +50,8 @@ fn numbered(task: u8, seq: u64) -> Numbered {
 const TASKS: u8 = 4;
 /// The task that sends large frames.
 const LARGE: u8 = 3;
+/// The server's own stream to the client.
+const PUSHED: u8 = 9;
 const PER_TASK: u64 = 1_500;
 
 /// Checks each message (intact payload, next in its task's order), every
@@ -119,14 +123,26 @@ async fn writes_through_and_the_write_side_never_interleave_frames() {
     .listen("127.0.0.1:0")
     .await
     .unwrap();
+    // The client counts the acks (empty payloads) and checks the server's
+    // own stream (task PUSHED), which must arrive whole and in order.
     let acks = Arc::new(AtomicU64::new(0));
-    let counted = acks.clone();
+    let pushed = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
+    let (counted, checked) = (acks.clone(), pushed.clone());
     let client = Arc::new(
         Client::<Numbered>::builder()
             .queue_bytes(64 * 1024)
             .handler(handler_fn(
-                move |_ack: Numbered, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-                    counted.fetch_add(1, Ordering::Relaxed);
+                move |msg: Numbered, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+                    if msg.task != PUSHED {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    let mut checked = checked.lock().unwrap();
+                    if msg.seq != checked.0 || msg != numbered(PUSHED, msg.seq) {
+                        let note = format!("pushed seq {} (expected {})", msg.seq, checked.0);
+                        checked.1.push(note);
+                    }
+                    checked.0 = msg.seq + 1;
                     Ok(())
                 },
             ))
@@ -134,6 +150,24 @@ async fn writes_through_and_the_write_side_never_interleave_frames() {
             .await
             .unwrap(),
     );
+    // Meanwhile the server streams to the client from a task of its own,
+    // through the connection's handle: its lone sends write through too
+    // (the connection reads all the time).
+    let on_server = within("the server's side", async {
+        loop {
+            if let Ok(conn) = server.connection(client.local_addr()) {
+                return conn;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let pusher = tokio::spawn(async move {
+        for seq in 0..PER_TASK {
+            on_server.send(&numbered(PUSHED, seq)).await.unwrap();
+        }
+        on_server
+    });
     let done = server.handler().done.notified();
     tokio::pin!(done);
     done.as_mut().enable();
@@ -169,6 +203,19 @@ async fn writes_through_and_the_write_side_never_interleave_frames() {
         }
     })
     .await;
+    within("the server's stream", pusher).await.unwrap();
+    within("every pushed frame", async {
+        while pushed.lock().unwrap().0 < PER_TASK {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let bad = pushed.lock().unwrap().1.clone();
+    assert!(bad.is_empty(), "the server's stream: {bad:?}");
+    assert!(
+        server.stats().bytes_written_through > 0,
+        "the server's sends never wrote through"
+    );
     let stats = client.stats();
     // Both ways of writing were used: sends wrote through, and the write
     // side wrote what they could not.
