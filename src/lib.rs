@@ -87,17 +87,24 @@
 //!
 //! # Where things live
 //!
-//! - [`frame`]: [`Framing`] and [`FrameCodec`], bytes ⇄ frames (pure).
-//! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure).
-//! - [`Handler`], [`Context`], [`handler_fn`]: what users write.
-//! - [`TypedCodec`]: typed messages for a [`Framed`](tokio_util::codec::Framed)
+//! The source is a stack of layers, bottom to top (README "Layout"); the
+//! public items of each are re-exported here.
+//!
+//! - Plain values: [`Addr`] (who a peer is), [`CloseReason`], [`Stats`].
+//! - The wire format (pure): [`frame`] with [`Framing`] and [`FrameCodec`],
+//!   bytes ⇄ frames; [`envelope`], the request envelope; the hello of the
+//!   [`handshake`]; and [`Error`], the one error type.
+//! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure);
+//!   [`TypedCodec`]: typed messages for a [`Framed`](tokio_util::codec::Framed)
 //!   you drive yourself, on our framing and codecs (pure).
-//! - [`Server`], [`Client`], [`ConnectionHandle`], [`ConnectionId`]: the runtime on tokio, over
-//!   TCP, TLS (feature `tls`), on Unix a Unix-domain socket
-//!   ([`ServerBuilder::listen_unix`]), or any `AsyncRead + AsyncWrite` stream
-//!   ([`ClientBuilder::connect_io`], [`ServerBuilder::serve`]); peers are named by
-//!   an [`Addr`].
-//! - [`ErrorEvents`]: the bounded stream of error events.
+//! - Transports: TCP, TLS (feature `tls`, module `tls`), on Unix a Unix-domain
+//!   socket ([`ServerBuilder::listen_unix`]), or any `AsyncRead + AsyncWrite`
+//!   stream ([`ClientBuilder::connect_io`], [`ServerBuilder::serve`]).
+//! - One connection: [`Handler`], [`Context`], [`handler_fn`] (what users
+//!   write), [`ConnectionHandle`], [`ConnectionId`], [`Options`], and
+//!   [`ErrorEvents`], the bounded stream of error events.
+//! - [`Client`] (with [`Reconnect`] and [`WhileDown`]) and [`Server`]: the
+//!   runtime on tokio.
 //! - [`heartbeat`]: a reusable heartbeat monitor and responder.
 //! - [`derive@Message`], [`derive@Handler`] (feature `derive`, on by default).
 #![forbid(unsafe_code)]
@@ -109,67 +116,55 @@
 )]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
-mod addr;
+// The layers, bottom to top (README "Layout"; `.ci/check-layers` checks
+// that each imports only the ones below it, never through this root).
+mod base;
 mod client;
 pub mod codec;
-mod config;
-mod connection;
-pub mod envelope;
-mod error;
-mod events;
-pub mod frame;
-mod handle;
-mod handler;
-pub mod handshake;
+mod conn;
 pub mod heartbeat;
-mod link;
-#[macro_use]
-mod options;
-mod op_error;
-mod outbox;
-mod reader;
-mod receive;
-mod reconnect;
-mod requests;
 mod server;
-mod signal;
-mod stats;
-mod sync;
-#[cfg(feature = "tls")]
-pub mod tls;
 mod transport;
-mod typed_codec;
 mod wire;
-mod writer;
+
+// The public modules that live in a layer's folder, at their public paths.
+pub use crate::conn::handshake;
+#[cfg(feature = "tls")]
+pub use crate::transport::tls;
+pub use crate::wire::{envelope, frame};
 
 #[cfg(unix)]
-pub use crate::addr::UnixAddr;
-pub use crate::addr::{Addr, ConnectAddr};
+pub use crate::base::addr::UnixAddr;
+pub use crate::base::addr::{Addr, ConnectAddr};
+pub use crate::base::close::CloseReason;
+pub use crate::base::stats::Stats;
+pub use crate::client::link::WhileDown;
+pub use crate::client::reconnect::{
+    Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
+};
 pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
+pub use crate::codec::typed_codec::TypedCodec;
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
     Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, SizeMismatch, Text,
     TrailingBytes, DEFAULT_BINCODE_LIMIT,
 };
-pub use crate::config::{
-    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_WRITE_STALL_TIMEOUT,
+pub use crate::conn::config::{
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_STALL_TIMEOUT,
 };
-pub use crate::error::{BoxError, Error, Report};
-pub use crate::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
-pub use crate::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
-pub use crate::handle::{CloseReason, ConnectionHandle, ConnectionId};
-pub use crate::handler::{handler_fn, Closed, Context, Dispatch, Handler, HandlerFn, Replier};
-pub use crate::link::WhileDown;
-pub use crate::op_error::{ConnectError, RequestError, SendError, TrySendError};
-pub use crate::options::Options;
-pub use crate::receive::Inbox;
-pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
+pub use crate::conn::events::{ErrorEvent, ErrorEvents, DEFAULT_EVENT_CAPACITY};
+pub use crate::conn::handle::{ConnectionHandle, ConnectionId};
+pub use crate::conn::handler::{
+    handler_fn, Closed, Context, Dispatch, Handler, HandlerFn, Replier,
+};
+pub use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
+pub use crate::conn::options::Options;
+pub use crate::conn::receive::Inbox;
 pub use crate::server::{Server, ServerBuilder};
-pub use crate::stats::Stats;
-pub use crate::typed_codec::TypedCodec;
-pub use crate::wire::DEFAULT_MAX_IN_FLIGHT;
+pub use crate::wire::error::{BoxError, Error, Report};
+pub use crate::wire::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 
 #[cfg(feature = "derive")]
 pub use chitchat_net_derive::{Handler, Message};

@@ -12,7 +12,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
-/// loom's primitives under the names `outbox.rs` and `signal.rs` import.
+/// loom's primitives under the names `outbox.rs` and `signal.rs` import
+/// (as `crate::conn::sync`).
 mod sync {
     pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Mutex, MutexGuard};
@@ -47,12 +48,27 @@ mod sync {
 }
 
 #[allow(dead_code)]
-#[path = "../../src/outbox.rs"]
+#[path = "../../src/conn/outbox.rs"]
 mod outbox;
 
 #[allow(dead_code)]
-#[path = "../../src/signal.rs"]
+#[path = "../../src/conn/signal.rs"]
 mod signal;
+
+#[path = "../../src/transport/direct.rs"]
+mod direct;
+
+/// The paths the compiled files name (`crate::conn::sync`,
+/// `crate::transport::direct`), as in chitchat-net's `src/`.
+mod conn {
+    #[allow(unused_imports)] // the models use outbox and signal, the lib only sync
+    pub(crate) use super::{outbox, signal, sync};
+}
+
+/// See [`conn`].
+mod transport {
+    pub(crate) use super::direct;
+}
 
 #[cfg(all(test, loom))]
 mod models;

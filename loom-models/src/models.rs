@@ -8,8 +8,8 @@ use loom::future::block_on;
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::outbox::{Outbox, PushError, Take};
-use crate::signal::{Fired, Signal};
+use crate::conn::outbox::{Outbox, PushError, Take};
+use crate::conn::signal::{Fired, Signal};
 
 type Pushed = Result<(), PushError<()>>;
 
@@ -192,7 +192,7 @@ impl Socket {
 #[derive(Debug)]
 struct Through(Arc<Socket>);
 
-impl crate::outbox::DirectWrite for Through {
+impl crate::transport::direct::DirectWrite for Through {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(1);
         self.0.write(&buf[..n]);

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Codec, SerdeFormat};
-use crate::Error;
+use crate::wire::error::Error;
 
 /// The default decode limit of [`Bincode`]: 1 MiB, the default maximum frame
 /// length.
@@ -256,7 +256,7 @@ pub(super) mod guard {
     use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 
     use super::DepthLimitExceeded;
-    use crate::{BoxError, Error};
+    use crate::wire::error::{BoxError, Error};
 
     #[derive(Clone, Copy)]
     pub(in crate::codec) struct Limits {

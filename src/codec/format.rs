@@ -32,7 +32,7 @@ pub fn tagged_codec<T: TaggedEnum>(format: Format) -> &'static dyn Codec<T> {
     match format {
         Format::Bincode => &Tagged::<Bincode>::NEW,
         #[cfg(feature = "postcard")]
-        Format::Postcard => &Tagged::<crate::Postcard>::NEW,
+        Format::Postcard => &Tagged::<crate::codec::Postcard>::NEW,
     }
 }
 
@@ -45,6 +45,6 @@ where
     match format {
         Format::Bincode => &Bincode,
         #[cfg(feature = "postcard")]
-        Format::Postcard => &crate::Postcard,
+        Format::Postcard => &crate::codec::Postcard,
     }
 }

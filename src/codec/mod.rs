@@ -1,3 +1,7 @@
+// The codec layer (this folder): frames ⇄ typed values, pure; and
+// `TypedCodec` (typed_codec.rs), typed messages for a `Framed` of your own.
+// May import: `wire`, `base`. Nothing above (`.ci/check-layers` checks it).
+
 //! Codecs: frames ⇄ typed values (pure, no I/O).
 //!
 //! A [`Codec`] turns a value into a frame's payload and back; a [`Message`]
@@ -57,6 +61,7 @@ mod postcard;
 mod raw;
 mod tagged;
 mod text;
+pub(crate) mod typed_codec;
 
 pub use self::bincode::{
     Bincode, BincodeWithLimit, DepthLimitExceeded, DEFAULT_BINCODE_LIMIT, DEFAULT_MAX_DEPTH,
@@ -71,7 +76,7 @@ pub use self::text::Text;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::Error;
+use crate::wire::error::Error;
 
 /// Turns values of type `T` into frame payloads and back.
 ///
@@ -181,7 +186,7 @@ pub trait Message: Sized + Send + 'static {
     /// shape (see [`handshake`](crate::handshake) for what it covers); by
     /// hand, build one with
     /// [`FingerprintBuilder`](crate::handshake::FingerprintBuilder).
-    fn fingerprint() -> Option<crate::handshake::Fingerprint> {
+    fn fingerprint() -> Option<crate::wire::hello::Fingerprint> {
         None
     }
 }

@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Codec;
-use crate::Error;
+use crate::wire::error::Error;
 
 /// Any [`bytemuck::Pod`] type, written as its in-memory bytes.
 ///

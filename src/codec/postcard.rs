@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::bincode::guard;
 use super::{Codec, SerdeFormat, DEFAULT_MAX_DEPTH};
-use crate::Error;
+use crate::wire::error::Error;
 
 /// Serde types in postcard, a maintained compact serde format.
 ///

@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Codec;
-use crate::Error;
+use crate::wire::error::Error;
 
 /// Raw bytes: the frame is the value. Not binary in the framing sense (it
 /// gets raw delimited framing by default, as in the Go original).

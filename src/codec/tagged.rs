@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Bincode, Codec};
-use crate::Error;
+use crate::wire::error::Error;
 
 /// A serde format that can write and read values back to back, as
 /// [`Tagged`] needs: [`Bincode`], [`BincodeWithLimit`](super::BincodeWithLimit), `Postcard`

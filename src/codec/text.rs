@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Codec;
-use crate::Error;
+use crate::wire::error::Error;
 
 /// UTF-8 text as [`String`]. Invalid UTF-8 is a decode error.
 ///

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Bincode, Message};
 use crate::codec::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
-use crate::{Bincode, Error, Message};
+use crate::wire::error::Error;
 
 /// A heartbeat: the monitor sends `Ping`, the node answers `Pong` with the
 /// same sequence number. Tags are pinned: `Ping` is 0, `Pong` is 1.

@@ -1,3 +1,8 @@
+// The heartbeat layer (this folder), the top one: a monitor and the node
+// side, built on the public runtime. May import every layer: `client`,
+// `server`, `conn`, `transport`, `codec`, `wire`, `base`
+// (`.ci/check-layers` checks the layering).
+
 //! Heartbeats: a [`Monitor`] that checks peers every interval with a
 //! [`Probe`] and reports their state changes, and the node side: a
 //! [`Responder`] that answers pings and [`KeepRegistered`] that keeps the

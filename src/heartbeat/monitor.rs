@@ -18,9 +18,13 @@ use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
 use super::probe::{BeatProbe, Dialer, Probe};
 use super::Register;
-use crate::{
-    Addr, BoxError, Client, Codec, Context, Error, Framing, Handler, Server, ServerBuilder,
-};
+use crate::base::addr::Addr;
+use crate::client::Client;
+use crate::codec::Codec;
+use crate::conn::handler::{Context, Handler};
+use crate::server::{Server, ServerBuilder};
+use crate::wire::error::{BoxError, Error};
+use crate::wire::frame::Framing;
 
 /// Peer events buffered for a reader before new ones are dropped.
 const EVENT_CAPACITY: usize = 1024;
@@ -437,7 +441,7 @@ impl<P: Probe> Monitor<P> {
     /// [`Error::Io`] if the address cannot be bound.
     pub async fn listen_registrations(
         &self,
-        addr: impl crate::ConnectAddr,
+        addr: impl crate::base::addr::ConnectAddr,
     ) -> Result<Server<Registrar>, Error> {
         self.registration_server().listen(addr).await
     }
@@ -572,7 +576,7 @@ async fn check_peer<P: Probe>(shared: Arc<Shared<P>>, addr: SocketAddr, stop: Ca
             }
             failed => {
                 let why = match failed {
-                    Ok(Err(error)) => crate::error::Report(&error).to_string(),
+                    Ok(Err(error)) => crate::wire::error::Report(&error).to_string(),
                     _ => format!("no answer within {:?}", config.timeout()),
                 };
                 tracing::debug!(seq, %why, "heartbeat missed");
@@ -677,7 +681,7 @@ impl<P: Probe> Registry for Arc<Shared<P>> {
             let addr = SocketAddr::new(ip, port);
             (addr.to_string(), addr)
         } else {
-            let codec = <<Register as crate::Message>::Codec as Default>::default();
+            let codec = <<Register as crate::codec::Message>::Codec as Default>::default();
             let registration: Register = match codec.decode(Bytes::copy_from_slice(bytes)) {
                 Ok(registration) => registration,
                 Err(error) => {

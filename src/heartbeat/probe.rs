@@ -10,7 +10,9 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Beat;
-use crate::{Client, ClientBuilder, Framing, Message};
+use crate::client::{Client, ClientBuilder};
+use crate::codec::Message;
+use crate::wire::frame::Framing;
 
 /// The Go original's ping line.
 pub(crate) const TEXT_PING: &str = "heartbeat ping";

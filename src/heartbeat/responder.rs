@@ -12,7 +12,13 @@ use tracing::Instrument;
 
 use super::probe::{Dialer, TEXT_PING, TEXT_PONG};
 use super::{Beat, Register};
-use crate::{Addr, BoxError, Client, Context, Error, Framing, Handler, Message, Reconnect};
+use crate::base::addr::Addr;
+use crate::client::reconnect::Reconnect;
+use crate::client::Client;
+use crate::codec::Message;
+use crate::conn::handler::{Context, Handler};
+use crate::wire::error::{BoxError, Error};
+use crate::wire::frame::Framing;
 
 /// Pings answered and when the last one came, shared by a responder's
 /// clones.
@@ -147,7 +153,7 @@ impl Handler for TextResponder {
 /// [`Error::Io`] or [`Error::ConnectTimeout`] if the monitor cannot be
 /// reached; `InvalidInput` if `node` is not a TCP address.
 pub async fn register(
-    monitor: impl crate::ConnectAddr,
+    monitor: impl crate::base::addr::ConnectAddr,
     name: impl Into<String>,
     node: impl Into<Addr>,
 ) -> Result<(), Error> {
@@ -178,7 +184,7 @@ pub async fn register(
 ///
 /// [`Error::Io`] or [`Error::ConnectTimeout`] if the monitor cannot be
 /// reached.
-pub async fn register_go(monitor: impl crate::ConnectAddr) -> Result<(), Error> {
+pub async fn register_go(monitor: impl crate::base::addr::ConnectAddr) -> Result<(), Error> {
     let client = Client::<String>::builder()
         .framing(Framing::eof())
         .connect(monitor)
@@ -345,7 +351,7 @@ impl KeepRegisteredBuilder {
         let registered = Arc::new(AtomicU64::new(0));
         let seed = self
             .seed
-            .unwrap_or_else(|| (crate::reconnect::jitter() * u64::MAX as f64) as u64);
+            .unwrap_or_else(|| (crate::client::reconnect::jitter() * u64::MAX as f64) as u64);
         let keeper = Keeper {
             backoff: self.backoff.unwrap_or_else(|| {
                 Reconnect::new()
@@ -426,7 +432,7 @@ impl Keeper {
                         self.interval
                     }
                     Ok(Err(error)) => {
-                        tracing::debug!(error = %crate::error::Report(&error), "registration failed");
+                        tracing::debug!(error = %crate::wire::error::Report(&error), "registration failed");
                         Duration::ZERO
                     }
                     Err(_) => {

@@ -14,8 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::addr::sealed::Target;
-use crate::Addr;
+use crate::base::addr::sealed::Target;
+use crate::base::addr::Addr;
 
 /// A connected byte stream.
 #[derive(Debug)]
@@ -133,7 +133,7 @@ pub(crate) enum ReadHalf {
 ///
 /// A TCP half is shared with the connection's outgoing queue, through
 /// which a sender writes through while the write side holds nothing (see
-/// [`crate::outbox`]); both write it through readiness (`poll_write_ready`,
+/// [`crate::conn::outbox`]); both write it through readiness (`poll_write_ready`,
 /// `try_write`), as tokio's own halves do.
 #[derive(Debug)]
 pub(crate) enum WriteHalf {
@@ -220,15 +220,15 @@ fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
 }
 
 /// The write half a connection runs on: any writer, and whether senders
-/// may write through to it (see [`crate::outbox`]).
+/// may write through to it (see [`crate::conn::outbox`]).
 pub(crate) trait SocketWrite: AsyncWrite + Unpin {
     /// The socket a sender may write through to, counting what it writes
     /// in `counters`; `None` (the default) for streams whose writes keep
     /// state of their own (TLS, a user's stream).
     fn direct(
         &self,
-        counters: &Arc<crate::stats::Counters>,
-    ) -> Option<Arc<dyn crate::outbox::DirectWrite>> {
+        counters: &Arc<crate::base::stats::Counters>,
+    ) -> Option<Arc<dyn crate::transport::direct::DirectWrite>> {
         let _ = counters;
         None
     }
@@ -239,8 +239,8 @@ impl<T: AsyncWrite> SocketWrite for tokio::io::WriteHalf<T> {}
 impl SocketWrite for WriteHalf {
     fn direct(
         &self,
-        counters: &Arc<crate::stats::Counters>,
-    ) -> Option<Arc<dyn crate::outbox::DirectWrite>> {
+        counters: &Arc<crate::base::stats::Counters>,
+    ) -> Option<Arc<dyn crate::transport::direct::DirectWrite>> {
         match self {
             WriteHalf::Tcp(tcp) => Some(Arc::new(DirectTcp {
                 half: tcp.clone(),
@@ -258,14 +258,14 @@ impl SocketWrite for WriteHalf {
 #[derive(Debug)]
 struct DirectTcp {
     half: Arc<tokio::net::tcp::OwnedWriteHalf>,
-    counters: Arc<crate::stats::Counters>,
+    counters: Arc<crate::base::stats::Counters>,
 }
 
-impl crate::outbox::DirectWrite for DirectTcp {
+impl crate::transport::direct::DirectWrite for DirectTcp {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         let n = self.half.try_write(buf)?;
-        crate::stats::Counters::add(&self.counters.bytes_out, n as u64);
-        crate::stats::Counters::add(&self.counters.bytes_written_through, n as u64);
+        crate::base::stats::Counters::add(&self.counters.bytes_out, n as u64);
+        crate::base::stats::Counters::add(&self.counters.bytes_written_through, n as u64);
         Ok(n)
     }
 }
@@ -332,7 +332,7 @@ pub(crate) async fn accept(
     socket: Socket,
     tls: Option<&ServerTls>,
     timeout: std::time::Duration,
-) -> Result<Stream, crate::Error> {
+) -> Result<Stream, crate::wire::error::Error> {
     let tcp = match socket {
         Socket::Tcp(tcp) => tcp,
         #[cfg(unix)]
@@ -373,7 +373,7 @@ impl ServerTls {
         &self,
         io: S,
         timeout: std::time::Duration,
-    ) -> Result<ServerTlsStream<S>, crate::Error>
+    ) -> Result<ServerTlsStream<S>, crate::wire::error::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -381,8 +381,8 @@ impl ServerTls {
         {
             match tokio::time::timeout(timeout, self.acceptor.accept(io)).await {
                 Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(error)) => Err(crate::Error::Tls(error)),
-                Err(_) => Err(crate::Error::Tls(io::Error::new(
+                Ok(Err(error)) => Err(crate::wire::error::Error::Tls(error)),
+                Err(_) => Err(crate::wire::error::Error::Tls(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no TLS handshake within {timeout:?}"),
                 ))),
@@ -399,7 +399,10 @@ impl ServerTls {
 impl ClientTls {
     /// The client's TLS handshake over `io` (bounded by the caller's
     /// connect timeout).
-    pub(crate) async fn connect<S>(&self, io: S) -> Result<ClientTlsStream<S>, crate::Error>
+    pub(crate) async fn connect<S>(
+        &self,
+        io: S,
+    ) -> Result<ClientTlsStream<S>, crate::wire::error::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -407,7 +410,7 @@ impl ClientTls {
         {
             match self.connector.connect(self.server_name.clone(), io).await {
                 Ok(stream) => Ok(stream),
-                Err(error) => Err(crate::Error::Tls(error)),
+                Err(error) => Err(crate::wire::error::Error::Tls(error)),
             }
         }
         #[cfg(not(feature = "tls"))]
@@ -432,7 +435,9 @@ pub(crate) trait Accepted: Send + 'static {
         self,
         tls: Option<ServerTls>,
         timeout: std::time::Duration,
-    ) -> impl std::future::Future<Output = Result<(Self::Read, Self::Write), crate::Error>> + Send;
+    ) -> impl std::future::Future<
+        Output = Result<(Self::Read, Self::Write), crate::wire::error::Error>,
+    > + Send;
 }
 
 impl Accepted for Socket {
@@ -443,7 +448,7 @@ impl Accepted for Socket {
         self,
         tls: Option<ServerTls>,
         timeout: std::time::Duration,
-    ) -> Result<(ReadHalf, WriteHalf), crate::Error> {
+    ) -> Result<(ReadHalf, WriteHalf), crate::wire::error::Error> {
         self.set_nodelay()?;
         Ok(accept(self, tls.as_ref(), timeout).await?.split())
     }
@@ -469,7 +474,7 @@ where
         self,
         tls: Option<ServerTls>,
         timeout: std::time::Duration,
-    ) -> Result<(Self::Read, Self::Write), crate::Error> {
+    ) -> Result<(Self::Read, Self::Write), crate::wire::error::Error> {
         let stream = match tls {
             Some(tls) => MaybeTls::Left(tls.accept(self.0, timeout).await?),
             None => MaybeTls::Right(self.0),
@@ -483,7 +488,7 @@ where
 pub(crate) async fn connect(
     tcp: TcpStream,
     tls: Option<&ClientTls>,
-) -> Result<Stream, crate::Error> {
+) -> Result<Stream, crate::wire::error::Error> {
     let Some(tls) = tls else {
         return Ok(Stream::Tcp(tcp));
     };
@@ -503,36 +508,36 @@ pub(crate) async fn connect(
 pub(crate) async fn dial(
     target: Target,
     tls: Option<&ClientTls>,
-) -> Result<(Stream, Addr, Addr), crate::Error> {
+) -> Result<(Stream, Addr, Addr), crate::wire::error::Error> {
     let tcp = match target {
         Target::Name(name) => TcpStream::connect(&name)
             .await
-            .map_err(|e| crate::error::io_context(format_args!("connect to {name}"), e))?,
+            .map_err(|e| crate::wire::error::io_context(format_args!("connect to {name}"), e))?,
         Target::Tcp(addrs) => TcpStream::connect(&addrs[..]).await.map_err(|e| {
             let to = addrs.iter().map(ToString::to_string).collect::<Vec<_>>();
-            crate::error::io_context(format_args!("connect to {}", to.join(" or ")), e)
+            crate::wire::error::io_context(format_args!("connect to {}", to.join(" or ")), e)
         })?,
         #[cfg(unix)]
         Target::Unix(path) => {
             if tls.is_some() {
-                return Err(crate::Error::Io(io::Error::new(
+                return Err(crate::wire::error::Error::Io(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "TLS is not supported on Unix-domain sockets",
                 )));
             }
             let unix = UnixStream::connect(&path).await.map_err(|e| {
-                crate::error::io_context(format_args!("connect to {}", path.display()), e)
+                crate::wire::error::io_context(format_args!("connect to {}", path.display()), e)
             })?;
             let addr = |addr: io::Result<tokio::net::unix::SocketAddr>| {
                 let addr = addr.ok();
                 let path = addr.as_ref().and_then(|addr| addr.as_pathname());
-                Addr::Unix(crate::UnixAddr::named(path))
+                Addr::Unix(crate::base::addr::UnixAddr::named(path))
             };
             let (peer, local) = (addr(unix.peer_addr()), addr(unix.local_addr()));
             return Ok((Stream::Unix(unix), peer, local));
         }
         Target::Named(name) => {
-            return Err(crate::Error::Io(io::Error::new(
+            return Err(crate::wire::error::Error::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("`{name}` names a stream, not a socket: connect over the stream with `connect_io`"),
             )));
@@ -585,7 +590,9 @@ impl Listener {
             #[cfg(unix)]
             Listener::Unix { listener, .. } => {
                 let addr = listener.local_addr()?;
-                Ok(Addr::Unix(crate::UnixAddr::named(addr.as_pathname())))
+                Ok(Addr::Unix(crate::base::addr::UnixAddr::named(
+                    addr.as_pathname(),
+                )))
             }
         }
     }
@@ -604,7 +611,7 @@ impl Listener {
                 let (unix, peer) = listener.accept().await?;
                 *last_id += 1;
                 let cred = unix.peer_cred().ok();
-                let peer = crate::UnixAddr::peer(*last_id, peer.as_pathname(), cred);
+                let peer = crate::base::addr::UnixAddr::peer(*last_id, peer.as_pathname(), cred);
                 Ok((Socket::Unix(unix), Addr::Unix(peer)))
             }
         }

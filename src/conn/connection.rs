@@ -2,13 +2,13 @@
 //! together over the split stream. Servers and clients both run their
 //! connections with it.
 //!
-//! A frame's way: socket → [read side](crate::reader) → frame decoder →
-//! codec → handler → [outgoing queue](crate::outbox) → [write
-//! side](crate::writer) → socket. The two sides share nothing but the
+//! A frame's way: socket → [read side](crate::conn::reader) → frame decoder →
+//! codec → handler → [outgoing queue](crate::conn::outbox) → [write
+//! side](crate::conn::writer) → socket. The two sides share nothing but the
 //! queue, and each is polled on every wake-up of the task, so a write in
 //! progress never stops reading and a handler that waits never stops
 //! writing. The write side is the socket's writer (on plain TCP, senders
-//! also write through while it holds nothing: see [`crate::outbox`]).
+//! also write through while it holds nothing: see [`crate::conn::outbox`]).
 //!
 //! The connection ends when both sides have ended; when the write side has
 //! ended (our side of the stream is closed) and the peer has not closed its
@@ -26,15 +26,17 @@ use std::task::Poll;
 use futures_util::FutureExt;
 use tokio::io::AsyncRead;
 
-use crate::config::ConnectionConfig;
-use crate::events::EventSink;
-use crate::handle::{ConnectionHandle, Shared};
-use crate::handler::{Closed, Session};
-use crate::reader::ReadSide;
-use crate::signal::Fired;
-use crate::transport::SocketWrite;
-use crate::writer::WriteSide;
-use crate::{CloseReason, Error, Handler};
+use crate::base::close::CloseReason;
+use crate::conn::config::ConnectionConfig;
+use crate::conn::events::EventSink;
+use crate::conn::handle::{ConnectionHandle, Shared};
+use crate::conn::handler::Handler;
+use crate::conn::handler::{Closed, Session};
+use crate::conn::reader::ReadSide;
+use crate::conn::signal::Fired;
+use crate::conn::writer::WriteSide;
+use crate::transport::stream::SocketWrite;
+use crate::wire::error::Error;
 
 /// Runs a closure once: how a server takes a connection out of its table
 /// however the connection ends (even before it started, if a TLS handshake
@@ -108,7 +110,7 @@ pub(crate) async fn run<R, W, H>(
     match ended {
         Ok(_) | Err(Error::Closed) => tracing::debug!(?reason, "connection closed"),
         Err(error) => {
-            tracing::debug!(?reason, error = %crate::Report(&error), "connection closed");
+            tracing::debug!(?reason, error = %crate::wire::error::Report(&error), "connection closed");
             events.report(Some(conn.peer.clone()), error);
         }
     }
@@ -226,14 +228,21 @@ mod tests {
             .unwrap();
         let _guard = rt.enter();
         let (stream, _peer) = tokio::io::duplex(64);
-        let wire = crate::wire::Wire::new(crate::Framing::lines(), false, Vec::new());
-        let addr: crate::Addr = "127.0.0.1:1"
+        let wire =
+            crate::conn::wire::Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
+        let addr: crate::base::addr::Addr = "127.0.0.1:1"
             .parse::<std::net::SocketAddr>()
             .unwrap()
             .into();
-        let handle =
-            crate::ConnectionHandle::new(addr.clone(), addr, wire, 1024, Default::default());
-        let (events, _) = crate::events::event_channel(1, Default::default(), Default::default());
+        let handle = crate::conn::handle::ConnectionHandle::new(
+            addr.clone(),
+            addr,
+            wire,
+            1024,
+            Default::default(),
+        );
+        let (events, _) =
+            crate::conn::events::event_channel(1, Default::default(), Default::default());
         let on_end = super::OnEnd::new(|| ());
         let handler = std::sync::Arc::new(());
         let halves = tokio::io::split(stream);

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::handle::ConnectionHandle;
-use crate::stats::Counters;
+use crate::base::stats::Counters;
+use crate::conn::handle::ConnectionHandle;
 
 /// What happens to messages sent while a reconnecting client is
 /// disconnected.

@@ -41,8 +41,9 @@
 //! still taken); finished (nothing more is taken; the write side writes
 //! what is left, then ends).
 //!
-//! This file imports nothing of the runtime, so that `loom-models/` can
-//! check its protocol under every interleaving.
+//! This file imports nothing of the runtime but its sync primitives
+//! (`conn/sync.rs`) and the [`DirectWrite`] trait (`transport/direct.rs`),
+//! so that `loom-models/` can check its protocol under every interleaving.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,7 +51,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 
-use crate::sync::{AtomicU8, AtomicUsize, AtomicWaker, Mutex, MutexGuard, Ordering};
+use crate::conn::sync::{AtomicU8, AtomicUsize, AtomicWaker, Mutex, MutexGuard, Ordering};
+use crate::transport::direct::DirectWrite;
 
 /// Wire bytes a batch send encodes under one lock before it lets the write
 /// side take them.
@@ -65,21 +67,6 @@ pub(crate) enum PushError<E> {
     Full,
     /// The writing closure failed; nothing of it was queued.
     Write(E),
-}
-
-/// A socket a sender may write to itself, without waiting: how a send
-/// writes through the queue while the write side holds nothing (see
-/// [`Outbox::set_direct`]). Plain TCP has one; TLS and other streams do
-/// not (their writes keep state that only the write side may touch).
-pub(crate) trait DirectWrite: Send + Sync + std::fmt::Debug {
-    /// Writes as much of `buf` as the socket takes now, without waiting:
-    /// `WouldBlock` if it takes nothing.
-    ///
-    /// # Errors
-    ///
-    /// The socket's; the write side meets them again and ends the
-    /// connection.
-    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
 }
 
 /// What the write side gets from [`Outbox::poll_take`].

@@ -2,7 +2,7 @@
 //! [`Options`] type, and the same setters on [`ServerBuilder`](crate::ServerBuilder)
 //! and [`ClientBuilder`](crate::ClientBuilder), written once here.
 
-use crate::config::ConnectionConfig;
+use crate::conn::config::ConnectionConfig;
 
 /// The settings every connection has, whether a server accepted it or a
 /// client made it. Both builders take them whole with `.options(..)`, and
@@ -55,7 +55,7 @@ macro_rules! connection_options {
         /// length (default: [`Framing::lines`](crate::Framing::lines), 1 MiB;
         /// with a delimiter, each message is escaped or raw as its type's
         /// codec needs).
-        pub fn framing(mut self, framing: crate::Framing) -> Self {
+        pub fn framing(mut self, framing: crate::wire::frame::Framing) -> Self {
             self.config.framing = framing;
             self
         }

@@ -17,19 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::wire::Wire;
-use crate::Error;
-
-/// How replies are matched to requests on a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Matching {
-    /// Requests are not enabled.
-    Off,
-    /// By the id in the request envelope.
-    Ids,
-    /// The next frame answers the oldest request.
-    Ordered,
-}
+use crate::conn::wire::{Matching, Wire};
+use crate::wire::error::Error;
 
 /// Decodes a reply (or takes the error that replaces it) and hands it to
 /// the waiting task; returns whether anyone still waited.
@@ -145,6 +134,11 @@ impl Registering<'_> {
 }
 
 impl Requests {
+    /// The table for a connection's requests, if requests are on.
+    pub(crate) fn of(wire: &Wire) -> Option<Box<Requests>> {
+        (wire.matching() != Matching::Off).then(|| Box::new(Requests::new(wire.max_in_flight())))
+    }
+
     /// No request in flight; at most `max_in_flight` at a time.
     pub(crate) fn new(max_in_flight: usize) -> Self {
         Requests {

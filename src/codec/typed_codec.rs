@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{Codec, Error, FrameCodec, Framing, Message};
+use crate::codec::{Codec, Message};
+use crate::wire::error::Error;
+use crate::wire::frame::{FrameCodec, Framing};
 
 /// A [`Decoder`] of received messages (`In`) and an [`Encoder`] of sent ones
 /// (`Out`), for [`tokio_util::codec::Framed`], `FramedRead` and
@@ -198,7 +200,7 @@ impl<Out: Message, In: Message> Encoder<&Out> for TypedCodec<Out, In> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{default_is_binary, Wire};
+    use crate::conn::wire::{default_is_binary, Wire};
     use bytes::Bytes;
 
     /// What a chitchat-net connection writes for `msg`, sending `M`.
@@ -235,7 +237,8 @@ mod tests {
 
     #[test]
     fn each_direction_is_escaped_as_its_codec_needs() {
-        use crate::{Escaping, PodCodec};
+        use crate::codec::PodCodec;
+        use crate::wire::frame::Escaping;
         #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
         #[repr(C)]
         struct Pair(u32, u32);

@@ -3,7 +3,7 @@
 use std::hash::BuildHasher;
 use std::time::Duration;
 
-use crate::link::WhileDown;
+use crate::client::link::WhileDown;
 
 /// Default first delay before reconnecting: 100 ms (at most; see
 /// [`Reconnect`]).
@@ -111,14 +111,14 @@ impl Reconnect {
     ///
     /// [`Error::Config`](crate::Error::Config) for a zero delay (a client
     /// would hammer a server that is down) or zero tries.
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    pub(crate) fn validate(&self) -> Result<(), crate::wire::error::Error> {
         if self.initial_delay.is_zero() || self.max_delay.is_zero() {
-            return Err(crate::Error::Config(
+            return Err(crate::wire::error::Error::Config(
                 "reconnect delays must not be zero: the client would retry without pause",
             ));
         }
         if self.max_tries == Some(0) {
-            return Err(crate::Error::Config(
+            return Err(crate::wire::error::Error::Config(
                 "reconnect max_tries must be at least 1 (leave it unset for no limit)",
             ));
         }

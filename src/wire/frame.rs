@@ -88,7 +88,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::Error;
+use crate::wire::error::Error;
 
 /// The default maximum frame length: 1 MiB.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 1024 * 1024;

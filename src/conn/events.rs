@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Counters;
-use crate::{Addr, Error};
+use crate::base::addr::Addr;
+use crate::base::stats::Counters;
+use crate::wire::error::Error;
 
 /// Default number of events kept for a reader before new ones are dropped.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
@@ -24,8 +25,8 @@ pub struct ErrorEvent {
 impl std::fmt::Display for ErrorEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.peer {
-            Some(peer) => write!(f, "{peer}: {}", crate::Report(&self.error)),
-            None => write!(f, "{}", crate::Report(&self.error)),
+            Some(peer) => write!(f, "{peer}: {}", crate::wire::error::Report(&self.error)),
+            None => write!(f, "{}", crate::wire::error::Report(&self.error)),
         }
     }
 }
@@ -43,7 +44,7 @@ impl EventSink {
         // Events that end a connection (or stop accepting) at WARN, so that
         // they show with the default filter even if nobody reads the
         // events; per-frame ones (a decode or handler error) at DEBUG.
-        let error_text = crate::Report(&error);
+        let error_text = crate::wire::error::Report(&error);
         match (&peer, error.is_warning()) {
             (Some(peer), true) => {
                 tracing::warn!(%peer, error = %error_text, "chitchat-net error event")

@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
 
-use crate::envelope::Envelope;
-use crate::outbox::{Outbox, PushError};
-use crate::requests::{Matching, Requests, Waiting};
-use crate::signal::Signal;
-use crate::stats::Counters;
-use crate::wire::Wire;
-use crate::{Addr, Error, Message, RequestError, SendError, TrySendError};
+use crate::base::addr::Addr;
+use crate::base::close::CloseReason;
+use crate::base::stats::Counters;
+use crate::codec::Message;
+use crate::conn::op_error::{RequestError, SendError, TrySendError};
+use crate::conn::outbox::{Outbox, PushError};
+use crate::conn::requests::{Requests, Waiting};
+use crate::conn::signal::Signal;
+use crate::conn::wire::Matching;
+use crate::conn::wire::Wire;
+use crate::wire::envelope::Envelope;
+use crate::wire::error::Error;
 
 /// A connection's number: unique among every connection of the process
 /// (servers' and clients'), never reused.
@@ -40,23 +45,6 @@ impl std::fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "#{}", self.0)
     }
-}
-
-/// How a connection ended: what [`ConnectionHandle::closed`] and
-/// [`Client::closed`](crate::Client::closed) return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The peer ended the connection: its end of stream came first, between
-    /// frames (the Go original's `EOF` on the error channel).
-    ByPeer,
-    /// This side closed it gracefully: `close`, [`Context::close`](crate::Context::close),
-    /// `close_remote` or a server's `shutdown`.
-    ByUs,
-    /// This side ended it at once: a server's `cut`, or a dropped client.
-    Aborted,
-    /// An error ended it; the error itself went to the error events.
-    Failed,
 }
 
 /// A connection's end, once known, and the tasks waiting for it.
@@ -170,7 +158,7 @@ impl ConnectionHandle {
                 outbox: Outbox::new(queue_bytes),
                 signal: Signal::default(),
                 end: End::default(),
-                requests: wire.requests(),
+                requests: Requests::of(&wire),
                 wire,
                 counters,
             }),
@@ -180,7 +168,7 @@ impl ConnectionHandle {
     /// Queues the hello of the [handshake](crate::handshake), first of
     /// all, if `plan` says the handshake is on (`A`: what this side
     /// accepts).
-    pub(crate) fn greet<A: Message>(&self, plan: Option<crate::handshake::Plan>) {
+    pub(crate) fn greet<A: Message>(&self, plan: Option<crate::conn::handshake::Plan>) {
         if let Some(plan) = plan {
             let inner = &*self.inner;
             let hello = plan.hello::<A>();

@@ -15,8 +15,10 @@ use std::task::Poll;
 
 use tokio::sync::mpsc;
 
-use crate::stats::Counters;
-use crate::{BoxError, Context, Handler, Message};
+use crate::base::stats::Counters;
+use crate::codec::Message;
+use crate::conn::handler::{Context, Handler};
+use crate::wire::error::BoxError;
 
 /// The handler of a receiving client ([`ClientBuilder::receive`](crate::ClientBuilder::receive)):
 /// puts each message into the client's buffer, waiting while it is full.
@@ -65,7 +67,7 @@ impl<R: Message> Handler for Inbox<R> {
 /// Ready once the connection is asked to close. It registers no waker: the
 /// connection task registers for its signal on every wake-up, and polls
 /// the handler again then.
-fn closing(signal: &crate::signal::Signal) -> impl Future<Output = ()> + '_ {
+fn closing(signal: &crate::conn::signal::Signal) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |_| {
         if signal.is_closing() {
             Poll::Ready(())

@@ -6,10 +6,14 @@ use std::marker::PhantomData;
 
 use bytes::Bytes;
 
-use crate::envelope::Envelope;
-use crate::handle::{ConnectionHandle, ConnectionId};
-use crate::stats::Counters;
-use crate::{Addr, BoxError, CloseReason, Error, Message, SendError, TrySendError};
+use crate::base::addr::Addr;
+use crate::base::close::CloseReason;
+use crate::base::stats::Counters;
+use crate::codec::Message;
+use crate::conn::handle::{ConnectionHandle, ConnectionId};
+use crate::conn::op_error::{SendError, TrySendError};
+use crate::wire::envelope::Envelope;
+use crate::wire::error::{BoxError, Error};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
 ///

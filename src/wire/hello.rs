@@ -1,95 +1,23 @@
-//! Wrong-peer detection: message fingerprints and the opt-in handshake
-//! (pure, no I/O).
-//!
-//! A client built with the wrong message type is often accepted silently:
-//! `Reply::NotFound { key }` decodes as `Command::Get { key }`. With
-//! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake) and
-//! [`ServerBuilder::handshake`](crate::ServerBuilder::handshake), each side
-//! of a connection first sends one hello frame naming the
-//! [`Fingerprint`] of the type it sends and of the type it accepts, and
-//! checks the peer's before any frame reaches a handler.
-//!
-//! # What a fingerprint covers
-//!
-//! [`Message::fingerprint`] is `None` unless the type says otherwise:
-//! `String`, `Bytes`, `Vec<u8>` and hand-written impls declare none, and
-//! the handshake does not check them (a raw or text receiver takes any
-//! frame). `#[derive(Message)]` gives every type a fingerprint: an FNV-1a
-//! hash (64 bits, stable across Rust releases and platforms) of
-//!
-//! - whether it is a struct or an enum, and its name (without its module
-//!   path, so two crates that each define `Command` match);
-//! - the codec named in `#[message(codec = ...)]` (`"bincode"`, `"postcard"`,
-//!   `"pod"`, or a codec type as written);
-//! - for an enum, each variant's wire tag, in the order of the tags (so
-//!   reordering variants whose tags are pinned does not change it; reordering
-//!   unpinned ones changes their tags, and it);
-//! - each field's name (`0`, `1`, … in a tuple variant or struct) and type,
-//!   in declaration order (the order on the wire). A field whose type is
-//!   itself a derived message contributes that type's fingerprint (so a
-//!   change inside it shows); any other type contributes its spelling as
-//!   written, without spaces (`Vec<Entry>`, `Box<Tree>`), with `Self`
-//!   replaced by the type's name.
-//!
-//! It does not cover variant names (renaming a variant keeps its tag and
-//! the wire), the inside of field types that are not derived messages
-//! (`Vec<Entry>` covers the spelling `Entry`, not `Entry`'s fields), type
-//! aliases (`u64` and `Id` differ even if `type Id = u64`), nor a codec
-//! set on the builder with `.codec(..)`.
-//!
-//! # The hello frame
-//!
-//! One frame, the first each side sends, in the connection's framing but
-//! without the request envelope. Its payload is 50 bytes of ASCII text, so
-//! it passes raw delimited framing (unless the delimiter is one of its
-//! characters: such a framing is refused when the handshake is switched on):
-//!
-//! | bytes | content |
-//! |---|---|
-//! | 0..16 | `chitchat-hello/1`: the magic and the version |
-//! | 16 | a space |
-//! | 17..33 | the fingerprint of the type this side sends: 16 lowercase hex digits, or 16 `-` if it declares none |
-//! | 33 | a space |
-//! | 34..50 | the fingerprint of the type this side accepts, likewise |
-//!
-//! Each side checks that what the peer sends is what it accepts and that
-//! what it sends is what the peer accepts; an undeclared fingerprint on
-//! either end of a direction matches anything. A frame that is not a hello
-//! ([`HandshakeError::NotAHello`]), a mismatch
-//! ([`HandshakeError::Mismatch`]), no hello within the handshake timeout
-//! ([`HandshakeError::Timeout`]) or an end of stream before it
-//! ([`HandshakeError::Closed`]) ends the connection with an
-//! [`Error::Handshake`](crate::Error::Handshake) event; frames that came
-//! after the peer's hello never reach the handler then.
-//!
-//! # Examples
-//!
-//! ```
-//! use chitchat_net::handshake::{Fingerprint, Hello};
-//!
-//! let hello = Hello { sends: Some(Fingerprint::from_u64(0xabc)), accepts: None };
-//! let mut frame = bytes::BytesMut::new();
-//! hello.encode(&mut frame);
-//! assert_eq!(&frame[..], b"chitchat-hello/1 0000000000000abc ----------------");
-//! assert_eq!(Hello::decode(&frame), Ok(hello));
-//! ```
+//! The hello frame of the wire-peer handshake and the fingerprints it
+//! carries (pure, no I/O): the public module [`handshake`](crate::handshake)
+//! re-exports them and documents the wire format. Here, below the codecs and
+//! the error type, because [`Error::Handshake`](crate::Error::Handshake) holds
+//! a [`HandshakeError`] and [`Message::fingerprint`](crate::Message::fingerprint)
+//! returns a [`Fingerprint`].
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::Message;
-
 /// A stable 64-bit hash of a message type's shape: see the
-/// [module docs](self) for what it covers.
+/// [module docs](crate::handshake) for what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(u64);
 
 impl Fingerprint {
     /// A fingerprint with this value (for a hand-written
-    /// [`Message::fingerprint`], or from a hello frame).
+    /// [`Message::fingerprint`](crate::Message::fingerprint), or from a hello frame).
     pub const fn from_u64(value: u64) -> Self {
         Fingerprint(value)
     }
@@ -110,7 +38,7 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// Builds a [`Fingerprint`] the way `#[derive(Message)]` does; use it for a
-/// hand-written [`Message::fingerprint`] too.
+/// hand-written [`Message::fingerprint`](crate::Message::fingerprint) too.
 ///
 /// Every piece is written with a kind byte and its length before it, so
 /// that no two different sequences of pieces hash the same bytes.
@@ -174,49 +102,6 @@ impl FingerprintBuilder {
     }
 }
 
-/// What `#[derive(Message)]` uses to find a field type's fingerprint if
-/// it is a message, and `None` otherwise. Not public API.
-#[doc(hidden)]
-pub mod __probe {
-    use super::{Fingerprint, Message, PhantomData};
-
-    /// A field type, probed by method resolution.
-    #[derive(Debug)]
-    pub struct Probe<T>(PhantomData<fn() -> T>);
-
-    impl<T> Probe<T> {
-        /// The probe of `T`.
-        #[allow(clippy::new_without_default)]
-        pub fn new() -> Self {
-            Probe(PhantomData)
-        }
-    }
-
-    /// Chosen first, when the field type is a message.
-    pub trait ViaMessage {
-        /// The field type's fingerprint.
-        fn nested_fingerprint(&self) -> Option<Fingerprint>;
-    }
-
-    impl<T: Message> ViaMessage for Probe<T> {
-        fn nested_fingerprint(&self) -> Option<Fingerprint> {
-            T::fingerprint()
-        }
-    }
-
-    /// Chosen otherwise (one more auto-reference away).
-    pub trait ViaSpelling {
-        /// None: the field type is not a message.
-        fn nested_fingerprint(&self) -> Option<Fingerprint>;
-    }
-
-    impl<T> ViaSpelling for &Probe<T> {
-        fn nested_fingerprint(&self) -> Option<Fingerprint> {
-            None
-        }
-    }
-}
-
 /// The magic and version at the start of a hello frame.
 pub const HELLO_MAGIC: &[u8; 16] = b"chitchat-hello/1";
 
@@ -224,7 +109,7 @@ pub const HELLO_MAGIC: &[u8; 16] = b"chitchat-hello/1";
 pub const HELLO_LEN: usize = 50;
 
 /// A hello frame: what one side sends and accepts (see the
-/// [module docs](self) for its wire format).
+/// [module docs](crate::handshake) for its wire format).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// The fingerprint of the type this side sends, if it declares one.
@@ -234,14 +119,6 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// The hello of a side that sends `S` and accepts `A`.
-    pub fn of<S: Message, A: Message>() -> Self {
-        Hello {
-            sends: S::fingerprint(),
-            accepts: A::fingerprint(),
-        }
-    }
-
     /// Appends the hello's payload (50 bytes) to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
         dst.extend_from_slice(HELLO_MAGIC);
@@ -350,24 +227,6 @@ pub enum HandshakeError {
 
 fn show(fingerprint: Option<Fingerprint>) -> String {
     fingerprint.map_or_else(|| "any type".to_owned(), |f| f.to_string())
-}
-
-/// What the builders record when the handshake is switched on: the
-/// fingerprint of what this side sends (what it accepts is its handler's
-/// message type, known where each connection starts).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    pub(crate) sends: Option<Fingerprint>,
-}
-
-impl Plan {
-    /// The hello of a side that accepts `A`.
-    pub(crate) fn hello<A: Message>(self) -> Hello {
-        Hello {
-            sends: self.sends,
-            accepts: A::fingerprint(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::task::{Context, Poll};
 
-use crate::sync::{AtomicU8, AtomicWaker, Ordering};
+use crate::conn::sync::{AtomicU8, AtomicWaker, Ordering};
 
 const CLOSE: u8 = 1;
 const ABORT: u8 = 2;

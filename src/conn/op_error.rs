@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{BoxError, Error};
+use crate::wire::error::{BoxError, Error};
 
 /// Why a message was not sent ([`Client::send`](crate::Client::send),
 /// [`ConnectionHandle::send`](crate::ConnectionHandle::send), `send_all`,
@@ -92,7 +92,7 @@ pub enum ConnectError {
     #[error("{0}")]
     Config(Error),
     /// The `on_connect` hook failed; the connection is closed.
-    #[error("on_connect failed: {}", crate::Report(&**.0))]
+    #[error("on_connect failed: {}", crate::wire::error::Report(&**.0))]
     Hello(#[source] BoxError),
 }
 

@@ -98,7 +98,7 @@ pub enum Error {
 
     /// A connection was refused by the server's accept filter.
     #[error("connection from {0} refused by the accept filter")]
-    Refused(crate::Addr),
+    Refused(crate::base::addr::Addr),
 
     /// A connection was refused because the server already holds its maximum.
     #[error("connection refused: the server holds its maximum of {limit} connections")]
@@ -116,7 +116,7 @@ pub enum Error {
 
     /// No connection has this peer address.
     #[error("no connection to {0}")]
-    UnknownPeer(crate::Addr),
+    UnknownPeer(crate::base::addr::Addr),
 
     /// The connection (or the server) is closed.
     #[error("connection closed")]
@@ -143,7 +143,7 @@ pub enum Error {
     /// A frame's request envelope is malformed (see [`crate::envelope`]):
     /// the frame is dropped, the connection stays open.
     #[error("malformed request envelope: {0}")]
-    Envelope(#[from] crate::envelope::EnvelopeError),
+    Envelope(#[from] crate::wire::envelope::EnvelopeError),
 
     /// A setting that cannot work, refused when the client or server is
     /// built or used.
@@ -181,7 +181,7 @@ pub enum Error {
     #[error("disconnected ({reason:?}); reconnecting")]
     Disconnected {
         /// How the connection ended.
-        reason: crate::CloseReason,
+        reason: crate::base::close::CloseReason,
     },
 
     /// An event of a reconnecting client: it is connected again.
@@ -201,7 +201,7 @@ pub enum Error {
     /// speaks other message types, or has no handshake on. The connection
     /// ends before any frame reaches the handler.
     #[error("handshake failed")]
-    Handshake(#[from] crate::handshake::HandshakeError),
+    Handshake(#[from] crate::wire::hello::HandshakeError),
 
     /// A reconnecting client used up its tries: it has ended.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
@@ -262,7 +262,7 @@ impl Error {
     /// The rustls error behind an [`Error::Tls`] or [`Error::Io`], if any
     /// (feature `tls`).
     #[cfg(feature = "tls")]
-    pub fn tls_cause(&self) -> Option<&crate::tls::rustls::Error> {
+    pub fn tls_cause(&self) -> Option<&tokio_rustls::rustls::Error> {
         match self {
             Error::Tls(e) | Error::Io(e) => e.get_ref()?.downcast_ref(),
             _ => None,

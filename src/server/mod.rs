@@ -1,4 +1,7 @@
 //! The server: accepts connections and runs a handler on each.
+//!
+//! May import: `conn`, `transport`, `codec`, `wire`, `base`; not `client`
+//! beside it, nothing above (`.ci/check-layers` checks it).
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -9,21 +12,26 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 
-use crate::addr::sealed::Target;
+use crate::base::addr::sealed::Target;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::ConnectionConfig;
-use crate::connection::{self, OnEnd};
-use crate::events::{event_channel, EventSink};
-use crate::handle::{ConnectionHandle, ConnectionId};
-use crate::outbox::PushError;
-use crate::signal::Fired;
-use crate::stats::{Counters, Stats};
-use crate::transport::{self, Accepted, Io, Listener, ServerTls};
-use crate::wire::{codec_override, default_is_binary, Wire};
-use crate::{Addr, CloseReason, Codec, ConnectAddr, Error, ErrorEvents, Handler, Message};
+use crate::base::addr::{Addr, ConnectAddr};
+use crate::base::close::CloseReason;
+use crate::base::stats::{Counters, Stats};
+use crate::codec::{Codec, Message};
+use crate::conn::config::ConnectionConfig;
+use crate::conn::connection::{self, OnEnd};
+use crate::conn::events::ErrorEvents;
+use crate::conn::events::{event_channel, EventSink};
+use crate::conn::handle::{ConnectionHandle, ConnectionId};
+use crate::conn::handler::Handler;
+use crate::conn::outbox::PushError;
+use crate::conn::signal::Fired;
+use crate::conn::wire::{codec_override, default_is_binary, Wire};
+use crate::transport::stream::{self, Accepted, Io, Listener, ServerTls};
+use crate::wire::error::Error;
 
 /// Default listen backlog.
 const DEFAULT_BACKLOG: u32 = 1024;
@@ -176,7 +184,7 @@ pub struct ServerBuilder<H: Handler> {
     accept_filter: Option<AcceptFilter>,
     tls: Option<ServerTls>,
     backlog: u32,
-    codec: Option<(bool, crate::wire::Override)>,
+    codec: Option<(bool, crate::conn::wire::Override)>,
 }
 
 impl<H: Handler> Server<H> {
@@ -205,10 +213,10 @@ impl<H: Handler> Server<H> {
 }
 
 impl<H: Handler> ServerBuilder<H> {
-    crate::options::connection_options!();
+    crate::conn::options::connection_options!();
 
     /// Takes every connection option at once (replacing those set before).
-    pub fn options(mut self, options: crate::Options) -> Self {
+    pub fn options(mut self, options: crate::conn::options::Options) -> Self {
         let handshake_timeout = self.config.handshake_timeout;
         self.config = options.config;
         self.config.handshake_timeout = handshake_timeout;
@@ -264,7 +272,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// handshake already counts as a connection (in `remote_addrs`,
     /// `stats` and `max_connections`). Byte counters count plaintext.
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, config: Arc<crate::tls::rustls::ServerConfig>) -> Self {
+    pub fn tls(mut self, config: Arc<crate::transport::tls::rustls::ServerConfig>) -> Self {
         self.tls = Some(ServerTls::new(config));
         self
     }
@@ -323,7 +331,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// # Ok(()) }
     /// ```
     pub fn handshake<S: Message>(mut self) -> Self {
-        self.config.handshake = Some(crate::handshake::Plan {
+        self.config.handshake = Some(crate::conn::handshake::Plan {
             sends: S::fingerprint(),
         });
         self
@@ -428,7 +436,7 @@ impl<H: Handler> ServerBuilder<H> {
                 "TLS is not supported on Unix-domain sockets",
             )));
         }
-        let listener = transport::bind_unix(path.as_ref()).await?;
+        let listener = stream::bind_unix(path.as_ref()).await?;
         self.start_listener(listener)
     }
 
@@ -561,7 +569,7 @@ async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Err
     let mut last = None;
     let addrs = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| crate::error::io_context("resolve the address to listen on", e))?;
+        .map_err(|e| crate::wire::error::io_context("resolve the address to listen on", e))?;
     for addr in addrs {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -574,7 +582,7 @@ async fn bind(addr: impl ToSocketAddrs, backlog: u32) -> Result<TcpListener, Err
         match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
             Ok(listener) => return Ok(listener),
             Err(error) => {
-                last = Some(crate::error::io_context(
+                last = Some(crate::wire::error::io_context(
                     format_args!("listen on {addr}"),
                     error,
                 ))
@@ -872,7 +880,7 @@ mod tests {
     use super::*;
 
     fn handle(peer: &Addr) -> ConnectionHandle {
-        let wire = Wire::new(crate::Framing::lines(), false, Vec::new());
+        let wire = Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
         let local: Addr = "127.0.0.1:1"
             .parse::<std::net::SocketAddr>()
             .unwrap()

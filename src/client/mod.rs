@@ -1,6 +1,16 @@
 //! The client: one connection to a server, sending messages of type `M`
 //! (and, with [`ClientBuilder::receive`], receiving messages of type `R`),
 //! optionally reconnecting when the connection drops.
+//!
+//! The folder holds the client ([`Client`], [`ClientBuilder`], here), its
+//! current connection and what it does with sends while down ([`link`]),
+//! and its reconnect policy ([`reconnect`]).
+//!
+//! May import: `conn`, `transport`, `codec`, `wire`, `base`; not `server`
+//! beside it, nothing above (`.ci/check-layers` checks it).
+
+pub(crate) mod link;
+pub(crate) mod reconnect;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -15,21 +25,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::addr::sealed::Target as DialTarget;
-use crate::config::ConnectionConfig;
-use crate::connection::{self, OnEnd};
-use crate::events::{event_channel, EventSink};
-use crate::handle::ConnectionHandle;
-use crate::link::{Current, Link, Target};
-use crate::receive::Inbox;
-use crate::reconnect::{jitter, Reconnect};
-use crate::stats::{Counters, Stats};
-use crate::transport::{self, ClientTls};
-use crate::wire::{codec_override, default_is_binary, Override, Wire};
-use crate::{
-    Addr, BoxError, CloseReason, Codec, ConnectAddr, ConnectError, Error, ErrorEvents, Handler,
-    Message, RequestError, SendError, TrySendError,
-};
+use crate::base::addr::sealed::Target as DialTarget;
+use crate::base::addr::{Addr, ConnectAddr};
+use crate::base::close::CloseReason;
+use crate::base::stats::{Counters, Stats};
+use crate::client::link::{Current, Link, Target};
+use crate::client::reconnect::{jitter, Reconnect};
+use crate::codec::{Codec, Message};
+use crate::conn::config::ConnectionConfig;
+use crate::conn::connection::{self, OnEnd};
+use crate::conn::events::ErrorEvents;
+use crate::conn::events::{event_channel, EventSink};
+use crate::conn::handle::ConnectionHandle;
+use crate::conn::handler::Handler;
+use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
+use crate::conn::receive::Inbox;
+use crate::conn::wire::{codec_override, default_is_binary, Override, Wire};
+use crate::transport::stream::{self, ClientTls};
+use crate::wire::error::{BoxError, Error};
 
 /// Default connect timeout: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,10 +173,10 @@ impl<M: Message> Client<M> {
 }
 
 impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
-    crate::options::connection_options!();
+    crate::conn::options::connection_options!();
 
     /// Takes every connection option at once (replacing those set before).
-    pub fn options(mut self, options: crate::Options) -> Self {
+    pub fn options(mut self, options: crate::conn::options::Options) -> Self {
         self.config = options.config;
         self
     }
@@ -288,8 +301,8 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
-        config: Arc<crate::tls::rustls::ClientConfig>,
-        server_name: crate::tls::pki_types::ServerName<'static>,
+        config: Arc<crate::transport::tls::rustls::ClientConfig>,
+        server_name: crate::transport::tls::pki_types::ServerName<'static>,
     ) -> Self {
         self.tls = Some(ClientTls::new(config, server_name));
         self
@@ -342,7 +355,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// # Ok(()) }
     /// ```
     pub fn handshake(mut self) -> Self {
-        self.config.handshake = Some(crate::handshake::Plan {
+        self.config.handshake = Some(crate::conn::handshake::Plan {
             sends: M::fingerprint(),
         });
         self
@@ -422,7 +435,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// Refuses client settings that cannot work (the connection's own are
     /// checked when it starts).
     fn validate(&self) -> Result<(), Error> {
-        crate::config::runtime_check()?;
+        crate::conn::config::runtime_check()?;
         if self.connect_timeout.is_zero() {
             return Err(Error::Config(
                 "connect_timeout must not be zero: every connect would time out",
@@ -552,7 +565,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ) -> Result<(Client<M, R>, ConnectionHandle), Error>
     where
         Rd: AsyncRead + Send + Unpin + 'static,
-        Wr: crate::transport::SocketWrite + Send + 'static,
+        Wr: crate::transport::stream::SocketWrite + Send + 'static,
     {
         let (binary, overrides) = match self.codec {
             Some((binary, codec)) => (binary, vec![codec]),
@@ -627,8 +640,8 @@ async fn dial_within(
     timeout: Duration,
     target: DialTarget,
     tls: Option<&ClientTls>,
-) -> Result<(transport::Stream, Addr, Addr), Error> {
-    tokio::time::timeout(timeout, transport::dial(target, tls))
+) -> Result<(stream::Stream, Addr, Addr), Error> {
+    tokio::time::timeout(timeout, stream::dial(target, tls))
         .await
         .map_err(|_| Error::ConnectTimeout(timeout))?
 }
@@ -658,7 +671,7 @@ impl<H: Handler> Starter<H> {
     fn launch<Rd, Wr>(&self, halves: (Rd, Wr), peer: Addr, local: Addr) -> (ConnectionHandle, Task)
     where
         Rd: AsyncRead + Send + Unpin + 'static,
-        Wr: crate::transport::SocketWrite + Send + 'static,
+        Wr: crate::transport::stream::SocketWrite + Send + 'static,
     {
         let conn = self.handle(peer, local);
         conn.greet::<H::Message>(self.config.handshake);
@@ -721,7 +734,7 @@ impl<H: Handler> Supervisor<H> {
                 .events
                 .report(peer, Error::Disconnected { reason });
             self.link.set(match policy.while_down {
-                crate::WhileDown::Keep => {
+                crate::client::link::WhileDown::Keep => {
                     Current::Holding(self.starter.handle(last.peer_addr(), last.local_addr()))
                 }
                 _ => Current::Down(last.clone()),

@@ -4,7 +4,7 @@
 //! and reports each write back to the queue, which wakes whoever waits for
 //! room. (On plain TCP a sending task may also write what is queued itself,
 //! under the queue's lock, while the write side holds nothing: one writer
-//! at a time, see [`crate::outbox`].) It runs beside the read side, so reading never waits for a write
+//! at a time, see [`crate::conn::outbox`].) It runs beside the read side, so reading never waits for a write
 //! and a write never waits for a handler. When the queue finishes, it
 //! writes what is left, flushes and ends our side of the stream.
 //!
@@ -24,10 +24,10 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::handle::Shared;
-use crate::outbox::Take;
-use crate::stats::Counters;
-use crate::Error;
+use crate::base::stats::Counters;
+use crate::conn::handle::Shared;
+use crate::conn::outbox::Take;
+use crate::wire::error::Error;
 
 /// Write buffers larger than this are released once written (after a large
 /// frame), so that a connection that once sent a lot does not keep it.

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::{Error, Framing};
+use crate::wire::error::Error;
+use crate::wire::frame::Framing;
 
 /// Default size of a connection's outgoing queue: 256 KiB.
 pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
@@ -15,6 +16,10 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default time a request waits for its reply: 30 s.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests in flight at most per connection, by default: a request waits
+/// for a slot beyond that.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 /// What each connection of a server or client is configured with.
 #[derive(Debug, Clone)]
@@ -47,7 +52,7 @@ pub(crate) struct ConnectionConfig {
     /// Sending an empty frame is refused with `Error::EmptyFrame`.
     pub(crate) refuse_empty_frames: bool,
     /// The wrong-peer handshake, if switched on.
-    pub(crate) handshake: Option<crate::handshake::Plan>,
+    pub(crate) handshake: Option<crate::conn::handshake::Plan>,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -126,11 +131,11 @@ impl Default for ConnectionConfig {
             write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             queue_bytes: DEFAULT_QUEUE_BYTES,
-            event_capacity: crate::DEFAULT_EVENT_CAPACITY,
+            event_capacity: crate::conn::events::DEFAULT_EVENT_CAPACITY,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             request_ids: false,
             ordered_replies: false,
-            max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             serde_format: None,
             refuse_empty_frames: false,

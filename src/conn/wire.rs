@@ -7,18 +7,27 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::envelope::{self, Envelope};
-use crate::handshake::Hello;
-use crate::requests::{Matching, Requests};
-use crate::{Codec, Error, FrameCodec, Framing, Message};
+use crate::codec::{Codec, Message};
+use crate::conn::config::{ConnectionConfig, DEFAULT_MAX_IN_FLIGHT};
+use crate::wire::envelope::{self, Envelope};
+use crate::wire::error::Error;
+use crate::wire::frame::{FrameCodec, Framing};
+use crate::wire::hello::Hello;
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
 /// behind `Any` so that one registry holds overrides for several types.
 pub(crate) type Override = Arc<dyn Any + Send + Sync>;
 
-/// Requests in flight at most per connection, by default: a request waits
-/// for a slot beyond that.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+/// How replies are matched to requests on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Matching {
+    /// Requests are not enabled.
+    Off,
+    /// By the id in the request envelope.
+    Ids,
+    /// The next frame answers the oldest request.
+    Ordered,
+}
 
 /// What a connection speaks: framing, codecs and the request envelope.
 /// Cloning it is one reference count: every connection of a server or
@@ -98,7 +107,7 @@ impl Wire {
     /// [`Error::Config`] for request ids over an explicitly raw framing,
     /// and for settings that cannot work.
     pub(crate) fn build(
-        config: &crate::config::ConnectionConfig,
+        config: &ConnectionConfig,
         binary: bool,
         overrides: Vec<Override>,
     ) -> Result<Self, Error> {
@@ -106,7 +115,7 @@ impl Wire {
         let mut wire = Wire::new(config.framing, binary, overrides);
         let spec = Arc::make_mut(&mut wire.spec);
         if config.request_ids {
-            if config.framing.escaping() == Some(crate::Escaping::Raw) {
+            if config.framing.escaping() == Some(crate::wire::frame::Escaping::Raw) {
                 return Err(Error::Config(
                     "request ids need an escaped (or EOF or length-prefixed) framing, not a raw one",
                 ));
@@ -133,7 +142,7 @@ impl Wire {
                 "the handshake needs a framing with more than one frame: not EOF framing",
             ));
         }
-        let fingerprint = |v| Some(crate::handshake::Fingerprint::from_u64(v));
+        let fingerprint = |v| Some(crate::wire::hello::Fingerprint::from_u64(v));
         let samples = [
             Hello {
                 sends: fingerprint(0x0123_4567_89ab_cdef),
@@ -187,10 +196,9 @@ impl Wire {
         self.spec.matching
     }
 
-    /// The table for a connection's requests, if requests are on.
-    pub(crate) fn requests(&self) -> Option<Box<Requests>> {
-        let spec = &self.spec;
-        (spec.matching != Matching::Off).then(|| Box::new(Requests::new(spec.max_in_flight)))
+    /// Requests in flight at most, per connection.
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.spec.max_in_flight
     }
 
     /// A fresh frame decoder for one connection.

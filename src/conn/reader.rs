@@ -1,11 +1,11 @@
 //! A connection's read side: socket → read buffer → frames → typed
 //! messages → handler.
 //!
-//! It runs beside the write side ([`crate::writer`]), so it never waits for
+//! It runs beside the write side ([`crate::conn::writer`]), so it never waits for
 //! a write: the handler's replies go into the outgoing queue and are written
 //! while the next frames are read and handled. It pauses only when this
 //! connection's own unsent output is over twice the queue bound (see
-//! [`crate::outbox`]), and resumes as that output drains.
+//! [`crate::conn::outbox`]), and resumes as that output drains.
 //!
 //! How it ends: at the peer's end of stream (after handling every frame,
 //! the last one too in EOF framing), or on a close signal: then it answers
@@ -24,16 +24,20 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
-use crate::config::ConnectionConfig;
-use crate::envelope::Envelope;
-use crate::events::EventSink;
-use crate::handle::ConnectionHandle;
-use crate::handler::Session;
-use crate::handshake::{HandshakeError, Hello};
-use crate::requests::{Matching, Waiting};
-use crate::signal::Signal;
-use crate::stats::Counters;
-use crate::{CloseReason, Context, Error, FrameCodec, Handler};
+use crate::base::close::CloseReason;
+use crate::base::stats::Counters;
+use crate::conn::config::ConnectionConfig;
+use crate::conn::events::EventSink;
+use crate::conn::handle::ConnectionHandle;
+use crate::conn::handler::Session;
+use crate::conn::handler::{Context, Handler};
+use crate::conn::requests::Waiting;
+use crate::conn::signal::Signal;
+use crate::conn::wire::Matching;
+use crate::wire::envelope::Envelope;
+use crate::wire::error::Error;
+use crate::wire::frame::FrameCodec;
+use crate::wire::hello::{HandshakeError, Hello};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -288,7 +292,7 @@ where
             }
             // A reset says nothing of why: say what it usually means.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                Err(crate::error::io_context(
+                Err(crate::wire::error::io_context(
                     "the peer reset the connection (it may have refused what was sent, \
                      such as a frame over its limit: its log says why)",
                     e,
@@ -353,7 +357,7 @@ where
 
     /// Takes the frame `found` out of the read buffer and hands it to the
     /// handler (after [`Context::close`], drops it).
-    async fn handle_found(&mut self, found: crate::frame::Found) {
+    async fn handle_found(&mut self, found: crate::wire::frame::Found) {
         if self.closing {
             self.buf.advance(found.wire);
             return;
@@ -370,7 +374,10 @@ where
     ///
     /// Codecs that copy out of the frame decode it in place, in the read
     /// buffer; the others get it as [`Bytes`] split off the buffer.
-    fn take_message(&mut self, found: crate::frame::Found) -> Option<(H::Message, Option<u64>)> {
+    fn take_message(
+        &mut self,
+        found: crate::wire::frame::Found,
+    ) -> Option<(H::Message, Option<u64>)> {
         let conn = &*self.handle.inner;
         let payload = found.payload();
         let (kind, header) = match conn.wire.open_header(&self.buf[payload.clone()]) {
