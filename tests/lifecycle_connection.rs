@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat_net::{
-    handler_fn, BoxError, Client, Closed, Context, Handler, RequestError, Server,
-};
+use chitchat_net::{handler_fn, BoxError, Client, Closed, Context, Handler, RequestError, Server};
 use common::within;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify};
@@ -150,7 +148,10 @@ async fn a_dropped_server_gives_on_close_its_session() {
     let client = client_in_the_handler(&server, &handler).await;
     drop(server);
     within("the client sees the drop", client.closed()).await;
-    common::wait_until("on_close ran", || handler.closes.load(Ordering::SeqCst) == 1).await;
+    common::wait_until("on_close ran", || {
+        handler.closes.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(handler.sessions_seen.load(Ordering::SeqCst), 1);
 }
 
@@ -159,10 +160,12 @@ async fn a_dropped_client_gives_its_on_close_the_session_too() {
     // The client's own handler holds the lock while the client is dropped.
     let server = Server::listen(
         "127.0.0.1:0",
-        handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
-            ctx.send(&line)?;
-            Ok(())
-        }),
+        handler_fn(
+            |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+                ctx.send(&line)?;
+                Ok(())
+            },
+        ),
     )
     .await
     .unwrap();
@@ -188,12 +191,20 @@ async fn a_dropped_client_gives_its_on_close_the_session_too() {
 #[message(codec = "bincode")]
 enum Talk {
     /// Asks the receiver to ask back, from inside its handler.
-    AskMeBack { n: u64 },
+    AskMeBack {
+        n: u64,
+    },
     /// A question; answered with `Answer`.
-    Question { n: u64 },
-    Answer { n: u64 },
+    Question {
+        n: u64,
+    },
+    Answer {
+        n: u64,
+    },
     /// Sent while a handler waits: must still be handled, in order, after it.
-    Note { n: u64 },
+    Note {
+        n: u64,
+    },
 }
 
 /// Answers questions; on `AskMeBack`, asks a question on its own connection
@@ -276,6 +287,95 @@ async fn a_handler_may_await_a_request_on_its_own_connection_both_ways() {
     }
     common::assert_no_event("client", &client.errors());
     common::assert_no_event("server", &server.errors());
+    client.close().await;
+    server.cut().await;
+}
+
+/// Holds its first call until released; records every line after it.
+#[derive(Default)]
+struct HoldsTheFirst {
+    entered: Notify,
+    release: Notify,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Handler for HoldsTheFirst {
+    type Message = String;
+
+    async fn handle(&self, line: String, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        let first = self.seen.lock().unwrap().is_empty();
+        self.seen.lock().unwrap().push(line);
+        if first {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_read_ahead_while_a_handler_waits_is_bounded_and_kept_in_order() {
+    let handler = Arc::new(HoldsTheFirst::default());
+    let server = Server::listen("127.0.0.1:0", Shared(handler.clone()))
+        .await
+        .unwrap();
+    let entered = handler.entered.notified();
+    let client = Client::<String>::builder()
+        .queue_bytes(64 * 1024)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    client.send(&"first".to_string()).await.unwrap();
+    within("the first call waits", entered).await;
+    // Send more than the read ahead may take: 5,000 lines, or as many as
+    // the socket buffers and the client's queue hold (the client stops
+    // when it has found no room for 500 ms: a bound on progress, not on
+    // the test's outcome).
+    let mut sent = 1u64;
+    let line = "x".repeat(100);
+    let mut full_since = None;
+    while sent < 5_000 {
+        match client.try_send(&format!("{sent} {line}")) {
+            Ok(()) => {
+                sent += 1;
+                full_since = None;
+            }
+            Err(chitchat_net::TrySendError::Full { .. }) => {
+                let since = *full_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+        // The read ahead never takes more than its bound while the first
+        // call waits.
+        assert!(server.stats().frames_in <= 1 + 1024);
+    }
+    assert!(sent > 1 + 1024, "only {sent} lines were sent");
+    // The first frame and 1,024 more are decoded, then reading waits.
+    common::wait_until("the read ahead is full", || {
+        server.stats().frames_in == 1 + 1024
+    })
+    .await;
+    assert_eq!(
+        handler.seen.lock().unwrap().len(),
+        1,
+        "the first call still waits"
+    );
+    handler.release.notify_one();
+    common::wait_until("every line was handled", || {
+        handler.seen.lock().unwrap().len() as u64 == sent
+    })
+    .await;
+    let seen = handler.seen.lock().unwrap().clone();
+    for (k, line) in seen.iter().enumerate().skip(1) {
+        assert!(
+            line.starts_with(&format!("{k} ")),
+            "line {k} was {line:.20}"
+        );
+    }
     client.close().await;
     server.cut().await;
 }
