@@ -209,9 +209,10 @@ impl Handler for Gated {
     }
 }
 
-/// A client whose handler holds the first message stops reading: the
-/// server's sends to it take the duplex buffer, the client's read buffer
-/// and the queue bound, then wait, holding no more than the bound plus one
+/// A client whose handler holds the first message stops reading once it has
+/// read ahead its bound (its queue bound in bytes): the server's sends to it
+/// take the duplex buffer, the client's read buffer and read ahead, and the
+/// queue bound, then wait, holding no more than the bound plus one
 /// message unsent. Once the client reads again every message arrives, in
 /// order, and the sender finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +234,7 @@ async fn a_slow_reader_holds_the_servers_sends_at_the_queue_bound_then_gets_ever
     };
     let client = Client::<String>::builder()
         .handler(handler)
+        .queue_bytes(QUEUE)
         .connect_io(dial(&accept, "slow"), Addr::named("server"))
         .await
         .unwrap();
@@ -256,9 +258,10 @@ async fn a_slow_reader_holds_the_servers_sends_at_the_queue_bound_then_gets_ever
 
     // The client reads nothing more: the sends stall.
     let stalled_at = settled(Duration::from_millis(500), || sent.load(Ordering::Relaxed)).await;
-    // Taken: the queue, the duplex's buffer, and at most one read (64 KiB)
-    // in the client's read buffer.
-    let bound = (QUEUE + DUPLEX + 64 * 1024 + LINE) as u64;
+    // Taken: the queue, the duplex's buffer, at most one read (64 KiB)
+    // in the client's read buffer, and what the client read ahead while
+    // its handler waits (its queue bound, and the line that reached it).
+    let bound = (QUEUE + DUPLEX + 64 * 1024 + QUEUE + 2 * LINE) as u64;
     assert!(
         stalled_at * (LINE as u64) <= bound,
         "the server's sends never waited: {stalled_at} of {LINES} taken (bound {bound} bytes)"

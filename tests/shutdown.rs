@@ -98,7 +98,9 @@ fn lines(bytes: &[u8]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_answers_every_frame_that_arrived_before_it_began() {
-    const N: usize = 1000;
+    // More than the server reads ahead while its handler waits (1,024
+    // frames), so that frames are still in its receive queue.
+    const N: usize = 3000;
     let server = Server::listen("127.0.0.1:0", Slow::default())
         .await
         .unwrap();
@@ -112,8 +114,8 @@ async fn graceful_shutdown_answers_every_frame_that_arrived_before_it_began() {
         expected.push(format!("m{i}"));
     }
     // Once the write has completed, on loopback, the bytes are in the
-    // server's receive queue; the handler holds the first frame, so most of
-    // them are still unread there.
+    // server's receive queue; the handler holds the first frame, so past
+    // what the server reads ahead meanwhile they are still unread there.
     peer.write(&burst).await;
     within(
         "the handler to hold the gate",

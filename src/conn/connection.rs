@@ -14,7 +14,9 @@
 //! ended (our side of the stream is closed) and the peer has not closed its
 //! side within the close timeout; at once when either side fails; or at
 //! once on an abort (server `cut`, client dropped), even while a handler
-//! is pending.
+//! is pending. However it ended, both sides are dropped before the
+//! handler's `on_close` runs: a pending handler call with them (and what it
+//! holds), and the socket is closed; `on_close` gets the session.
 
 use std::any::Any;
 use std::future::Future;
@@ -30,8 +32,8 @@ use crate::base::close::CloseReason;
 use crate::conn::config::ConnectionConfig;
 use crate::conn::events::EventSink;
 use crate::conn::handle::{ConnectionHandle, Shared};
+use crate::conn::handler::Closed;
 use crate::conn::handler::Handler;
-use crate::conn::handler::{Closed, Session};
 use crate::conn::reader::ReadSide;
 use crate::conn::signal::Fired;
 use crate::conn::writer::WriteSide;
@@ -81,24 +83,35 @@ pub(crate) async fn run<R, W, H>(
     if let Some(socket) = write_half.direct(&conn.counters) {
         conn.outbox.set_direct(socket);
     }
-    // Pinned here, once: `drive` borrows them (a future moved into an
-    // awaited one would take room in this task twice).
-    let reader = pin!(AssertUnwindSafe(
-        ReadSide::new(
-            read_half,
-            handle,
-            handler.clone(),
-            config.clone(),
-            events.clone()
-        )
-        .run(),
-    )
-    .catch_unwind()
-    .map(|ended| ended.unwrap_or_else(|panic| (Err(panicked(&*panic)), None))));
-    let writer = pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
+    // The session outlives both sides, for `on_close`.
     let mut session = None;
-    let ended = drive(reader, writer, &conn, config.close_timeout, &mut session).await;
-    conn.outbox.abandon();
+    let ended = {
+        // Pinned here, once: `drive` borrows them (a future moved into an
+        // awaited one would take room in this task twice).
+        let reader = pin!(AssertUnwindSafe(
+            ReadSide::new(
+                read_half,
+                handle,
+                handler.clone(),
+                config.clone(),
+                events.clone(),
+                &mut session,
+            )
+            .run(),
+        )
+        .catch_unwind()
+        .map(|ended| ended.unwrap_or_else(|panic| Err(panicked(&*panic)))));
+        let writer =
+            pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
+        let ended = drive(reader, writer, &conn, config.close_timeout).await;
+        // Lets go of the socket's write half (senders write through it).
+        conn.outbox.abandon();
+        ended
+        // Both sides end here, whatever ended the connection: a handler
+        // call still pending after an abort is dropped (with whatever it
+        // holds: a lock, a permit), and the socket is closed, before
+        // `on_close` runs.
+    };
     if let Some(requests) = &conn.requests {
         requests.end(&conn.wire);
     }
@@ -130,13 +143,11 @@ pub(crate) async fn run<R, W, H>(
 
 /// Polls both sides on every wake-up until the connection is over (see the
 /// module docs). An abort is checked first.
-/// The read side's session is put in `session` when it ends.
 async fn drive(
-    mut reader: Pin<&mut impl Future<Output = (Result<CloseReason, Error>, Session)>>,
+    mut reader: Pin<&mut impl Future<Output = Result<CloseReason, Error>>>,
     mut writer: Pin<&mut impl Future<Output = Result<(), Error>>>,
     conn: &Shared,
     close_timeout: std::time::Duration,
-    session: &mut Session,
 ) -> Result<CloseReason, Error> {
     let (signal, outbox) = (&conn.signal, &conn.outbox);
     // Who ended it, once the read side knows.
@@ -169,8 +180,7 @@ async fn drive(
                 // wake the task.
                 outbox.quiet_writer();
             }
-            if let Poll::Ready((result, ended_with)) = reader.as_mut().poll(cx) {
-                *session = ended_with;
+            if let Poll::Ready(result) = reader.as_mut().poll(cx) {
                 read_done = Some(result?);
             }
             if !write_done {
@@ -219,7 +229,9 @@ mod tests {
     /// The task's future is most of what an idle connection costs (README:
     /// memory per connection). It was 2,856 B before the two sides were
     /// pinned in place and the rarely used timers boxed; 1,336 B after,
-    /// with rustc 1.95. The bound leaves room for compiler changes.
+    /// with rustc 1.95; 1,528 B as of issue 15, and 1,680 B once the read
+    /// side reads ahead while a handler waits (issue 21; the read ahead
+    /// itself is boxed). The bound leaves room for compiler changes.
     #[test]
     fn a_connection_task_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -60,6 +60,14 @@ pub trait Handler: Send + Sync + 'static {
     /// at once and written by the connection's write side, which goes on
     /// while this call runs or waits: a handler may await anything,
     /// including a send to another connection or to its own.
+    ///
+    /// While the call waits, the connection goes on reading: replies reach
+    /// the requests waiting for them at once, so a handler may await a
+    /// [request](ConnectionHandle::request) on its own connection; other
+    /// frames are decoded and kept (at most 1,024 frames and the queue
+    /// bound in bytes) and handled, in order, after this call. If the
+    /// connection is cut meanwhile, this call's future is dropped before
+    /// [`on_close`](Self::on_close) runs.
     fn handle(
         &self,
         msg: Self::Message,
@@ -75,7 +83,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once a connection has ended, whatever the reason: `closed`
     /// says who the peer was, how the connection ended, and holds its
-    /// [session](Context::set_session), if it had one.
+    /// [session](Context::set_session), if it had one. By then the
+    /// connection's socket is closed and no call of [`handle`](Self::handle)
+    /// is pending (a call still pending when the connection was cut has
+    /// been dropped), so `on_close` may take any lock a handler takes.
     fn on_close(&self, closed: Closed) -> impl Future<Output = ()> + Send {
         let _ = closed;
         async {}

@@ -7,14 +7,22 @@
 //! connection's own unsent output is over twice the queue bound (see
 //! [`crate::conn::outbox`]), and resumes as that output drains.
 //!
+//! While a handler call waits (on a lock, a database, or a request of its
+//! own on this very connection), the read side goes on reading: replies
+//! are handed to the requests waiting for them at once, and other frames
+//! are decoded and kept, in order, to be handled after the call (at most
+//! [`MAX_AHEAD_FRAMES`] frames and the queue bound in bytes; past that,
+//! reading waits for the call to end).
+//!
 //! How it ends: at the peer's end of stream (after handling every frame,
 //! the last one too in EOF framing), or on a close signal: then it answers
 //! what has already arrived, finishes the queue (the write side flushes and
 //! ends our side) and keeps handing frames to the handler until the peer
 //! ends its side, though their replies can no longer be sent.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -28,7 +36,7 @@ use crate::base::close::CloseReason;
 use crate::base::stats::Counters;
 use crate::conn::config::ConnectionConfig;
 use crate::conn::events::EventSink;
-use crate::conn::handle::ConnectionHandle;
+use crate::conn::handle::{ConnectionHandle, Shared};
 use crate::conn::handler::Session;
 use crate::conn::handler::{Context, Handler};
 use crate::conn::requests::Waiting;
@@ -55,18 +63,14 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 const FRAMES_PER_BUDGET_UNIT: u64 = 16;
 /// Reads a closing connection makes, without waiting, of what has arrived.
 const MAX_CLOSING_READS: usize = 64;
+/// Frames decoded and kept while a handler call waits, at the most (their
+/// bytes on the wire are bounded too, by the connection's queue bound).
+pub(crate) const MAX_AHEAD_FRAMES: usize = 1024;
 
 /// The read side of one connection.
-pub(crate) struct ReadSide<R, H> {
-    /// The socket's read half.
-    stream: R,
-    /// Bytes read but not yet cut into frames.
-    buf: BytesMut,
-    /// How much room the next read gets: doubles while reads fill it (0
-    /// until the first read).
-    chunk: usize,
-    /// Cuts `buf` into frames; keeps its search offset between reads.
-    decoder: FrameCodec,
+pub(crate) struct ReadSide<'s, R, H: Handler> {
+    /// The socket's read half and what was read from it.
+    input: Input<R, H::Message>,
     /// Set by [`Context::close`]: no further frame reaches the handler.
     closing: bool,
     /// The connection's queue, signal, codecs and counters.
@@ -77,11 +81,49 @@ pub(crate) struct ReadSide<R, H> {
     config: Arc<ConnectionConfig>,
     /// Where decode and handler errors go.
     events: EventSink,
-    /// The connection's own state, for the handler.
-    session: Session,
+    /// The connection's own state, for the handler. It lives with the
+    /// connection task, outside this side, so that `on_close` gets it
+    /// however the connection ended (an abort drops this side first).
+    session: &'s mut Session,
+}
+
+/// The socket's read half, the bytes read from it, and the messages read
+/// ahead while a handler call waited.
+struct Input<R, M> {
+    /// The socket's read half.
+    stream: R,
+    /// Bytes read but not yet cut into frames.
+    buf: BytesMut,
+    /// How much room the next read gets: doubles while reads fill it (0
+    /// until the first read).
+    chunk: usize,
+    /// Cuts `buf` into frames; keeps its search offset between reads.
+    decoder: FrameCodec,
     /// Whether the handler's message type is decoded in place, from the
-    /// read buffer ([`Codec::copies_out`](crate::Codec::copies_out)).
+    /// read buffer ([`Codec::copies_out`](crate::codec::Codec::copies_out)).
     copies_out: bool,
+    /// What was read while a handler call waited (boxed, and only once a
+    /// call has waited: no room in a task whose handler never waits).
+    ahead: Option<Box<Ahead<M>>>,
+}
+
+/// What a read side read while a handler call waited.
+struct Ahead<M> {
+    /// Messages (with their request id and bytes on the wire) decoded while
+    /// a handler call waited: they come before anything in `buf`.
+    queue: VecDeque<(M, Option<u64>, usize)>,
+    /// The bytes on the wire of the messages in `queue`.
+    bytes: usize,
+    /// What stopped a read ahead (the end of the stream, as `Ok(0)`, or an
+    /// error): the next read returns it, once `queue` has been handled.
+    ended: Option<Result<usize, Error>>,
+}
+
+impl<M> Ahead<M> {
+    /// Whether it holds as much as it may.
+    fn is_full(&self, limit: usize) -> bool {
+        self.queue.len() >= MAX_AHEAD_FRAMES || self.bytes >= limit
+    }
 }
 
 /// Why serving stopped without an error.
@@ -95,11 +137,11 @@ enum Stop {
 /// What woke the read loop.
 enum Wake {
     Close,
-    Read(std::io::Result<usize>),
+    Read(Result<usize, Error>),
     Idle,
 }
 
-impl<R, H> ReadSide<R, H>
+impl<'s, R, H> ReadSide<'s, R, H>
 where
     R: AsyncRead + Unpin,
     H: Handler,
@@ -110,19 +152,23 @@ where
         handler: Arc<H>,
         config: Arc<ConnectionConfig>,
         events: EventSink,
+        session: &'s mut Session,
     ) -> Self {
         ReadSide {
-            stream,
-            buf: BytesMut::new(),
-            chunk: 0,
-            decoder: handle.inner.wire.decoder(),
-            copies_out: handle.inner.wire.copies_out::<H::Message>(),
+            input: Input {
+                stream,
+                buf: BytesMut::new(),
+                chunk: 0,
+                decoder: handle.inner.wire.decoder(),
+                copies_out: handle.inner.wire.copies_out::<H::Message>(),
+                ahead: None,
+            },
             closing: false,
             handle,
             handler,
             config,
             events,
-            session: None,
+            session,
         }
     }
 
@@ -135,11 +181,10 @@ where
     /// failure: the connection ends with them.
     /// Returns who ended the connection: the peer (its end of stream came
     /// first) or this side (a close was asked).
-    /// Hands back the connection's session too, for `on_close`.
-    pub(crate) async fn run(mut self) -> (Result<CloseReason, Error>, Session) {
+    pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
         let result = self.serve_then_close().await;
         self.handle.inner.outbox.finish();
-        (result, self.session.take())
+        result
     }
 
     async fn serve_then_close(&mut self) -> Result<CloseReason, Error> {
@@ -156,9 +201,8 @@ where
         // until it has read everything and ends its side.
         self.handle.inner.outbox.finish();
         loop {
-            self.make_read_room();
-            let read = self.stream.read_buf(&mut self.buf).await;
-            let n = self.end_of_stream_as_zero(read)?;
+            self.input.make_read_room();
+            let n = self.input.read().await?;
             if n == 0 {
                 return self.handle_last_frames().await.map(|()| CloseReason::ByUs);
             }
@@ -169,22 +213,26 @@ where
 
     /// Checks the peer's hello if the handshake is on, calls the
     /// handler's `on_open`, then handles the frames that came with the
-    /// hello.
+    /// hello (or while `on_open` waited).
     async fn open(&mut self) -> Result<(), Error> {
         if let Some(plan) = self.config.handshake {
             self.handshake(plan.hello::<H::Message>()).await?;
         }
-        let mut ctx = Context {
-            handle: &self.handle,
-            closing: &mut self.closing,
-            request: None,
-            session: &mut self.session,
-        };
-        self.handler
-            .on_open(&mut ctx)
-            .await
-            .map_err(Error::Handler)?;
-        if !self.buf.is_empty() {
+        {
+            let mut ctx = Context {
+                handle: &self.handle,
+                closing: &mut self.closing,
+                request: None,
+                session: &mut *self.session,
+            };
+            let call = pin!(self.handler.on_open(&mut ctx));
+            let ahead_limit = self.config.queue_bytes;
+            self.input
+                .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
+                .await
+                .map_err(Error::Handler)?;
+        }
+        if !self.input.buf.is_empty() || self.input.ahead.is_some() {
             self.handle_frames().await?;
         }
         Ok(())
@@ -196,15 +244,16 @@ where
     async fn handshake(&mut self, ours: Hello) -> Result<(), Error> {
         let timeout = self.config.handshake_timeout;
         let deadline = Instant::now() + timeout;
+        let input = &mut self.input;
         let frame = loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+            if let Some(frame) = input.decoder.decode(&mut input.buf)? {
                 break frame;
             }
-            self.make_read_room();
-            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+            input.make_read_room();
+            let read = tokio::time::timeout_at(deadline, input.read())
                 .await
                 .map_err(|_| HandshakeError::Timeout(timeout))?;
-            let n = self.end_of_stream_as_zero(read)?;
+            let n = read?;
             if n == 0 {
                 return Err(HandshakeError::Closed.into());
             }
@@ -248,17 +297,17 @@ where
                 // Waiting on our peer is not the peer being idle.
                 reset_idle(&mut idle);
             }
-            let room = self.make_read_room();
+            let room = self.input.make_read_room();
             let wake = tokio::select! {
                 biased;
                 _ = closing(&conn.signal) => Wake::Close,
-                read = self.stream.read_buf(&mut self.buf) => Wake::Read(read),
+                read = self.input.read() => Wake::Read(read),
                 _ = poll_idle(&mut idle) => Wake::Idle,
             };
             let n = match wake {
                 Wake::Close => return Ok(Stop::Close),
                 Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
-                Wake::Read(read) => self.end_of_stream_as_zero(read)?,
+                Wake::Read(read) => read?,
             };
             if n == 0 {
                 self.handle_last_frames().await?;
@@ -266,16 +315,168 @@ where
             }
             Counters::add(&conn.counters.bytes_in, n as u64);
             if n == room {
-                self.chunk = (self.chunk * 2).min(MAX_READ);
+                self.input.chunk = (self.input.chunk * 2).min(MAX_READ);
             }
             let frames = self.handle_frames().await?;
             // Idle means no complete frame: a peer dribbling bytes that
             // never finish a frame (slow loris) is still idle. In EOF
             // framing the one frame is the whole stream.
-            if frames > 0 || self.decoder.framing().is_eof() {
+            if frames > 0 || self.input.decoder.framing().is_eof() {
                 reset_idle(&mut idle);
             }
         }
+    }
+
+    /// Handles the messages read ahead, then every complete frame in the
+    /// read buffer (after [`Context::close`], decodes and drops them: the
+    /// frame limit holds). Returns how many there were.
+    async fn handle_frames(&mut self) -> Result<u64, Error> {
+        let mut frames = 0;
+        let decoded = self.handle_decoded_frames(&mut frames).await;
+        if frames > 0 {
+            self.handle.inner.outbox.read_some();
+        }
+        let input = &mut self.input;
+        if input.buf.is_empty() && input.buf.capacity() >= SHRINK_ABOVE {
+            // After a large frame: give the memory back and start small.
+            input.buf = BytesMut::new();
+            input.chunk = MIN_READ;
+        }
+        decoded.map(|()| frames)
+    }
+
+    async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
+        loop {
+            let next = match self.input.next_read_ahead() {
+                Some(read_ahead) => Some(read_ahead),
+                None => {
+                    let Some(found) = self.input.decoder.next_frame(&mut self.input.buf)? else {
+                        return Ok(());
+                    };
+                    Counters::add(&self.handle.inner.counters.frames_in, 1);
+                    self.take_found(found)
+                }
+            };
+            *frames += 1;
+            if let Some((msg, request)) = next {
+                if !self.closing {
+                    self.call_handler(msg, request).await;
+                }
+            }
+            // A peer flooding tiny frames must not starve other connections:
+            // one unit of the task's cooperative budget per
+            // FRAMES_PER_BUDGET_UNIT frames.
+            if frames.is_multiple_of(FRAMES_PER_BUDGET_UNIT) {
+                tokio::task::consume_budget().await;
+            }
+            // Replies that are not being read hold the next frame back.
+            let conn = &self.handle.inner;
+            std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx)).await;
+        }
+    }
+
+    /// Takes the frame `found` out of the read buffer: decoded for the
+    /// handler, or (after [`Context::close`]) dropped.
+    fn take_found(
+        &mut self,
+        found: crate::wire::frame::Found,
+    ) -> Option<(H::Message, Option<u64>)> {
+        if self.closing {
+            self.input.buf.advance(found.wire);
+            return None;
+        }
+        self.input
+            .take_message(found, &self.handle.inner, &self.events)
+    }
+
+    /// Hands one message to the handler; its error is reported. While the
+    /// call waits, the read side reads ahead (see the module docs).
+    async fn call_handler(&mut self, msg: H::Message, request: Option<u64>) {
+        let mut ctx = Context {
+            handle: &self.handle,
+            closing: &mut self.closing,
+            request,
+            session: &mut *self.session,
+        };
+        let call = pin!(self.handler.handle(msg, &mut ctx));
+        let ahead_limit = self.config.queue_bytes;
+        let handled = self
+            .input
+            .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
+            .await;
+        if let Err(error) = handled {
+            let peer = Some(self.handle.inner.peer.clone());
+            self.events.report(peer, Error::Handler(error));
+        }
+    }
+
+    /// The peer ended its side: handles what is left in the buffer (in EOF
+    /// framing, the one frame).
+    async fn handle_last_frames(&mut self) -> Result<(), Error> {
+        self.handle_frames().await?;
+        while let Some(found) = self.input.decoder.next_frame_eof(&mut self.input.buf)? {
+            Counters::add(&self.handle.inner.counters.frames_in, 1);
+            if let Some((msg, request)) = self.take_found(found) {
+                self.call_handler(msg, request).await;
+            }
+            // What a call read ahead comes first, and the buffer's rest
+            // after it.
+            self.handle_frames().await?;
+        }
+        Ok(())
+    }
+
+    /// Handles and answers the frames that have already arrived (what the
+    /// socket holds now, without waiting), so that a graceful close loses
+    /// nothing the peer sent before it. Returns whether the peer has ended
+    /// its side too (then the read side is done).
+    async fn answer_what_has_arrived(&mut self) -> Result<bool, Error> {
+        // Bounded, so that a peer sending without pause cannot hold us here.
+        for _ in 0..MAX_CLOSING_READS {
+            self.input.make_read_room();
+            // Unconstrained: with the task's coop budget spent, a read would
+            // say "not ready" even though bytes are waiting.
+            let read = tokio::task::unconstrained(self.input.read()).now_or_never();
+            match read {
+                None => break,
+                Some(Ok(0)) => {
+                    self.handle_last_frames().await?;
+                    return Ok(true);
+                }
+                Some(Ok(n)) => {
+                    Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
+                    self.handle_frames().await?;
+                }
+                Some(Err(error)) => return Err(error),
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
+    /// The next message read ahead, if any (counted as it was read). Lets
+    /// go of what held them once none is left.
+    fn next_read_ahead(&mut self) -> Option<(M, Option<u64>)> {
+        let ahead = self.ahead.as_deref_mut()?;
+        let Some((msg, request, wire)) = ahead.queue.pop_front() else {
+            if ahead.ended.is_none() {
+                self.ahead = None;
+            }
+            return None;
+        };
+        ahead.bytes -= wire;
+        Some((msg, request))
+    }
+
+    /// Reads into the buffer; what a read ahead met first, if it met the
+    /// end of the stream or an error. Cancel safe.
+    async fn read(&mut self) -> Result<usize, Error> {
+        if let Some(ended) = self.ahead.as_deref_mut().and_then(|a| a.ended.take()) {
+            return ended;
+        }
+        let read = self.stream.read_buf(&mut self.buf).await;
+        Ok(self.end_of_stream_as_zero(read)?)
     }
 
     /// A TLS peer that closes without `close_notify` is read as an
@@ -320,50 +521,101 @@ where
         self.buf.capacity() - self.buf.len()
     }
 
-    /// Handles every complete frame in the read buffer (after
-    /// [`Context::close`], decodes and drops them: the frame limit holds).
-    /// Returns how many frames there were.
-    async fn handle_frames(&mut self) -> Result<u64, Error> {
-        let mut frames = 0;
-        let decoded = self.handle_decoded_frames(&mut frames).await;
-        Counters::add(&self.handle.inner.counters.frames_in, frames);
-        if frames > 0 {
-            self.handle.inner.outbox.read_some();
+    /// Runs `call` (a handler call) to its end. While it waits, reads
+    /// ahead: see [`read_ahead`](Self::read_ahead). A call that does not
+    /// wait costs nothing more.
+    async fn while_pending<F: Future>(
+        &mut self,
+        mut call: Pin<&mut F>,
+        conn: &Shared,
+        events: &EventSink,
+        ahead_limit: usize,
+    ) -> F::Output {
+        // Most calls do not wait.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Poll::Ready(out) = first {
+            return out;
         }
-        if self.buf.is_empty() && self.buf.capacity() >= SHRINK_ABOVE {
-            // After a large frame: give the memory back and start small.
-            self.buf = BytesMut::new();
-            self.chunk = MIN_READ;
-        }
-        decoded.map(|()| frames)
+        let mut ahead = self.ahead.take().unwrap_or_else(|| {
+            Box::new(Ahead {
+                queue: VecDeque::new(),
+                bytes: 0,
+                ended: None,
+            })
+        });
+        let out = {
+            // Boxed: no room for it in the task's future.
+            let mut reading = Some(Box::pin(self.read_ahead(
+                &mut ahead,
+                conn,
+                events,
+                ahead_limit,
+            )));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = call.as_mut().poll(cx) {
+                    return Poll::Ready(out);
+                }
+                if let Some(reading_ahead) = &mut reading {
+                    if reading_ahead.as_mut().poll(cx).is_ready() {
+                        reading = None;
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        self.ahead = Some(ahead);
+        out
     }
 
-    async fn handle_decoded_frames(&mut self, frames: &mut u64) -> Result<(), Error> {
-        while let Some(found) = self.decoder.next_frame(&mut self.buf)? {
-            *frames += 1;
-            self.handle_found(found).await;
-            // A peer flooding tiny frames must not starve other connections:
-            // one unit of the task's cooperative budget per
-            // FRAMES_PER_BUDGET_UNIT frames.
-            if frames.is_multiple_of(FRAMES_PER_BUDGET_UNIT) {
-                tokio::task::consume_budget().await;
-            }
-            // Replies that are not being read hold the next frame back.
-            let conn = &self.handle.inner;
+    /// Reads while a handler call waits: replies go to the requests
+    /// waiting for them at once (the call may be one of them), other
+    /// frames are decoded into `ahead`, in order. Ends (and reading waits
+    /// for the call) once `ahead` is full ([`MAX_AHEAD_FRAMES`] frames or
+    /// `limit` bytes), or at the end of the stream or an error (kept in
+    /// `ahead` for the next read). Pauses, as the read side does, while our
+    /// unsent output is over its bound.
+    async fn read_ahead(
+        &mut self,
+        ahead: &mut Ahead<M>,
+        conn: &Shared,
+        events: &EventSink,
+        limit: usize,
+    ) {
+        while ahead.ended.is_none() {
             std::future::poll_fn(|cx| conn.outbox.poll_reader_room(cx)).await;
-        }
-        Ok(())
-    }
-
-    /// Takes the frame `found` out of the read buffer and hands it to the
-    /// handler (after [`Context::close`], drops it).
-    async fn handle_found(&mut self, found: crate::wire::frame::Found) {
-        if self.closing {
-            self.buf.advance(found.wire);
-            return;
-        }
-        if let Some((msg, request)) = self.take_message(found) {
-            self.call_handler(msg, request).await;
+            if ahead.is_full(limit) {
+                return;
+            }
+            self.make_read_room();
+            let read = self.stream.read_buf(&mut self.buf).await;
+            match self.end_of_stream_as_zero(read) {
+                Ok(0) => ahead.ended = Some(Ok(0)),
+                Ok(n) => Counters::add(&conn.counters.bytes_in, n as u64),
+                Err(error) => ahead.ended = Some(Err(error.into())),
+            }
+            let mut frames = 0;
+            while !ahead.is_full(limit) {
+                let found = match self.decoder.next_frame(&mut self.buf) {
+                    Ok(Some(found)) => found,
+                    Ok(None) => break,
+                    Err(error) => {
+                        // After what came before it, as without a read ahead.
+                        ahead.ended.get_or_insert(Err(error));
+                        break;
+                    }
+                };
+                frames += 1;
+                let wire = found.wire;
+                if let Some((msg, request)) = self.take_message(found, conn, events) {
+                    ahead.queue.push_back((msg, request, wire));
+                    ahead.bytes += wire;
+                }
+            }
+            Counters::add(&conn.counters.frames_in, frames);
+            if frames > 0 {
+                conn.outbox.read_some();
+            }
         }
     }
 
@@ -377,14 +629,15 @@ where
     fn take_message(
         &mut self,
         found: crate::wire::frame::Found,
-    ) -> Option<(H::Message, Option<u64>)> {
-        let conn = &*self.handle.inner;
+        conn: &Shared,
+        events: &EventSink,
+    ) -> Option<(M, Option<u64>)> {
         let payload = found.payload();
         let (kind, header) = match conn.wire.open_header(&self.buf[payload.clone()]) {
             Ok(opened) => opened,
             Err(error) => {
                 self.buf.advance(found.wire);
-                self.events.report(Some(conn.peer.clone()), error);
+                events.report(Some(conn.peer.clone()), error);
                 return None;
             }
         };
@@ -393,14 +646,14 @@ where
             Envelope::Reply(id) => {
                 let waiting = conn.requests.as_deref().and_then(|r| r.take(id));
                 let reply = found.split(&mut self.buf, body);
-                self.answer(id, waiting, reply);
+                answer(conn, events, id, waiting, reply);
                 return None;
             }
             Envelope::Message if conn.wire.matching() == Matching::Ordered => {
                 if let Some((id, waiting)) = conn.requests.as_deref().and_then(|r| r.take_oldest())
                 {
                     let reply = found.split(&mut self.buf, body);
-                    self.answer(id, Some(waiting), reply);
+                    answer(conn, events, id, Some(waiting), reply);
                     return None;
                 }
                 None
@@ -409,89 +662,33 @@ where
             Envelope::Message => None,
         };
         let decoded = if self.copies_out {
-            let decoded = conn.wire.decode_slice::<H::Message>(&self.buf[body]);
+            let decoded = conn.wire.decode_slice::<M>(&self.buf[body]);
             self.buf.advance(found.wire);
             decoded
         } else {
             let frame = found.split(&mut self.buf, body);
-            conn.wire.decode::<H::Message>(frame)
+            conn.wire.decode::<M>(frame)
         };
         match decoded {
             Ok(msg) => Some((msg, request)),
             Err(error) => {
-                self.events.report(Some(conn.peer.clone()), error);
+                events.report(Some(conn.peer.clone()), error);
                 None
             }
         }
     }
+}
 
-    /// Hands one message to the handler; its error is reported.
-    async fn call_handler(&mut self, msg: H::Message, request: Option<u64>) {
-        let mut ctx = Context {
-            handle: &self.handle,
-            closing: &mut self.closing,
-            request,
-            session: &mut self.session,
-        };
-        if let Err(error) = self.handler.handle(msg, &mut ctx).await {
-            let peer = Some(self.handle.inner.peer.clone());
-            self.events.report(peer, Error::Handler(error));
+/// Hands a reply to the request waiting for it; a reply nobody waits for
+/// is a [`Error::LateReply`] event.
+fn answer(conn: &Shared, events: &EventSink, id: u64, waiting: Option<Waiting>, reply: Bytes) {
+    if let Some(waiting) = waiting {
+        if waiting.answer(&conn.wire, Ok(reply)) {
+            return;
         }
     }
-
-    /// Hands a reply to the request waiting for it; a reply nobody waits
-    /// for is a [`Error::LateReply`] event.
-    fn answer(&self, id: u64, waiting: Option<Waiting>, reply: Bytes) {
-        let conn = &*self.handle.inner;
-        if let Some(waiting) = waiting {
-            if waiting.answer(&conn.wire, Ok(reply)) {
-                return;
-            }
-        }
-        Counters::add(&conn.counters.late_replies, 1);
-        self.events
-            .report(Some(conn.peer.clone()), Error::LateReply { id });
-    }
-
-    /// The peer ended its side: handles what is left in the buffer (in EOF
-    /// framing, the one frame).
-    async fn handle_last_frames(&mut self) -> Result<(), Error> {
-        self.handle_frames().await?;
-        while let Some(found) = self.decoder.next_frame_eof(&mut self.buf)? {
-            Counters::add(&self.handle.inner.counters.frames_in, 1);
-            self.handle_found(found).await;
-        }
-        Ok(())
-    }
-
-    /// Handles and answers the frames that have already arrived (what the
-    /// socket holds now, without waiting), so that a graceful close loses
-    /// nothing the peer sent before it. Returns whether the peer has ended
-    /// its side too (then the read side is done).
-    async fn answer_what_has_arrived(&mut self) -> Result<bool, Error> {
-        // Bounded, so that a peer sending without pause cannot hold us here.
-        for _ in 0..MAX_CLOSING_READS {
-            self.make_read_room();
-            // Unconstrained: with the task's coop budget spent, a read would
-            // say "not ready" even though bytes are waiting.
-            let read = tokio::task::unconstrained(self.stream.read_buf(&mut self.buf))
-                .now_or_never()
-                .map(|read| self.end_of_stream_as_zero(read));
-            match read {
-                None => break,
-                Some(Ok(0)) => {
-                    self.handle_last_frames().await?;
-                    return Ok(true);
-                }
-                Some(Ok(n)) => {
-                    Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
-                    self.handle_frames().await?;
-                }
-                Some(Err(error)) => return Err(error.into()),
-            }
-        }
-        Ok(false)
-    }
+    Counters::add(&conn.counters.late_replies, 1);
+    events.report(Some(conn.peer.clone()), Error::LateReply { id });
 }
 
 /// Ready when the idle timer (if any) fires; never without one.
