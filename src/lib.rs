@@ -166,7 +166,7 @@ pub use crate::op_error::{ConnectError, RequestError, SendError, TrySendError};
 pub use crate::options::Options;
 pub use crate::receive::Inbox;
 pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
-pub use crate::server::{Server, ServerBuilder};
+pub use crate::server::{Server, ServerBuilder, ShutdownReport};
 pub use crate::stats::Stats;
 pub use crate::typed_codec::TypedCodec;
 pub use crate::wire::DEFAULT_MAX_IN_FLIGHT;

@@ -149,7 +149,10 @@ impl Table {
         }
         for handle in self.by_id.values() {
             match how {
-                Fired::Close => handle.close(),
+                Fired::Close => {
+                    handle.inner.outbox.hold_for_answers();
+                    handle.close();
+                }
                 Fired::Abort => handle.inner.signal.abort(),
             }
         }
@@ -824,25 +827,61 @@ impl<H: Handler> Server<H> {
     }
 
     /// Shuts down gracefully: stops accepting, lets every connection handle
-    /// and answer the frames that have already arrived, flush what is
-    /// queued, and close; cuts whatever is still running after `deadline`.
-    /// Returns whether everything finished before the deadline.
+    /// and answer the frames that have already arrived, waits for the
+    /// answers still owed by [`Replier`](crate::Replier)s (requests that
+    /// arrived before the shutdown and were handed to another task: their
+    /// answers are still sent), flushes what is queued, and closes; cuts
+    /// whatever is still running after `deadline`. Returns a report: whether
+    /// everything finished before the deadline, and if not, what was cut.
     ///
     /// Frames that arrive after the shutdown began still reach the handler
     /// while a connection waits for its peer to close, but cannot be
     /// answered.
-    pub async fn shutdown(&self, deadline: Duration) -> bool {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::Server;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::listen("127.0.0.1:0", ()).await?;
+    /// let report = server.shutdown(Duration::from_secs(5)).await;
+    /// assert!(report.finished);
+    /// assert_eq!(report.unanswered_requests, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.shared.stop_accepting.cancel();
         self.shared.lock().end_all(Fired::Close);
         self.shared.tasks.close();
         let finished = tokio::time::timeout(deadline, self.shared.tasks.wait())
             .await
             .is_ok();
+        let mut report = ShutdownReport {
+            finished,
+            connections_cut: 0,
+            unanswered_requests: 0,
+        };
         if !finished {
-            tracing::debug!(?deadline, "graceful shutdown past its deadline: cutting");
+            let table = self.shared.lock();
+            report.connections_cut = table.by_id.len();
+            report.unanswered_requests = table
+                .by_id
+                .values()
+                .map(|handle| handle.inner.outbox.owed() as u64)
+                .sum();
+            drop(table);
+            tracing::debug!(
+                ?deadline,
+                connections = report.connections_cut,
+                unanswered_requests = report.unanswered_requests,
+                "graceful shutdown past its deadline: cutting"
+            );
         }
         self.cut().await;
-        finished
+        report
     }
 
     /// Stops accepting, closes every connection at once, and returns once
@@ -855,6 +894,22 @@ impl<H: Handler> Server<H> {
         self.shared.tasks.wait().await;
         self.shared.ended.cancel();
     }
+}
+
+/// What a graceful [`Server::shutdown`] did: made by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Every connection ended (and its `on_close` returned) before the
+    /// deadline: nothing was cut.
+    pub finished: bool,
+    /// Connections still open at the deadline, cut then.
+    pub connections_cut: usize,
+    /// Requests still owed an answer by a [`Replier`](crate::Replier) (not
+    /// answered, not dropped) on the connections cut: their callers get no
+    /// reply (a request made with this crate's client fails with
+    /// [`RequestError::ConnectionLost`](crate::RequestError::ConnectionLost)).
+    pub unanswered_requests: u64,
 }
 
 impl<H> Drop for Server<H> {

@@ -240,3 +240,198 @@ impl Handler for Deferred {
         Ok(())
     }
 }
+
+/// A server whose handler hands each request's `Replier` to the test, and
+/// a client with request ids, connected to it.
+async fn deferred_pair() -> (
+    Server<Deferred>,
+    Arc<Client<String>>,
+    mpsc::UnboundedReceiver<Replier>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = Server::builder(Deferred { repliers: tx })
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .request_ids()
+        .request_timeout(WAIT)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    (server, Arc::new(client), rx)
+}
+
+/// Sends a request from a task of its own; returns the task and the
+/// server's `Replier` for it, once the handler has taken it.
+async fn request_in_flight(
+    client: &Arc<Client<String>>,
+    repliers: &mut mpsc::UnboundedReceiver<Replier>,
+) -> (
+    tokio::task::JoinHandle<Result<String, chitchat_net::RequestError>>,
+    Replier,
+) {
+    let c = client.clone();
+    let request = tokio::spawn(async move { c.request::<String>(&"question".into()).await });
+    let replier = within("the handler to take a replier", repliers.recv())
+        .await
+        .expect("the handler ended");
+    (request, replier)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_waits_for_a_replier_and_sends_its_answer() {
+    let (server, client, mut repliers) = deferred_pair().await;
+    let (request, replier) = request_in_flight(&client, &mut repliers).await;
+    let on_server = server.connection(client.local_addr()).unwrap();
+
+    let shutdown = server.shutdown(WAIT);
+    tokio::pin!(shutdown);
+    // The first poll begins the shutdown: the connection is closing.
+    assert!(futures_util::poll!(&mut shutdown).is_pending());
+    assert!(on_server.is_closed());
+
+    // The request arrived before the shutdown: its answer still goes out.
+    let answered = replier.reply(&"answer".to_string()).await;
+    assert!(answered.is_ok(), "the replier was refused: {answered:?}");
+    let (report, reply) = tokio::join!(within("the shutdown", shutdown), async {
+        within("the reply", request).await.unwrap()
+    });
+    assert_eq!(reply.unwrap(), "answer");
+    assert!(report.finished, "{report:?}");
+    assert_eq!(report.unanswered_requests, 0, "{report:?}");
+    assert_eq!(report.connections_cut, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_an_unanswered_replier_at_its_deadline_and_says_so() {
+    let (server, client, mut repliers) = deferred_pair().await;
+    let (request, replier) = request_in_flight(&client, &mut repliers).await;
+
+    // Short: this deadline is what the test waits for.
+    let deadline = Duration::from_millis(300);
+    let started = tokio::time::Instant::now();
+    let report = within("the shutdown", server.shutdown(deadline)).await;
+    assert!(
+        started.elapsed() >= deadline,
+        "shutdown returned after {:?}, before its deadline, with a request unanswered",
+        started.elapsed()
+    );
+    assert!(!report.finished, "{report:?}");
+    assert_eq!(report.unanswered_requests, 1, "{report:?}");
+    assert_eq!(report.connections_cut, 1, "{report:?}");
+    let lost = within("the request to fail", request).await.unwrap();
+    assert!(
+        matches!(lost, Err(chitchat_net::RequestError::ConnectionLost)),
+        "{lost:?}"
+    );
+    // Cut: too late to answer now.
+    let late = replier.reply(&"answer".to_string()).await;
+    assert!(
+        matches!(late, Err(chitchat_net::SendError::Closed)),
+        "{late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replier_dropped_unanswered_does_not_hold_the_shutdown() {
+    let (server, client, mut repliers) = deferred_pair().await;
+    let (request, replier) = request_in_flight(&client, &mut repliers).await;
+    let clone = replier.clone();
+
+    // Far past the bound of `within`: the shutdown must end because the
+    // replier is dropped, not because of its deadline.
+    let shutdown = server.shutdown(WAIT * 10);
+    tokio::pin!(shutdown);
+    assert!(futures_util::poll!(&mut shutdown).is_pending());
+    drop(replier);
+    // One clone left: still owed.
+    assert!(futures_util::poll!(&mut shutdown).is_pending());
+    drop(clone);
+    let report = within("the shutdown", shutdown).await;
+    assert!(report.finished, "{report:?}");
+    assert_eq!(report.unanswered_requests, 0, "{report:?}");
+    let lost = within("the request to fail", request).await.unwrap();
+    assert!(
+        matches!(lost, Err(chitchat_net::RequestError::ConnectionLost)),
+        "{lost:?}"
+    );
+}
+
+// ------------------------------- defect 10b: concurrent batch senders --
+
+/// Counts, per sender, the numbers it received in order.
+#[derive(Default)]
+struct InOrder {
+    next: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
+    out_of_order: std::sync::atomic::AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl Handler for InOrder {
+    type Message = String;
+
+    async fn handle(&self, line: String, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        let (sender, n) = line.split_once(' ').ok_or("no space")?;
+        let (sender, n): (u32, u32) = (sender.parse()?, n.parse()?);
+        let mut next = self.next.lock().unwrap();
+        let expected = next.entry(sender).or_default();
+        if *expected != n {
+            self.out_of_order
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *expected = n + 1;
+        if next.len() == SENDERS as usize && next.values().all(|&v| v == PER_SENDER) {
+            self.done.notify_one();
+        }
+        Ok(())
+    }
+}
+
+const SENDERS: u32 = 8;
+const PER_SENDER: u32 = 3000;
+
+/// The batch senders share the queue's room (see the unit test
+/// `concurrent_batches_share_the_room_instead_of_each_taking_it` in
+/// `src/outbox.rs`, which checks the bound itself): with a queue much
+/// smaller than a batch, concurrent `send_all` callers all go on to the end,
+/// in order, none left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_send_all_callers_share_a_small_queue_and_all_finish() {
+    let server = Server::listen("127.0.0.1:0", InOrder::default())
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .queue_bytes(1024)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let client = Arc::new(client);
+    let done = server.handler().done.notified();
+    tokio::pin!(done);
+    done.as_mut().enable();
+    let mut senders = Vec::new();
+    for sender in 0..SENDERS {
+        let c = client.clone();
+        senders.push(tokio::spawn(async move {
+            let lines: Vec<String> = (0..PER_SENDER).map(|n| format!("{sender} {n}")).collect();
+            for chunk in lines.chunks(500) {
+                c.send_all(chunk).await.unwrap();
+            }
+        }));
+    }
+    for sender in senders {
+        within("a batch sender", sender).await.unwrap();
+    }
+    within("every line to arrive", done).await;
+    let handler = server.handler();
+    assert_eq!(
+        handler
+            .out_of_order
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    client.close().await;
+    server.cut().await;
+}
