@@ -13,7 +13,7 @@ use chitchat_net::heartbeat::{
     KeepRegistered, Monitor, PeerEvents, Registration, Responder, TextResponder,
 };
 use chitchat_net::{
-    BoxError, Client, ConnectionHandle, Context, ErrorEvents, Handler, Replier, Server,
+    BoxError, Client, ConnectionHandle, Context, Error, ErrorEvents, Handler, Replier, Server,
 };
 use tokio::sync::mpsc;
 
@@ -432,6 +432,134 @@ async fn concurrent_send_all_callers_share_a_small_queue_and_all_finish() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    client.close().await;
+    server.cut().await;
+}
+
+// --------------------------- defect 10a: a reply as its request ends --
+
+/// Answers each request, then sends a one-way `marker` right behind the
+/// reply.
+struct ReplyThenMark;
+
+impl Handler for ReplyThenMark {
+    type Message = String;
+
+    async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        ctx.reply(&line)?;
+        ctx.send(&"marker".to_string())?;
+        Ok(())
+    }
+}
+
+/// The reply reached the request (it was handed over) just as the request
+/// was given up, before it took the reply: its timer fired, or its caller
+/// dropped it. The reply was consumed silently; it is a late reply (an
+/// event and `Stats::late_replies`), as when it arrives a little later.
+/// Deterministic: the marker behind the reply on the wire shows that the
+/// reply has been handed over, and the request is then dropped without
+/// being polled again.
+#[tokio::test]
+async fn a_reply_handed_over_as_its_request_is_given_up_is_a_late_reply() {
+    let server = Server::builder(ReplyThenMark)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .request_ids()
+        .receive::<String>(8)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let events = client.errors();
+    let question = "question".to_string();
+    let mut request = Box::pin(client.request::<String>(&question));
+    // Sent, waiting for its reply.
+    assert!(futures_util::poll!(&mut request).is_pending());
+    let marker = within("the marker", client.recv()).await;
+    assert_eq!(marker.as_deref(), Some("marker"));
+    drop(request);
+    // Counted and reported as the request is dropped.
+    assert_eq!(
+        client.stats().late_replies,
+        1,
+        "the reply was lost uncounted"
+    );
+    let event = events.try_recv().expect("no late reply event");
+    assert!(
+        matches!(event.error, Error::LateReply { .. }),
+        "{event} ({:?})",
+        event.error
+    );
+    client.close().await;
+    server.cut().await;
+}
+
+/// Replies to each request after exactly the client's request timeout.
+struct ReplyAtTimeout;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(20);
+
+impl Handler for ReplyAtTimeout {
+    type Message = String;
+
+    async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        let replier = ctx.replier();
+        tokio::spawn(async move {
+            tokio::time::sleep(REQUEST_TIMEOUT).await;
+            let _ = replier.reply(&line).await;
+        });
+        Ok(())
+    }
+}
+
+/// Requests answered right at their timeout, many at once on two threads:
+/// each one either gets its reply or times out, and then its reply is
+/// counted late: none is lost uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_that_timed_out_has_its_reply_counted_late() {
+    const N: u64 = 400;
+    let server = Server::builder(ReplyAtTimeout)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .request_ids()
+        .request_timeout(REQUEST_TIMEOUT)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let client = Arc::new(client);
+    let mut requests = Vec::new();
+    for i in 0..N {
+        let c = client.clone();
+        requests.push(tokio::spawn(async move {
+            c.request::<String>(&i.to_string()).await
+        }));
+    }
+    let (mut answered, mut timed_out) = (0, 0);
+    for request in requests {
+        match within("a request", request).await.unwrap() {
+            Ok(_) => answered += 1,
+            Err(chitchat_net::RequestError::Timeout(_)) => timed_out += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    // Every reply comes (the server answers all): the late ones are
+    // counted as they arrive.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while answered + client.stats().late_replies < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{answered} answered, {timed_out} timed out, {} late",
+            client.stats().late_replies
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.stats().late_replies, timed_out);
+    println!("{answered} answered, {timed_out} timed out and counted late");
     client.close().await;
     server.cut().await;
 }
