@@ -1,6 +1,6 @@
 //! The server: accepts connections and runs a handler on each.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -93,12 +93,19 @@ struct Shared<H> {
 
 /// The server's open connections, by id: a peer that reconnects from the
 /// same address is a new entry, and a connection's end removes only its
-/// own.
+/// own. Inserting and removing take constant time (a mass disconnect
+/// holds the lock that accepts and broadcasts take for a time linear in
+/// the connections, not quadratic), and logarithmic time in the rare
+/// connections from one address at once.
 #[derive(Debug, Default)]
 struct Table {
     by_id: HashMap<ConnectionId, ConnectionHandle>,
     /// The newest connection from each address, for lookups by address.
     by_addr: HashMap<Addr, ConnectionId>,
+    /// The other live connections from an address that has more than one
+    /// (an old one still ending when its peer reconnected from the same
+    /// address, or streams served under one name).
+    older: HashMap<Addr, BTreeSet<ConnectionId>>,
     /// Set by `shutdown` (close) or `cut` (abort): every connection was
     /// told, and one accepted from now on is not started.
     ending: Option<Fired>,
@@ -107,8 +114,23 @@ struct Table {
 impl Table {
     fn insert(&mut self, handle: ConnectionHandle) {
         let id = handle.id();
-        self.by_addr.insert(handle.inner.peer.clone(), id);
+        let peer = handle.inner.peer.clone();
         self.by_id.insert(id, handle);
+        match self.by_addr.get_mut(&peer) {
+            None => {
+                self.by_addr.insert(peer, id);
+            }
+            Some(newest) => {
+                // The newest stays in `by_addr`, the other goes with the
+                // older ones.
+                let older = if *newest < id {
+                    std::mem::replace(newest, id)
+                } else {
+                    id
+                };
+                self.older.entry(peer).or_default().insert(older);
+            }
+        }
     }
 
     /// Removes connection `id`, and nothing else.
@@ -117,23 +139,24 @@ impl Table {
             return;
         };
         let peer = &handle.inner.peer;
+        let Some(older) = self.older.get_mut(peer) else {
+            // The only connection from its address (the usual case).
+            if self.by_addr.get(peer) == Some(&id) {
+                self.by_addr.remove(peer);
+            }
+            return;
+        };
         if self.by_addr.get(peer) == Some(&id) {
-            // Another live connection from the same address (an old one
-            // still ending) takes its place.
-            match self.newest_from(peer) {
-                Some(other) => self.by_addr.insert(peer.clone(), other),
-                None => self.by_addr.remove(peer),
-            };
+            // The newest of the others takes its place.
+            if let Some(next) = older.pop_last() {
+                self.by_addr.insert(peer.clone(), next);
+            }
+        } else {
+            older.remove(&id);
         }
-    }
-
-    /// The newest connection from `peer`, by a scan (rare: removals only).
-    fn newest_from(&self, peer: &Addr) -> Option<ConnectionId> {
-        self.by_id
-            .values()
-            .filter(|handle| handle.inner.peer == *peer)
-            .map(|handle| handle.id())
-            .max()
+        if older.is_empty() {
+            self.older.remove(peer);
+        }
     }
 
     /// The live connection from `peer`: the newest, if a peer reconnected
@@ -971,6 +994,31 @@ mod tests {
         table.remove(second_a.id());
         assert_eq!(table.find(&a).map(|h| h.id()), Some(first_a.id()));
         assert!(table.find(&Addr::named("c")).is_none());
+    }
+
+    #[test]
+    fn many_connections_from_one_address_end_in_any_order() {
+        let peer = Addr::named("shared");
+        let mut table = Table::default();
+        let handles: Vec<_> = (0..5).map(|_| handle(&peer)).collect();
+        // Inserted out of order: the newest is still the one found.
+        for i in [1, 0, 3, 4, 2] {
+            table.insert(handles[i].clone());
+        }
+        assert_eq!(table.find(&peer).map(|h| h.id()), Some(handles[4].id()));
+        for (gone, newest_left) in [(2, 4), (4, 3), (0, 3), (3, 1), (1, 1)] {
+            table.remove(handles[gone].id());
+            if gone == newest_left {
+                assert!(table.find(&peer).is_none());
+            } else {
+                assert_eq!(
+                    table.find(&peer).map(|h| h.id()),
+                    Some(handles[newest_left].id()),
+                    "after removing {gone}"
+                );
+            }
+        }
+        assert!(table.by_id.is_empty() && table.by_addr.is_empty() && table.older.is_empty());
     }
 
     #[test]
