@@ -53,7 +53,7 @@ fn spawn_client_methods(
     }));
     let c = client.clone();
     tasks.push(tokio::spawn(async move {
-        let lines = vec![line(), line()];
+        let lines = [line(), line()];
         c.send_all(lines.iter()).await.unwrap();
     }));
     let c = client.clone();
