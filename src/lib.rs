@@ -162,7 +162,7 @@ pub use crate::conn::handler::{
 pub use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
 pub use crate::conn::options::Options;
 pub use crate::conn::receive::Inbox;
-pub use crate::server::{Server, ServerBuilder};
+pub use crate::server::{Server, ServerBuilder, ShutdownReport};
 pub use crate::wire::error::{BoxError, Error, Report};
 pub use crate::wire::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};
 

@@ -511,7 +511,7 @@ async fn a_server_whose_incoming_stream_ends_serves_the_connections_it_has() {
         assert_eq!(recv(&mut replies).await, "pong");
     }
     assert_eq!(names(&server), ["only"]);
-    assert!(within("shutdown", server.shutdown(WAIT)).await);
+    assert!(within("shutdown", server.shutdown(WAIT)).await.finished);
     assert_eq!(client.closed().await, CloseReason::ByPeer);
 }
 

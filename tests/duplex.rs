@@ -261,7 +261,9 @@ async fn relay_between_two_connections_through_handles() {
     assert_no_event("server", &server.errors());
     assert_no_event("client a", &a.errors());
     assert_no_event("client b", &b.errors());
-    let finished = within("shutdown", server.shutdown(Duration::from_secs(5))).await;
+    let finished = within("shutdown", server.shutdown(Duration::from_secs(5)))
+        .await
+        .finished;
     assert!(finished, "the graceful shutdown passed its deadline");
     within("a's close", a.close()).await;
     within("b's close", b.close()).await;

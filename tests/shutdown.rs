@@ -137,7 +137,7 @@ async fn graceful_shutdown_answers_every_frame_that_arrived_before_it_began() {
         drop(peer);
         replies
     });
-    assert!(finished, "shutdown passed its deadline");
+    assert!(finished.finished, "shutdown passed its deadline");
     println!("shutdown took {:?}", started.elapsed());
     assert_eq!(lines(&replies), expected);
     assert_eq!(server.handler().handled(), N + 1);
@@ -176,7 +176,7 @@ impl Handler for StopFromInside {
                 .get()
                 .and_then(Weak::upgrade)
                 .ok_or("no server")?;
-            let mut shutdown = Box::pin(async move { server.shutdown(WAIT).await });
+            let mut shutdown = Box::pin(async move { server.shutdown(WAIT).await.finished });
             // The first poll stops accepting and signals every connection.
             assert!(futures_util::poll!(&mut shutdown).is_pending());
             *self.shutdown.lock().unwrap() = Some(tokio::spawn(shutdown));
@@ -243,7 +243,7 @@ async fn shutdown_with_a_hanging_handler_returns_false_at_its_deadline() {
     peer.write(b"hang\n").await;
     wait_until("the handler hangs", || server.handler().count() == 3).await;
     let started = Instant::now();
-    let finished = within("shutdown", server.shutdown(deadline)).await;
+    let finished = within("shutdown", server.shutdown(deadline)).await.finished;
     let took = started.elapsed();
     assert!(!finished, "a hanging handler finished");
     assert!(took >= deadline - Duration::from_millis(10), "{took:?}");
@@ -303,8 +303,8 @@ async fn shutdown_proofs_with_many_clients() {
     let early = futures_util::poll!(&mut shutdown);
     let newcomer = assert_not_served(addr).await;
     let finished = match early {
-        std::task::Poll::Ready(finished) => finished,
-        std::task::Poll::Pending => within("shutdown", shutdown).await,
+        std::task::Poll::Ready(report) => report.finished,
+        std::task::Poll::Pending => within("shutdown", shutdown).await.finished,
     };
     assert!(finished, "shutdown passed its deadline");
     // Returned once every connection task had ended.
@@ -371,7 +371,7 @@ async fn a_peer_sending_without_pause_holds_shutdown_only_for_the_close_timeout(
     })
     .await;
     let started = Instant::now();
-    let finished = within("shutdown", server.shutdown(WAIT)).await;
+    let finished = within("shutdown", server.shutdown(WAIT)).await.finished;
     let took = started.elapsed();
     assert!(finished, "shutdown passed its deadline");
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
@@ -395,9 +395,9 @@ async fn a_peer_that_never_closes_holds_shutdown_only_for_the_close_timeout() {
     let mut peer = RawPeer::connect(server.local_addr()).await;
     peer.ping().await;
     let started = Instant::now();
-    let (finished, rest) = tokio::join!(server.shutdown(WAIT), peer.read_to_end());
+    let (report, rest) = tokio::join!(server.shutdown(WAIT), peer.read_to_end());
     let took = started.elapsed();
-    assert!(finished);
+    assert!(report.finished);
     assert!(rest.is_empty());
     assert!(
         took >= close_timeout - Duration::from_millis(10),
@@ -553,7 +553,7 @@ async fn handler_panic_ends_only_its_connection_and_shutdown_still_completes() {
             drop(c);
         }
     );
-    assert!(finished);
+    assert!(finished.finished);
     assert_eq!(server.stats().connections_open, 0);
     assert_events_end(&events).await;
 }
@@ -633,7 +633,7 @@ async fn panics_in_on_open_and_on_close_leave_the_server_serving() {
         third.expect_end().await;
         drop(third);
     });
-    assert!(finished);
+    assert!(finished.finished);
     assert_eq!(server.stats().connections_open, 0);
 }
 

@@ -887,7 +887,9 @@ async fn graceful_shutdown_does_not_wait_for_pending_handshakes() {
         .unwrap();
     wait_until("both are registered", || server.connection_count() == 2).await;
 
-    let finished = within("shutdown", server.shutdown(Duration::from_secs(3))).await;
+    let finished = within("shutdown", server.shutdown(Duration::from_secs(3)))
+        .await
+        .finished;
     assert!(read_until_end(&mut silent).await.is_empty());
     wait_until("the client sees the end", || client.is_closed()).await;
     within("client close", client.close()).await;

@@ -304,7 +304,7 @@ async fn close_delivers_everything_and_shutdown_is_graceful_over_unix() {
     }
     within("close", client.close()).await;
     assert_eq!(server.handler().0.load(Ordering::SeqCst), N);
-    assert!(server.shutdown(Duration::from_secs(5)).await);
+    assert!(server.shutdown(Duration::from_secs(5)).await.finished);
     assert!(!path.exists());
 }
 

@@ -928,7 +928,7 @@ impl<M: Message, R> Client<M, R> {
             let Target::Queue(conn, seen) = self.link.target() else {
                 return Ok(());
             };
-            let (queued, result) = conn.send_all_counted(msgs[from..].iter().copied()).await;
+            let (queued, result) = conn.send_all_counted(Rest(&msgs[from..])).await;
             from += usize::try_from(queued).unwrap_or(usize::MAX);
             match result {
                 Err(SendError::Closed) if self.link.retry_after(seen).await => {}
@@ -1143,6 +1143,26 @@ impl<M: Message, R: Message> Client<M, R> {
     /// task is in [`recv`](Self::recv)).
     pub fn try_recv(&self) -> Option<R> {
         self.inbox.as_ref()?.try_lock().ok()?.try_recv().ok()
+    }
+}
+
+/// The messages of a batch not yet queued, by reference. (Not
+/// `iter().copied()`: the `Copy` bound that adapter carries makes the future
+/// of `send_all` unsendable to `tokio::spawn`, "implementation of `Copy` is
+/// not general enough".)
+struct Rest<'s, 'a, M>(&'s [&'a M]);
+
+impl<'a, M> Iterator for Rest<'_, 'a, M> {
+    type Item = &'a M;
+
+    fn next(&mut self) -> Option<&'a M> {
+        let (first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*first)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.0.len(), Some(self.0.len()))
     }
 }
 

@@ -80,6 +80,7 @@ pub(crate) async fn run<R, W, H>(
     H: Handler,
 {
     let conn = handle.inner.clone();
+    conn.report_late_replies_to(&events);
     if let Some(socket) = write_half.direct(&conn.counters) {
         conn.outbox.set_direct(socket);
     }

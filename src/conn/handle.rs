@@ -10,6 +10,7 @@ use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
 use crate::base::stats::Counters;
 use crate::codec::Message;
+use crate::conn::events::EventSink;
 use crate::conn::op_error::{RequestError, SendError, TrySendError};
 use crate::conn::outbox::{Outbox, PushError};
 use crate::conn::requests::{Requests, Waiting};
@@ -105,6 +106,37 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// The channel a request's reply comes by, while the request waits for it.
+/// A reply handed over but never taken, because the request was given up
+/// at that moment (its caller dropped it, or its timer fired as the reply
+/// came), is a late reply when the slot is dropped, as if it had come a
+/// little later.
+struct ReplySlot<'a, R> {
+    rx: tokio::sync::oneshot::Receiver<Result<R, Error>>,
+    conn: &'a Shared,
+    /// The request's id (in ordered mode, its place in line).
+    id: u64,
+}
+
+impl<R> ReplySlot<'_, R> {
+    /// Takes no reply from now on; returns one handed over before, if any.
+    fn close(&mut self) -> Option<Result<R, Error>> {
+        self.rx.close();
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<R> Drop for ReplySlot<'_, R> {
+    fn drop(&mut self) {
+        match self.close() {
+            // Nothing came, or the reply was taken; or the connection
+            // ended (no reply).
+            None | Some(Err(Error::ConnectionLost)) => {}
+            Some(_) => self.conn.late_reply(self.id),
+        }
+    }
+}
+
 /// A handle on one live connection: send to it from any task, or close it.
 ///
 /// Sends go through the connection's bounded outgoing queue: [`send`] waits
@@ -140,6 +172,24 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Requests waiting for replies (only if requests are on).
     pub(crate) requests: Option<Box<Requests>>,
+}
+
+impl Shared {
+    /// Reports late replies that requests notice themselves (see
+    /// [`ReplySlot`]) to `events`, as the read side reports the others.
+    pub(crate) fn report_late_replies_to(&self, events: &EventSink) {
+        if let Some(requests) = &self.requests {
+            requests.report_late_replies_to(events);
+        }
+    }
+
+    /// Counts and reports a late reply to request `id`.
+    fn late_reply(&self, id: u64) {
+        Counters::add(&self.counters.late_replies, 1);
+        if let Some(events) = self.requests.as_deref().and_then(Requests::late_replies) {
+            events.report(Some(self.peer.clone()), Error::LateReply { id });
+        }
+    }
 }
 
 impl ConnectionHandle {
@@ -414,7 +464,7 @@ impl ConnectionHandle {
         // Forgets the request if this future is dropped or fails (with ids;
         // in ordered mode a queued request keeps its place).
         let mut forget = None;
-        match inner.wire.matching() {
+        let id = match inner.wire.matching() {
             Matching::Ids => {
                 let line = requests.register().map_err(RequestError::from_error)?;
                 let id = line.by_id(waiting);
@@ -430,49 +480,61 @@ impl ConnectionHandle {
                 let frames = u64::from(pushed.is_ok());
                 self.sent(pushed, frames)
                     .map_err(RequestError::from_error)?;
+                id
             }
             _ => {
                 let mut waiting = Some(waiting);
-                while !self
-                    .queue_in_line(requests, &mut waiting, msg)
-                    .map_err(RequestError::from_error)?
-                {
+                loop {
+                    let queued = self
+                        .queue_in_line(requests, &mut waiting, msg)
+                        .map_err(RequestError::from_error)?;
+                    if let Some(id) = queued {
+                        break id;
+                    }
                     timeout_at(deadline, inner.outbox.room())
                         .await
                         .map_err(timed_out)?;
                 }
             }
-        }
-        let reply = timeout_at(deadline, rx).await;
+        };
+        let mut rx = ReplySlot {
+            rx,
+            conn: inner,
+            id,
+        };
+        let reply = match timeout_at(deadline, &mut rx.rx).await {
+            Ok(received) => received,
+            // A reply handed over just as the timer fired is the answer
+            // (after `close`, one handed over later is a late reply).
+            Err(elapsed) => Ok(rx.close().ok_or_else(|| timed_out(elapsed))?),
+        };
         drop(forget);
         match reply {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(Error::ConnectionLost)) | Err(_)) => Err(RequestError::ConnectionLost),
-            Ok(Ok(Err(bad))) => Err(RequestError::BadReply(bad)),
-            Err(elapsed) => Err(timed_out(elapsed)),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(Error::ConnectionLost)) | Err(_) => Err(RequestError::ConnectionLost),
+            Ok(Err(bad)) => Err(RequestError::BadReply(bad)),
         }
     }
 
     /// In ordered mode: queues `msg` and puts `waiting` in line, under the
     /// table's lock so that the line's order is the order on the wire.
-    /// Returns `false` (and keeps `waiting`) if the queue is full.
+    /// Returns the request's id in line, or `None` (and keeps `waiting`)
+    /// if the queue is full.
     fn queue_in_line<Q: Message>(
         &self,
         requests: &Requests,
         waiting: &mut Option<Waiting>,
         msg: &Q,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<u64>, Error> {
         let inner = &*self.inner;
         let line = requests.register()?;
         match inner.outbox.try_push(|buf| inner.wire.encode(msg, buf)) {
             Ok(()) => {
-                if let Some(waiting) = waiting.take() {
-                    line.in_order(waiting);
-                }
-                self.sent(Ok(()), 1).map(|()| true)
+                let id = waiting.take().map(|waiting| line.in_order(waiting));
+                self.sent(Ok(()), 1).map(|()| Some(id.unwrap_or_default()))
             }
-            Err(PushError::Full) => Ok(false),
-            Err(refused) => self.sent(Err(refused), 0).map(|()| false),
+            Err(PushError::Full) => Ok(None),
+            Err(refused) => self.sent(Err(refused), 0).map(|()| None),
         }
     }
 

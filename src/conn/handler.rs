@@ -3,6 +3,8 @@
 use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -12,6 +14,7 @@ use crate::base::stats::Counters;
 use crate::codec::Message;
 use crate::conn::handle::{ConnectionHandle, ConnectionId};
 use crate::conn::op_error::{SendError, TrySendError};
+use crate::conn::outbox::PushError;
 use crate::wire::envelope::Envelope;
 use crate::wire::error::{BoxError, Error};
 
@@ -310,9 +313,18 @@ impl Context<'_> {
     /// returns). Replies sent through it may come in any order with
     /// request ids; in ordered mode they must keep the order of the
     /// requests.
+    ///
+    /// The request counts as unanswered until the replier (or one of its
+    /// clones) answers, or until every clone is dropped: a server's
+    /// graceful [`shutdown`](crate::Server::shutdown) waits for it within
+    /// its deadline (see [`Replier`]).
     pub fn replier(&self) -> Replier {
+        let owed = self.handle.inner.outbox.owe();
         Replier {
-            handle: self.handle.clone(),
+            owed: Arc::new(Owed {
+                handle: self.handle.clone(),
+                owed: AtomicBool::new(owed),
+            }),
             request: self.request,
         }
     }
@@ -347,6 +359,18 @@ impl Context<'_> {
 /// Answers one request later, from any task: made by
 /// [`Context::replier`]. It remembers which request it answers.
 ///
+/// Until it answers (or it and all its clones are dropped), its request
+/// is *owed* an answer, and a server's graceful
+/// [`shutdown`](crate::Server::shutdown) keeps the connection open for it,
+/// within the shutdown's deadline: an answer to a request that arrived
+/// before the shutdown is still sent, even while the connection is closing
+/// (then whatever the queue's bound). A request still owed at the deadline
+/// is cut with its connection and counted in the shutdown's report
+/// ([`ShutdownReport::unanswered_requests`](crate::ShutdownReport::unanswered_requests)).
+/// Dropping a replier without answering releases its request: nothing
+/// waits for it any more (the peer gets no reply; its request times out,
+/// or fails when the connection ends).
+///
 /// # Examples
 ///
 /// ```
@@ -372,43 +396,100 @@ impl Context<'_> {
 #[derive(Debug, Clone)]
 #[must_use = "a request is answered only when `reply` is called"]
 pub struct Replier {
-    handle: ConnectionHandle,
+    /// Shared by the clones: the request is answered once.
+    owed: Arc<Owed>,
     request: Option<u64>,
+}
+
+/// The answer a replier and its clones owe (see [`Replier`]).
+#[derive(Debug)]
+struct Owed {
+    handle: ConnectionHandle,
+    /// Registered with the outbox and not yet paid.
+    owed: AtomicBool,
+}
+
+impl Owed {
+    /// Whether the answer is still owed.
+    fn is_owed(&self) -> bool {
+        self.owed.load(Ordering::Acquire)
+    }
+
+    /// The answer was queued (or will never be): tells the outbox, once.
+    fn pay(&self) {
+        if self.owed.swap(false, Ordering::AcqRel) {
+            self.handle.inner.outbox.paid();
+        }
+    }
+}
+
+impl Drop for Owed {
+    /// The last clone is gone: nothing waits for this answer any more.
+    fn drop(&mut self) {
+        self.pay();
+    }
 }
 
 impl Replier {
     /// Sends the reply, waiting while the connection's outgoing queue is
-    /// full.
+    /// full. The first reply of a replier (or of any of its clones) is its
+    /// answer: taken while the connection is open, and while a server's
+    /// graceful [`shutdown`](crate::Server::shutdown) waits for it.
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] once the connection is closing or has ended;
-    /// [`SendError::Unsendable`] for encode and framing errors.
+    /// [`SendError::Closed`] once the connection is closing or has ended
+    /// (for the answer: once it has been cut, or closed other than by a
+    /// server's shutdown and its queue written);
+    /// [`SendError::Unsendable`] for encode and framing errors (the answer
+    /// is still owed then).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the reply is queued whole or not at all (and is still
+    /// owed if not).
     pub async fn reply<R: Message>(&self, reply: &R) -> Result<(), SendError> {
-        let inner = &*self.handle.inner;
+        let owed = &*self.owed;
+        let inner = &*owed.handle.inner;
         let kind = self.kind();
-        let pushed = inner
-            .outbox
-            .push(|buf| inner.wire.encode_as(kind, reply, buf))
-            .await;
+        let write = |buf: &mut _| inner.wire.encode_as(kind, reply, buf);
+        let pushed = if owed.is_owed() {
+            inner.outbox.push_answer(write).await
+        } else {
+            inner.outbox.push(write).await
+        };
+        self.paid_if(&pushed);
         let frames = u64::from(pushed.is_ok());
-        self.handle
+        owed.handle
             .sent(pushed, frames)
             .map_err(SendError::from_error)
     }
 
-    /// Sends the reply if the outgoing queue has room now.
+    /// Sends the reply if the outgoing queue has room now (for the answer,
+    /// as [`reply`](Self::reply) takes it).
     ///
     /// # Errors
     ///
     /// [`TrySendError::Full`], or as [`reply`](Self::reply).
     pub fn try_reply<R: Message>(&self, reply: &R) -> Result<(), TrySendError> {
-        let inner = &*self.handle.inner;
+        let owed = &*self.owed;
+        let inner = &*owed.handle.inner;
         let kind = self.kind();
-        let pushed = inner
-            .outbox
-            .try_push(|buf| inner.wire.encode_as(kind, reply, buf));
-        self.handle.tried(pushed)
+        let write = |buf: &mut _| inner.wire.encode_as(kind, reply, buf);
+        let pushed = if owed.is_owed() {
+            inner.outbox.try_push_answer(write)
+        } else {
+            inner.outbox.try_push(write)
+        };
+        self.paid_if(&pushed);
+        owed.handle.tried(pushed)
+    }
+
+    /// The answer is paid once queued, or once it can never be (closed).
+    fn paid_if(&self, pushed: &Result<(), PushError<Error>>) {
+        if matches!(pushed, Ok(()) | Err(PushError::Closed)) {
+            self.owed.pay();
+        }
     }
 
     /// The id of the request it answers (with request ids on).

@@ -41,6 +41,14 @@
 //! still taken); finished (nothing more is taken; the write side writes
 //! what is left, then ends).
 //!
+//! Answers owed: a [`Replier`](crate::conn::handler::Replier) made while the outbox is open
+//! or closed is *owed* ([`Outbox::owe`]) until it answers or is dropped
+//! ([`Outbox::paid`]). Its answer is taken while closed too (like a reply,
+//! whatever the bound). With [`Outbox::hold_for_answers`] (a server's
+//! graceful shutdown), [`finish`](Outbox::finish) waits for every answer
+//! owed: the outbox stays closed, taking those answers and nothing else,
+//! and finishes when the last is paid.
+//!
 //! This file imports nothing of the runtime but its sync primitives
 //! (`conn/sync.rs`) and the [`DirectWrite`] trait (`transport/direct.rs`),
 //! so that `loom-models/` can check its protocol under every interleaving.
@@ -125,6 +133,16 @@ struct State {
     reader: Option<Waker>,
     /// The socket, for sends that write through (while open).
     direct: Option<std::sync::Arc<dyn DirectWrite>>,
+    /// Answers owed by repliers (see the module docs).
+    owed: usize,
+    /// `finish` waits for the answers owed.
+    hold: bool,
+    /// `finish` was asked and waits for the answers owed: only they are
+    /// taken.
+    finishing: bool,
+    /// Bytes that batch senders have reserved and are encoding outside the
+    /// lock (see [`Outbox::try_push_some`]): counted against the bound.
+    reserved: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +260,12 @@ impl Outbox {
         state.queued.len() + (self.flight.load(Ordering::Acquire) & !WAITING)
     }
 
+    /// What other tasks' sends count against the bound: unsent bytes and
+    /// the room batch senders have reserved.
+    fn bound_used(&self, state: &State) -> usize {
+        self.unsent_of(state) + state.reserved
+    }
+
     /// For someone about to register for room (under the lock): sets the
     /// [`WAITING`] bit and returns the unsent bytes as of that moment.
     fn unsent_waiting(&self, state: &State) -> usize {
@@ -299,11 +323,44 @@ impl Outbox {
         &self,
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
+        self.try_push_as(false, write)
+    }
+
+    /// Appends the answer of a replier that still owes it (see the module
+    /// docs): while open, as [`try_push`](Self::try_push); once closed,
+    /// like a reply, whatever the bound, until the outbox has finished.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_push`](Self::try_push).
+    pub(crate) fn try_push_answer<E>(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
+        self.try_push_as(true, write)
+    }
+
+    /// [`try_push`](Self::try_push), or, for an `answer` owed,
+    /// [`try_push_answer`](Self::try_push_answer).
+    fn try_push_as<E>(
+        &self,
+        answer: bool,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
         let mut state = self.lock();
+        if answer && state.phase == Phase::Closed {
+            let wake = state.append(write)?;
+            self.hint(&state);
+            drop(state);
+            if wake {
+                self.writer.wake();
+            }
+            return Ok(());
+        }
         if state.phase != Phase::Open {
             return Err(PushError::Closed);
         }
-        if self.unsent_of(&state) >= self.limit {
+        if self.bound_used(&state) >= self.limit {
             return Err(PushError::Full);
         }
         let mut wake = state.append(write)?;
@@ -336,9 +393,35 @@ impl Outbox {
         &self,
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
+        self.push_as(false, write).await
+    }
+
+    /// Appends the answer of a replier that still owes it: as
+    /// [`push`](Self::push) while open, then as
+    /// [`try_push_answer`](Self::try_push_answer).
+    ///
+    /// # Errors
+    ///
+    /// As [`push`](Self::push).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`push`](Self::push).
+    pub(crate) async fn push_answer<E>(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
+        self.push_as(true, write).await
+    }
+
+    async fn push_as<E>(
+        &self,
+        answer: bool,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
         let mut write = Some(write);
         loop {
-            let attempt = self.try_push(|buf| match write.take() {
+            let attempt = self.try_push_as(answer, |buf| match write.take() {
                 Some(write) => write(buf),
                 None => Ok(()),
             });
@@ -381,8 +464,11 @@ impl Outbox {
     /// outside the lock, into a buffer of their own, up to the room there
     /// was (at most [`BATCH_BYTES`]), then appended under a short lock (a
     /// swap when the queue is empty), so that the write side never waits
-    /// for a batch being encoded. The bound holds as for single pushes, by
-    /// one item per sender encoding at the same time.
+    /// for a batch being encoded. The room is reserved while the batch is
+    /// encoded, so that senders encoding at the same time share it instead
+    /// of each taking all of it: the bound holds as for single pushes, by
+    /// one item per sender encoding at the same time (the item that crosses
+    /// its reservation).
     fn try_push_some<I: Iterator, E>(
         &self,
         items: &mut std::iter::Peekable<I>,
@@ -390,15 +476,22 @@ impl Outbox {
         queued: &mut u64,
     ) -> Result<(), PushError<E>> {
         let room = {
-            let state = self.lock();
+            let mut state = self.lock();
             if state.phase != Phase::Open {
                 return Err(PushError::Closed);
             }
-            let unsent = self.unsent_of(&state);
-            if unsent >= self.limit {
+            let used = self.bound_used(&state);
+            if used >= self.limit {
                 return Err(PushError::Full);
             }
-            (self.limit - unsent).min(BATCH_BYTES)
+            let room = (self.limit - used).min(BATCH_BYTES);
+            state.reserved += room;
+            room
+        };
+        // Given back under the lock below, or if encoding panics.
+        let mut reservation = Reservation {
+            outbox: self,
+            bytes: room,
         };
         let mut batch = BytesMut::with_capacity(room.min(BATCH_BYTES) + 256);
         let mut encoded = 0;
@@ -414,10 +507,17 @@ impl Outbox {
             encoded += 1;
         }
         let mut state = self.lock();
+        state.reserved -= std::mem::take(&mut reservation.bytes);
         if state.phase != Phase::Open {
             // Closed meanwhile: this batch is not queued.
             return Err(PushError::Closed);
         }
+        // Less than was reserved: room for those waiting.
+        let senders = if batch.len() < room && self.bound_used(&state) < self.limit {
+            std::mem::take(&mut state.waiters)
+        } else {
+            Vec::new()
+        };
         let was_empty = state.queued.is_empty();
         if was_empty {
             state.queued = batch;
@@ -429,8 +529,10 @@ impl Outbox {
         self.write_through(&mut state);
         let wake = was_empty && !state.queued.is_empty();
         *queued += encoded;
+        self.settle_waiting(&state);
         self.hint(&state);
         drop(state);
+        wake_all((senders, None));
         if wake {
             self.writer.wake();
         }
@@ -449,7 +551,7 @@ impl Outbox {
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut state = self.lock();
-        if state.phase == Phase::Finished {
+        if state.phase == Phase::Finished || state.finishing {
             return Ok(());
         }
         match state.append(write) {
@@ -485,6 +587,7 @@ impl Outbox {
         let mut state = self.lock();
         if self.unsent_waiting(&state) < self.limit.saturating_mul(2)
             || state.phase == Phase::Finished
+            || state.finishing
         {
             state.reader = None;
             self.hint(&state);
@@ -546,7 +649,7 @@ impl Outbox {
         }
         let mut state = self.lock();
         let unsent = self.unsent_of(&state);
-        let senders = if unsent < self.limit {
+        let senders = if unsent + state.reserved < self.limit {
             std::mem::take(&mut state.waiters)
         } else {
             Vec::new()
@@ -576,10 +679,23 @@ impl Outbox {
     }
 
     /// Takes nothing more: the write side writes what is queued, then
-    /// ends.
+    /// ends. With [`hold_for_answers`](Self::hold_for_answers), while
+    /// answers are owed: closes, takes only those answers, and finishes
+    /// once the last is paid.
     pub(crate) fn finish(&self) {
         let mut state = self.lock();
+        if state.hold && state.owed > 0 && state.phase != Phase::Finished {
+            state.phase = Phase::Closed;
+            state.finishing = true;
+            state.direct = None;
+            self.hint(&state);
+            let waiting = state.waiting();
+            drop(state);
+            wake_all(waiting);
+            return;
+        }
         state.phase = Phase::Finished;
+        state.finishing = false;
         state.direct = None;
         self.hint(&state);
         let waiting = state.waiting();
@@ -593,6 +709,7 @@ impl Outbox {
     pub(crate) fn abandon(&self) {
         let mut state = self.lock();
         state.phase = Phase::Finished;
+        state.finishing = false;
         state.queued = BytesMut::new();
         state.direct = None;
         self.flight.store(0, Ordering::Release);
@@ -608,6 +725,7 @@ impl Outbox {
     pub(crate) fn drain(&self) -> BytesMut {
         let mut state = self.lock();
         state.phase = Phase::Finished;
+        state.finishing = false;
         state.direct = None;
         let queued = std::mem::take(&mut state.queued);
         self.hint(&state);
@@ -631,6 +749,63 @@ impl Outbox {
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().phase != Phase::Open
     }
+
+    /// A replier was made: registers the answer it owes, unless the outbox
+    /// is finishing or has finished (frames that arrive then cannot be
+    /// answered). Returns whether it was registered; if so, call
+    /// [`paid`](Self::paid) once, when it answers or is dropped.
+    pub(crate) fn owe(&self) -> bool {
+        let mut state = self.lock();
+        if state.phase == Phase::Finished || state.finishing {
+            return false;
+        }
+        state.owed += 1;
+        true
+    }
+
+    /// An answer owed was given, or will never be (its replier is gone): a
+    /// [`finish`](Self::finish) that waited for it goes on if it was the
+    /// last.
+    pub(crate) fn paid(&self) {
+        let mut state = self.lock();
+        state.owed = state.owed.saturating_sub(1);
+        let go_on = state.owed == 0 && state.finishing;
+        drop(state);
+        if go_on {
+            self.finish();
+        }
+    }
+
+    /// Answers owed now.
+    pub(crate) fn owed(&self) -> usize {
+        self.lock().owed
+    }
+
+    /// From now on [`finish`](Self::finish) waits for the answers owed (a
+    /// server's graceful shutdown, whose deadline bounds the wait).
+    pub(crate) fn hold_for_answers(&self) {
+        self.lock().hold = true;
+    }
+}
+
+/// Room a batch sender reserved: given back when it is dropped (normally
+/// under the lock where the batch is appended, with `bytes` set to 0
+/// there; here if encoding panicked).
+struct Reservation<'a> {
+    outbox: &'a Outbox,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut state = self.outbox.lock();
+            state.reserved -= self.bytes;
+            let waiting = state.waiting();
+            drop(state);
+            wake_all(waiting);
+        }
+    }
 }
 
 /// Waits for room in an [`Outbox`]: made by [`Outbox::room`].
@@ -651,7 +826,9 @@ impl Future for Room<'_> {
         let position = self
             .id
             .and_then(|id| state.waiters.iter().position(|(w, _)| *w == id));
-        if state.phase != Phase::Open || outbox.unsent_waiting(&state) < outbox.limit {
+        if state.phase != Phase::Open
+            || outbox.unsent_waiting(&state) + state.reserved < outbox.limit
+        {
             if let Some(position) = position {
                 state.waiters.swap_remove(position);
             }
@@ -867,6 +1044,110 @@ mod tests {
             .unwrap();
         assert_eq!(queued, 4);
         assert!(items.peek().is_none());
+    }
+
+    /// Issue 21: senders encoding batches at the same time each took all
+    /// the room there was (up to 16 KiB each) past the bound. Here sender B
+    /// runs a whole batch while sender A is encoding its own, outside the
+    /// lock.
+    #[test]
+    fn concurrent_batches_share_the_room_instead_of_each_taking_it() {
+        const LIMIT: usize = 4096;
+        const ITEM: usize = 100;
+        let outbox = Outbox::new(LIMIT);
+        let item = [7u8; ITEM];
+        let write = |item: &[u8; ITEM], buf: &mut BytesMut| {
+            buf.extend_from_slice(item);
+            Ok::<_, ()>(())
+        };
+        let mut b_items = std::iter::repeat_n(&item, 100).peekable();
+        let mut b_queued = 0;
+        let mut b_result = None;
+        let mut a_items = std::iter::repeat_n(&item, 100).peekable();
+        let mut a_queued = 0;
+        let mut write_a = |item: &[u8; ITEM], buf: &mut BytesMut| {
+            if b_result.is_none() {
+                let mut write_b = write;
+                b_result = Some(outbox.try_push_some(&mut b_items, &mut write_b, &mut b_queued));
+            }
+            write(item, buf)
+        };
+        let a_result = outbox.try_push_some(&mut a_items, &mut write_a, &mut a_queued);
+        assert_eq!(a_result, Ok(()));
+        let unsent = outbox.unsent();
+        assert_eq!(unsent, (a_queued + b_queued) as usize * ITEM);
+        // One item per sender past the bound, at most.
+        assert!(
+            unsent <= LIMIT + 2 * ITEM,
+            "{unsent} bytes unsent, bound {LIMIT} ({a_queued} + {b_queued} items; B: {b_result:?})"
+        );
+    }
+
+    /// A replier's answer owed: taken while closed, whatever the bound;
+    /// with `hold_for_answers`, `finish` waits for it and takes nothing
+    /// else meanwhile.
+    #[test]
+    fn a_held_finish_waits_for_the_answers_owed() {
+        let outbox = Outbox::new(4);
+        outbox.hold_for_answers();
+        assert!(outbox.owe());
+        assert!(outbox.owe());
+        push(&outbox, b"abcd").unwrap();
+        outbox.close();
+        assert_eq!(push(&outbox, b"x"), Err(PushError::Closed));
+        // Past the bound: an answer owed is still taken.
+        let answer = |b: &mut BytesMut| {
+            b.extend_from_slice(b"answer1");
+            Ok::<_, ()>(())
+        };
+        assert_eq!(outbox.try_push_answer(answer), Ok(()));
+        outbox.paid();
+        outbox.finish();
+        // Finishing: no new replier owes anything, a handler's reply is
+        // dropped, the write side is not told to end.
+        assert!(!outbox.owe());
+        push_reply(&outbox, b"dropped");
+        assert_eq!(take(&outbox).unwrap(), b"abcdanswer1");
+        assert_eq!(take(&outbox), None);
+        let answer = |b: &mut BytesMut| {
+            b.extend_from_slice(b"answer2");
+            Ok::<_, ()>(())
+        };
+        assert_eq!(outbox.try_push_answer(answer), Ok(()));
+        assert_eq!(outbox.owed(), 1);
+        outbox.paid();
+        assert_eq!(outbox.owed(), 0);
+        assert_eq!(take(&outbox).unwrap(), b"answer2");
+        let (_, waker) = counting_waker();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            outbox.poll_take(&mut buf, &mut Context::from_waker(&waker)),
+            Poll::Ready(Take::Finished)
+        );
+        // Finished: too late.
+        assert_eq!(
+            outbox.try_push_answer(|b| {
+                b.extend_from_slice(b"late");
+                Ok::<_, ()>(())
+            }),
+            Err(PushError::Closed)
+        );
+    }
+
+    /// Without `hold_for_answers` (a client's close, `close_remote`),
+    /// `finish` does not wait.
+    #[test]
+    fn an_unheld_finish_does_not_wait_for_answers() {
+        let outbox = Outbox::new(64);
+        assert!(outbox.owe());
+        outbox.close();
+        outbox.finish();
+        let (_, waker) = counting_waker();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            outbox.poll_take(&mut buf, &mut Context::from_waker(&waker)),
+            Poll::Ready(Take::Finished)
+        );
     }
 
     #[tokio::test]

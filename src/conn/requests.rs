@@ -12,11 +12,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::conn::events::EventSink;
 use crate::conn::wire::{Matching, Wire};
 use crate::wire::error::Error;
 
@@ -51,6 +52,9 @@ pub(crate) struct Requests {
     state: Mutex<State>,
     /// Slots for requests in flight.
     slots: Arc<Semaphore>,
+    /// Where requests report the late replies they notice themselves (a
+    /// reply handed over as its request was given up).
+    late_replies: OnceLock<EventSink>,
 }
 
 #[derive(Default)]
@@ -146,7 +150,18 @@ impl Requests {
             slots: Arc::new(Semaphore::new(
                 max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
             )),
+            late_replies: OnceLock::new(),
         }
+    }
+
+    /// Sets where late replies noticed by requests are reported (once).
+    pub(crate) fn report_late_replies_to(&self, events: &EventSink) {
+        let _ = self.late_replies.get_or_init(|| events.clone());
+    }
+
+    /// Where late replies noticed by requests are reported, once set.
+    pub(crate) fn late_replies(&self) -> Option<&EventSink> {
+        self.late_replies.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

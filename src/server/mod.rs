@@ -3,7 +3,7 @@
 //! May import: `conn`, `transport`, `codec`, `wire`, `base`; not `client`
 //! beside it, nothing above (`.ci/check-layers` checks it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -101,12 +101,19 @@ struct Shared<H> {
 
 /// The server's open connections, by id: a peer that reconnects from the
 /// same address is a new entry, and a connection's end removes only its
-/// own.
+/// own. Inserting and removing take constant time (a mass disconnect
+/// holds the lock that accepts and broadcasts take for a time linear in
+/// the connections, not quadratic), and logarithmic time in the rare
+/// connections from one address at once.
 #[derive(Debug, Default)]
 struct Table {
     by_id: HashMap<ConnectionId, ConnectionHandle>,
     /// The newest connection from each address, for lookups by address.
     by_addr: HashMap<Addr, ConnectionId>,
+    /// The other live connections from an address that has more than one
+    /// (an old one still ending when its peer reconnected from the same
+    /// address, or streams served under one name).
+    older: HashMap<Addr, BTreeSet<ConnectionId>>,
     /// Set by `shutdown` (close) or `cut` (abort): every connection was
     /// told, and one accepted from now on is not started.
     ending: Option<Fired>,
@@ -115,8 +122,23 @@ struct Table {
 impl Table {
     fn insert(&mut self, handle: ConnectionHandle) {
         let id = handle.id();
-        self.by_addr.insert(handle.inner.peer.clone(), id);
+        let peer = handle.inner.peer.clone();
         self.by_id.insert(id, handle);
+        match self.by_addr.get_mut(&peer) {
+            None => {
+                self.by_addr.insert(peer, id);
+            }
+            Some(newest) => {
+                // The newest stays in `by_addr`, the other goes with the
+                // older ones.
+                let older = if *newest < id {
+                    std::mem::replace(newest, id)
+                } else {
+                    id
+                };
+                self.older.entry(peer).or_default().insert(older);
+            }
+        }
     }
 
     /// Removes connection `id`, and nothing else.
@@ -125,23 +147,24 @@ impl Table {
             return;
         };
         let peer = &handle.inner.peer;
+        let Some(older) = self.older.get_mut(peer) else {
+            // The only connection from its address (the usual case).
+            if self.by_addr.get(peer) == Some(&id) {
+                self.by_addr.remove(peer);
+            }
+            return;
+        };
         if self.by_addr.get(peer) == Some(&id) {
-            // Another live connection from the same address (an old one
-            // still ending) takes its place.
-            match self.newest_from(peer) {
-                Some(other) => self.by_addr.insert(peer.clone(), other),
-                None => self.by_addr.remove(peer),
-            };
+            // The newest of the others takes its place.
+            if let Some(next) = older.pop_last() {
+                self.by_addr.insert(peer.clone(), next);
+            }
+        } else {
+            older.remove(&id);
         }
-    }
-
-    /// The newest connection from `peer`, by a scan (rare: removals only).
-    fn newest_from(&self, peer: &Addr) -> Option<ConnectionId> {
-        self.by_id
-            .values()
-            .filter(|handle| handle.inner.peer == *peer)
-            .map(|handle| handle.id())
-            .max()
+        if older.is_empty() {
+            self.older.remove(peer);
+        }
     }
 
     /// The live connection from `peer`: the newest, if a peer reconnected
@@ -157,7 +180,10 @@ impl Table {
         }
         for handle in self.by_id.values() {
             match how {
-                Fired::Close => handle.close(),
+                Fired::Close => {
+                    handle.inner.outbox.hold_for_answers();
+                    handle.close();
+                }
                 Fired::Abort => handle.inner.signal.abort(),
             }
         }
@@ -832,25 +858,61 @@ impl<H: Handler> Server<H> {
     }
 
     /// Shuts down gracefully: stops accepting, lets every connection handle
-    /// and answer the frames that have already arrived, flush what is
-    /// queued, and close; cuts whatever is still running after `deadline`.
-    /// Returns whether everything finished before the deadline.
+    /// and answer the frames that have already arrived, waits for the
+    /// answers still owed by [`Replier`](crate::Replier)s (requests that
+    /// arrived before the shutdown and were handed to another task: their
+    /// answers are still sent), flushes what is queued, and closes; cuts
+    /// whatever is still running after `deadline`. Returns a report: whether
+    /// everything finished before the deadline, and if not, what was cut.
     ///
     /// Frames that arrive after the shutdown began still reach the handler
     /// while a connection waits for its peer to close, but cannot be
     /// answered.
-    pub async fn shutdown(&self, deadline: Duration) -> bool {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::Server;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::listen("127.0.0.1:0", ()).await?;
+    /// let report = server.shutdown(Duration::from_secs(5)).await;
+    /// assert!(report.finished);
+    /// assert_eq!(report.unanswered_requests, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.shared.stop_accepting.cancel();
         self.shared.lock().end_all(Fired::Close);
         self.shared.tasks.close();
         let finished = tokio::time::timeout(deadline, self.shared.tasks.wait())
             .await
             .is_ok();
+        let mut report = ShutdownReport {
+            finished,
+            connections_cut: 0,
+            unanswered_requests: 0,
+        };
         if !finished {
-            tracing::debug!(?deadline, "graceful shutdown past its deadline: cutting");
+            let table = self.shared.lock();
+            report.connections_cut = table.by_id.len();
+            report.unanswered_requests = table
+                .by_id
+                .values()
+                .map(|handle| handle.inner.outbox.owed() as u64)
+                .sum();
+            drop(table);
+            tracing::debug!(
+                ?deadline,
+                connections = report.connections_cut,
+                unanswered_requests = report.unanswered_requests,
+                "graceful shutdown past its deadline: cutting"
+            );
         }
         self.cut().await;
-        finished
+        report
     }
 
     /// Stops accepting, closes every connection at once, and returns once
@@ -863,6 +925,22 @@ impl<H: Handler> Server<H> {
         self.shared.tasks.wait().await;
         self.shared.ended.cancel();
     }
+}
+
+/// What a graceful [`Server::shutdown`] did: made by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Every connection ended (and its `on_close` returned) before the
+    /// deadline: nothing was cut.
+    pub finished: bool,
+    /// Connections still open at the deadline, cut then.
+    pub connections_cut: usize,
+    /// Requests still owed an answer by a [`Replier`](crate::Replier) (not
+    /// answered, not dropped) on the connections cut: their callers get no
+    /// reply (a request made with this crate's client fails with
+    /// [`RequestError::ConnectionLost`](crate::RequestError::ConnectionLost)).
+    pub unanswered_requests: u64,
 }
 
 impl<H> Drop for Server<H> {
@@ -924,6 +1002,31 @@ mod tests {
         table.remove(second_a.id());
         assert_eq!(table.find(&a).map(|h| h.id()), Some(first_a.id()));
         assert!(table.find(&Addr::named("c")).is_none());
+    }
+
+    #[test]
+    fn many_connections_from_one_address_end_in_any_order() {
+        let peer = Addr::named("shared");
+        let mut table = Table::default();
+        let handles: Vec<_> = (0..5).map(|_| handle(&peer)).collect();
+        // Inserted out of order: the newest is still the one found.
+        for i in [1, 0, 3, 4, 2] {
+            table.insert(handles[i].clone());
+        }
+        assert_eq!(table.find(&peer).map(|h| h.id()), Some(handles[4].id()));
+        for (gone, newest_left) in [(2, 4), (4, 3), (0, 3), (3, 1), (1, 1)] {
+            table.remove(handles[gone].id());
+            if gone == newest_left {
+                assert!(table.find(&peer).is_none());
+            } else {
+                assert_eq!(
+                    table.find(&peer).map(|h| h.id()),
+                    Some(handles[newest_left].id()),
+                    "after removing {gone}"
+                );
+            }
+        }
+        assert!(table.by_id.is_empty() && table.by_addr.is_empty() && table.older.is_empty());
     }
 
     #[test]
