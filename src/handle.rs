@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 
 use crate::envelope::Envelope;
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Frames, Outbox, PushError, Tally};
 use crate::requests::{Matching, Requests, Waiting};
 use crate::signal::Signal;
 use crate::stats::Counters;
@@ -105,6 +105,33 @@ impl End {
     }
 }
 
+/// Counts what becomes of a queue's frames in `counters`.
+fn tally(counters: Arc<Counters>) -> Tally {
+    Tally::new(move |frames| match frames {
+        Frames::Written(n) => Counters::add(&counters.frames_out, n),
+        Frames::Lost(n) => Counters::add(&counters.frames_lost_with_connection, n),
+    })
+}
+
+/// How a request failed: before its frame was queued (nothing sent), or
+/// after.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Nothing was sent: the connection was closing or had ended, or the
+    /// frame could not be encoded.
+    NotSent(RequestError),
+    /// Sent (or it may have been), or given up.
+    Failed(RequestError),
+}
+
+impl Attempt {
+    pub(crate) fn into_error(self) -> RequestError {
+        match self {
+            Attempt::NotSent(error) | Attempt::Failed(error) => error,
+        }
+    }
+}
+
 /// Forgets a request by id when its caller stops waiting.
 struct Forget<'a> {
     requests: &'a Requests,
@@ -167,7 +194,7 @@ impl ConnectionHandle {
                 id: ConnectionId::next(),
                 peer,
                 local,
-                outbox: Outbox::new(queue_bytes),
+                outbox: Outbox::new(queue_bytes).counting(tally(counters.clone())),
                 signal: Signal::default(),
                 end: End::default(),
                 requests: wire.requests(),
@@ -405,16 +432,34 @@ impl ConnectionHandle {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<R, RequestError> {
-        let timed_out = |_| RequestError::Timeout(timeout);
+        self.try_request(msg, deadline, timeout)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// [`request_until`](Self::request_until) that says whether a failed
+    /// request was sent: a reconnecting client tries one that was not (its
+    /// connection had ended) again on the next connection.
+    pub(crate) async fn try_request<Q: Message, R: Message>(
+        &self,
+        msg: &Q,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<R, Attempt> {
+        let timed_out = |_| Attempt::Failed(RequestError::Timeout(timeout));
+        let not_sent = |error| Attempt::NotSent(RequestError::from_error(error));
         let inner = &*self.inner;
-        let requests = inner.requests.as_deref().ok_or(RequestError::NotEnabled)?;
+        let requests = inner
+            .requests
+            .as_deref()
+            .ok_or(Attempt::Failed(RequestError::NotEnabled))?;
         // A free slot, the usual case, needs no timer.
         let slot = match requests.try_slot() {
             Some(slot) => slot,
             None => timeout_at(deadline, requests.slot())
                 .await
                 .map_err(timed_out)?
-                .map_err(RequestError::from_error)?,
+                .map_err(not_sent)?,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
         let waiting = Waiting::new(
@@ -428,7 +473,7 @@ impl ConnectionHandle {
         let mut forget = None;
         match inner.wire.matching() {
             Matching::Ids => {
-                let line = requests.register().map_err(RequestError::from_error)?;
+                let line = requests.register().map_err(not_sent)?;
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
@@ -440,14 +485,13 @@ impl ConnectionHandle {
                     other => other,
                 };
                 let frames = u64::from(pushed.is_ok());
-                self.sent(pushed, frames)
-                    .map_err(RequestError::from_error)?;
+                self.sent(pushed, frames).map_err(not_sent)?;
             }
             _ => {
                 let mut waiting = Some(waiting);
                 while !self
                     .queue_in_line(requests, &mut waiting, msg)
-                    .map_err(RequestError::from_error)?
+                    .map_err(not_sent)?
                 {
                     timeout_at(deadline, inner.outbox.room())
                         .await
@@ -459,8 +503,10 @@ impl ConnectionHandle {
         drop(forget);
         match reply {
             Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(Error::ConnectionLost)) | Err(_)) => Err(RequestError::ConnectionLost),
-            Ok(Ok(Err(bad))) => Err(RequestError::BadReply(bad)),
+            Ok(Ok(Err(Error::ConnectionLost)) | Err(_)) => {
+                Err(Attempt::Failed(RequestError::ConnectionLost))
+            }
+            Ok(Ok(Err(bad))) => Err(Attempt::Failed(RequestError::BadReply(bad))),
             Err(elapsed) => Err(timed_out(elapsed)),
         }
     }
@@ -488,10 +534,9 @@ impl ConnectionHandle {
         }
     }
 
-    /// Counts a frame queued by a `try_` push, and turns a refusal into a
-    /// [`TrySendError`].
+    /// Turns a refusal of a `try_` push into a [`TrySendError`]. (Frames
+    /// are counted once written, by the queue's tally.)
     pub(crate) fn tried(&self, pushed: Result<(), PushError<Error>>) -> Result<(), TrySendError> {
-        Counters::add(&self.inner.counters.frames_out, u64::from(pushed.is_ok()));
         pushed.map_err(|error| match error {
             PushError::Closed => TrySendError::Closed,
             PushError::Full => TrySendError::Full {
@@ -501,13 +546,14 @@ impl ConnectionHandle {
         })
     }
 
-    /// Counts the `frames` queued and turns a refusal into an [`Error`].
+    /// Turns a refusal into an [`Error`]. (`frames` were queued; they are
+    /// counted once written, by the queue's tally.)
     pub(crate) fn sent(
         &self,
         pushed: Result<(), PushError<Error>>,
         frames: u64,
     ) -> Result<(), Error> {
-        Counters::add(&self.inner.counters.frames_out, frames);
+        let _ = frames;
         pushed.map_err(|error| match error {
             PushError::Closed => Error::Closed,
             PushError::Full => Error::QueueFull {

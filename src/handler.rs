@@ -8,7 +8,6 @@ use bytes::Bytes;
 
 use crate::envelope::Envelope;
 use crate::handle::{ConnectionHandle, ConnectionId};
-use crate::stats::Counters;
 use crate::{Addr, BoxError, CloseReason, Error, Message, SendError, TrySendError};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
@@ -175,7 +174,6 @@ impl Context<'_> {
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
         let inner = &*self.handle.inner;
         inner.outbox.push_reply(|buf| inner.wire.encode(msg, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 
@@ -219,7 +217,6 @@ impl Context<'_> {
         inner
             .outbox
             .push_reply(|buf| inner.wire.encode_as(kind, reply, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 
@@ -313,7 +310,6 @@ impl Context<'_> {
         inner
             .outbox
             .push_reply(|buf| inner.wire.encode_bytes(payload, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 

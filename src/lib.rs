@@ -145,7 +145,7 @@ mod writer;
 #[cfg(unix)]
 pub use crate::addr::UnixAddr;
 pub use crate::addr::{Addr, ConnectAddr};
-pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
+pub use crate::client::{Client, ClientBuilder, CloseReport, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
@@ -165,7 +165,9 @@ pub use crate::link::WhileDown;
 pub use crate::op_error::{ConnectError, RequestError, SendError, TrySendError};
 pub use crate::options::Options;
 pub use crate::receive::Inbox;
-pub use crate::reconnect::{Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
+pub use crate::reconnect::{
+    Reconnect, DEFAULT_HEALTHY_AFTER, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
+};
 pub use crate::server::{Server, ServerBuilder};
 pub use crate::stats::Stats;
 pub use crate::typed_codec::TypedCodec;

@@ -52,6 +52,10 @@ struct Spec {
     matching: Matching,
     /// Requests in flight at most, per connection.
     max_in_flight: usize,
+    /// The next request id, shared by every connection made with this wire
+    /// (every connection of a reconnecting client): ids never repeat
+    /// within a client.
+    ids: Arc<std::sync::atomic::AtomicU64>,
     /// The serde format of every serde message, if switched.
     format: Option<crate::codec::Format>,
     /// Refuse to encode an empty frame (Go chitchat peers crash on one).
@@ -79,6 +83,7 @@ impl Wire {
                 raw: FrameCodec::new(framing.resolve(false)),
                 bytes_binary: binary,
                 receive_binary: binary,
+                ids: Arc::default(),
                 overrides,
                 envelope: false,
                 matching: Matching::Off,
@@ -190,7 +195,8 @@ impl Wire {
     /// The table for a connection's requests, if requests are on.
     pub(crate) fn requests(&self) -> Option<Box<Requests>> {
         let spec = &self.spec;
-        (spec.matching != Matching::Off).then(|| Box::new(Requests::new(spec.max_in_flight)))
+        (spec.matching != Matching::Off)
+            .then(|| Box::new(Requests::new(spec.max_in_flight, spec.ids.clone())))
     }
 
     /// A fresh frame decoder for one connection.
