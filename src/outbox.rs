@@ -662,7 +662,7 @@ impl Outbox {
             self.flight_frames
                 .store(state.flight_ends.len(), Ordering::Release);
             self.flight.fetch_add(dst.len(), Ordering::AcqRel);
-            self.hint(&state);
+            self.hint(state);
             return Some(Take::Bytes);
         }
         (state.phase == Phase::Finished).then_some(Take::Finished)
@@ -926,6 +926,81 @@ mod tests {
         outbox.wrote(3);
         push(&outbox, b"e").unwrap();
         assert_eq!(outbox.unsent(), 2);
+    }
+
+    /// An outbox whose tally adds up what it is told: (written, lost).
+    fn tallied(limit: usize) -> (Outbox, Arc<std::sync::Mutex<(u64, u64)>>) {
+        let told = Arc::new(std::sync::Mutex::new((0, 0)));
+        let into = told.clone();
+        let outbox = Outbox::new(limit).counting(Tally::new(move |frames| {
+            let mut told = into.lock().unwrap();
+            match frames {
+                Frames::Written(n) => told.0 += n,
+                Frames::Lost(n) => told.1 += n,
+            }
+        }));
+        (outbox, told)
+    }
+
+    #[test]
+    fn frames_are_told_written_once_all_their_bytes_are() {
+        let (outbox, told) = tallied(64);
+        for frame in [&b"aaa\n"[..], b"bb\n", b"c\n"] {
+            push(&outbox, frame).unwrap();
+        }
+        let (_, waker) = counting_waker();
+        let mut in_flight = BytesMut::new();
+        let poll = outbox.poll_take(&mut in_flight, &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(Take::Bytes));
+        outbox.wrote(5); // the first frame and one byte of the second
+        assert_eq!(
+            *told.lock().unwrap(),
+            (0, 0),
+            "told before the buffer is written"
+        );
+        outbox.wrote(4);
+        assert_eq!(*told.lock().unwrap(), (3, 0));
+    }
+
+    #[test]
+    fn an_abandoned_outbox_tells_what_was_written_and_what_was_lost() {
+        let (outbox, told) = tallied(64);
+        for frame in [&b"aaa\n"[..], b"bb\n", b"c\n"] {
+            push(&outbox, frame).unwrap();
+        }
+        let (_, waker) = counting_waker();
+        let mut in_flight = BytesMut::new();
+        let poll = outbox.poll_take(&mut in_flight, &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(Take::Bytes));
+        // The first frame and one byte of the second are written; one more
+        // frame is queued behind them.
+        outbox.wrote(5);
+        push(&outbox, b"dddd\n").unwrap();
+        outbox.abandon();
+        assert_eq!(*told.lock().unwrap(), (1, 3));
+        // A reply after the end is lost too.
+        outbox
+            .push_reply(|b| {
+                b.extend_from_slice(b"late\n");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(*told.lock().unwrap(), (1, 4));
+    }
+
+    #[test]
+    fn kept_frames_move_with_their_count() {
+        let (held, _) = tallied(64);
+        let (next, told) = tallied(64);
+        push(&next, b"hello\n").unwrap();
+        for frame in [&b"k1\n"[..], b"k2\n"] {
+            push(&held, frame).unwrap();
+        }
+        let kept = held.drain();
+        assert_eq!(kept.frames(), 2);
+        next.push_kept(kept);
+        assert_eq!(take(&next).as_deref(), Some(&b"hello\nk1\nk2\n"[..]));
+        assert_eq!(*told.lock().unwrap(), (3, 0));
     }
 
     #[test]
