@@ -140,9 +140,9 @@ pub use crate::base::close::CloseReason;
 pub use crate::base::stats::Stats;
 pub use crate::client::link::WhileDown;
 pub use crate::client::reconnect::{
-    Reconnect, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
+    Reconnect, DEFAULT_HEALTHY_AFTER, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
 };
-pub use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
+pub use crate::client::{Client, ClientBuilder, CloseReport, DEFAULT_CONNECT_TIMEOUT};
 pub use crate::codec::typed_codec::TypedCodec;
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;

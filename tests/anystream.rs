@@ -266,8 +266,10 @@ async fn a_slow_reader_holds_the_servers_sends_at_the_queue_bound_then_gets_ever
         stalled_at * (LINE as u64) <= bound,
         "the server's sends never waited: {stalled_at} of {LINES} taken (bound {bound} bytes)"
     );
+    // Queued: every send that returned (`frames_out` counts only frames
+    // written).
     let stats = server.stats();
-    let unsent = stats.frames_out * LINE as u64 - stats.bytes_out;
+    let unsent = stalled_at * LINE as u64 - stats.bytes_out;
     assert!(
         unsent <= (QUEUE + LINE) as u64,
         "{unsent} bytes unsent for a peer that reads nothing (bound {QUEUE})"

@@ -70,9 +70,10 @@ async fn a_peer_that_reads_nothing_stops_being_read_and_gets_everything_once_it_
         stalled_at < LINES / 2,
         "the server kept reading a peer that reads nothing: {stalled_at} of {LINES} lines taken"
     );
-    // What the server holds for the peer: replies queued, not yet written.
+    // What the server holds for the peer: replies queued, not yet written
+    // (one echo per line read; `frames_out` counts only frames written).
     let stats = server.stats();
-    let unsent = stats.frames_out * LINE as u64 - stats.bytes_out;
+    let unsent = stats.frames_in * LINE as u64 - stats.bytes_out;
     assert!(
         unsent <= (2 * QUEUE + LINE) as u64,
         "{unsent} bytes unsent for a peer that reads nothing (bound {})",

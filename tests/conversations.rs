@@ -711,7 +711,11 @@ async fn a_client_gives_up_after_its_tries() {
             Reconnect::new()
                 .initial_delay(Duration::from_millis(5))
                 .max_delay(Duration::from_millis(20))
-                .max_tries(3),
+                .max_tries(3)
+                // Its first connection, cut at once, counts as healthy:
+                // three tries after it (see lifecycle_reconnect.rs for
+                // connections that end before they are healthy).
+                .healthy_after(Duration::ZERO),
         )
         .connect(server.local_addr())
         .await

@@ -5,7 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A snapshot of a server's or client's counters.
 ///
 /// Frames and bytes count what crossed the socket (bytes are wire bytes,
-/// with framing); frames out count frames queued or written.
+/// with framing): `frames_out` counts frames written whole to a socket.
+/// What was accepted for sending and never written is counted in
+/// `frames_lost_with_connection`, `kept_frames_dropped_at_end` and
+/// `dropped_while_down`: see the README, "What is delivered, what can be
+/// lost, and how you know".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -17,7 +21,8 @@ pub struct Stats {
     pub connections_total: u64,
     /// Frames received.
     pub frames_in: u64,
-    /// Frames sent.
+    /// Frames written whole to a socket (not those still queued: a frame
+    /// is counted once its last byte is written).
     pub frames_out: u64,
     /// Bytes received.
     pub bytes_in: u64,
@@ -27,7 +32,10 @@ pub struct Stats {
     /// themselves, while the connection's write side had nothing in flight
     /// (plain TCP only; see README, "How a connection works").
     pub bytes_written_through: u64,
-    /// Error events raised (read or dropped).
+    /// Error events raised (read or dropped) that are errors: lifecycle
+    /// events ([`ErrorEvent::is_error`](crate::ErrorEvent::is_error) is
+    /// `false`: a peer's normal end of stream, a reconnecting client's
+    /// disconnects and reconnects, late replies) are not counted.
     pub errors: u64,
     /// Error events dropped because nobody read them.
     pub dropped_events: u64,
@@ -40,6 +48,17 @@ pub struct Stats {
     /// Frames a receiving client dropped because it was closing and its
     /// receive buffer was full (nobody was reading them).
     pub dropped_at_close: u64,
+    /// Frames accepted for sending on a connection (queued) that were not
+    /// written whole when it ended: the connection failed or was cut, or
+    /// it was closed and its close timed out. (A frame written to the
+    /// socket is counted in `frames_out`, even if the peer never read it.)
+    pub frames_lost_with_connection: u64,
+    /// Frames a reconnecting client kept while it was down
+    /// ([`WhileDown::Keep`](crate::WhileDown::Keep)) and dropped unsent
+    /// when it ended: closed ([`Client::close`](crate::Client::close), or
+    /// [`Client::close_within`](crate::Client::close_within) past its
+    /// deadline), dropped, or out of tries.
+    pub kept_frames_dropped_at_end: u64,
 }
 
 /// The live counters behind [`Stats`], shared by every task.
@@ -57,6 +76,8 @@ pub(crate) struct Counters {
     pub(crate) late_replies: AtomicU64,
     pub(crate) dropped_while_down: AtomicU64,
     pub(crate) dropped_at_close: AtomicU64,
+    pub(crate) frames_lost_with_connection: AtomicU64,
+    pub(crate) kept_frames_dropped_at_end: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +111,8 @@ impl Counters {
             late_replies: get(&self.late_replies),
             dropped_while_down: get(&self.dropped_while_down),
             dropped_at_close: get(&self.dropped_at_close),
+            frames_lost_with_connection: get(&self.frames_lost_with_connection),
+            kept_frames_dropped_at_end: get(&self.kept_frames_dropped_at_end),
         }
     }
 }

@@ -55,6 +55,8 @@ pub(crate) enum Target {
     Queue(ConnectionHandle, u64),
     /// Dropped and counted (down, with [`WhileDown::Drop`]).
     Drop,
+    /// Refused: the client is closing.
+    Closed,
 }
 
 /// A client's current connection and how it changes.
@@ -67,6 +69,9 @@ pub(crate) struct Link {
     pub(crate) reconnect: Option<WhileDown>,
     /// Fired by `close` or drop: no more reconnects.
     pub(crate) stop: CancellationToken,
+    /// Fired by `close_within`: sends are refused, but a client that is
+    /// down still reconnects, to deliver what it kept.
+    pub(crate) closing: CancellationToken,
     counters: Arc<Counters>,
 }
 
@@ -90,6 +95,7 @@ impl Link {
             changed: Notify::new(),
             reconnect,
             stop: CancellationToken::new(),
+            closing: CancellationToken::new(),
             counters,
         }
     }
@@ -111,7 +117,7 @@ impl Link {
     }
 
     /// The generation and the connection now.
-    fn now(&self) -> (u64, Current) {
+    pub(crate) fn now(&self) -> (u64, Current) {
         let state = self.lock();
         (state.generation, state.current.clone())
     }
@@ -137,6 +143,9 @@ impl Link {
 
     /// Where a send goes now.
     pub(crate) fn target(&self) -> Target {
+        if self.closing.is_cancelled() {
+            return Target::Closed;
+        }
         let (generation, current) = self.now();
         match current {
             Current::Down(_) => {
@@ -159,7 +168,10 @@ impl Link {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let (generation, current) = self.now();
-            if self.stop.is_cancelled() || matches!(current, Current::Ended(_)) {
+            if self.stop.is_cancelled()
+                || self.closing.is_cancelled()
+                || matches!(current, Current::Ended(_))
+            {
                 return false;
             }
             if generation != seen {
@@ -168,6 +180,7 @@ impl Link {
             tokio::select! {
                 () = changed => {}
                 () = self.stop.cancelled() => return false,
+                () = self.closing.cancelled() => return false,
             }
         }
     }

@@ -36,7 +36,7 @@ use crate::conn::config::ConnectionConfig;
 use crate::conn::connection::{self, OnEnd};
 use crate::conn::events::ErrorEvents;
 use crate::conn::events::{event_channel, EventSink};
-use crate::conn::handle::ConnectionHandle;
+use crate::conn::handle::{Attempt, ConnectionHandle};
 use crate::conn::handler::Handler;
 use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
 use crate::conn::receive::Inbox;
@@ -690,6 +690,18 @@ impl<H: Handler> Starter<H> {
         (conn, Box::pin(task.instrument(span)))
     }
 
+    /// A queue for a reconnecting client that is down: it keeps what is
+    /// sent, and refuses requests (they would have no connection to go
+    /// out on: a request never waits in it, to be sent later after its
+    /// caller was told it failed).
+    fn holding(&self, peer: Addr, local: Addr) -> ConnectionHandle {
+        let held = self.handle(peer, local);
+        if let Some(requests) = &held.inner.requests {
+            requests.refuse();
+        }
+        held
+    }
+
     /// A handle with a queue and no socket (yet).
     fn handle(&self, peer: Addr, local: Addr) -> ConnectionHandle {
         ConnectionHandle::new(
@@ -716,6 +728,14 @@ struct Supervisor<H> {
 impl<H: Handler> Supervisor<H> {
     async fn run(self, first: Task) {
         let mut task = first;
+        // When the connection now started, and the frames read until then.
+        let mut since = self.since();
+        // Failed tries in a row: a connection that ended before it was
+        // healthy is one too.
+        let mut failed: u32 = 0;
+        // Tries in the outage now (since the last healthy connection).
+        let mut attempts: u32 = 0;
+        let mut outage = false;
         let reason = loop {
             task.await;
             let last = self.link.current().handle().clone();
@@ -727,34 +747,70 @@ impl<H: Handler> Supervisor<H> {
                 }
                 break reason;
             };
-            if self.link.stop.is_cancelled() {
+            if self.link.stop.is_cancelled() || self.link.closing.is_cancelled() {
                 break reason;
+            }
+            let (started, frames_in) = since;
+            if policy.healthy(started.elapsed(), self.frames_in() > frames_in) {
+                failed = 0;
+                outage = false;
+            } else {
+                failed = failed.saturating_add(1);
+            }
+            // One WARN per outage, not one per try.
+            if outage {
+                tracing::debug!(
+                    peer = %last.peer_addr(),
+                    ?reason,
+                    tries = failed,
+                    "connection ended before it was healthy: a failed try"
+                );
+            } else {
+                tracing::warn!(
+                    peer = %last.peer_addr(),
+                    ?reason,
+                    "chitchat-net client disconnected; reconnecting"
+                );
+                outage = true;
+                attempts = 0;
             }
             self.starter
                 .events
-                .report(peer, Error::Disconnected { reason });
+                .report_quietly(peer, Error::Disconnected { reason });
             self.link.set(match policy.while_down {
                 crate::client::link::WhileDown::Keep => {
-                    Current::Holding(self.starter.handle(last.peer_addr(), last.local_addr()))
+                    Current::Holding(self.starter.holding(last.peer_addr(), last.local_addr()))
                 }
                 _ => Current::Down(last.clone()),
             });
-            match self.reconnect(policy, redial).await {
-                Ok(next) => task = next,
-                Err(attempts) => {
-                    let gave_up = attempts.is_some();
-                    if let Some(attempts) = attempts {
-                        self.starter
-                            .events
-                            .report(Some(last.peer_addr()), Error::ReconnectGaveUp { attempts });
+            match self
+                .reconnect(policy, redial, &mut failed, &mut attempts)
+                .await
+            {
+                Ok((next, started)) => {
+                    task = next;
+                    since = started;
+                }
+                Err(gave_up) => {
+                    if let Some(tries) = gave_up {
+                        tracing::warn!(
+                            peer = %last.peer_addr(),
+                            tries,
+                            "chitchat-net client gave up reconnecting"
+                        );
+                        self.starter.events.report_quietly(
+                            Some(last.peer_addr()),
+                            Error::ReconnectGaveUp { attempts: tries },
+                        );
                     }
+                    let counters = &self.starter.counters;
                     self.link.update(|current| {
                         if let Current::Holding(held) = current {
-                            held.inner.outbox.abandon();
+                            drop_kept(held, counters);
                         }
                         Current::Ended(last.clone())
                     });
-                    break if gave_up {
+                    break if gave_up.is_some() {
                         CloseReason::Failed
                     } else {
                         CloseReason::ByUs
@@ -766,36 +822,60 @@ impl<H: Handler> Supervisor<H> {
         self.ended.cancel();
     }
 
-    /// Connects again until it succeeds (the new connection's task), the
-    /// client is stopped (`Err(None)`) or the tries run out
-    /// (`Err(Some(tries))`).
-    async fn reconnect(&self, policy: &Reconnect, redial: &Redial) -> Result<Task, Option<u32>> {
-        let mut failed = 0;
+    /// Frames read by the client so far.
+    fn frames_in(&self) -> u64 {
+        self.starter
+            .counters
+            .frames_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Now, and the frames read so far: when a connection starts.
+    fn since(&self) -> (Instant, u64) {
+        (Instant::now(), self.frames_in())
+    }
+
+    /// Connects again until it succeeds (the new connection's task and
+    /// when it started), the client is stopped (`Err(None)`) or the tries
+    /// run out (`Err(Some(failed))`). `failed` counts failed tries in a
+    /// row, `attempts` the tries of this outage.
+    async fn reconnect(
+        &self,
+        policy: &Reconnect,
+        redial: &Redial,
+        failed: &mut u32,
+        attempts: &mut u32,
+    ) -> Result<(Task, (Instant, u64)), Option<u32>> {
         loop {
-            if policy.exhausted(failed) {
-                return Err(Some(failed));
+            if policy.exhausted(*failed) {
+                return Err(Some(*failed));
             }
-            let delay = policy.delay(failed, jitter());
-            let attempt = async {
-                tokio::time::sleep(delay).await;
-                self.try_connect(redial).await
-            };
-            let result = tokio::select! {
-                result = attempt => result,
+            let delay = policy.delay(*failed, jitter());
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
                 () = self.link.stop.cancelled() => return Err(None),
-            };
-            failed += 1;
-            match result {
-                Ok(task) => {
-                    self.starter.events.report(
-                        Some(self.link.current().handle().peer_addr()),
-                        Error::Reconnected { attempts: failed },
+            }
+            *attempts = attempts.saturating_add(1);
+            match self.try_connect(redial).await {
+                Ok(launched) => {
+                    tracing::info!(
+                        peer = %self.link.current().handle().peer_addr(),
+                        attempts = *attempts,
+                        "chitchat-net client reconnected"
                     );
-                    return Ok(task);
+                    self.starter.events.report_quietly(
+                        Some(self.link.current().handle().peer_addr()),
+                        Error::Reconnected {
+                            attempts: *attempts,
+                        },
+                    );
+                    return Ok(launched);
                 }
+                Err(_) if self.link.stop.is_cancelled() => return Err(None),
                 Err(error) => {
-                    tracing::debug!(%error, tries = failed, "reconnect failed");
-                    self.starter.events.report(None, error);
+                    *failed = failed.saturating_add(1);
+                    tracing::debug!(error = %crate::wire::error::Report(&error), tries = *failed, "reconnect failed");
+                    self.starter.events.report_quietly(None, error);
                 }
             }
         }
@@ -803,40 +883,73 @@ impl<H: Handler> Supervisor<H> {
 
     /// One try: connects, runs `on_connect` (while the connection runs),
     /// moves what was kept while down behind what it sent, and makes the
-    /// new connection the client's.
-    async fn try_connect(&self, redial: &Redial) -> Result<Task, Error> {
-        let (stream, peer, local) = dial_within(
+    /// new connection the client's. A connection that started and fails
+    /// here is ended, and its task awaited (its `on_close` runs).
+    async fn try_connect(&self, redial: &Redial) -> Result<(Task, (Instant, u64)), Error> {
+        let dial = dial_within(
             redial.connect_timeout,
             redial.target.clone(),
             redial.tls.as_ref(),
-        )
-        .await?;
+        );
+        let (stream, peer, local) = tokio::select! {
+            dialled = dial => dialled?,
+            () = self.link.stop.cancelled() => return Err(Error::Closed),
+        };
+        let since = self.since();
         let (conn, mut task) = self.starter.launch(stream.split(), peer, local);
         if let Some(hook) = &self.on_connect {
             let hello = say_hello(hook, conn.clone());
-            tokio::select! {
-                hello = hello => hello?,
+            let said = tokio::select! {
+                said = hello => said,
+                // Ended by itself (its on_close has run).
                 () = &mut task => return Err(Error::Closed),
+                () = self.link.stop.cancelled() => Err(Error::Closed),
+            };
+            if let Err(error) = said {
+                // Its on_open has run: end it, and let its on_close run.
+                conn.inner.signal.abort();
+                task.await;
+                return Err(error);
             }
         }
         self.link.update(|current| {
             if let Current::Holding(held) = current {
-                let kept = held.inner.outbox.drain();
-                if let Some(requests) = &held.inner.requests {
-                    requests.end(&held.inner.wire);
-                }
-                if !kept.is_empty() {
-                    conn.inner.outbox.push_bytes(&kept);
-                }
+                conn.inner.outbox.push_kept(held.inner.outbox.drain());
             }
             Current::Up(conn.clone())
         });
-        if self.link.stop.is_cancelled() {
-            // Closed meanwhile: this connection closes too.
+        if self.link.stop.is_cancelled() || self.link.closing.is_cancelled() {
+            // Closed meanwhile: this connection closes too (after sending
+            // what was kept, unless stopped).
             conn.close();
         }
-        Ok(task)
+        Ok((task, since))
     }
+}
+
+/// Drops what a reconnecting client kept while down (`held`'s queue), and
+/// counts it.
+fn drop_kept(held: &ConnectionHandle, counters: &Counters) {
+    let kept = held.inner.outbox.drain();
+    Counters::add(&counters.kept_frames_dropped_at_end, kept.frames());
+}
+
+/// What [`Client::close_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Frames accepted for sending and never written, dropped by this
+    /// close: kept while down and dropped at the deadline
+    /// ([`Stats::kept_frames_dropped_at_end`]), or queued on a connection
+    /// that ended before they were written
+    /// ([`Stats::frames_lost_with_connection`]). Zero if everything sent
+    /// before the close was written.
+    pub dropped: u64,
+    /// Whether everything ended within the deadline (`false`: the deadline
+    /// passed and the client was ended at once).
+    pub in_time: bool,
+    /// How the client ended.
+    pub reason: CloseReason,
 }
 
 impl<M: Message, R> Client<M, R> {
@@ -861,8 +974,10 @@ impl<M: Message, R> Client<M, R> {
             return conn.send(msg).await;
         }
         loop {
-            let Target::Queue(conn, seen) = self.link.target() else {
-                return Ok(());
+            let (conn, seen) = match self.link.target() {
+                Target::Queue(conn, seen) => (conn, seen),
+                Target::Drop => return Ok(()),
+                Target::Closed => return Err(SendError::Closed),
             };
             match conn.send(msg).await {
                 Err(SendError::Closed) if self.link.retry_after(seen).await => {}
@@ -925,8 +1040,10 @@ impl<M: Message, R> Client<M, R> {
         let msgs: Vec<&M> = msgs.into_iter().collect();
         let mut from = 0;
         while from < msgs.len() {
-            let Target::Queue(conn, seen) = self.link.target() else {
-                return Ok(());
+            let (conn, seen) = match self.link.target() {
+                Target::Queue(conn, seen) => (conn, seen),
+                Target::Drop => return Ok(()),
+                Target::Closed => return Err(SendError::Closed),
             };
             let (queued, result) = conn.send_all_counted(Rest(&msgs[from..])).await;
             from += usize::try_from(queued).unwrap_or(usize::MAX);
@@ -950,6 +1067,7 @@ impl<M: Message, R> Client<M, R> {
         match self.link.target() {
             Target::Queue(conn, _) => conn.try_send(msg),
             Target::Drop => Ok(()),
+            Target::Closed => Err(TrySendError::Closed),
         }
     }
 
@@ -963,8 +1081,10 @@ impl<M: Message, R> Client<M, R> {
             return conn.send_bytes(payload).await;
         }
         loop {
-            let Target::Queue(conn, seen) = self.link.target() else {
-                return Ok(());
+            let (conn, seen) = match self.link.target() {
+                Target::Queue(conn, seen) => (conn, seen),
+                Target::Drop => return Ok(()),
+                Target::Closed => return Err(SendError::Closed),
             };
             match conn.send_bytes(payload).await {
                 Err(SendError::Closed) if self.link.retry_after(seen).await => {}
@@ -1026,22 +1146,49 @@ impl<M: Message, R> Client<M, R> {
         timeout: Duration,
     ) -> Result<T, RequestError> {
         let deadline = Instant::now() + timeout;
-        let conn = match self.link.current() {
-            Current::Up(conn) => conn,
-            Current::Ended(_) => return Err(RequestError::Closed),
-            Current::Holding(_) | Current::Down(_) => {
-                tokio::time::timeout_at(deadline, self.link.up())
-                    .await
-                    .map_err(|_| RequestError::Timeout(timeout))?
-                    .ok_or(RequestError::Closed)?
+        let timed_out = |_| RequestError::Timeout(timeout);
+        loop {
+            if self.link.closing.is_cancelled() {
+                return Err(RequestError::Closed);
             }
-        };
-        conn.request_until(msg, deadline, timeout).await
+            let (seen, current) = self.link.now();
+            let conn = match current {
+                Current::Up(conn) => conn,
+                Current::Ended(_) => return Err(RequestError::Closed),
+                Current::Holding(_) | Current::Down(_) => {
+                    tokio::time::timeout_at(deadline, self.link.up())
+                        .await
+                        .map_err(timed_out)?
+                        .ok_or(RequestError::Closed)?
+                }
+            };
+            match conn.try_request(msg, deadline, timeout).await {
+                Ok(reply) => return Ok(reply),
+                // The connection ended before the request went out (it
+                // may be in its `on_close` still): a reconnecting client
+                // sends it on the next one.
+                Err(Attempt::NotSent(RequestError::Closed | RequestError::ConnectionLost))
+                    if self.link.reconnect.is_some() =>
+                {
+                    let retry = tokio::time::timeout_at(deadline, self.link.retry_after(seen))
+                        .await
+                        .map_err(timed_out)?;
+                    if !retry {
+                        return Err(RequestError::Closed);
+                    }
+                }
+                Err(failed) => return Err(failed.into_error()),
+            }
+        }
     }
 
     /// A handle to send on this client's connection from other tasks (of a
     /// reconnecting client: on the connection now; it does not follow
-    /// reconnects).
+    /// reconnects). While a reconnecting client is down with
+    /// [`WhileDown::Keep`](crate::WhileDown::Keep), it is the queue of what
+    /// is kept: sends on it are kept and go out after the reconnect, and
+    /// requests on it fail at once with [`RequestError::Closed`] (nothing
+    /// is sent; [`Client::request`] waits for the reconnect instead).
     pub fn handle(&self) -> ConnectionHandle {
         self.link.current().handle().clone()
     }
@@ -1071,7 +1218,11 @@ impl<M: Message, R> Client<M, R> {
     /// message), and waits until the server has closed its side too (or the
     /// close timeout passes). Replies that arrive meanwhile still reach the
     /// handler. A reconnecting client stops reconnecting; what it kept
-    /// while down is dropped.
+    /// while down is dropped, and counted in
+    /// [`Stats::kept_frames_dropped_at_end`] ([`close_within`](Self::close_within)
+    /// waits for the reconnect instead). What can be lost, and where it
+    /// is counted: README, "What is delivered, what can be lost, and how
+    /// you know".
     ///
     /// # Cancel safety
     ///
@@ -1082,10 +1233,79 @@ impl<M: Message, R> Client<M, R> {
         self.link.stop.cancel();
         match self.link.current() {
             Current::Up(conn) => conn.close(),
-            Current::Holding(held) => held.inner.outbox.abandon(),
+            Current::Holding(held) => drop_kept(&held, self.link.counters()),
             Current::Down(_) | Current::Ended(_) => {}
         }
         self.ended.cancelled().await;
+    }
+
+    /// Closes the client as [`close`](Self::close) does, but a
+    /// reconnecting client that is down first waits, up to `deadline`, to
+    /// connect again and send what it kept. Sends are refused from the
+    /// call on. If the deadline passes first, the client ends at once
+    /// (what it kept is dropped; what its connection had not written is
+    /// lost). The report says how many frames were dropped so, and
+    /// whether it ended in time.
+    ///
+    /// Frames written to the socket may still be lost if the server dies
+    /// before reading them: see README, "What is delivered, what can be
+    /// lost, and how you know".
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the client goes on closing (its sends
+    /// stay refused) without a deadline; [`close`](Self::close) ends it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use chitchat_net::{Client, Reconnect};
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> Result<(), chitchat_net::ConnectError> {
+    /// let client = Client::<String>::builder()
+    ///     .reconnect(Reconnect::new())
+    ///     .connect("127.0.0.1:7000")
+    ///     .await?;
+    /// client.send(&"last reading".to_string()).await.ok();
+    /// let report = client.close_within(Duration::from_secs(5)).await;
+    /// if report.dropped > 0 {
+    ///     eprintln!("{} readings never sent", report.dropped);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn close_within(&self, deadline: Duration) -> CloseReport {
+        let counters = self.link.counters();
+        let unsent = || {
+            let stats = counters.snapshot();
+            stats.frames_lost_with_connection + stats.kept_frames_dropped_at_end
+        };
+        let before = unsent();
+        self.link.closing.cancel();
+        match self.link.current() {
+            Current::Up(conn) => conn.close(),
+            // What it kept goes out on the next connection, which closes.
+            Current::Holding(held) => held.inner.outbox.close(),
+            // Nothing kept: nothing to wait for.
+            Current::Down(_) => self.link.stop.cancel(),
+            Current::Ended(_) => {}
+        }
+        let in_time = tokio::time::timeout(deadline, self.ended.cancelled())
+            .await
+            .is_ok();
+        if !in_time {
+            self.link.stop.cancel();
+            match self.link.current() {
+                Current::Holding(held) => drop_kept(&held, counters),
+                current => current.handle().inner.signal.abort(),
+            }
+            self.ended.cancelled().await;
+        }
+        CloseReport {
+            dropped: unsent().saturating_sub(before),
+            in_time,
+            reason: self.outcome.get().copied().unwrap_or(CloseReason::Aborted),
+        }
     }
 
     /// Waits until the client has ended, whoever ended it, and says how:
@@ -1111,7 +1331,9 @@ impl<M: Message, R> Client<M, R> {
     }
 
     /// A snapshot of the client's counters (over every connection of a
-    /// reconnecting client).
+    /// reconnecting client). Which of them count frames that were never
+    /// written: README, "What is delivered, what can be lost, and how you
+    /// know".
     pub fn stats(&self) -> Stats {
         self.link.counters().snapshot()
     }
@@ -1185,7 +1407,7 @@ impl<M, R> Drop for Client<M, R> {
     fn drop(&mut self) {
         self.link.stop.cancel();
         match self.link.current() {
-            Current::Holding(held) => held.inner.outbox.abandon(),
+            Current::Holding(held) => drop_kept(&held, self.link.counters()),
             current => current.handle().inner.signal.abort(),
         }
         self.ended.cancel();

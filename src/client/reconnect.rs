@@ -10,6 +10,9 @@ use crate::client::link::WhileDown;
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Default longest delay between two tries: 30 s.
 pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Default time a connection must last to be healthy if it reads no frame:
+/// 1 s (see [`Reconnect::healthy_after`]).
+pub const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(1);
 
 /// A reconnecting client's policy: set it with
 /// [`ClientBuilder::reconnect`](crate::ClientBuilder::reconnect).
@@ -24,6 +27,13 @@ pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// ([`Client::closed`](crate::Client::closed) returns
 /// [`CloseReason::Failed`](crate::CloseReason::Failed)) with an
 /// [`Error::ReconnectGaveUp`](crate::Error::ReconnectGaveUp) event.
+///
+/// A connection that ends before it was *healthy* counts as a failed try
+/// too: healthy means it read a frame from the server, or lasted
+/// [`healthy_after`](Self::healthy_after) (default 1 s). So a server that
+/// accepts and closes at once (one at its `max_connections`, say) meets a
+/// growing backoff and `max_tries`, not a client that redials without
+/// pause. Only a healthy connection starts the count of tries over.
 ///
 /// Requests in flight when a connection drops fail with
 /// [`Error::ConnectionLost`](crate::Error::ConnectionLost); they are never
@@ -49,6 +59,7 @@ pub struct Reconnect {
     initial_delay: Duration,
     max_delay: Duration,
     max_tries: Option<u32>,
+    healthy_after: Duration,
     pub(crate) while_down: WhileDown,
 }
 
@@ -58,6 +69,7 @@ impl Default for Reconnect {
             initial_delay: DEFAULT_RECONNECT_DELAY,
             max_delay: DEFAULT_MAX_RECONNECT_DELAY,
             max_tries: None,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
             while_down: WhileDown::Keep,
         }
     }
@@ -65,7 +77,7 @@ impl Default for Reconnect {
 
 impl Reconnect {
     /// The default policy: 100 ms doubling up to 30 s, tries without end,
-    /// [`WhileDown::Keep`].
+    /// healthy after 1 s, [`WhileDown::Keep`].
     pub fn new() -> Self {
         Reconnect::default()
     }
@@ -86,6 +98,20 @@ impl Reconnect {
     pub fn max_tries(mut self, tries: u32) -> Self {
         self.max_tries = Some(tries);
         self
+    }
+
+    /// How long a connection that reads no frame must last to be healthy
+    /// (default 1 s): one that ends sooner counts as a failed try (see
+    /// above). `Duration::ZERO` makes every connection healthy.
+    pub fn healthy_after(mut self, after: Duration) -> Self {
+        self.healthy_after = after;
+        self
+    }
+
+    /// Whether a connection that lasted `lasted`, and read a frame or not,
+    /// was healthy.
+    pub(crate) fn healthy(&self, lasted: Duration, read_a_frame: bool) -> bool {
+        read_a_frame || lasted >= self.healthy_after
     }
 
     /// What happens to messages sent while disconnected (default

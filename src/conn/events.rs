@@ -13,13 +13,32 @@ use crate::wire::error::Error;
 /// Default number of events kept for a reader before new ones are dropped.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 
-/// An error and the address it concerns (the Go original's `Errsocket`).
+/// An error and the address it concerns (the Go original's `Errsocket`),
+/// or a lifecycle event.
+///
+/// The stream carries two kinds of event, both as an [`Error`] value (so
+/// that a Go-like loop over the error channel sees everything):
+///
+/// - errors ([`is_error`](Self::is_error) is `true`): something failed;
+///   counted in [`Stats::errors`](crate::Stats::errors);
+/// - lifecycle events (`is_error` is `false`): [`Error::ClosedByPeer`]
+///   (the peer ended the stream normally), [`Error::Disconnected`] and
+///   [`Error::Reconnected`] (a reconnecting client), [`Error::LateReply`]
+///   (a reply after its request was given up). Not counted as errors.
 #[derive(Debug)]
 pub struct ErrorEvent {
     /// The peer the error concerns; `None` for the listener itself.
     pub peer: Option<Addr>,
     /// What went wrong.
     pub error: Error,
+}
+
+impl ErrorEvent {
+    /// Whether this event is an error, rather than a lifecycle event (see
+    /// [`ErrorEvent`]).
+    pub fn is_error(&self) -> bool {
+        !self.error.is_lifecycle()
+    }
 }
 
 impl std::fmt::Display for ErrorEvent {
@@ -44,8 +63,19 @@ impl EventSink {
         // Events that end a connection (or stop accepting) at WARN, so that
         // they show with the default filter even if nobody reads the
         // events; per-frame ones (a decode or handler error) at DEBUG.
+        let warn = error.is_warning();
+        self.report_at(peer, error, warn);
+    }
+
+    /// Reports an event logged at DEBUG whatever it is: a reconnecting
+    /// client logs one WARN per outage itself, not one per failed try.
+    pub(crate) fn report_quietly(&self, peer: Option<Addr>, error: Error) {
+        self.report_at(peer, error, false);
+    }
+
+    fn report_at(&self, peer: Option<Addr>, error: Error, warn: bool) {
         let error_text = crate::wire::error::Report(&error);
-        match (&peer, error.is_warning()) {
+        match (&peer, warn) {
             (Some(peer), true) => {
                 tracing::warn!(%peer, error = %error_text, "chitchat-net error event")
             }
@@ -55,7 +85,9 @@ impl EventSink {
             }
             (None, false) => tracing::debug!(error = %error_text, "chitchat-net error event"),
         }
-        Counters::add(&self.counters.errors, 1);
+        if !error.is_lifecycle() {
+            Counters::add(&self.counters.errors, 1);
+        }
         if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {
             let n = self.counters.dropped_events.fetch_add(1, Ordering::Relaxed) + 1;
             if matches!(e, mpsc::error::TrySendError::Full(_)) && n.is_power_of_two() {

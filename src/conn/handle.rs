@@ -12,7 +12,7 @@ use crate::base::stats::Counters;
 use crate::codec::Message;
 use crate::conn::events::EventSink;
 use crate::conn::op_error::{RequestError, SendError, TrySendError};
-use crate::conn::outbox::{Outbox, PushError};
+use crate::conn::outbox::{Frames, Outbox, PushError, Tally};
 use crate::conn::requests::{Requests, Waiting};
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
@@ -90,6 +90,33 @@ impl End {
                 return reason;
             }
             notified.await;
+        }
+    }
+}
+
+/// Counts what becomes of a queue's frames in `counters`.
+fn tally(counters: Arc<Counters>) -> Tally {
+    Tally::new(move |frames| match frames {
+        Frames::Written(n) => Counters::add(&counters.frames_out, n),
+        Frames::Lost(n) => Counters::add(&counters.frames_lost_with_connection, n),
+    })
+}
+
+/// How a request failed: before its frame was queued (nothing sent), or
+/// after.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Nothing was sent: the connection was closing or had ended, or the
+    /// frame could not be encoded.
+    NotSent(RequestError),
+    /// Sent (or it may have been), or given up.
+    Failed(RequestError),
+}
+
+impl Attempt {
+    pub(crate) fn into_error(self) -> RequestError {
+        match self {
+            Attempt::NotSent(error) | Attempt::Failed(error) => error,
         }
     }
 }
@@ -205,7 +232,7 @@ impl ConnectionHandle {
                 id: ConnectionId::next(),
                 peer,
                 local,
-                outbox: Outbox::new(queue_bytes),
+                outbox: Outbox::new(queue_bytes).counting(tally(counters.clone())),
                 signal: Signal::default(),
                 end: End::default(),
                 requests: Requests::of(&wire),
@@ -443,16 +470,34 @@ impl ConnectionHandle {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<R, RequestError> {
-        let timed_out = |_| RequestError::Timeout(timeout);
+        self.try_request(msg, deadline, timeout)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// [`request_until`](Self::request_until) that says whether a failed
+    /// request was sent: a reconnecting client tries one that was not (its
+    /// connection had ended) again on the next connection.
+    pub(crate) async fn try_request<Q: Message, R: Message>(
+        &self,
+        msg: &Q,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<R, Attempt> {
+        let timed_out = |_| Attempt::Failed(RequestError::Timeout(timeout));
+        let not_sent = |error| Attempt::NotSent(RequestError::from_error(error));
         let inner = &*self.inner;
-        let requests = inner.requests.as_deref().ok_or(RequestError::NotEnabled)?;
+        let requests = inner
+            .requests
+            .as_deref()
+            .ok_or(Attempt::Failed(RequestError::NotEnabled))?;
         // A free slot, the usual case, needs no timer.
         let slot = match requests.try_slot() {
             Some(slot) => slot,
             None => timeout_at(deadline, requests.slot())
                 .await
                 .map_err(timed_out)?
-                .map_err(RequestError::from_error)?,
+                .map_err(not_sent)?,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
         let waiting = Waiting::new(
@@ -466,7 +511,7 @@ impl ConnectionHandle {
         let mut forget = None;
         let id = match inner.wire.matching() {
             Matching::Ids => {
-                let line = requests.register().map_err(RequestError::from_error)?;
+                let line = requests.register().map_err(not_sent)?;
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
@@ -478,8 +523,7 @@ impl ConnectionHandle {
                     other => other,
                 };
                 let frames = u64::from(pushed.is_ok());
-                self.sent(pushed, frames)
-                    .map_err(RequestError::from_error)?;
+                self.sent(pushed, frames).map_err(not_sent)?;
                 id
             }
             _ => {
@@ -487,7 +531,7 @@ impl ConnectionHandle {
                 loop {
                     let queued = self
                         .queue_in_line(requests, &mut waiting, msg)
-                        .map_err(RequestError::from_error)?;
+                        .map_err(not_sent)?;
                     if let Some(id) = queued {
                         break id;
                     }
@@ -511,8 +555,10 @@ impl ConnectionHandle {
         drop(forget);
         match reply {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(Error::ConnectionLost)) | Err(_) => Err(RequestError::ConnectionLost),
-            Ok(Err(bad)) => Err(RequestError::BadReply(bad)),
+            Ok(Err(Error::ConnectionLost)) | Err(_) => {
+                Err(Attempt::Failed(RequestError::ConnectionLost))
+            }
+            Ok(Err(bad)) => Err(Attempt::Failed(RequestError::BadReply(bad))),
         }
     }
 
@@ -538,10 +584,9 @@ impl ConnectionHandle {
         }
     }
 
-    /// Counts a frame queued by a `try_` push, and turns a refusal into a
-    /// [`TrySendError`].
+    /// Turns a refusal of a `try_` push into a [`TrySendError`]. (Frames
+    /// are counted once written, by the queue's tally.)
     pub(crate) fn tried(&self, pushed: Result<(), PushError<Error>>) -> Result<(), TrySendError> {
-        Counters::add(&self.inner.counters.frames_out, u64::from(pushed.is_ok()));
         pushed.map_err(|error| match error {
             PushError::Closed => TrySendError::Closed,
             PushError::Full => TrySendError::Full {
@@ -551,13 +596,14 @@ impl ConnectionHandle {
         })
     }
 
-    /// Counts the `frames` queued and turns a refusal into an [`Error`].
+    /// Turns a refusal into an [`Error`]. (`frames` were queued; they are
+    /// counted once written, by the queue's tally.)
     pub(crate) fn sent(
         &self,
         pushed: Result<(), PushError<Error>>,
         frames: u64,
     ) -> Result<(), Error> {
-        Counters::add(&self.inner.counters.frames_out, frames);
+        let _ = frames;
         pushed.map_err(|error| match error {
             PushError::Closed => Error::Closed,
             PushError::Full => Error::QueueFull {

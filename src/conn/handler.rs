@@ -10,7 +10,6 @@ use bytes::Bytes;
 
 use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
-use crate::base::stats::Counters;
 use crate::codec::Message;
 use crate::conn::handle::{ConnectionHandle, ConnectionId};
 use crate::conn::op_error::{SendError, TrySendError};
@@ -193,7 +192,6 @@ impl Context<'_> {
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), Error> {
         let inner = &*self.handle.inner;
         inner.outbox.push_reply(|buf| inner.wire.encode(msg, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 
@@ -237,7 +235,6 @@ impl Context<'_> {
         inner
             .outbox
             .push_reply(|buf| inner.wire.encode_as(kind, reply, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 
@@ -340,7 +337,6 @@ impl Context<'_> {
         inner
             .outbox
             .push_reply(|buf| inner.wire.encode_bytes(payload, buf))?;
-        Counters::add(&inner.counters.frames_out, 1);
         Ok(())
     }
 

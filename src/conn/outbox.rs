@@ -37,6 +37,12 @@
 //! - The write side reports each write ([`Outbox::wrote`]), which wakes
 //!   the senders and the read side waiting for room.
 //!
+//! Frames are counted as well as bytes, for a sender to see what became of
+//! them: the queue keeps where each frame it holds ends (a position in all
+//! the bytes ever queued), and tells its [`Tally`] when frames are written
+//! (through, or by the write side once it has written all it took) and when
+//! they are lost (queued or partly written when the connection ended).
+//!
 //! Phases: open; closed (other tasks' sends fail with `Closed`, replies are
 //! still taken); finished (nothing more is taken; the write side writes
 //! what is left, then ends).
@@ -53,6 +59,7 @@
 //! (`conn/sync.rs`) and the [`DirectWrite`] trait (`transport/direct.rs`),
 //! so that `loom-models/` can check its protocol under every interleaving.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -75,6 +82,48 @@ pub(crate) enum PushError<E> {
     Full,
     /// The writing closure failed; nothing of it was queued.
     Write(E),
+}
+
+/// What became of frames: told to the queue's [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frames {
+    /// This many were written to the socket, whole.
+    Written(u64),
+    /// This many were lost: queued (or partly written) when the connection
+    /// ended, or queued after it had.
+    Lost(u64),
+}
+
+/// Where a queue reports what became of its frames (the server's or
+/// client's counters).
+pub(crate) struct Tally(Box<dyn Fn(Frames) + Send + Sync>);
+
+impl Tally {
+    pub(crate) fn new(f: impl Fn(Frames) + Send + Sync + 'static) -> Self {
+        Tally(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tally")
+    }
+}
+
+/// Frames taken out of a queue no write side serves (see
+/// [`Outbox::drain`]), to be queued on another.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    bytes: BytesMut,
+    /// Where each frame ends in `bytes`.
+    ends: Vec<u64>,
+}
+
+impl Kept {
+    /// How many frames.
+    pub(crate) fn frames(&self) -> u64 {
+        self.ends.len() as u64
+    }
 }
 
 /// What the write side gets from [`Outbox::poll_take`].
@@ -111,6 +160,12 @@ pub(crate) struct Outbox {
     /// 1 once the connection has read a frame since a lone send last wrote
     /// through (see [`Outbox::read_some`]).
     answered: AtomicU8,
+    /// Frames the write side has taken and not yet written all of: told
+    /// written when [`wrote`](Outbox::wrote) brings the bytes in flight
+    /// to zero.
+    flight_frames: AtomicUsize,
+    /// Where frames are told, if anywhere.
+    tally: Option<Tally>,
 }
 
 /// The top bit of [`Outbox::flight`].
@@ -143,6 +198,13 @@ struct State {
     /// Bytes that batch senders have reserved and are encoding outside the
     /// lock (see [`Outbox::try_push_some`]): counted against the bound.
     reserved: usize,
+    /// Every byte ever queued: the position just past `queued`'s end.
+    pushed: u64,
+    /// Where each frame of `queued` ends (positions, as `pushed`).
+    ends: VecDeque<u64>,
+    /// Where each frame the write side took last ends (stale once
+    /// `flight_frames` is zero).
+    flight_ends: VecDeque<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,20 +218,37 @@ enum Phase {
 }
 
 impl State {
-    /// Appends with `write`; on error nothing of it stays. Returns whether
-    /// the queue was empty before (the write side must then be woken).
+    /// Appends one frame with `write`; on error nothing of it stays.
+    /// Returns whether the queue was empty before (the write side must
+    /// then be woken).
     fn append<E>(
         &mut self,
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<bool, PushError<E>> {
         let before = self.queued.len();
         match write(&mut self.queued) {
-            Ok(()) => Ok(before == 0 && !self.queued.is_empty()),
+            Ok(()) => {
+                self.ended((self.queued.len() - before) as u64);
+                Ok(before == 0 && !self.queued.is_empty())
+            }
             Err(error) => {
                 self.queued.truncate(before);
                 Err(PushError::Write(error))
             }
         }
+    }
+
+    /// A frame of `len` bytes was appended to `queued`.
+    fn ended(&mut self, len: u64) {
+        if len > 0 {
+            self.pushed += len;
+            self.ends.push_back(self.pushed);
+        }
+    }
+
+    /// The position of the first byte of `queued`.
+    fn queued_from(&self) -> u64 {
+        self.pushed - self.queued.len() as u64
     }
 
     /// Takes the wakers of everyone waiting for room.
@@ -197,6 +276,22 @@ impl Outbox {
             hints: AtomicU8::new(0),
             flight: AtomicUsize::new(0),
             answered: AtomicU8::new(0),
+            flight_frames: AtomicUsize::new(0),
+            tally: None,
+        }
+    }
+
+    /// Tells `tally` what becomes of the frames queued.
+    pub(crate) fn counting(mut self, tally: Tally) -> Self {
+        self.tally = Some(tally);
+        self
+    }
+
+    fn tell(&self, frames: Frames) {
+        if let (Some(tally), Frames::Written(n) | Frames::Lost(n)) = (&self.tally, frames) {
+            if n > 0 {
+                (tally.0)(frames);
+            }
         }
     }
 
@@ -243,6 +338,13 @@ impl Outbox {
         match socket.try_write(&state.queued) {
             Ok(n) if n > 0 => {
                 bytes::Buf::advance(&mut state.queued, n);
+                let written = state.queued_from();
+                let mut whole = 0;
+                while state.ends.front().is_some_and(|end| *end <= written) {
+                    state.ends.pop_front();
+                    whole += 1;
+                }
+                self.tell(Frames::Written(whole));
                 if state.queued.is_empty() && state.queued.capacity() > BATCH_BYTES * 4 {
                     // After a large frame: do not keep its buffer.
                     state.queued = BytesMut::new();
@@ -494,6 +596,8 @@ impl Outbox {
             bytes: room,
         };
         let mut batch = BytesMut::with_capacity(room.min(BATCH_BYTES) + 256);
+        // Where each item ends in the batch.
+        let mut ends = Vec::new();
         let mut encoded = 0;
         let mut result = Ok(());
         while batch.len() < room {
@@ -503,6 +607,9 @@ impl Outbox {
                 batch.truncate(before);
                 result = Err(PushError::Write(error));
                 break;
+            }
+            if batch.len() > before {
+                ends.push(batch.len() as u64);
             }
             encoded += 1;
         }
@@ -519,6 +626,9 @@ impl Outbox {
             Vec::new()
         };
         let was_empty = state.queued.is_empty();
+        let from = state.pushed;
+        state.pushed += batch.len() as u64;
+        state.ends.extend(ends.into_iter().map(|end| from + end));
         if was_empty {
             state.queued = batch;
         } else {
@@ -552,6 +662,8 @@ impl Outbox {
     ) -> Result<(), E> {
         let mut state = self.lock();
         if state.phase == Phase::Finished || state.finishing {
+            drop(state);
+            self.tell(Frames::Lost(1));
             return Ok(());
         }
         match state.append(write) {
@@ -632,8 +744,15 @@ impl Outbox {
         let mut state = self.lock();
         if !state.queued.is_empty() {
             std::mem::swap(&mut state.queued, dst);
+            // The frames taken before are written (the write side takes
+            // again only once it has written all it took): told already.
+            let state = &mut *state;
+            state.flight_ends.clear();
+            std::mem::swap(&mut state.ends, &mut state.flight_ends);
+            self.flight_frames
+                .store(state.flight_ends.len(), Ordering::Release);
             self.flight.fetch_add(dst.len(), Ordering::AcqRel);
-            self.hint(&state);
+            self.hint(state);
             return Some(Take::Bytes);
         }
         (state.phase == Phase::Finished).then_some(Take::Finished)
@@ -642,7 +761,13 @@ impl Outbox {
     /// For the write side: `n` bytes taken were written. Wakes the senders
     /// and the read side waiting for room, if there is room now.
     pub(crate) fn wrote(&self, n: usize) {
-        if self.flight.fetch_sub(n, Ordering::AcqRel) & WAITING == 0 {
+        let before = self.flight.fetch_sub(n, Ordering::AcqRel);
+        if before & !WAITING == n {
+            // All it took is written: so are its frames.
+            let frames = self.flight_frames.swap(0, Ordering::AcqRel);
+            self.tell(Frames::Written(frames as u64));
+        }
+        if before & WAITING == 0 {
             // Nobody waits: no lock. (The read side's hint may stay set a
             // little longer; it then looks under the lock.)
             return;
@@ -710,9 +835,28 @@ impl Outbox {
         let mut state = self.lock();
         state.phase = Phase::Finished;
         state.finishing = false;
+        // Written: up to what is queued and what the write side took and
+        // has not written yet. Frames ending past it are lost.
+        let in_flight = (self.flight.load(Ordering::Acquire) & !WAITING) as u64;
+        let written = state.queued_from() - in_flight;
+        let mut lost = state.ends.len() as u64;
+        let mut whole = 0;
+        if self.flight_frames.swap(0, Ordering::AcqRel) != 0 {
+            for end in &state.flight_ends {
+                if *end <= written {
+                    whole += 1;
+                } else {
+                    lost += 1;
+                }
+            }
+        }
+        state.ends = VecDeque::new();
+        state.flight_ends = VecDeque::new();
         state.queued = BytesMut::new();
         state.direct = None;
         self.flight.store(0, Ordering::Release);
+        self.tell(Frames::Written(whole));
+        self.tell(Frames::Lost(lost));
         self.hint(&state);
         let waiting = state.waiting();
         drop(state);
@@ -722,12 +866,20 @@ impl Outbox {
     /// For an outbox no write side serves (a reconnecting client's queue
     /// while it is down): takes nothing more and returns everything queued;
     /// senders waiting for room are woken and fail.
-    pub(crate) fn drain(&self) -> BytesMut {
+    pub(crate) fn drain(&self) -> Kept {
         let mut state = self.lock();
         state.phase = Phase::Finished;
         state.finishing = false;
         state.direct = None;
-        let queued = std::mem::take(&mut state.queued);
+        let from = state.queued_from();
+        let ends = std::mem::take(&mut state.ends)
+            .into_iter()
+            .map(|end| end - from)
+            .collect();
+        let queued = Kept {
+            bytes: std::mem::take(&mut state.queued),
+            ends,
+        };
         self.hint(&state);
         let waiting = state.waiting();
         drop(state);
@@ -736,13 +888,26 @@ impl Outbox {
     }
 
     /// Appends frames already framed (what [`drain`](Self::drain) returned
-    /// from another outbox), whatever the bound, like a reply.
-    pub(crate) fn push_bytes(&self, frames: &[u8]) {
-        let appended = self.push_reply(|buf| {
-            buf.extend_from_slice(frames);
-            Ok::<(), std::convert::Infallible>(())
-        });
-        let _ = appended;
+    /// from another outbox), whatever the bound, like replies (lost if the
+    /// outbox has finished).
+    pub(crate) fn push_kept(&self, kept: Kept) {
+        let mut state = self.lock();
+        if state.phase == Phase::Finished {
+            drop(state);
+            self.tell(Frames::Lost(kept.frames()));
+            return;
+        }
+        let was_empty = state.queued.is_empty();
+        let from = state.pushed;
+        state.pushed += kept.bytes.len() as u64;
+        state.ends.extend(kept.ends.iter().map(|end| from + end));
+        state.queued.extend_from_slice(&kept.bytes);
+        let wake = was_empty && !state.queued.is_empty();
+        self.hint(&state);
+        drop(state);
+        if wake {
+            self.writer.wake();
+        }
     }
 
     /// Whether other tasks' sends are refused (closing or ended).
@@ -925,6 +1090,81 @@ mod tests {
         outbox.wrote(3);
         push(&outbox, b"e").unwrap();
         assert_eq!(outbox.unsent(), 2);
+    }
+
+    /// An outbox whose tally adds up what it is told: (written, lost).
+    fn tallied(limit: usize) -> (Outbox, Arc<std::sync::Mutex<(u64, u64)>>) {
+        let told = Arc::new(std::sync::Mutex::new((0, 0)));
+        let into = told.clone();
+        let outbox = Outbox::new(limit).counting(Tally::new(move |frames| {
+            let mut told = into.lock().unwrap();
+            match frames {
+                Frames::Written(n) => told.0 += n,
+                Frames::Lost(n) => told.1 += n,
+            }
+        }));
+        (outbox, told)
+    }
+
+    #[test]
+    fn frames_are_told_written_once_all_their_bytes_are() {
+        let (outbox, told) = tallied(64);
+        for frame in [&b"aaa\n"[..], b"bb\n", b"c\n"] {
+            push(&outbox, frame).unwrap();
+        }
+        let (_, waker) = counting_waker();
+        let mut in_flight = BytesMut::new();
+        let poll = outbox.poll_take(&mut in_flight, &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(Take::Bytes));
+        outbox.wrote(5); // the first frame and one byte of the second
+        assert_eq!(
+            *told.lock().unwrap(),
+            (0, 0),
+            "told before the buffer is written"
+        );
+        outbox.wrote(4);
+        assert_eq!(*told.lock().unwrap(), (3, 0));
+    }
+
+    #[test]
+    fn an_abandoned_outbox_tells_what_was_written_and_what_was_lost() {
+        let (outbox, told) = tallied(64);
+        for frame in [&b"aaa\n"[..], b"bb\n", b"c\n"] {
+            push(&outbox, frame).unwrap();
+        }
+        let (_, waker) = counting_waker();
+        let mut in_flight = BytesMut::new();
+        let poll = outbox.poll_take(&mut in_flight, &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(Take::Bytes));
+        // The first frame and one byte of the second are written; one more
+        // frame is queued behind them.
+        outbox.wrote(5);
+        push(&outbox, b"dddd\n").unwrap();
+        outbox.abandon();
+        assert_eq!(*told.lock().unwrap(), (1, 3));
+        // A reply after the end is lost too.
+        outbox
+            .push_reply(|b| {
+                b.extend_from_slice(b"late\n");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(*told.lock().unwrap(), (1, 4));
+    }
+
+    #[test]
+    fn kept_frames_move_with_their_count() {
+        let (held, _) = tallied(64);
+        let (next, told) = tallied(64);
+        push(&next, b"hello\n").unwrap();
+        for frame in [&b"k1\n"[..], b"k2\n"] {
+            push(&held, frame).unwrap();
+        }
+        let kept = held.drain();
+        assert_eq!(kept.frames(), 2);
+        next.push_kept(kept);
+        assert_eq!(take(&next).as_deref(), Some(&b"hello\nk1\nk2\n"[..]));
+        assert_eq!(*told.lock().unwrap(), (3, 0));
     }
 
     #[test]

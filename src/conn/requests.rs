@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -52,27 +53,30 @@ pub(crate) struct Requests {
     state: Mutex<State>,
     /// Slots for requests in flight.
     slots: Arc<Semaphore>,
-    /// Where requests report the late replies they notice themselves (a
+    /// Where late replies noticed by requests themselves are reported (a
     /// reply handed over as its request was given up).
     late_replies: OnceLock<EventSink>,
+    /// The next request's id: one counter for every connection of a
+    /// client, so that an id never comes back on a later connection.
+    ids: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct State {
-    /// The next request's id.
-    next: u64,
     /// With ids: the waiting requests by id.
     by_id: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
     /// In ordered mode: the waiting requests, oldest first.
     in_order: VecDeque<(u64, Waiting)>,
     /// The connection has ended: no request is taken any more.
     ended: bool,
+    /// Requests were refused from the start (a queue with no connection
+    /// yet): they fail with [`Error::Closed`], nothing sent.
+    refused: bool,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("next", &self.next)
             .field("waiting", &(self.by_id.len() + self.in_order.len()))
             .field("ended", &self.ended)
             .finish()
@@ -105,14 +109,12 @@ impl Hasher for IdHasher {
 }
 
 /// The state under the lock, for a request being registered.
-pub(crate) struct Registering<'a>(MutexGuard<'a, State>);
+pub(crate) struct Registering<'a>(MutexGuard<'a, State>, &'a AtomicU64);
 
 impl Registering<'_> {
     /// The id the request gets.
     fn next_id(&mut self) -> u64 {
-        let id = self.0.next;
-        self.0.next = self.0.next.wrapping_add(1);
-        id
+        self.1.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Registers a request to be answered by its id; returns the id.
@@ -140,17 +142,40 @@ impl Registering<'_> {
 impl Requests {
     /// The table for a connection's requests, if requests are on.
     pub(crate) fn of(wire: &Wire) -> Option<Box<Requests>> {
-        (wire.matching() != Matching::Off).then(|| Box::new(Requests::new(wire.max_in_flight())))
+        (wire.matching() != Matching::Off)
+            .then(|| Box::new(Requests::new(wire.max_in_flight(), wire.ids())))
     }
 
-    /// No request in flight; at most `max_in_flight` at a time.
-    pub(crate) fn new(max_in_flight: usize) -> Self {
+    /// No request in flight; at most `max_in_flight` at a time; ids taken
+    /// from `ids`.
+    pub(crate) fn new(max_in_flight: usize, ids: Arc<AtomicU64>) -> Self {
         Requests {
             state: Mutex::new(State::default()),
             slots: Arc::new(Semaphore::new(
                 max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
             )),
             late_replies: OnceLock::new(),
+            ids,
+        }
+    }
+
+    /// Takes no request, ever: each fails at once with [`Error::Closed`]
+    /// and nothing is sent (the queue a reconnecting client keeps while
+    /// down has no connection to send a request on).
+    pub(crate) fn refuse(&self) {
+        let mut state = self.lock();
+        state.ended = true;
+        state.refused = true;
+        drop(state);
+        self.slots.close();
+    }
+
+    /// Why a request is not taken once the table has ended.
+    fn ended_error(&self) -> Error {
+        if self.lock().refused {
+            Error::Closed
+        } else {
+            Error::ConnectionLost
         }
     }
 
@@ -176,13 +201,14 @@ impl Requests {
     ///
     /// # Errors
     ///
-    /// [`Error::ConnectionLost`] once the connection has ended.
+    /// [`Error::ConnectionLost`] once the connection has ended
+    /// ([`Error::Closed`] if it [refused](Self::refuse) requests).
     pub(crate) async fn slot(&self) -> Result<OwnedSemaphorePermit, Error> {
         self.slots
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Error::ConnectionLost)
+            .map_err(|_| self.ended_error())
     }
 
     /// A slot among the requests in flight if one is free now (`None`
@@ -199,9 +225,13 @@ impl Requests {
     pub(crate) fn register(&self) -> Result<Registering<'_>, Error> {
         let state = self.lock();
         if state.ended {
-            return Err(Error::ConnectionLost);
+            return Err(if state.refused {
+                Error::Closed
+            } else {
+                Error::ConnectionLost
+            });
         }
-        Ok(Registering(state))
+        Ok(Registering(state, &self.ids))
     }
 
     /// Forgets the request with `id` (its caller gave up), if it still

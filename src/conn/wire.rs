@@ -61,6 +61,10 @@ struct Spec {
     matching: Matching,
     /// Requests in flight at most, per connection.
     max_in_flight: usize,
+    /// The next request id, shared by every connection made with this wire
+    /// (every connection of a reconnecting client): ids never repeat
+    /// within a client.
+    ids: Arc<std::sync::atomic::AtomicU64>,
     /// The serde format of every serde message, if switched.
     format: Option<crate::codec::Format>,
     /// Refuse to encode an empty frame (Go chitchat peers crash on one).
@@ -88,6 +92,7 @@ impl Wire {
                 raw: FrameCodec::new(framing.resolve(false)),
                 bytes_binary: binary,
                 receive_binary: binary,
+                ids: Arc::default(),
                 overrides,
                 envelope: false,
                 matching: Matching::Off,
@@ -199,6 +204,12 @@ impl Wire {
     /// Requests in flight at most, per connection.
     pub(crate) fn max_in_flight(&self) -> usize {
         self.spec.max_in_flight
+    }
+
+    /// Where request ids come from: one counter shared by every connection
+    /// of a client, so that an id never comes back.
+    pub(crate) fn ids(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.spec.ids.clone()
     }
 
     /// A fresh frame decoder for one connection.

@@ -827,10 +827,7 @@ impl<H: Handler> Server<H> {
                 Ok::<_, ()>(())
             });
             match queued {
-                Ok(()) => {
-                    reached += 1;
-                    Counters::add(&conn.counters.frames_out, 1);
-                }
+                Ok(()) => reached += 1,
                 Err(PushError::Closed | PushError::Write(())) => {}
                 Err(PushError::Full) => {
                     let limit = conn.outbox.limit();

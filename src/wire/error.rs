@@ -124,7 +124,8 @@ pub enum Error {
 
     /// The peer closed the connection (an event of a client whose server
     /// ended the connection first: the Go original's `EOF` on the error
-    /// channel).
+    /// channel). A lifecycle event, not an error: see
+    /// [`ErrorEvent::is_error`](crate::ErrorEvent::is_error).
     #[error("connection closed by the peer")]
     ClosedByPeer,
 
@@ -170,6 +171,7 @@ pub enum Error {
     /// An event: a reply arrived that no request waits for (it timed out,
     /// was cancelled, or was never sent). `id` is the reply's request id
     /// (in ordered mode, the local number of the request it answered).
+    /// A lifecycle event, not an error.
     #[error("reply to request {id} arrived after its request was given up")]
     LateReply {
         /// The request id the reply carries.
@@ -177,14 +179,15 @@ pub enum Error {
     },
 
     /// An event of a reconnecting client: its connection ended and it
-    /// reconnects.
+    /// reconnects. A lifecycle event, not an error.
     #[error("disconnected ({reason:?}); reconnecting")]
     Disconnected {
         /// How the connection ended.
         reason: crate::base::close::CloseReason,
     },
 
-    /// An event of a reconnecting client: it is connected again.
+    /// An event of a reconnecting client: it is connected again. A
+    /// lifecycle event, not an error.
     #[error("reconnected after {attempts} attempt(s)")]
     Reconnected {
         /// Connection attempts it took.
@@ -274,6 +277,20 @@ impl Error {
     /// not one.
     pub(crate) fn is_warning(&self) -> bool {
         self.is_fatal() && !matches!(self, Error::ClosedByPeer | Error::ReconnectGaveUp { .. })
+    }
+
+    /// Whether this is a lifecycle event rather than an error: a peer's
+    /// normal end of stream ([`Error::ClosedByPeer`]), a reconnecting
+    /// client's [`Error::Disconnected`] and [`Error::Reconnected`], and
+    /// [`Error::LateReply`]. See [`ErrorEvent`](crate::ErrorEvent).
+    pub fn is_lifecycle(&self) -> bool {
+        matches!(
+            self,
+            Error::ClosedByPeer
+                | Error::Disconnected { .. }
+                | Error::Reconnected { .. }
+                | Error::LateReply { .. }
+        )
     }
 
     /// Whether this error ends the byte stream it happened on (a framing or I/O
