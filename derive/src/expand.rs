@@ -74,6 +74,7 @@ fn message_impl(input: &Message<'_>) -> TokenStream {
     // (rustc does not merge the two).
     let codec_ty = respan(codec_ty, codec.span());
     let fingerprint = fingerprint_fn(input, codec);
+    let variant_tags = variant_tags_fn(input);
     let mut out = quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -81,6 +82,8 @@ fn message_impl(input: &Message<'_>) -> TokenStream {
             type Codec = #codec_ty;
 
             #fingerprint
+
+            #variant_tags
         }
     };
     if let (CodecAttr::Builtin(..), Shape::Enum(variants)) = (codec, &input.shape) {
@@ -148,6 +151,28 @@ fn fingerprint_fn(input: &Message<'_>, codec: &CodecAttr) -> TokenStream {
                     #pieces
                     .finish(),
             )
+        }
+    }
+}
+
+/// `Message::variant_tags`: an enum's variants' tags and names, in the
+/// order of the tags, which the handshake sends to say a mismatch in words
+/// (nothing for a struct: the default).
+fn variant_tags_fn(input: &Message<'_>) -> TokenStream {
+    let Shape::Enum(variants) = &input.shape else {
+        return TokenStream::new();
+    };
+    let mut sorted: Vec<_> = variants.iter().collect();
+    sorted.sort_by_key(|variant| variant.tag);
+    let pairs = sorted.iter().map(|variant| {
+        let tag = variant.tag;
+        let name = variant.original.ident.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+        quote!((#tag, #name))
+    });
+    quote! {
+        fn variant_tags() -> &'static [(u32, &'static str)] {
+            &[#(#pairs),*]
         }
     }
 }

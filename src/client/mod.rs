@@ -315,25 +315,29 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self
     }
 
-    /// Switches the wrong-peer [handshake](crate::handshake) on: the
-    /// connection's first frame says what this client sends (`M`) and
-    /// accepts (its handler's message type, or `R`), and the server's first
-    /// frame must match (see [`Message::fingerprint`]). The server must
-    /// switch it on too ([`ServerBuilder::handshake`](crate::ServerBuilder::handshake)).
+    /// Switches the [handshake](crate::handshake) on, whatever the
+    /// message types: the connection's first frame says what this client
+    /// sends (`M`) and accepts (its handler's message type, or `R`), with
+    /// its request mode, framing, codecs and cluster label, and the
+    /// server's first frame must match. Without it the handshake is on
+    /// when `M` or the accepted type declares a fingerprint (derived
+    /// types), or a [cluster](Self::cluster) is set; off for `String` and
+    /// `Bytes` (and Go peers).
     ///
-    /// `connect` returns before the server's answer is in; a mismatch, or a
-    /// server without the handshake (its first frame is not a hello, or no
-    /// hello comes within the [handshake timeout](Self::handshake_timeout)),
-    /// ends the connection with an [`Error::Handshake`] event before any
-    /// frame reaches the handler, and [`Client::closed`] says
-    /// [`CloseReason::Failed`]. Refused by `connect` with [`Error::Config`]
-    /// in EOF framing, and in a raw framing whose delimiter is a character
-    /// of the hello (a letter, a digit, `-`, `/` or a space).
+    /// With the handshake on, `connect` returns only once the server's
+    /// hello has been checked: a mismatch, or a server without the
+    /// handshake (its first frame is not a hello, or no hello comes within
+    /// the [handshake timeout](Self::handshake_timeout)), is
+    /// [`ConnectError::Handshake`], naming the first difference. A
+    /// reconnecting client that meets a mismatch on a reconnect gives up
+    /// ([`Error::ReconnectGaveUp`]). Refused by `connect` with
+    /// [`ConnectError::Config`] in EOF framing, and in a raw framing whose
+    /// delimiter is a character of the hello.
     ///
     /// # Examples
     ///
     /// ```
-    /// use chitchat_net::{handler_fn, BoxError, Client, Context, Message, Server};
+    /// use chitchat_net::{handler_fn, BoxError, Client, ConnectError, Context, Message, Server};
     ///
     /// #[derive(Debug, Message)]
     /// #[message(codec = "bincode")]
@@ -346,23 +350,28 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     ///     tx.send(cmd)?;
     ///     Ok(())
     /// });
-    /// let server = Server::builder(store).handshake::<bytes::Bytes>().listen("127.0.0.1:0").await?;
-    /// let client = Client::<Command>::builder().handshake().connect(server.local_addr()).await?;
+    /// // On by default: both ends have derived types.
+    /// let server = Server::builder(store).request_ids().listen("127.0.0.1:0").await?;
+    /// let client = Client::<Command>::builder().request_ids().connect(server.local_addr()).await?;
     /// client.send(&Command::Get { key: "a".into() }).await?;
     /// assert!(rx.recv().await.is_some());
+    ///
+    /// // A client without request ids is refused at `connect`, in words.
+    /// let refused = Client::<Command>::builder().connect(server.local_addr()).await;
+    /// let Err(ConnectError::Handshake(why)) = refused else { panic!("{refused:?}") };
+    /// assert_eq!(why.to_string(), "the server uses request ids, this client no requests");
     /// # client.close().await;
     /// # server.cut().await;
     /// # Ok(()) }
     /// ```
     pub fn handshake(mut self) -> Self {
-        self.config.handshake = Some(crate::conn::handshake::Plan {
-            sends: M::fingerprint(),
-        });
+        self.config.handshake.switch = crate::conn::handshake::Switch::On;
         self
     }
 
     /// How long the server's hello may take to arrive once connected, with
-    /// the [handshake](Self::handshake) on (default 10 s).
+    /// the [handshake](Self::handshake) on (default 10 s): `connect` waits
+    /// for it at most this long.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -466,6 +475,8 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         };
         let on_connect = self.on_connect.clone();
         let (client, conn) = self.start(stream.split(), peer, local, Some(redial))?;
+        // On failure the client is dropped: its connection ends.
+        handshaken(&conn).await?;
         if let Some(hook) = on_connect {
             // On failure the client is dropped: its connection ends.
             say_hello(&hook, conn).await?;
@@ -546,6 +557,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
                 self.start(tokio::io::split(stream), peer, local, None)?
             }
         };
+        handshaken(&conn).await?;
         if let Some(hook) = on_connect {
             say_hello(&hook, conn).await?;
         }
@@ -575,20 +587,24 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         // Frames received are cut as the handler's (or receive buffer's)
         // type needs; a write-only client keeps its sent type's framing,
         // which is what replies to its requests usually share.
-        let wire = if std::any::TypeId::of::<H>() == std::any::TypeId::of::<()>() {
+        let write_only = std::any::TypeId::of::<H>() == std::any::TypeId::of::<()>();
+        let wire = if write_only {
             wire
         } else {
             wire.receiving::<H::Message>()
         };
+        let mut config = self.config;
+        config.hello =
+            crate::conn::wire::client_plan::<M, H::Message>(&config, &wire, !write_only)?;
         let counters = Arc::new(Counters::default());
         let ended = CancellationToken::new();
         let (events, errors) =
-            event_channel(self.config.event_capacity, ended.clone(), counters.clone());
+            event_channel(config.event_capacity, ended.clone(), counters.clone());
         let (handler, inbox) = (self.handler, self.inbox);
-        let request_timeout = self.config.request_timeout;
+        let request_timeout = config.request_timeout;
         let starter = Starter {
             handler: Arc::new(handler),
-            config: Arc::new(self.config),
+            config: Arc::new(config),
             wire,
             counters: counters.clone(),
             events: events.clone(),
@@ -624,6 +640,18 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         };
         Ok((client, conn))
     }
+}
+
+/// Waits until the handshake of `conn` is done, if it has one (bounded by
+/// the handshake timeout, which the connection enforces, and by its end).
+///
+/// # Errors
+///
+/// [`Error::Handshake`].
+async fn handshaken(conn: &ConnectionHandle) -> Result<(), Error> {
+    let inner = &conn.inner;
+    inner.handshake.wait(|| inner.end.get().is_some()).await?;
+    Ok(())
 }
 
 /// Runs the `on_connect` hook on `conn`.
@@ -674,7 +702,7 @@ impl<H: Handler> Starter<H> {
         Wr: crate::transport::stream::SocketWrite + Send + 'static,
     {
         let conn = self.handle(peer, local);
-        conn.greet::<H::Message>(self.config.handshake);
+        conn.greet(self.config.hello.as_deref());
         self.counters.opened();
         let counters = self.counters.clone();
         let on_end = OnEnd::new(move || counters.closed());
@@ -872,6 +900,16 @@ impl<H: Handler> Supervisor<H> {
                     return Ok(launched);
                 }
                 Err(_) if self.link.stop.is_cancelled() => return Err(None),
+                // The server speaks another protocol: dialling again
+                // cannot help.
+                Err(Error::Handshake(error)) if error.is_permanent() => {
+                    *failed = failed.saturating_add(1);
+                    tracing::warn!(
+                        error = %error,
+                        "chitchat-net client: the server refused the handshake; giving up reconnecting"
+                    );
+                    return Err(Some(*failed));
+                }
                 Err(error) => {
                     *failed = failed.saturating_add(1);
                     tracing::debug!(error = %crate::wire::error::Report(&error), tries = *failed, "reconnect failed");
@@ -897,6 +935,17 @@ impl<H: Handler> Supervisor<H> {
         };
         let since = self.since();
         let (conn, mut task) = self.starter.launch(stream.split(), peer, local);
+        let shaken = tokio::select! {
+            shaken = handshaken(&conn) => shaken,
+            // Ended by itself (its on_close has run).
+            () = &mut task => return Err(Error::Closed),
+            () = self.link.stop.cancelled() => Err(Error::Closed),
+        };
+        if let Err(error) = shaken {
+            conn.inner.signal.abort();
+            task.await;
+            return Err(error);
+        }
         if let Some(hook) = &self.on_connect {
             let hello = say_hello(hook, conn.clone());
             let said = tokio::select! {

@@ -169,9 +169,17 @@ macro_rules! bincode_codec {
             }
         }
 
+        // A derived enum is not a serde type: the error names the
+        // `Codec` trait (and `serde_format(..)`), not `Serialize` (whose
+        // advice, deriving it, would write serde's variant indexes).
+        #[diagnostic::do_not_recommend]
         impl<T: Serialize + DeserializeOwned $(, const $param: usize, const $depth_param: usize)?> Codec<T> for $ty {
             fn name(&self) -> &'static str {
                 "bincode"
+            }
+
+            fn serde_format(&self) -> Option<super::Format> {
+                ($limit == DEFAULT_BINCODE_LIMIT && $depth == DEFAULT_MAX_DEPTH).then_some(super::Format::Bincode)
             }
 
             fn in_format(&self, format: super::Format) -> Option<&'static dyn Codec<T>>

@@ -84,6 +84,18 @@ use crate::wire::error::Error;
 /// for another on a server or client, or write your own (see the
 /// [module docs](self)). A codec is shared by all connections, hence
 /// `Send + Sync`.
+///
+/// A `#[derive(Message)]` enum is written as its variant's tag and then its
+/// fields: a serde codec ([`Bincode`], `Postcard`) cannot encode it, and
+/// `.codec(Postcard)` on a builder for one does not compile. Switch its
+/// serde format with [`serde_format(..)`](crate::Options::serde_format),
+/// which keeps the tags, instead.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a codec for `{T}`",
+    label = "`{Self}` cannot encode and decode `{T}`",
+    note = "a `#[derive(Message)]` enum is written with its variant tags: to write it in another serde format, use `.serde_format(Format::..)` on the builder (it keeps the tags), not `.codec(..)`; deriving serde's traits for the enum would write serde's variant indexes instead",
+    note = "a serde codec (`Bincode`, `Postcard`) for a struct needs `{T}: serde::Serialize + serde::de::DeserializeOwned`"
+)]
 pub trait Codec<T>: Send + Sync + 'static {
     /// A short name for error messages, such as `"bincode"`.
     fn name(&self) -> &'static str;
@@ -150,6 +162,23 @@ pub trait Codec<T>: Send + Sync + 'static {
         let _ = format;
         None
     }
+
+    /// The serde format this codec is, if it is one exactly ([`Bincode`]
+    /// and `Postcard` are; limited variants and other codecs are not):
+    /// `.codec(Bincode)` on a builder for a derived enum then writes the
+    /// enum in that format through its tags. Not for use outside the
+    /// crate.
+    #[doc(hidden)]
+    fn serde_format(&self) -> Option<Format> {
+        None
+    }
+
+    /// Whether this codec writes an enum's variant tags ([`Tagged`]). Not
+    /// for use outside the crate.
+    #[doc(hidden)]
+    fn keeps_tags(&self) -> bool {
+        false
+    }
 }
 
 /// A type that travels in frames and knows its default codec.
@@ -188,6 +217,15 @@ pub trait Message: Sized + Send + 'static {
     /// [`FingerprintBuilder`](crate::handshake::FingerprintBuilder).
     fn fingerprint() -> Option<crate::wire::hello::Fingerprint> {
         None
+    }
+
+    /// The wire tags and names of the type's variants, which the
+    /// [handshake](crate::handshake) sends so that a mismatch can be said
+    /// in words ("the server's `Command` has variants Put, Get, Delete;
+    /// this client's has Put, Get"). Empty (the default) for a struct or a
+    /// type that does not say; `#[derive(Message)]` lists an enum's.
+    fn variant_tags() -> &'static [(u32, &'static str)] {
+        &[]
     }
 }
 

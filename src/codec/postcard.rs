@@ -129,9 +129,17 @@ macro_rules! postcard_codec {
             }
         }
 
+        // A derived enum is not a serde type: the error names the
+        // `Codec` trait (and `serde_format(..)`), not `Serialize` (whose
+        // advice, deriving it, would write serde's variant indexes).
+        #[diagnostic::do_not_recommend]
         impl<T: Serialize + DeserializeOwned $(, const $param: usize)?> Codec<T> for $ty {
             fn name(&self) -> &'static str {
                 "postcard"
+            }
+
+            fn serde_format(&self) -> Option<super::Format> {
+                ($depth == DEFAULT_MAX_DEPTH).then_some(super::Format::Postcard)
             }
 
             fn is_binary(&self) -> bool {

@@ -104,6 +104,10 @@ impl<T: TaggedEnum, F: SerdeFormat> Codec<T> for Tagged<F> {
         Some(super::tagged_codec::<T>(format))
     }
 
+    fn keeps_tags(&self) -> bool {
+        true
+    }
+
     fn encode(&self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         let format = F::default();
         format.encode_value(&item.tag(), dst)?;

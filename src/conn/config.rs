@@ -51,8 +51,11 @@ pub(crate) struct ConnectionConfig {
     pub(crate) serde_format: Option<crate::codec::Format>,
     /// Sending an empty frame is refused with `Error::EmptyFrame`.
     pub(crate) refuse_empty_frames: bool,
-    /// The wrong-peer handshake, if switched on.
-    pub(crate) handshake: Option<crate::conn::handshake::Plan>,
+    /// What the builders say about the handshake.
+    pub(crate) handshake: crate::conn::handshake::Settings,
+    /// The handshake of every connection, if it is on: resolved when the
+    /// server or client starts (from `handshake` and the message types).
+    pub(crate) hello: Option<std::sync::Arc<crate::conn::handshake::Plan>>,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -118,7 +121,7 @@ impl ConnectionConfig {
         ];
         match checks.into_iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(Error::Config(why)),
-            None => Ok(()),
+            None => self.handshake.validate(),
         }
     }
 }
@@ -139,7 +142,8 @@ impl Default for ConnectionConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             serde_format: None,
             refuse_empty_frames: false,
-            handshake: None,
+            handshake: Default::default(),
+            hello: None,
         }
     }
 }

@@ -123,12 +123,18 @@ pub(crate) async fn run<R, W, H>(
     };
     match ended {
         Ok(_) | Err(Error::Closed) => tracing::debug!(?reason, "connection closed"),
+        // A handshake failure is logged where it is known: a server once
+        // per peer (the read side), a client by `connect` or its reconnects.
+        Err(error @ Error::Handshake(_)) => {
+            events.report_quietly(Some(conn.peer.clone()), error);
+        }
         Err(error) => {
             tracing::debug!(?reason, error = %crate::wire::error::Report(&error), "connection closed");
             events.report(Some(conn.peer.clone()), error);
         }
     }
     conn.end.set(reason);
+    conn.handshake.ended();
     on_end.run();
     let closed = Closed {
         peer: conn.peer.clone(),

@@ -1,5 +1,6 @@
 //! Error events: a bounded stream of what went wrong, and with whom.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -56,21 +57,56 @@ impl std::fmt::Display for ErrorEvent {
 pub(crate) struct EventSink {
     tx: mpsc::Sender<ErrorEvent>,
     counters: Arc<Counters>,
+    /// The peers a WARN was logged for once already (see
+    /// [`warn_once_per_peer`](Self::warn_once_per_peer)).
+    warned: Arc<std::sync::Mutex<HashSet<String>>>,
 }
+
+/// Peers remembered by [`EventSink::warn_once_per_peer`], at the most: then
+/// the set starts again (so its memory is bounded, and a peer may be
+/// warned about once more).
+pub(crate) const MAX_WARNED_PEERS: usize = 1024;
 
 impl EventSink {
     pub(crate) fn report(&self, peer: Option<Addr>, error: Error) {
         // Events that end a connection (or stop accepting) at WARN, so that
         // they show with the default filter even if nobody reads the
-        // events; per-frame ones (a decode or handler error) at DEBUG.
+        // events; per-frame ones (a decode or handler error) at DEBUG
+        // (the read side logs those at WARN at a bounded rate itself).
         let warn = error.is_warning();
         self.report_at(peer, error, warn);
+    }
+
+    /// Runs `warn` (which logs) the first time it is called for `peer`'s
+    /// address (its IP address for TCP, whatever its port), not again.
+    pub(crate) fn warn_once_per_peer(&self, peer: &Addr, warn: impl FnOnce()) {
+        let key = peer
+            .ip()
+            .map_or_else(|| peer.to_string(), |ip| ip.to_string());
+        let first = {
+            let mut warned = self
+                .warned
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if warned.len() >= MAX_WARNED_PEERS && !warned.contains(&key) {
+                warned.clear();
+            }
+            warned.insert(key)
+        };
+        if first {
+            warn();
+        }
     }
 
     /// Reports an event logged at DEBUG whatever it is: a reconnecting
     /// client logs one WARN per outage itself, not one per failed try.
     pub(crate) fn report_quietly(&self, peer: Option<Addr>, error: Error) {
         self.report_at(peer, error, false);
+    }
+
+    /// Reports an event its caller has logged already.
+    pub(crate) fn report_logged(&self, peer: Option<Addr>, error: Error) {
+        self.deliver(peer, error);
     }
 
     fn report_at(&self, peer: Option<Addr>, error: Error, warn: bool) {
@@ -85,6 +121,11 @@ impl EventSink {
             }
             (None, false) => tracing::debug!(error = %error_text, "chitchat-net error event"),
         }
+        self.deliver(peer, error);
+    }
+
+    /// Counts the event and hands it to the reader (or drops and counts it).
+    fn deliver(&self, peer: Option<Addr>, error: Error) {
         if !error.is_lifecycle() {
             Counters::add(&self.counters.errors, 1);
         }
@@ -152,7 +193,11 @@ pub(crate) fn event_channel(
     counters: Arc<Counters>,
 ) -> (EventSink, ErrorEvents) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let sink = EventSink { tx, counters };
+    let sink = EventSink {
+        tx,
+        counters,
+        warned: Arc::default(),
+    };
     let events = ErrorEvents {
         rx: Arc::new(Mutex::new(rx)),
         ended,

@@ -195,6 +195,8 @@ pub(crate) struct Shared {
     pub(crate) signal: Signal,
     /// How it ended, once it has.
     pub(crate) end: End,
+    /// How its handshake went, once it has (if it has one).
+    pub(crate) handshake: crate::conn::handshake::Outcome,
     /// The server's or client's counters.
     pub(crate) counters: Arc<Counters>,
     /// Requests waiting for replies (only if requests are on).
@@ -235,6 +237,7 @@ impl ConnectionHandle {
                 outbox: Outbox::new(queue_bytes).counting(tally(counters.clone())),
                 signal: Signal::default(),
                 end: End::default(),
+                handshake: Default::default(),
                 requests: Requests::of(&wire),
                 wire,
                 counters,
@@ -243,16 +246,15 @@ impl ConnectionHandle {
     }
 
     /// Queues the hello of the [handshake](crate::handshake), first of
-    /// all, if `plan` says the handshake is on (`A`: what this side
-    /// accepts).
-    pub(crate) fn greet<A: Message>(&self, plan: Option<crate::conn::handshake::Plan>) {
+    /// all, if the handshake is on (`plan`).
+    pub(crate) fn greet(&self, plan: Option<&crate::conn::handshake::Plan>) {
         if let Some(plan) = plan {
             let inner = &*self.inner;
-            let hello = plan.hello::<A>();
-            // The wire was checked when it was built: a hello encodes.
+            inner.handshake.plan();
+            // The plan was checked when it was made: its hello encodes.
             if let Err(error) = inner
                 .outbox
-                .push_reply(|buf| inner.wire.encode_hello(&hello, buf))
+                .push_reply(|buf| inner.wire.encode_hello(&plan.hello, buf))
             {
                 tracing::warn!(%error, "the handshake's hello could not be queued");
             }

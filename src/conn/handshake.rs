@@ -1,13 +1,36 @@
-//! Wrong-peer detection: message fingerprints and the opt-in handshake
+//! The handshake: each side of a connection says what it speaks in its
+//! first frame, and checks the peer's before any frame reaches a handler
 //! (pure, no I/O).
 //!
-//! A client built with the wrong message type is often accepted silently:
-//! `Reply::NotFound { key }` decodes as `Command::Get { key }`. With
+//! A client built with the wrong message type, or with one setting that
+//! differs from the server's (request ids, a serde format, a codec, the
+//! framing, the cluster), would otherwise be accepted silently: its frames
+//! fail to decode one by one, or decode as the wrong variant, and its
+//! requests time out. With the handshake, [`connect`](crate::ClientBuilder::connect)
+//! fails at once with [`ConnectError::Handshake`](crate::ConnectError::Handshake),
+//! naming the first difference in words ("the server uses request ids,
+//! this client ordered replies"; "the server's `Command` has variants Put,
+//! Get, Delete; this client's has Put, Get"), and the server logs the same
+//! difference at WARN, once per peer address.
+//!
+//! # When it is on
+//!
+//! By default, on each side whose message types declare a
+//! [`Fingerprint`] (every `#[derive(Message)]` type does), or that has a
+//! [cluster label](crate::Options::cluster); off for `String`, `Bytes`,
+//! `Vec<u8>` and hand-written types without a fingerprint (text and raw
+//! peers, Go chitchat peers), and in framings that cannot carry a hello
+//! (EOF framing; a raw framing whose delimiter is a character of the
+//! hello). A client's types are what it sends and what it receives (its
+//! handler's or receive buffer's type); a server's, what its handler
+//! receives, and what it sends if it says so with
+//! [`ServerBuilder::handshake`](crate::ServerBuilder::handshake).
+//! [`no_handshake()`](crate::Options::no_handshake) turns it off,
 //! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake) and
-//! [`ServerBuilder::handshake`](crate::ServerBuilder::handshake), each side
-//! of a connection first sends one hello frame naming the
-//! [`Fingerprint`] of the type it sends and of the type it accepts, and
-//! checks the peer's before any frame reaches a handler.
+//! `ServerBuilder::handshake` on (then a framing that cannot carry it is
+//! refused with [`Error::Config`](crate::Error::Config)). Both ends must
+//! agree: a side with it on meets a side with it off as a timeout or as a
+//! first frame that is not a hello, both errors that say so.
 //!
 //! # What a fingerprint covers
 //!
@@ -33,52 +56,95 @@
 //!
 //! It does not cover variant names (renaming a variant keeps its tag and
 //! the wire), the inside of field types that are not derived messages
-//! (`Vec<Entry>` covers the spelling `Entry`, not `Entry`'s fields), type
-//! aliases (`u64` and `Id` differ even if `type Id = u64`), nor a codec
-//! set on the builder with `.codec(..)`.
+//! (`Vec<Entry>` covers the spelling `Entry`, not `Entry`'s fields), nor
+//! type aliases (`u64` and `Id` differ even if `type Id = u64`). The hello
+//! carries the fingerprint with the name of the codec the type is written
+//! with on the connection mixed in ([`effective_fingerprint`]): a builder's
+//! `.codec(..)` or `serde_format(..)` counts.
 //!
-//! # The hello frame
+//! # The hello frame (version 2)
 //!
 //! One frame, the first each side sends, in the connection's framing but
-//! without the request envelope. Its payload is 50 bytes of ASCII text, so
-//! it passes raw delimited framing (unless the delimiter is one of its
-//! characters: such a framing is refused when the handshake is switched on):
+//! without the request envelope. Its payload is ASCII text, at most
+//! [`MAX_HELLO_LEN`] (4 KiB) bytes: the magic, then `key=value` fields
+//! separated by single spaces, in this order (a reader skips keys it does
+//! not know, so a later version can add some):
 //!
-//! | bytes | content |
+//! | field | value |
 //! |---|---|
-//! | 0..16 | `chitchat-hello/1`: the magic and the version |
-//! | 16 | a space |
-//! | 17..33 | the fingerprint of the type this side sends: 16 lowercase hex digits, or 16 `-` if it declares none |
-//! | 33 | a space |
-//! | 34..50 | the fingerprint of the type this side accepts, likewise |
+//! | magic | `chitchat-hello/2` (a version 1 hello, `chitchat-hello/1 …`, is recognised: [`HandshakeError::OldPeer`]) |
+//! | `proto` | the protocol versions spoken, `min-max` (this build: `1-1`); the ranges must overlap |
+//! | `cluster` | the cluster label (`[A-Za-z0-9_.-]`, 1 to 64 characters), or `-`; must be equal |
+//! | `requests` | `none`, `ids` or `ordered`; `ids` at both ends or at neither |
+//! | `send-framing` | the framing of what this side sends ([`framing_name`]: `delimited:0x0a:escaped`, `delimited:0x0a:raw`, `length:u32be`, `eof`), or `-` if not declared; must be what the peer reads |
+//! | `receive-framing` | the framing it cuts received frames with |
+//! | `features` | optional protocol pieces, a 64-bit bitfield in 16 lowercase hex digits ([`features`]); the bits both set are used |
+//! | `sends` | the type it sends, or `-` if it declares none (then anything matches) |
+//! | `accepts` | the type it accepts, likewise |
 //!
-//! Each side checks that what the peer sends is what it accepts and that
-//! what it sends is what the peer accepts; an undeclared fingerprint on
-//! either end of a direction matches anything. A frame that is not a hello
-//! ([`HandshakeError::NotAHello`]), a mismatch
+//! A type is `Name:codec:fingerprint:variants`: its name without module
+//! path, its codec's name, the 16 hex digits of its effective fingerprint,
+//! and its variants as `tag.Name` separated by commas (empty for a struct),
+//! with `+` last when the list was cut (at [`MAX_LISTED_VARIANTS`], or to
+//! keep the hello within its size). Names are cut to [`MAX_NAME_LEN`]
+//! characters of `[A-Za-z0-9_.-]`.
+//!
+//! Each side checks the peer's hello against its own (see [`Hello::check`]
+//! for the order): the first difference is the error. A frame that is not
+//! a hello ([`HandshakeError::NotAHello`]), a mismatch
 //! ([`HandshakeError::Mismatch`]), no hello within the handshake timeout
 //! ([`HandshakeError::Timeout`]) or an end of stream before it
 //! ([`HandshakeError::Closed`]) ends the connection with an
-//! [`Error::Handshake`](crate::Error::Handshake) event; frames that came
-//! after the peer's hello never reach the handler then.
+//! [`Error::Handshake`](crate::Error::Handshake) event, and fails the
+//! client's `connect` with
+//! [`ConnectError::Handshake`](crate::ConnectError::Handshake); frames that
+//! came after the peer's hello never reach the handler then. A
+//! reconnecting client that meets a mismatch gives up instead of dialling
+//! again.
 //!
 //! # Examples
 //!
 //! ```
-//! use chitchat_net::handshake::{Fingerprint, Hello};
+//! use chitchat_net::handshake::{Fingerprint, Hello, RequestMode, Role, TypeInfo};
 //!
-//! let hello = Hello { sends: Some(Fingerprint::from_u64(0xabc)), accepts: None };
+//! let client = Hello {
+//!     protocol: (1, 1),
+//!     cluster: Some("prod-eu".into()),
+//!     requests: RequestMode::Ids,
+//!     send_framing: Some("delimited:0x0a:escaped".into()),
+//!     receive_framing: "delimited:0x0a:escaped".into(),
+//!     features: 0,
+//!     sends: Some(TypeInfo::new("Command", "bincode", Fingerprint::from_u64(7), &[(0, "Put"), (1, "Get")])),
+//!     accepts: None,
+//! };
 //! let mut frame = bytes::BytesMut::new();
-//! hello.encode(&mut frame);
-//! assert_eq!(&frame[..], b"chitchat-hello/1 0000000000000abc ----------------");
-//! assert_eq!(Hello::decode(&frame), Ok(hello));
+//! client.encode(&mut frame);
+//! let text = std::str::from_utf8(&frame).unwrap();
+//! assert!(text.starts_with(
+//!     "chitchat-hello/2 proto=1-1 cluster=prod-eu requests=ids \
+//!      send-framing=delimited:0x0a:escaped receive-framing=delimited:0x0a:escaped \
+//!      features=0000000000000000 sends=Command:bincode:"
+//! ));
+//! assert!(text.ends_with(":0.Put,1.Get accepts=-"));
+//! assert_eq!(Hello::decode(&frame), Ok(client.clone()));
+//!
+//! // A server of another cluster: the difference, in words.
+//! let mut server = client.clone();
+//! server.cluster = Some("staging".into());
+//! let refused = client.check(&server, Role::Client).unwrap_err();
+//! assert_eq!(refused.to_string(), "the server's cluster is staging, this client's prod-eu");
 //! ```
 
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 
-use crate::codec::Message;
+use crate::codec::{Codec, Message};
+use crate::wire::error::Error;
+use crate::wire::frame::{Escaping, Framing};
 pub use crate::wire::hello::{
-    Fingerprint, FingerprintBuilder, HandshakeError, Hello, HELLO_LEN, HELLO_MAGIC,
+    effective_fingerprint, features, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
+    Mismatch, RequestMode, Role, Setting, TypeInfo, HELLO_MAGIC, HELLO_V1_MAGIC, MAX_HELLO_LEN,
+    MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
 };
 
 /// What `#[derive(Message)]` uses to find a field type's fingerprint if
@@ -124,30 +190,168 @@ pub mod __probe {
     }
 }
 
-impl Hello {
-    /// The hello of a side that sends `S` and accepts `A`.
-    pub fn of<S: Message, A: Message>() -> Self {
-        Hello {
-            sends: S::fingerprint(),
-            accepts: A::fingerprint(),
+/// A type's name without its module path (`Command`, `Vec<u8>`).
+pub(crate) fn short_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    let head = full.split('<').next().unwrap_or(full);
+    let start = head.rfind("::").map_or(0, |i| i + 2);
+    &full[start..]
+}
+
+/// Whether the handshake is on: decided by the message types unless a
+/// builder says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Switch {
+    /// On if the side's message types declare a fingerprint, or it has a
+    /// cluster label.
+    #[default]
+    Auto,
+    /// On (`.handshake()`).
+    On,
+    /// Off (`.no_handshake()`).
+    Off,
+}
+
+/// What the builders record about the handshake.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    pub(crate) switch: Switch,
+    /// The cluster label.
+    pub(crate) cluster: Option<Arc<str>>,
+}
+
+impl Settings {
+    /// Refuses a cluster label that cannot be carried, or one set with
+    /// the handshake off.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(label) = &self.cluster {
+            if !crate::wire::hello::valid_cluster(label) {
+                return Err(Error::Config(
+                    "a cluster label is 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`",
+                ));
+            }
+            if self.switch == Switch::Off {
+                return Err(Error::Config(
+                    "a cluster label needs the handshake: remove `.no_handshake()`",
+                ));
+            }
         }
+        Ok(())
     }
 }
 
-/// What the builders record when the handshake is switched on: the
-/// fingerprint of what this side sends (what it accepts is its handler's
-/// message type, known where each connection starts).
-#[derive(Debug, Clone, Copy)]
+/// The handshake of every connection of a server or client: the hello
+/// it sends, and its side.
+#[derive(Debug)]
 pub(crate) struct Plan {
-    pub(crate) sends: Option<Fingerprint>,
+    pub(crate) hello: Hello,
+    pub(crate) role: Role,
 }
 
-impl Plan {
-    /// The hello of a side that accepts `A`.
-    pub(crate) fn hello<A: Message>(self) -> Hello {
-        Hello {
-            sends: self.sends,
-            accepts: A::fingerprint(),
+/// How a connection's handshake went, once it has, and the tasks waiting
+/// for it (a client's `connect`).
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Whether the connection has a handshake.
+    planned: std::sync::atomic::AtomicBool,
+    result: OnceLock<Result<u64, HandshakeError>>,
+    waiters: tokio::sync::Notify,
+}
+
+impl Outcome {
+    /// Says that the connection has a handshake: [`wait`](Self::wait)
+    /// waits for it.
+    pub(crate) fn plan(&self) {
+        self.planned
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records the outcome (the first one counts) and wakes the waiters.
+    pub(crate) fn set(&self, result: Result<u64, HandshakeError>) {
+        let _ = self.result.set(result);
+        self.waiters.notify_waiters();
+    }
+
+    /// Wakes the waiters without an outcome: the connection has ended.
+    pub(crate) fn ended(&self) {
+        self.waiters.notify_waiters();
+    }
+
+    /// Waits for the outcome (at once `Ok(0)` without a handshake);
+    /// [`HandshakeError::Closed`] if `ended` says the connection ended
+    /// without one.
+    pub(crate) async fn wait(&self, ended: impl Fn() -> bool) -> Result<u64, HandshakeError> {
+        if !self.planned.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(0);
+        }
+        loop {
+            let notified = self.waiters.notified();
+            tokio::pin!(notified);
+            // Registered before the checks: a `set` in between still wakes us.
+            notified.as_mut().enable();
+            if let Some(result) = self.result.get() {
+                return result.clone();
+            }
+            if ended() {
+                return Err(HandshakeError::Closed);
+            }
+            notified.await;
         }
     }
+}
+
+impl Hello {
+    /// The hello of a side that sends `S` and accepts `A`, with the
+    /// default settings (no cluster label, no requests, lines framing,
+    /// each type's own codec).
+    pub fn of<S: Message, A: Message>() -> Self {
+        let sends = S::fingerprint().map(|shape| {
+            TypeInfo::new(
+                short_name::<S>(),
+                S::Codec::default().name(),
+                shape,
+                S::variant_tags(),
+            )
+        });
+        let accepts = A::fingerprint().map(|shape| {
+            TypeInfo::new(
+                short_name::<A>(),
+                A::Codec::default().name(),
+                shape,
+                A::variant_tags(),
+            )
+        });
+        let framing = |binary| framing_name(Framing::default().resolve(binary));
+        Hello {
+            protocol: PROTOCOL_VERSIONS,
+            cluster: None,
+            requests: RequestMode::None,
+            send_framing: Some(framing(S::Codec::default().is_binary())),
+            receive_framing: framing(A::Codec::default().is_binary()),
+            features: features::SUPPORTED,
+            sends,
+            accepts,
+        }
+    }
+}
+
+/// A framing as a hello names it: `delimited:0x0a:escaped`,
+/// `delimited:0x0a:raw`, `length:u32be` or `eof` (the frame length limit is
+/// not part of it).
+pub fn framing_name(framing: Framing) -> String {
+    if framing.is_eof() {
+        return "eof".to_owned();
+    }
+    if framing.is_length_prefixed() {
+        return "length:u32be".to_owned();
+    }
+    let escaping = match framing.escaping() {
+        Some(Escaping::Raw) => "raw",
+        Some(Escaping::Escaped) => "escaped",
+        _ => "auto",
+    };
+    format!(
+        "delimited:0x{:02x}:{escaping}",
+        framing.delimiter().unwrap_or(0)
+    )
 }

@@ -94,6 +94,12 @@ pub enum ConnectError {
     /// The `on_connect` hook failed; the connection is closed.
     #[error("on_connect failed: {}", crate::wire::error::Report(&**.0))]
     Hello(#[source] BoxError),
+    /// The [handshake](crate::handshake) failed: the server speaks another
+    /// protocol (the first difference, in words: "the server uses request
+    /// ids, this client ordered replies"), has its handshake off, or sent
+    /// no hello within the handshake timeout. The connection is closed.
+    #[error("handshake with the server failed: {0}")]
+    Handshake(#[source] crate::wire::hello::HandshakeError),
 }
 
 impl From<SendError> for Error {
@@ -137,6 +143,7 @@ impl From<ConnectError> for Error {
             ConnectError::Tls(error) => Error::Tls(error),
             ConnectError::Config(error) => error,
             ConnectError::Hello(error) => Error::Handler(error),
+            ConnectError::Handshake(error) => Error::Handshake(error),
         }
     }
 }
@@ -189,6 +196,7 @@ impl ConnectError {
             Error::ConnectTimeout(timeout) => ConnectError::Timeout(timeout),
             Error::Tls(error) => ConnectError::Tls(error),
             Error::Handler(error) => ConnectError::Hello(error),
+            Error::Handshake(error) => ConnectError::Handshake(error),
             other => ConnectError::Config(other),
         }
     }

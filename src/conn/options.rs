@@ -190,6 +190,30 @@ macro_rules! connection_options {
             self
         }
 
+        /// Labels this side's cluster (`"prod-eu"`: 1 to 64 characters of
+        /// `A-Z`, `a-z`, `0-9`, `_`, `.` and `-`): the
+        /// [handshake](crate::handshake) refuses a peer with another label,
+        /// or none, so that two environments on one network never exchange
+        /// a frame. It switches the handshake on (whatever the message
+        /// types); with [`no_handshake`](Self::no_handshake) it is refused
+        /// with [`Error::Config`](crate::Error::Config).
+        pub fn cluster(mut self, label: impl Into<String>) -> Self {
+            self.config.handshake.cluster = Some(label.into().into());
+            self
+        }
+
+        /// Switches the [handshake](crate::handshake) off: no hello is sent
+        /// or expected. It is on by default when the message types declare
+        /// a fingerprint (derived types); switch it off toward peers that
+        /// do not speak it (an older chitchat-net, or a peer of your own
+        /// that speaks the message format without the hello). `String`,
+        /// `Bytes` and Go chitchat peers need nothing: it is off for them
+        /// already.
+        pub fn no_handshake(mut self) -> Self {
+            self.config.handshake.switch = crate::conn::handshake::Switch::Off;
+            self
+        }
+
         /// Requests in flight at most per connection (default 4096): a
         /// request waits for one to end beyond that (within its timeout).
         pub fn max_requests_in_flight(mut self, max: usize) -> Self {

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -32,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
+use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
 use crate::base::stats::Counters;
 use crate::conn::config::ConnectionConfig;
@@ -39,13 +41,14 @@ use crate::conn::events::EventSink;
 use crate::conn::handle::{ConnectionHandle, Shared};
 use crate::conn::handler::Session;
 use crate::conn::handler::{Context, Handler};
+use crate::conn::handshake::Plan;
 use crate::conn::requests::Waiting;
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
 use crate::wire::envelope::Envelope;
 use crate::wire::error::Error;
 use crate::wire::frame::FrameCodec;
-use crate::wire::hello::{HandshakeError, Hello};
+use crate::wire::hello::{HandshakeError, Hello, Role};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -105,6 +108,9 @@ struct Input<R, M> {
     /// What was read while a handler call waited (boxed, and only once a
     /// call has waited: no room in a task whose handler never waits).
     ahead: Option<Box<Ahead<M>>>,
+    /// The per-frame errors logged so far (boxed, and only once there is
+    /// one).
+    errors: Option<Box<FrameErrors>>,
 }
 
 /// What a read side read while a handler call waited.
@@ -162,6 +168,7 @@ where
                 decoder: handle.inner.wire.decoder(),
                 copies_out: handle.inner.wire.copies_out::<H::Message>(),
                 ahead: None,
+                errors: None,
             },
             closing: false,
             handle,
@@ -215,8 +222,19 @@ where
     /// handler's `on_open`, then handles the frames that came with the
     /// hello (or while `on_open` waited).
     async fn open(&mut self) -> Result<(), Error> {
-        if let Some(plan) = self.config.handshake {
-            self.handshake(plan.hello::<H::Message>()).await?;
+        if let Some(plan) = self.config.hello.clone() {
+            let outcome = self.handshake(&plan).await;
+            let conn = &self.handle.inner;
+            conn.handshake.set(outcome.clone());
+            if let Err(error) = outcome {
+                if plan.role == Role::Server {
+                    let peer = &conn.peer;
+                    self.events.warn_once_per_peer(peer, || {
+                        tracing::warn!(%peer, error = %error, "chitchat-net handshake refused a client");
+                    });
+                }
+                return Err(error.into());
+            }
         }
         {
             let mut ctx = Context {
@@ -239,31 +257,38 @@ where
     }
 
     /// Reads the peer's first frame, within the handshake timeout, and
-    /// checks it against `ours` (see [`crate::handshake`]). A close asked
-    /// meanwhile waits for it (bounded by the timeout); an abort does not.
-    async fn handshake(&mut self, ours: Hello) -> Result<(), Error> {
+    /// checks it against ours (see [`crate::handshake`]); returns the
+    /// feature bits both sides set. A close asked meanwhile waits for it
+    /// (bounded by the timeout); an abort does not.
+    async fn handshake(&mut self, plan: &Plan) -> Result<u64, HandshakeError> {
         let timeout = self.config.handshake_timeout;
         let deadline = Instant::now() + timeout;
         let input = &mut self.input;
         let frame = loop {
-            if let Some(frame) = input.decoder.decode(&mut input.buf)? {
-                break frame;
+            match input.decoder.decode(&mut input.buf) {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                // A framing error before any hello: not a hello.
+                Err(_) => {
+                    return Err(HandshakeError::Malformed {
+                        why: "its first frame breaks the framing",
+                    })
+                }
             }
             input.make_read_room();
             let read = tokio::time::timeout_at(deadline, input.read())
                 .await
                 .map_err(|_| HandshakeError::Timeout(timeout))?;
-            let n = read?;
-            if n == 0 {
-                return Err(HandshakeError::Closed.into());
+            match read {
+                Ok(0) | Err(_) => return Err(HandshakeError::Closed),
+                Ok(n) => Counters::add(&self.handle.inner.counters.bytes_in, n as u64),
             }
-            Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
         };
         Counters::add(&self.handle.inner.counters.frames_in, 1);
         let theirs = Hello::decode(&frame)?;
-        ours.check(&theirs)?;
+        let features = plan.hello.check(&theirs, plan.role)?;
         tracing::debug!(?theirs, "handshake done");
-        Ok(())
+        Ok(features)
     }
 
     /// Reads and handles frames until the peer ends the stream or a close
@@ -405,8 +430,9 @@ where
             .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
             .await;
         if let Err(error) = handled {
-            let peer = Some(self.handle.inner.peer.clone());
-            self.events.report(peer, Error::Handler(error));
+            let conn = &self.handle.inner;
+            self.input
+                .frame_error(conn, &self.events, Error::Handler(error));
         }
     }
 
@@ -637,7 +663,7 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             Ok(opened) => opened,
             Err(error) => {
                 self.buf.advance(found.wire);
-                events.report(Some(conn.peer.clone()), error);
+                self.frame_error(conn, events, error);
                 return None;
             }
         };
@@ -672,9 +698,89 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
         match decoded {
             Ok(msg) => Some((msg, request)),
             Err(error) => {
-                events.report(Some(conn.peer.clone()), error);
+                self.frame_error(conn, events, error);
                 None
             }
+        }
+    }
+
+    /// Reports a per-frame error (a decode or handler error): logged at
+    /// WARN at a bounded rate (see [`FrameErrors`]), and an event.
+    fn frame_error(&mut self, conn: &Shared, events: &EventSink, error: Error) {
+        let errors = self
+            .errors
+            .get_or_insert_with(|| Box::new(FrameErrors::new(conn.peer.clone())));
+        errors.log(&error);
+        events.report_logged(Some(conn.peer.clone()), error);
+    }
+}
+
+/// How often a connection logs its per-frame errors at WARN: the first of
+/// a kind at once, then, for the others within this window, a count.
+pub(crate) const FRAME_ERROR_WINDOW: Duration = Duration::from_secs(5);
+
+/// The per-frame errors of one connection (decode errors, handler errors),
+/// logged at WARN at a bounded rate: the first of a kind at once; the
+/// others in the [`FRAME_ERROR_WINDOW`] after it at DEBUG, and counted;
+/// the next one after the window logs the count ("37 more decode errors
+/// from 127.0.0.1:5000 in the last 5 s") and itself, and starts a new
+/// window. The connection's end logs what is still counted.
+struct FrameErrors {
+    peer: Addr,
+    /// Per kind: when its window started, and the errors in it not logged
+    /// at WARN.
+    windows: [(Option<Instant>, u64); 2],
+}
+
+impl FrameErrors {
+    const KINDS: [&'static str; 2] = ["decode", "handler"];
+
+    fn new(peer: Addr) -> Self {
+        FrameErrors {
+            peer,
+            windows: [(None, 0); 2],
+        }
+    }
+
+    fn log(&mut self, error: &Error) {
+        let kind = usize::from(matches!(error, Error::Handler(_)));
+        let now = Instant::now();
+        let peer = &self.peer;
+        let text = crate::wire::error::Report(error);
+        match self.windows[kind].0 {
+            Some(start) if now.duration_since(start) < FRAME_ERROR_WINDOW => {
+                self.windows[kind].1 += 1;
+                tracing::debug!(%peer, error = %text, "chitchat-net error event");
+            }
+            _ => {
+                self.summarise(kind, now);
+                let peer = &self.peer;
+                tracing::warn!(%peer, error = %text, "chitchat-net error event");
+                self.windows[kind] = (Some(now), 0);
+            }
+        }
+    }
+
+    /// Logs the count of errors of `kind` not logged at WARN, if any.
+    fn summarise(&mut self, kind: usize, now: Instant) {
+        if let (Some(start), more @ 1..) = self.windows[kind] {
+            let secs = now.duration_since(start).as_secs().max(1);
+            tracing::warn!(
+                peer = %self.peer,
+                "{more} more {} errors from {} in the last {secs} s",
+                Self::KINDS[kind],
+                self.peer
+            );
+            self.windows[kind].1 = 0;
+        }
+    }
+}
+
+impl Drop for FrameErrors {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for kind in 0..Self::KINDS.len() {
+            self.summarise(kind, now);
         }
     }
 }

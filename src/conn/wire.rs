@@ -9,10 +9,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Codec, Message};
 use crate::conn::config::{ConnectionConfig, DEFAULT_MAX_IN_FLIGHT};
+use crate::conn::handshake::{framing_name, short_name, Plan, Switch};
 use crate::wire::envelope::{self, Envelope};
 use crate::wire::error::Error;
 use crate::wire::frame::{FrameCodec, Framing};
-use crate::wire::hello::Hello;
+use crate::wire::hello::{features, Hello, RequestMode, Role, TypeInfo, PROTOCOL_VERSIONS};
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
 /// behind `Any` so that one registry holds overrides for several types.
@@ -133,39 +134,7 @@ impl Wire {
         spec.max_in_flight = config.max_in_flight;
         spec.format = config.serde_format;
         spec.refuse_empty = config.refuse_empty_frames;
-        if config.handshake.is_some() {
-            wire.check_hello()?;
-        }
         Ok(wire)
-    }
-
-    /// Whether hello frames can be sent on this wire: not in EOF framing
-    /// (one frame per stream), nor raw with a delimiter a hello may hold.
-    fn check_hello(&self) -> Result<(), Error> {
-        if self.spec.raw.framing().is_eof() {
-            return Err(Error::Config(
-                "the handshake needs a framing with more than one frame: not EOF framing",
-            ));
-        }
-        let fingerprint = |v| Some(crate::wire::hello::Fingerprint::from_u64(v));
-        let samples = [
-            Hello {
-                sends: fingerprint(0x0123_4567_89ab_cdef),
-                accepts: fingerprint(0xfedc_ba98_7654_3210),
-            },
-            Hello {
-                sends: None,
-                accepts: None,
-            },
-        ];
-        for hello in samples {
-            if self.encode_hello(&hello, &mut BytesMut::new()).is_err() {
-                return Err(Error::Config(
-                    "the handshake's text holds this raw framing's delimiter: use an escaped framing",
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Appends one framed hello (without the envelope) to `dst` (nothing on
@@ -199,6 +168,29 @@ impl Wire {
     /// How replies are matched to requests.
     pub(crate) fn matching(&self) -> Matching {
         self.spec.matching
+    }
+
+    /// The request mode, as a hello says it.
+    pub(crate) fn request_mode(&self) -> RequestMode {
+        match self.spec.matching {
+            Matching::Off => RequestMode::None,
+            Matching::Ids => RequestMode::Ids,
+            Matching::Ordered => RequestMode::Ordered,
+        }
+    }
+
+    /// The name of the codec `M` is written with on this wire (its
+    /// override, its serde format, or its own).
+    pub(crate) fn codec_name<M: Message>(&self) -> &'static str {
+        match self.codec_for::<M>() {
+            Some(codec) => codec.name(),
+            None => M::Codec::default().name(),
+        }
+    }
+
+    /// The framing messages of type `M` are sent in.
+    pub(crate) fn framing_of<M: Message>(&self) -> Framing {
+        self.frame(self.is_binary::<M>()).framing()
     }
 
     /// Requests in flight at most, per connection.
@@ -351,13 +343,183 @@ impl Wire {
 }
 
 /// Builds the override entry for `codec` used with messages of type `M`.
+///
+/// A serde codec (`Bincode`, `Postcard`) set for a type whose own codec
+/// writes variant tags (a derived enum that also derives serde's traits,
+/// else it would not compile) writes the tags in that format, as
+/// `serde_format(..)` does: never serde's variant indexes, which would
+/// remap the variants whose tags are pinned.
 pub(crate) fn codec_override<M: Message, C: Codec<M>>(codec: C) -> (bool, Override) {
     let binary = codec.is_binary();
-    let codec: Arc<dyn Codec<M>> = Arc::new(codec);
+    let own = M::Codec::default();
+    let tagged = codec
+        .serde_format()
+        .filter(|_| own.keeps_tags())
+        .and_then(|format| own.in_format(format));
+    let codec: Arc<dyn Codec<M>> = match tagged {
+        Some(tagged) => Arc::new(Static(tagged)),
+        None => Arc::new(codec),
+    };
     (binary, Arc::new(codec))
+}
+
+/// A codec that lives for the whole program, as an override.
+struct Static<M: 'static>(&'static dyn Codec<M>);
+
+impl<M: 'static> Codec<M> for Static<M> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn is_binary(&self) -> bool {
+        self.0.is_binary()
+    }
+
+    fn encode(&self, item: &M, dst: &mut BytesMut) -> Result<(), Error> {
+        self.0.encode(item, dst)
+    }
+
+    fn decode(&self, frame: Bytes) -> Result<M, Error> {
+        self.0.decode(frame)
+    }
+
+    fn decode_slice(&self, frame: &[u8]) -> Result<M, Error> {
+        self.0.decode_slice(frame)
+    }
+
+    fn copies_out(&self) -> bool {
+        self.0.copies_out()
+    }
+
+    fn keeps_tags(&self) -> bool {
+        self.0.keeps_tags()
+    }
 }
 
 /// Whether `M`'s default codec is binary.
 pub(crate) fn default_is_binary<M: Message>() -> bool {
     M::Codec::default().is_binary()
+}
+
+/// How `M` is described in a hello on `wire` (its effective codec), if it
+/// declares a fingerprint.
+pub(crate) fn type_info<M: Message>(wire: &Wire) -> Option<TypeInfo> {
+    let shape = M::fingerprint()?;
+    Some(TypeInfo::new(
+        short_name::<M>(),
+        wire.codec_name::<M>(),
+        shape,
+        M::variant_tags(),
+    ))
+}
+
+/// What a server says it sends (`ServerBuilder::handshake::<S>()`): the
+/// type and the framing of `S` on the server's wire.
+pub(crate) type Declared = fn(&Wire) -> (Option<TypeInfo>, String);
+
+/// The [`Declared`] of `S`.
+pub(crate) fn declared<S: Message>(wire: &Wire) -> (Option<TypeInfo>, String) {
+    (type_info::<S>(wire), framing_name(wire.framing_of::<S>()))
+}
+
+/// The plan of a client that sends `M` and accepts `A` (`None`: a
+/// write-only client, which accepts anything), if its handshake is on.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a handshake switched on in a framing that cannot
+/// carry it.
+pub(crate) fn client_plan<M: Message, A: Message>(
+    config: &ConnectionConfig,
+    wire: &Wire,
+    accepts: bool,
+) -> Result<Option<Arc<Plan>>, Error> {
+    let sends = type_info::<M>(wire);
+    let accepts = if accepts { type_info::<A>(wire) } else { None };
+    let send_framing = Some(framing_name(wire.framing_of::<M>()));
+    plan(config, wire, Role::Client, sends, send_framing, accepts)
+}
+
+/// The plan of a server whose handler accepts `A` and that says it sends
+/// `server_sends` (if it does), if its handshake is on.
+///
+/// # Errors
+///
+/// As [`client_plan`].
+pub(crate) fn server_plan<A: Message>(
+    config: &ConnectionConfig,
+    wire: &Wire,
+    server_sends: Option<Declared>,
+) -> Result<Option<Arc<Plan>>, Error> {
+    let (sends, send_framing) = match server_sends {
+        Some(declared) => {
+            let (info, framing) = declared(wire);
+            (info, Some(framing))
+        }
+        None => (None, None),
+    };
+    plan(
+        config,
+        wire,
+        Role::Server,
+        sends,
+        send_framing,
+        type_info::<A>(wire),
+    )
+}
+
+fn plan(
+    config: &ConnectionConfig,
+    wire: &Wire,
+    role: Role,
+    sends: Option<TypeInfo>,
+    send_framing: Option<String>,
+    accepts: Option<TypeInfo>,
+) -> Result<Option<Arc<Plan>>, Error> {
+    let settings = &config.handshake;
+    settings.validate()?;
+    let auto = settings.switch == Switch::Auto;
+    let on = match settings.switch {
+        Switch::Off => false,
+        Switch::On => true,
+        Switch::Auto => sends.is_some() || accepts.is_some() || settings.cluster.is_some(),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let hello = Hello {
+        protocol: PROTOCOL_VERSIONS,
+        cluster: settings.cluster.as_deref().map(str::to_owned),
+        requests: wire.request_mode(),
+        send_framing,
+        receive_framing: framing_name(wire.decoder().framing()),
+        features: features::SUPPORTED,
+        sends,
+        accepts,
+    };
+    // Only an explicit switch (or a cluster label, which needs it) makes a
+    // framing that cannot carry it an error: by default it is just off.
+    let explicit = !auto || settings.cluster.is_some();
+    if wire.decoder().framing().is_eof() {
+        return if explicit {
+            Err(Error::Config(
+                "the handshake needs a framing with more than one frame: not EOF framing",
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    if wire
+        .encode_hello(&hello, &mut bytes::BytesMut::new())
+        .is_err()
+    {
+        return if explicit {
+            Err(Error::Config(
+                "the handshake's text holds this raw framing's delimiter: use an escaped framing",
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    Ok(Some(Arc::new(Plan { hello, role })))
 }

@@ -211,6 +211,8 @@ pub struct ServerBuilder<H: Handler> {
     tls: Option<ServerTls>,
     backlog: u32,
     codec: Option<(bool, crate::conn::wire::Override)>,
+    /// What the server says it sends in its hello (`handshake::<S>()`).
+    sends: Option<crate::conn::wire::Declared>,
 }
 
 impl<H: Handler> Server<H> {
@@ -224,6 +226,7 @@ impl<H: Handler> Server<H> {
             tls: None,
             backlog: DEFAULT_BACKLOG,
             codec: None,
+            sends: None,
         }
     }
 
@@ -310,18 +313,21 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Switches the wrong-peer [handshake](crate::handshake) on: each
-    /// connection's first frame says what this server sends (`S`; use
-    /// `Bytes` if it sends several types or none: not checked) and accepts
-    /// (`H::Message`), and the client's first frame must match (see
-    /// [`Message::fingerprint`](crate::Message::fingerprint)). Clients must
-    /// switch it on too ([`ClientBuilder::handshake`](crate::ClientBuilder::handshake)).
+    /// Switches the [handshake](crate::handshake) on, and says that this
+    /// server sends `S` (use `Bytes` if it sends several types or none:
+    /// not checked): each connection's first frame then says what this
+    /// server sends (`S`) and accepts (`H::Message`), and the client's
+    /// first frame must match (see [`Message::fingerprint`](crate::Message::fingerprint)).
+    /// Without it the handshake is on when `H::Message` declares a
+    /// fingerprint (a derived type), and says nothing of what the server
+    /// sends.
     ///
     /// A mismatch, or a client without the handshake (its first frame is
     /// not a hello, or no hello comes within the
     /// [handshake timeout](Self::handshake_timeout)), ends the connection
     /// with an [`Error::Handshake`] event before any frame reaches the
-    /// handler. Refused when the server is started, with [`Error::Config`],
+    /// handler, and a WARN line naming the difference, once per peer
+    /// address. Refused when the server is started, with [`Error::Config`],
     /// in EOF framing, and in a raw framing whose delimiter is a character
     /// of the hello.
     ///
@@ -357,9 +363,8 @@ impl<H: Handler> ServerBuilder<H> {
     /// # Ok(()) }
     /// ```
     pub fn handshake<S: Message>(mut self) -> Self {
-        self.config.handshake = Some(crate::conn::handshake::Plan {
-            sends: S::fingerprint(),
-        });
+        self.config.handshake.switch = crate::conn::handshake::Switch::On;
+        self.sends = Some(crate::conn::wire::declared::<S>);
         self
     }
 
@@ -561,15 +566,17 @@ impl<H: Handler> ServerBuilder<H> {
             None => (default_is_binary::<H::Message>(), Vec::new()),
         };
         let wire = Wire::build(&self.config, binary, overrides)?;
+        let mut config = self.config;
+        config.hello = crate::conn::wire::server_plan::<H::Message>(&config, &wire, self.sends)?;
         let ended = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let (events, errors) =
-            event_channel(self.config.event_capacity, ended.clone(), counters.clone());
+            event_channel(config.event_capacity, ended.clone(), counters.clone());
         let shared = Arc::new(Shared {
             handler: Arc::new(self.handler),
             local,
             wire,
-            config: Arc::new(self.config),
+            config: Arc::new(config),
             max_connections: self.max_connections,
             accept_filter: self.accept_filter,
             counters,
@@ -690,7 +697,7 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
         shared.config.queue_bytes,
         shared.counters.clone(),
     );
-    handle.greet::<H::Message>(shared.config.handshake);
+    handle.greet(shared.config.hello.as_deref());
     let id = handle.id();
     connections.insert(handle.clone());
     drop(connections);

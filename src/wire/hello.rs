@@ -103,177 +103,766 @@ impl FingerprintBuilder {
 }
 
 /// The magic and version at the start of a hello frame.
-pub const HELLO_MAGIC: &[u8; 16] = b"chitchat-hello/1";
+pub const HELLO_MAGIC: &[u8; 16] = b"chitchat-hello/2";
 
-/// A hello frame's payload length.
-pub const HELLO_LEN: usize = 50;
+/// The magic of the first version of the hello (chitchat-net before the
+/// handshake checked the protocol): recognised, to say that the peer is
+/// older ([`HandshakeError::OldPeer`]).
+pub const HELLO_V1_MAGIC: &[u8; 16] = b"chitchat-hello/1";
 
-/// A hello frame: what one side sends and accepts (see the
+/// A hello frame's payload is at most this long: longer ones are
+/// [`HandshakeError::Malformed`], and a hello whose names would not fit
+/// lists fewer variants.
+pub const MAX_HELLO_LEN: usize = 4096;
+
+/// Variants listed per message type, at the most: the fingerprint still
+/// covers every one.
+pub const MAX_LISTED_VARIANTS: usize = 64;
+
+/// Names (of types, variants, codecs) are cut to this many characters.
+pub const MAX_NAME_LEN: usize = 48;
+
+/// The protocol versions this build speaks: the lowest and the highest.
+pub const PROTOCOL_VERSIONS: (u16, u16) = (1, 1);
+
+/// Optional protocol pieces, as bits of [`Hello::features`]: a piece is
+/// used on a connection only if both sides set its bit, so a bit never
+/// makes two peers refuse each other.
+pub mod features {
+    /// Error replies: a request that fails is answered with a typed error
+    /// frame. Reserved for that protocol piece; not set by this build yet.
+    pub const ERROR_REPLIES: u64 = 1 << 0;
+    /// The bits this build sets in its hello.
+    pub const SUPPORTED: u64 = 0;
+}
+
+/// How a side matches replies to requests: part of the hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestMode {
+    /// No requests: frames carry no envelope.
+    None,
+    /// Request ids: every frame carries the request envelope.
+    Ids,
+    /// Ordered replies: no envelope; the next frame answers the oldest
+    /// request.
+    Ordered,
+}
+
+impl RequestMode {
+    fn token(self) -> &'static str {
+        match self {
+            RequestMode::None => "none",
+            RequestMode::Ids => "ids",
+            RequestMode::Ordered => "ordered",
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            RequestMode::None => "no requests",
+            RequestMode::Ids => "request ids",
+            RequestMode::Ordered => "ordered replies",
+        }
+    }
+}
+
+/// One message type as a hello describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeInfo {
+    /// The type's name, without its module path.
+    pub name: String,
+    /// The name of the codec it is written with on this connection (its
+    /// own, or a builder's `.codec(..)` or `serde_format(..)`).
+    pub codec: String,
+    /// Its fingerprint with the codec's name mixed in: see
+    /// [`effective_fingerprint`].
+    pub fingerprint: Fingerprint,
+    /// Its variants' wire tags and names, in the order of the tags (none
+    /// for a struct). At most [`MAX_LISTED_VARIANTS`].
+    pub variants: Vec<(u32, String)>,
+    /// Whether `variants` lists every variant.
+    pub all_variants: bool,
+}
+
+/// The fingerprint a hello carries for a type: its shape's fingerprint
+/// ([`Message::fingerprint`](crate::Message::fingerprint)) and the name of
+/// the codec it is written with on the connection, hashed together.
+pub fn effective_fingerprint(shape: Fingerprint, codec: &str) -> Fingerprint {
+    FingerprintBuilder::new("effective", "")
+        .field("shape", "", Some(shape))
+        .codec(codec)
+        .finish()
+}
+
+/// A hello frame: what one side speaks (see the
 /// [module docs](crate::handshake) for its wire format).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// The fingerprint of the type this side sends, if it declares one.
-    pub sends: Option<Fingerprint>,
-    /// The fingerprint of the type this side accepts, if it declares one.
-    pub accepts: Option<Fingerprint>,
+    /// The protocol versions it speaks: the lowest and the highest.
+    pub protocol: (u16, u16),
+    /// Its cluster label, if it has one.
+    pub cluster: Option<String>,
+    /// How it matches replies to requests.
+    pub requests: RequestMode,
+    /// The framing of what it sends (see [`framing_name`](crate::handshake::framing_name)); `None` if not
+    /// declared (a server that does not say what it sends).
+    pub send_framing: Option<String>,
+    /// The framing it cuts received frames with.
+    pub receive_framing: String,
+    /// Optional protocol pieces it speaks (see [`features`]).
+    pub features: u64,
+    /// The type it sends, if it declares one.
+    pub sends: Option<TypeInfo>,
+    /// The type it accepts, if it declares one.
+    pub accepts: Option<TypeInfo>,
+}
+
+/// Which side of the connection we are: for the words of a mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We dialled.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+impl Role {
+    fn peer(self) -> &'static str {
+        match self {
+            Role::Client => "the server",
+            Role::Server => "the client",
+        }
+    }
+
+    fn me(self) -> &'static str {
+        match self {
+            Role::Client => "this client",
+            Role::Server => "this server",
+        }
+    }
+}
+
+/// The setting two peers differ in: see [`Mismatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The protocol version ranges do not overlap.
+    Protocol,
+    /// The cluster labels differ.
+    Cluster,
+    /// The framings differ.
+    Framing,
+    /// One side uses request ids, the other not.
+    RequestMode,
+    /// One side sends another message type than the other accepts.
+    MessageType,
+    /// The same type, written with another codec.
+    Codec,
+    /// The same type with other variants.
+    Variants,
+    /// The same type with other fields (another fingerprint).
+    Fields,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Setting::Protocol => "protocol version",
+            Setting::Cluster => "cluster",
+            Setting::Framing => "framing",
+            Setting::RequestMode => "request mode",
+            Setting::MessageType => "message type",
+            Setting::Codec => "codec",
+            Setting::Variants => "variants",
+            Setting::Fields => "fields",
+        })
+    }
+}
+
+/// The first difference between two hellos, in words: "the server uses
+/// request ids, this client ordered replies".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{words}")]
+pub struct Mismatch {
+    /// The setting that differs.
+    pub setting: Setting,
+    /// The difference, said from this side.
+    pub words: String,
+}
+
+/// Keeps the characters a hello may carry in a name (`[A-Za-z0-9_.-]`),
+/// others as `_`, and at most [`MAX_NAME_LEN`] of them.
+fn clean(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_NAME_LEN)
+        .collect();
+    if cleaned.is_empty() {
+        "_".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+impl TypeInfo {
+    /// A type named `name`, written with `codec`, with the shape
+    /// `fingerprint` and the variants `variants` (tag, name): names are
+    /// cleaned and cut, the list cut to [`MAX_LISTED_VARIANTS`].
+    pub fn new(
+        name: &str,
+        codec: &str,
+        fingerprint: Fingerprint,
+        variants: &[(u32, &str)],
+    ) -> Self {
+        let mut sorted: Vec<(u32, String)> = variants
+            .iter()
+            .map(|(tag, name)| (*tag, clean(name)))
+            .collect();
+        sorted.sort_by_key(|(tag, _)| *tag);
+        let all_variants = sorted.len() <= MAX_LISTED_VARIANTS;
+        sorted.truncate(MAX_LISTED_VARIANTS);
+        TypeInfo {
+            name: clean(name),
+            codec: clean(codec),
+            fingerprint: effective_fingerprint(fingerprint, codec),
+            variants: sorted,
+            all_variants,
+        }
+    }
+
+    fn encode(&self, out: &mut String, listed: usize) {
+        use fmt::Write;
+        let _ = write!(out, "{}:{}:{}:", self.name, self.codec, self.fingerprint);
+        for (i, (tag, name)) in self.variants.iter().take(listed).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{tag}.{name}");
+        }
+        if !self.all_variants || listed < self.variants.len() {
+            out.push_str(if self.variants.is_empty() || listed == 0 {
+                "+"
+            } else {
+                ",+"
+            });
+        }
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(4, ':');
+        let name = parts.next().filter(|n| valid_name(n))?.to_owned();
+        let codec = parts.next().filter(|n| valid_name(n))?.to_owned();
+        let fingerprint = parse_hex(parts.next()?)?;
+        let list = parts.next()?;
+        let mut variants = Vec::new();
+        let mut all_variants = true;
+        if !list.is_empty() {
+            for item in list.split(',') {
+                if item == "+" {
+                    all_variants = false;
+                    continue;
+                }
+                if !all_variants || variants.len() >= MAX_LISTED_VARIANTS {
+                    return None;
+                }
+                let (tag, name) = item.split_once('.')?;
+                if !valid_name(name) || tag.is_empty() || tag.len() > 10 {
+                    return None;
+                }
+                let tag: u32 = tag.parse().ok()?;
+                variants.push((tag, name.to_owned()));
+            }
+        }
+        Some(TypeInfo {
+            name,
+            codec,
+            fingerprint: Fingerprint(fingerprint),
+            variants,
+            all_variants,
+        })
+    }
+
+    fn variant_list(&self) -> String {
+        let mut names: Vec<&str> = self.variants.iter().map(|(_, n)| n.as_str()).collect();
+        if !self.all_variants {
+            names.push("…");
+        }
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn parse_hex(digits: &str) -> Option<u64> {
+    if digits.len() != 16 {
+        return None;
+    }
+    let mut value = 0u64;
+    for digit in digits.bytes() {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        value = value << 4 | u64::from(nibble);
+    }
+    Some(value)
+}
+
+/// Whether `label` is a valid cluster label: 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`.
+pub(crate) fn valid_cluster(label: &str) -> bool {
+    label.len() <= 64 && valid_name(label)
+}
+
+/// Whether `framing` is a framing name a hello may carry.
+fn valid_framing(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':')
 }
 
 impl Hello {
-    /// Appends the hello's payload (50 bytes) to `dst`.
+    /// Appends the hello's payload (ASCII text, at most
+    /// [`MAX_HELLO_LEN`] bytes: variants are left out of the lists until
+    /// it fits) to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
-        dst.extend_from_slice(HELLO_MAGIC);
-        for fingerprint in [self.sends, self.accepts] {
-            dst.extend_from_slice(b" ");
-            match fingerprint {
-                Some(fingerprint) => dst.extend_from_slice(fingerprint.to_string().as_bytes()),
-                None => dst.extend_from_slice(&[b'-'; 16]),
+        let mut listed = MAX_LISTED_VARIANTS;
+        loop {
+            let text = self.text(listed);
+            if text.len() <= MAX_HELLO_LEN || listed == 0 {
+                dst.extend_from_slice(text.as_bytes());
+                return;
             }
+            listed /= 2;
         }
     }
 
-    /// Reads a hello frame's payload.
+    fn text(&self, listed: usize) -> String {
+        use fmt::Write;
+        let mut out = String::with_capacity(256);
+        out.push_str(std::str::from_utf8(HELLO_MAGIC).unwrap_or_default());
+        let _ = write!(
+            out,
+            " proto={}-{} cluster={} requests={} send-framing={} receive-framing={} features={:016x}",
+            self.protocol.0,
+            self.protocol.1,
+            self.cluster.as_deref().unwrap_or("-"),
+            self.requests.token(),
+            self.send_framing.as_deref().unwrap_or("-"),
+            self.receive_framing,
+            self.features,
+        );
+        for (key, info) in [("sends", &self.sends), ("accepts", &self.accepts)] {
+            let _ = write!(out, " {key}=");
+            match info {
+                Some(info) => info.encode(&mut out, listed),
+                None => out.push('-'),
+            }
+        }
+        out
+    }
+
+    /// Reads a hello frame's payload. Unknown `key=value` fields are
+    /// skipped (a later version may add some).
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::NotAHello`] for anything but exactly a hello.
+    /// [`HandshakeError::OldPeer`] for a version 1 hello,
+    /// [`HandshakeError::NotAHello`] for a frame that is not a hello,
+    /// [`HandshakeError::Malformed`] for a version 2 hello that does not
+    /// parse.
     pub fn decode(frame: &[u8]) -> Result<Self, HandshakeError> {
-        let not_a_hello = HandshakeError::NotAHello {
-            len: frame.len(),
-            start: frame
-                .iter()
-                .take(16)
-                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-                .collect(),
-        };
-        if frame.len() != HELLO_LEN || !frame.starts_with(HELLO_MAGIC) {
-            return Err(not_a_hello);
+        if frame.starts_with(HELLO_V1_MAGIC) {
+            return Err(HandshakeError::OldPeer);
         }
-        let field = |at: usize| -> Result<Option<Fingerprint>, ()> {
-            if frame[at - 1] != b' ' {
-                return Err(());
+        let rest = match frame.strip_prefix(&HELLO_MAGIC[..]) {
+            Some(rest) if rest.is_empty() || rest[0] == b' ' => rest,
+            _ => {
+                return Err(HandshakeError::NotAHello {
+                    len: frame.len(),
+                    start: frame
+                        .iter()
+                        .take(16)
+                        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+                        .collect(),
+                })
             }
-            let digits = &frame[at..at + 16];
-            if digits == [b'-'; 16] {
-                return Ok(None);
-            }
-            let mut value = 0u64;
-            for &digit in digits {
-                let nibble = match digit {
-                    b'0'..=b'9' => digit - b'0',
-                    b'a'..=b'f' => digit - b'a' + 10,
-                    _ => return Err(()),
-                };
-                value = value << 4 | u64::from(nibble);
-            }
-            Ok(Some(Fingerprint(value)))
         };
-        match (field(17), field(34)) {
-            (Ok(sends), Ok(accepts)) => Ok(Hello { sends, accepts }),
-            _ => Err(not_a_hello),
+        let malformed = |why: &'static str| HandshakeError::Malformed { why };
+        if frame.len() > MAX_HELLO_LEN {
+            return Err(malformed("longer than 4096 bytes"));
         }
+        let text = std::str::from_utf8(rest)
+            .ok()
+            .filter(|t| t.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+            .ok_or(malformed("not printable ASCII text"))?;
+        let (mut protocol, mut cluster, mut requests) = (None, None, None);
+        let (mut send_framing, mut receive_framing, mut feature_bits) = (None, None, None);
+        let (mut sends, mut accepts) = (None, None);
+        for field in text.split(' ').filter(|f| !f.is_empty()) {
+            let Some((key, value)) = field.split_once('=') else {
+                return Err(malformed("a field without `=`"));
+            };
+            match key {
+                "proto" => {
+                    let (min, max) = value.split_once('-').ok_or(malformed("proto"))?;
+                    let min: u16 = min.parse().map_err(|_| malformed("proto"))?;
+                    let max: u16 = max.parse().map_err(|_| malformed("proto"))?;
+                    if min > max {
+                        return Err(malformed("proto: min over max"));
+                    }
+                    protocol = Some((min, max));
+                }
+                "cluster" => {
+                    cluster = Some(match value {
+                        "-" => None,
+                        label if valid_cluster(label) => Some(label.to_owned()),
+                        _ => return Err(malformed("cluster")),
+                    });
+                }
+                "requests" => {
+                    requests = Some(match value {
+                        "none" => RequestMode::None,
+                        "ids" => RequestMode::Ids,
+                        "ordered" => RequestMode::Ordered,
+                        _ => return Err(malformed("requests")),
+                    });
+                }
+                "send-framing" => {
+                    send_framing = Some(match value {
+                        "-" => None,
+                        name if valid_framing(name) => Some(name.to_owned()),
+                        _ => return Err(malformed("send-framing")),
+                    });
+                }
+                "receive-framing" if valid_framing(value) => {
+                    receive_framing = Some(value.to_owned());
+                }
+                "receive-framing" => return Err(malformed("receive-framing")),
+                "features" => {
+                    feature_bits = Some(parse_hex(value).ok_or(malformed("features"))?);
+                }
+                "sends" | "accepts" => {
+                    let info = match value {
+                        "-" => None,
+                        text => Some(TypeInfo::decode(text).ok_or(malformed("a message type"))?),
+                    };
+                    if key == "sends" {
+                        sends = Some(info);
+                    } else {
+                        accepts = Some(info);
+                    }
+                }
+                // A later version's field.
+                _ => {}
+            }
+        }
+        Ok(Hello {
+            protocol: protocol.ok_or(malformed("no proto"))?,
+            cluster: cluster.ok_or(malformed("no cluster"))?,
+            requests: requests.ok_or(malformed("no requests"))?,
+            send_framing: send_framing.ok_or(malformed("no send-framing"))?,
+            receive_framing: receive_framing.ok_or(malformed("no receive-framing"))?,
+            features: feature_bits.ok_or(malformed("no features"))?,
+            sends: sends.ok_or(malformed("no sends"))?,
+            accepts: accepts.ok_or(malformed("no accepts"))?,
+        })
     }
 
-    /// Checks the peer's hello against ours: what it sends must be what we
-    /// accept, and what we send what it accepts (an undeclared fingerprint
-    /// matches anything).
+    /// Checks the peer's hello against ours, we being `we`; returns the
+    /// feature bits both set. The settings are compared in this order, and
+    /// the first difference is the error: the protocol versions (the
+    /// ranges must overlap), the cluster label, the framing (of what each
+    /// side sends against what the other cuts), request ids (on at both
+    /// ends or at neither; ordered replies and none go together), then
+    /// each direction's message type (an undeclared type matches
+    /// anything): its name, its codec, its variants and its fingerprint.
     ///
     /// # Errors
     ///
     /// [`HandshakeError::Mismatch`].
-    pub fn check(&self, peer: &Hello) -> Result<(), HandshakeError> {
-        let differ = |a: Option<Fingerprint>, b: Option<Fingerprint>| matches!((a, b), (Some(a), Some(b)) if a != b);
-        if differ(peer.sends, self.accepts) || differ(self.sends, peer.accepts) {
-            return Err(HandshakeError::Mismatch {
-                ours: *self,
-                theirs: *peer,
-            });
+    pub fn check(&self, peer: &Hello, we: Role) -> Result<u64, HandshakeError> {
+        self.first_difference(peer, we)
+            .map_or(Ok(self.features & peer.features), |m| {
+                Err(HandshakeError::Mismatch(m))
+            })
+    }
+
+    fn first_difference(&self, peer: &Hello, we: Role) -> Option<Mismatch> {
+        let (them, me) = (we.peer(), we.me());
+        let differ = |setting, words: String| Some(Mismatch { setting, words });
+        let (pmin, pmax) = peer.protocol;
+        let (min, max) = self.protocol;
+        if pmin.max(min) > pmax.min(max) {
+            return differ(
+                Setting::Protocol,
+                format!("{them} speaks protocol versions {pmin} to {pmax}, {me} {min} to {max}"),
+            );
         }
-        Ok(())
+        if peer.cluster != self.cluster {
+            let words = match (&peer.cluster, &self.cluster) {
+                (Some(a), Some(b)) => format!("{them}'s cluster is {a}, {me}'s {b}"),
+                (Some(a), None) => format!("{them}'s cluster is {a}, {me} has no cluster label"),
+                (None, Some(b)) => format!("{them} has no cluster label, {me}'s cluster is {b}"),
+                (None, None) => String::new(),
+            };
+            return differ(Setting::Cluster, words);
+        }
+        if let Some(theirs) = &peer.send_framing {
+            if *theirs != self.receive_framing {
+                return differ(
+                    Setting::Framing,
+                    format!(
+                        "{them} frames what it sends as {theirs}, {me} reads {}",
+                        self.receive_framing
+                    ),
+                );
+            }
+        }
+        if let Some(ours) = &self.send_framing {
+            if *ours != peer.receive_framing {
+                return differ(
+                    Setting::Framing,
+                    format!(
+                        "{them} reads {}, {me} frames what it sends as {ours}",
+                        peer.receive_framing
+                    ),
+                );
+            }
+        }
+        if (peer.requests == RequestMode::Ids) != (self.requests == RequestMode::Ids) {
+            return differ(
+                Setting::RequestMode,
+                format!(
+                    "{them} uses {}, {me} {}",
+                    peer.requests.words(),
+                    self.requests.words()
+                ),
+            );
+        }
+        if let (Some(theirs), Some(ours)) = (&peer.sends, &self.accepts) {
+            let words = |setting| match setting {
+                Setting::MessageType => format!(
+                    "{them} sends `{}`, {me} accepts `{}`",
+                    theirs.name, ours.name
+                ),
+                Setting::Codec => format!(
+                    "{them} encodes `{}` with {}, {me} decodes it with {}",
+                    theirs.name, theirs.codec, ours.codec
+                ),
+                _ => String::new(),
+            };
+            if let Some(found) = type_difference(theirs, ours, them, me, words) {
+                return Some(found);
+            }
+        }
+        if let (Some(theirs), Some(ours)) = (&peer.accepts, &self.sends) {
+            let words = |setting| match setting {
+                Setting::MessageType => format!(
+                    "{them} accepts `{}`, {me} sends `{}`",
+                    theirs.name, ours.name
+                ),
+                Setting::Codec => format!(
+                    "{them} decodes `{}` with {}, {me} encodes it with {}",
+                    theirs.name, theirs.codec, ours.codec
+                ),
+                _ => String::new(),
+            };
+            if let Some(found) = type_difference(theirs, ours, them, me, words) {
+                return Some(found);
+            }
+        }
+        None
     }
 }
 
+/// The first difference between the peer's `theirs` and our `ours` (one
+/// direction), if any; `words` says a name or codec difference.
+fn type_difference(
+    theirs: &TypeInfo,
+    ours: &TypeInfo,
+    them: &str,
+    me: &str,
+    words: impl Fn(Setting) -> String,
+) -> Option<Mismatch> {
+    let differ = |setting, words: String| Some(Mismatch { setting, words });
+    if theirs.name != ours.name {
+        return differ(Setting::MessageType, words(Setting::MessageType));
+    }
+    if theirs.codec != ours.codec {
+        return differ(Setting::Codec, words(Setting::Codec));
+    }
+    if theirs.fingerprint == ours.fingerprint {
+        return None;
+    }
+    let listed = theirs.all_variants && ours.all_variants;
+    if listed && theirs.variants != ours.variants {
+        return differ(
+            Setting::Variants,
+            format!(
+                "{them}'s `{}` has variants {}; {me}'s has {}",
+                theirs.name,
+                theirs.variant_list(),
+                ours.variant_list()
+            ),
+        );
+    }
+    differ(
+        Setting::Fields,
+        format!(
+            "{them}'s `{}` has other fields than {me}'s (fingerprints {} and {})",
+            theirs.name, theirs.fingerprint, ours.fingerprint
+        ),
+    )
+}
+
 /// Why a handshake failed: the source of an
-/// [`Error::Handshake`](crate::Error::Handshake).
+/// [`Error::Handshake`](crate::Error::Handshake) and of a
+/// [`ConnectError::Handshake`](crate::ConnectError::Handshake).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// The peer's message types are not ours.
+    /// The peer speaks another protocol: the first difference, in words.
+    #[error("{0}")]
+    Mismatch(Mismatch),
+    /// The peer's hello is of version 1: an older chitchat-net.
     #[error(
-        "the peer speaks other message types: it sends {} and accepts {}, we send {} and accept {}",
-        show(theirs.sends), show(theirs.accepts), show(ours.sends), show(ours.accepts)
+        "the peer is an older chitchat-net (its hello is version 1): upgrade it, \
+         or switch the handshake off at both ends (`.no_handshake()`)"
     )]
-    Mismatch {
-        /// Our hello.
-        ours: Hello,
-        /// The peer's.
-        theirs: Hello,
-    },
-    /// The peer's first frame is not a hello: it has no handshake on.
-    #[error("the peer's first frame ({len} bytes, starting {start:?}) is not a handshake: switch `handshake()` on at both ends")]
+    OldPeer,
+    /// The peer's first frame is not a hello: its handshake is off.
+    #[error(
+        "the peer's first frame ({len} bytes, starting {start:?}) is not a handshake: the peer \
+         has its handshake off (`.no_handshake()`, or message types without a fingerprint); \
+         switch it on there (`.handshake()`) or off here (`.no_handshake()`)"
+    )]
     NotAHello {
         /// The frame's length.
         len: usize,
         /// Its first bytes, printable ones as they are, others as `.`.
         start: String,
     },
-    /// No hello arrived within the handshake timeout: the peer has no
-    /// handshake on, or is not a chitchat-net peer.
-    #[error("no handshake from the peer within {0:?}: switch `handshake()` on at both ends")]
+    /// The peer's hello does not parse.
+    #[error("the peer's handshake is malformed: {why}")]
+    Malformed {
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No hello arrived within the handshake timeout: the peer has its
+    /// handshake off, or is not a chitchat-net peer.
+    #[error(
+        "no handshake from the peer within {0:?}: the peer has its handshake off (a Go peer, \
+         message types without a fingerprint, or `.no_handshake()`), or is not a chitchat-net \
+         peer; switch it on there (`.handshake()`) or off here (`.no_handshake()`)"
+    )]
     Timeout(Duration),
     /// The peer ended the stream before its hello.
     #[error("the peer closed the connection before its handshake")]
     Closed,
 }
 
-fn show(fingerprint: Option<Fingerprint>) -> String {
-    fingerprint.map_or_else(|| "any type".to_owned(), |f| f.to_string())
+impl HandshakeError {
+    /// Whether trying again cannot help: the peer speaks another protocol
+    /// (a mismatch, an old or a malformed hello, no hello at all), as
+    /// opposed to a timeout or a connection that ended.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, HandshakeError::Timeout(_) | HandshakeError::Closed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fp(v: u64) -> Option<Fingerprint> {
-        Some(Fingerprint(v))
+    fn command(variants: &[(u32, &str)]) -> TypeInfo {
+        TypeInfo::new(
+            "Command",
+            "bincode",
+            Fingerprint(variants.len() as u64),
+            variants,
+        )
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSIONS,
+            cluster: None,
+            requests: RequestMode::Ids,
+            send_framing: Some("delimited:0x0a:escaped".into()),
+            receive_framing: "delimited:0x0a:escaped".into(),
+            features: 0,
+            sends: Some(command(&[(0, "Put"), (1, "Get")])),
+            accepts: None,
+        }
+    }
+
+    fn encoded(hello: &Hello) -> BytesMut {
+        let mut buf = BytesMut::new();
+        hello.encode(&mut buf);
+        buf
     }
 
     #[test]
     fn hellos_round_trip() {
-        for (sends, accepts) in [
-            (None, None),
-            (fp(0), fp(u64::MAX)),
-            (fp(0x0123_4567_89ab_cdef), None),
-        ] {
-            let hello = Hello { sends, accepts };
-            let mut buf = BytesMut::new();
-            hello.encode(&mut buf);
-            assert_eq!(buf.len(), HELLO_LEN);
-            assert_eq!(Hello::decode(&buf), Ok(hello));
+        let mut other = hello();
+        other.cluster = Some("prod-eu".into());
+        other.send_framing = None;
+        other.requests = RequestMode::Ordered;
+        other.features = u64::MAX;
+        other.accepts = Some(command(&[]));
+        for hello in [hello(), other] {
+            assert_eq!(Hello::decode(&encoded(&hello)), Ok(hello));
         }
     }
 
     #[test]
+    fn a_hello_stays_within_its_cap_and_says_what_it_left_out() {
+        let names: Vec<String> = (0..300).map(|i| format!("{}{i}", "V".repeat(40))).collect();
+        let variants: Vec<(u32, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.as_str()))
+            .collect();
+        let mut big = hello();
+        big.sends = Some(command(&variants));
+        big.accepts = big.sends.clone();
+        let frame = encoded(&big);
+        assert!(frame.len() <= MAX_HELLO_LEN, "{}", frame.len());
+        let back = Hello::decode(&frame).unwrap();
+        let sends = back.sends.unwrap();
+        assert!(!sends.all_variants);
+        assert!(sends.variants.len() < MAX_LISTED_VARIANTS);
+        assert_eq!(sends.fingerprint, big.sends.unwrap().fingerprint);
+    }
+
+    #[test]
     fn anything_else_is_not_a_hello() {
-        let mut good = BytesMut::new();
-        Hello {
-            sends: fp(1),
-            accepts: fp(2),
-        }
-        .encode(&mut good);
-        let with = |at: usize, byte: u8| {
-            let mut frame = good.to_vec();
-            frame[at] = byte;
-            frame
-        };
+        let good = encoded(&hello());
         let cases: Vec<Vec<u8>> = vec![
             Vec::new(),
             b"hello".to_vec(),
-            good[..49].to_vec(),
-            [&good[..], b"x"].concat(),
-            with(15, b'2'), // another version
-            with(20, b'A'), // upper case
-            with(33, b'_'), // no space
-            with(40, b'-'), // half undeclared
+            good[..15].to_vec(),
+            b"chitchat-hello/23".to_vec(),
         ];
         for case in cases {
             assert!(
@@ -281,43 +870,116 @@ mod tests {
                 "{case:?}"
             );
         }
+        let v1 = b"chitchat-hello/1 0000000000000abc ----------------";
+        assert_eq!(Hello::decode(v1), Err(HandshakeError::OldPeer));
+        let text = String::from_utf8(good.to_vec()).unwrap();
+        let malformed = [
+            text.replace("proto=1-1", "proto=2-1"),
+            text.replace("requests=ids", "requests=maybe"),
+            text.replace(" features=", " features=zz"),
+            text.replace("sends=Command:", "sends=Command"),
+            text.replace("0.Put", "x.Put"),
+            text.replace("accepts=-", ""),
+            format!("{text} \u{e9}"),
+            format!("{text} {}", "x=y".repeat(2000)),
+        ];
+        for case in malformed {
+            assert!(
+                matches!(
+                    Hello::decode(case.as_bytes()),
+                    Err(HandshakeError::Malformed { .. })
+                ),
+                "{case}"
+            );
+        }
+        // A later version's field is skipped.
+        assert!(Hello::decode(format!("{text} later=1").as_bytes()).is_ok());
+    }
+
+    fn mismatch(ours: &Hello, theirs: &Hello, we: Role) -> Mismatch {
+        match ours.check(theirs, we) {
+            Err(HandshakeError::Mismatch(m)) => m,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn check_compares_each_direction_and_undeclared_matches_anything() {
-        let client = Hello {
-            sends: fp(1),
-            accepts: fp(2),
-        };
-        let server = Hello {
-            sends: fp(2),
-            accepts: fp(1),
-        };
-        assert_eq!(client.check(&server), Ok(()));
-        assert_eq!(server.check(&client), Ok(()));
-        let wrong = Hello {
-            sends: fp(3),
-            accepts: fp(1),
-        };
-        assert!(wrong.check(&server).is_err());
-        assert!(server.check(&wrong).is_err());
-        let open = Hello {
-            sends: None,
-            accepts: None,
-        };
-        assert_eq!(open.check(&client), Ok(()));
-        assert_eq!(client.check(&open), Ok(()));
-        let half = Hello {
-            sends: fp(2),
-            accepts: None,
-        };
-        assert_eq!(half.check(&client), Ok(()));
-        assert!(Hello {
-            sends: fp(9),
-            accepts: None
-        }
-        .check(&client)
-        .is_err());
+    fn check_names_the_first_difference_in_words() {
+        let client = hello();
+        let mut server = hello();
+        server.sends = None;
+        server.accepts = Some(command(&[(0, "Put"), (1, "Get")]));
+        assert_eq!(client.check(&server, Role::Client), Ok(0));
+        assert_eq!(server.check(&client, Role::Server), Ok(0));
+
+        let mut other = server.clone();
+        other.cluster = Some("prod-eu".into());
+        let m = mismatch(&client, &other, Role::Client);
+        assert_eq!(m.setting, Setting::Cluster);
+        assert_eq!(
+            m.words,
+            "the server's cluster is prod-eu, this client has no cluster label"
+        );
+
+        let mut other = server.clone();
+        other.requests = RequestMode::Ordered;
+        let m = mismatch(&other, &client, Role::Server);
+        assert_eq!(
+            m.words,
+            "the client uses request ids, this server ordered replies"
+        );
+        let mut none = client.clone();
+        none.requests = RequestMode::None;
+        assert!(
+            other.check(&none, Role::Server).is_ok(),
+            "ordered and none agree"
+        );
+
+        let mut other = server.clone();
+        other.accepts = Some(command(&[(0, "Put"), (1, "Get"), (2, "Delete")]));
+        let m = mismatch(&client, &other, Role::Client);
+        assert_eq!(m.setting, Setting::Variants);
+        assert_eq!(
+            m.words,
+            "the server's `Command` has variants Put, Get, Delete; this client's has Put, Get"
+        );
+
+        let mut other = server.clone();
+        other.accepts = Some(TypeInfo::new("Command", "postcard", Fingerprint(2), &[]));
+        let m = mismatch(&client, &other, Role::Client);
+        assert_eq!(
+            m.words,
+            "the server decodes `Command` with postcard, this client encodes it with bincode"
+        );
+
+        let mut other = server.clone();
+        other.accepts = Some(TypeInfo::new("Reply", "bincode", Fingerprint(2), &[]));
+        assert_eq!(
+            mismatch(&client, &other, Role::Client).setting,
+            Setting::MessageType
+        );
+
+        let mut other = server.clone();
+        other.receive_framing = "length:u32be".into();
+        assert_eq!(
+            mismatch(&client, &other, Role::Client).setting,
+            Setting::Framing
+        );
+
+        let mut other = server.clone();
+        other.protocol = (2, 3);
+        assert_eq!(
+            mismatch(&client, &other, Role::Client).words,
+            "the server speaks protocol versions 2 to 3, this client 1 to 1"
+        );
+
+        // Undeclared types match anything; features are the bits both set.
+        let mut open = server.clone();
+        open.accepts = None;
+        open.features = 0b11;
+        let mut ours = client.clone();
+        ours.features = 0b10;
+        assert_eq!(ours.check(&open, Role::Client), Ok(0b10));
     }
 
     #[test]
@@ -330,15 +992,22 @@ mod tests {
         let a = FingerprintBuilder::new("enum", "Command")
             .variant(1)
             .field("key", "String", None);
-        // Pinned: a change in this hash breaks every deployed handshake.
         assert_eq!(a.finish().to_string(), format!("{:016x}", a.finish().get()));
         let b = FingerprintBuilder::new("enum", "Comman")
             .variant(1)
             .field("dkey", "String", None);
         assert_ne!(a.finish(), b.finish());
-        let c = FingerprintBuilder::new("enum", "Command")
-            .variant(1)
-            .field("key", "String", fp(5));
+        let c = FingerprintBuilder::new("enum", "Command").variant(1).field(
+            "key",
+            "String",
+            Some(Fingerprint(5)),
+        );
         assert_ne!(a.finish(), c.finish());
+        // The codec is part of the effective fingerprint.
+        let shape = a.finish();
+        assert_ne!(
+            effective_fingerprint(shape, "bincode"),
+            effective_fingerprint(shape, "postcard")
+        );
     }
 }
