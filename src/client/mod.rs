@@ -936,9 +936,13 @@ impl<H: Handler> Supervisor<H> {
         let since = self.since();
         let (conn, mut task) = self.starter.launch(stream.split(), peer, local);
         let shaken = tokio::select! {
+            biased;
             shaken = handshaken(&conn) => shaken,
-            // Ended by itself (its on_close has run).
-            () = &mut task => return Err(Error::Closed),
+            // Ended by itself (its on_close has run): after a failed
+            // handshake, that failure.
+            () = &mut task => {
+                return Err(handshaken(&conn).await.err().unwrap_or(Error::Closed));
+            }
             () = self.link.stop.cancelled() => Err(Error::Closed),
         };
         if let Err(error) = shaken {

@@ -31,7 +31,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::codec::Decoder;
 
 use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
@@ -48,7 +47,7 @@ use crate::conn::wire::Matching;
 use crate::wire::envelope::Envelope;
 use crate::wire::error::Error;
 use crate::wire::frame::FrameCodec;
-use crate::wire::hello::{HandshakeError, Hello, Role};
+use crate::wire::hello::{cut_hello, HandshakeError, Hello, Role};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -264,16 +263,11 @@ where
         let timeout = self.config.handshake_timeout;
         let deadline = Instant::now() + timeout;
         let input = &mut self.input;
-        let frame = loop {
-            match input.decoder.decode(&mut input.buf) {
-                Ok(Some(frame)) => break frame,
-                Ok(None) => {}
-                // A framing error before any hello: not a hello.
-                Err(_) => {
-                    return Err(HandshakeError::Malformed {
-                        why: "its first frame breaks the framing",
-                    })
-                }
+        // Cut whatever the peer's framing: a peer of another framing is
+        // told so by its hello, not waited for.
+        let (text, taken) = loop {
+            if let Some(found) = cut_hello(&input.buf)? {
+                break found;
             }
             input.make_read_room();
             let read = tokio::time::timeout_at(deadline, input.read())
@@ -284,8 +278,10 @@ where
                 Ok(n) => Counters::add(&self.handle.inner.counters.bytes_in, n as u64),
             }
         };
+        let frame = input.buf.split_to(taken);
+        let frame = &frame[text];
         Counters::add(&self.handle.inner.counters.frames_in, 1);
-        let theirs = Hello::decode(&frame)?;
+        let theirs = Hello::decode(frame)?;
         let features = plan.hello.check(&theirs, plan.role)?;
         tracing::debug!(?theirs, "handshake done");
         Ok(features)

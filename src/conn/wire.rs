@@ -13,7 +13,9 @@ use crate::conn::handshake::{framing_name, short_name, Plan, Switch};
 use crate::wire::envelope::{self, Envelope};
 use crate::wire::error::Error;
 use crate::wire::frame::{FrameCodec, Framing};
-use crate::wire::hello::{features, Hello, RequestMode, Role, TypeInfo, PROTOCOL_VERSIONS};
+use crate::wire::hello::{
+    features, in_hello_alphabet, Hello, RequestMode, Role, TypeInfo, PROTOCOL_VERSIONS,
+};
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
 /// behind `Any` so that one registry holds overrides for several types.
@@ -509,9 +511,11 @@ fn plan(
             Ok(None)
         };
     }
-    if wire
-        .encode_hello(&hello, &mut bytes::BytesMut::new())
-        .is_err()
+    let delimiter = wire.decoder().framing().delimiter();
+    if delimiter.is_some_and(in_hello_alphabet)
+        || wire
+            .encode_hello(&hello, &mut bytes::BytesMut::new())
+            .is_err()
     {
         return if explicit {
             Err(Error::Config(

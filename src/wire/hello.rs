@@ -218,6 +218,75 @@ pub struct Hello {
     pub accepts: Option<TypeInfo>,
 }
 
+/// Whether `byte` may appear in a hello's text: `[A-Za-z0-9]`, the space
+/// and `-/=:,._+`. A delimited framing whose delimiter is one of them
+/// cannot carry a hello.
+pub(crate) fn in_hello_alphabet(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b" -/=:,._+".contains(&byte)
+}
+
+/// Where the peer's hello is at the start of `buf`, whatever the peer's
+/// framing (so that a peer of another framing is told so, rather than
+/// waited for): `Some((text, taken))`, the hello's text and the bytes it
+/// takes with its framing; `None` while more bytes are needed.
+///
+/// A delimited hello is its text then one byte outside the
+/// [alphabet](in_hello_alphabet) (the peer's delimiter); a length-prefixed
+/// one, a big-endian `u32` length then the text.
+///
+/// # Errors
+///
+/// [`HandshakeError::NotAHello`] as soon as the bytes cannot start a hello,
+/// [`HandshakeError::Malformed`] for one longer than [`MAX_HELLO_LEN`].
+pub(crate) fn cut_hello(
+    buf: &[u8],
+) -> Result<Option<(std::ops::Range<usize>, usize)>, HandshakeError> {
+    const PREFIX: &[u8] = b"chitchat-hello/";
+    let not_a_hello = || HandshakeError::NotAHello {
+        len: buf.len(),
+        start: buf
+            .iter()
+            .take(16)
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect(),
+    };
+    let too_long = HandshakeError::Malformed {
+        why: "longer than 4096 bytes",
+    };
+    let starts = |at: usize| {
+        let seen = buf.get(at..).unwrap_or_default();
+        let n = seen.len().min(PREFIX.len());
+        seen[..n] == PREFIX[..n]
+    };
+    if starts(0) {
+        if buf.len() < PREFIX.len() {
+            return Ok(None);
+        }
+        return match buf.iter().position(|&b| !in_hello_alphabet(b)) {
+            Some(end) if end <= MAX_HELLO_LEN => Ok(Some((0..end, end + 1))),
+            Some(_) => Err(too_long),
+            None if buf.len() > MAX_HELLO_LEN => Err(too_long),
+            None => Ok(None),
+        };
+    }
+    if buf.len() >= 4 && starts(4) {
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > MAX_HELLO_LEN {
+            return Err(too_long);
+        }
+        if buf.len() < 4 + len.max(PREFIX.len()) {
+            return Ok(None);
+        }
+        return Ok(Some((4..4 + len, 4 + len)));
+    }
+    if buf.len() < 4 {
+        // The start of a length prefix, or of a delimited hello not yet
+        // told apart.
+        return Ok(None);
+    }
+    Err(not_a_hello())
+}
+
 /// Which side of the connection we are: for the words of a mismatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
