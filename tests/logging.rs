@@ -115,3 +115,123 @@ async fn an_outage_logs_one_warn_not_one_per_try() {
     client.close().await;
     server.cut().await;
 }
+
+/// The lines logged so far.
+fn logged(captured: &Captured) -> String {
+    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+}
+
+/// Waits (bounded) until the log holds a line with `text`.
+async fn wait_for_line(captured: &Captured, text: &str) {
+    common::wait_until(&format!("a line with {text:?}"), || {
+        logged(captured).contains(text)
+    })
+    .await;
+}
+
+/// Per-frame errors (decode and handler errors) show at the default level,
+/// at a bounded rate: the first of each kind at WARN at once, the others
+/// counted, and the count logged at WARN (here at the connection's end).
+#[tokio::test(flavor = "current_thread")]
+async fn per_frame_errors_are_warn_at_a_bounded_rate() {
+    use chitchat_net::{handler_fn, BoxError, Context};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let picky = handler_fn(|line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+        if line == "fail" {
+            return Err("refused".into());
+        }
+        Ok(())
+    });
+    let server = Server::listen("127.0.0.1:0", picky).await.unwrap();
+    let mut raw = common::RawPeer::connect(server.local_addr()).await;
+    let peer = raw.local_addr().to_string();
+    // Not UTF-8: a decode error each.
+    raw.write(b"\xff\n").await;
+    wait_for_line(&captured, "chitchat-net error event").await;
+    raw.write(&b"\xff\n".repeat(4)).await;
+    raw.write(&b"fail\n".repeat(3)).await;
+    wait_for_line(&captured, "refused").await;
+    assert!(logged(&captured).contains("WARN"), "{}", logged(&captured));
+    raw.shutdown().await;
+    raw.expect_end().await;
+    wait_for_line(&captured, "more handler errors").await;
+    wait_for_line(&captured, "more decode errors").await;
+    let logged = logged(&captured);
+    let warns: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+    let events = warns
+        .iter()
+        .filter(|l| l.contains("chitchat-net error event"))
+        .count();
+    assert_eq!(events, 2, "one per kind at once: {logged}");
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains(&format!("4 more decode errors from {peer} in the last"))),
+        "{logged}"
+    );
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains(&format!("2 more handler errors from {peer} in the last"))),
+        "{logged}"
+    );
+    server.cut().await;
+}
+
+/// A refused handshake is a WARN line on the server naming the difference,
+/// once per peer address however often it connects.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
+    use chitchat_net::{Client, Message};
+
+    #[derive(Debug, Message)]
+    #[message(codec = "bincode")]
+    enum Command {
+        Get { key: String },
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = chitchat_net::handler_fn(
+        |_cmd: Command, _ctx: &mut chitchat_net::Context<'_>| -> Result<(), chitchat_net::BoxError> {
+            Ok(())
+        },
+    );
+    let server = Server::builder(store)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let events = server.errors();
+    for _ in 0..3 {
+        let refused = common::within("connect", Client::<Command>::connect(server.local_addr())).await;
+        assert!(refused.is_err());
+        // The server's side of it is over once its event is in.
+        common::next_event(&events).await;
+    }
+    let logged = logged(&captured);
+    let refusals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("handshake refused a client"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logged}");
+    assert!(
+        refusals[0].contains("the client uses no requests, this server request ids"),
+        "{logged}"
+    );
+    server.cut().await;
+}
