@@ -410,7 +410,13 @@ async fn dead_end() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn a_malformed_envelope_is_an_event_and_the_connection_goes_on() {
-    let server = doubler_server().await;
+    // A raw peer that speaks no hello.
+    let server = Server::builder(Doubler::default())
+        .request_ids()
+        .no_handshake()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
     let mut raw = common::RawPeer::connect(server.local_addr()).await;
     // Kind 0x07 does not exist; then a valid request (escaped framing:
     // bincode tag 1, n = 4; no byte needs escaping).
@@ -830,7 +836,8 @@ async fn requests_past_the_in_flight_bound_wait_for_a_slot() {
         matches!(refused, Err(chitchat_net::RequestError::Timeout(_))),
         "{refused:?}"
     );
-    assert_eq!(frames_in, 2, "the third request went out");
+    // The two ignored requests, and the client's hello.
+    assert_eq!(frames_in, 3, "the third request went out");
     // Slots free again: a request goes through.
     let reply: Answer = client.request(&Ask::Double { n: 4 }).await.unwrap();
     assert_eq!(reply, Answer::Doubled { n: 4, twice: 8 });

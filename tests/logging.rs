@@ -144,12 +144,14 @@ async fn per_frame_errors_are_warn_at_a_bounded_rate() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let picky = handler_fn(|line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-        if line == "fail" {
-            return Err("refused".into());
-        }
-        Ok(())
-    });
+    let picky = handler_fn(
+        |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            if line == "fail" {
+                return Err("refused".into());
+            }
+            Ok(())
+        },
+    );
     let server = Server::listen("127.0.0.1:0", picky).await.unwrap();
     let mut raw = common::RawPeer::connect(server.local_addr()).await;
     let peer = raw.local_addr().to_string();
@@ -207,9 +209,9 @@ async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let store = chitchat_net::handler_fn(
-        |_cmd: Command, _ctx: &mut chitchat_net::Context<'_>| -> Result<(), chitchat_net::BoxError> {
-            Ok(())
-        },
+        |_cmd: Command,
+         _ctx: &mut chitchat_net::Context<'_>|
+         -> Result<(), chitchat_net::BoxError> { Ok(()) },
     );
     let server = Server::builder(store)
         .request_ids()
@@ -218,7 +220,8 @@ async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
         .unwrap();
     let events = server.errors();
     for _ in 0..3 {
-        let refused = common::within("connect", Client::<Command>::connect(server.local_addr())).await;
+        let refused =
+            common::within("connect", Client::<Command>::connect(server.local_addr())).await;
         assert!(refused.is_err());
         // The server's side of it is over once its event is in.
         common::next_event(&events).await;

@@ -29,7 +29,10 @@ async fn text_one_way_and_binary_the_other_both_arrive_whole() {
         },
     );
     let server = Server::listen("127.0.0.1:0", answer).await.unwrap();
+    // The server reads text, as from Go peers: no handshake. The client
+    // receives a derived type, which would switch it on: off here too.
     let client = Client::<String>::builder()
+        .no_handshake()
         .receive::<Blob>(16)
         .connect(server.local_addr())
         .await
@@ -117,7 +120,9 @@ async fn one_call_switches_every_derived_message_to_postcard_keeping_tags() {
     // writes them (300 is 0xAC 0x02 in postcard's varint; bincode would
     // write 0xFB 0x2C 0x01). Nothing to escape in these bytes.
     let (listener, addr) = common::raw_listener().await;
+    // Bytes on the wire: no hello.
     let switched = Client::<Command>::builder()
+        .no_handshake()
         .serde_format(Format::Postcard)
         .connect(addr)
         .await
@@ -147,7 +152,11 @@ async fn one_call_switches_every_derived_message_to_postcard_keeping_tags() {
 #[tokio::test]
 async fn without_the_switch_the_same_enum_is_bincode() {
     let (listener, addr) = common::raw_listener().await;
-    let client = Client::<Command>::connect(addr).await.unwrap();
+    let client = Client::<Command>::builder()
+        .no_handshake()
+        .connect(addr)
+        .await
+        .unwrap();
     let (stream, _) = listener.accept().await.unwrap();
     let mut raw = common::RawPeer::from_stream(stream);
     client

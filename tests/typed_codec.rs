@@ -168,7 +168,12 @@ async fn text_round_trips_through_framed_in_raw_lines() {
 /// connection from the server's side.
 #[tokio::test]
 async fn a_framed_client_talks_with_a_chitchat_server() {
-    let server = Server::listen("127.0.0.1:0", store()).await.unwrap();
+    // A `Framed` speaks no hello: the handshake is off toward it.
+    let server = Server::builder(store())
+        .no_handshake()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
     let tcp = within("connect", TcpStream::connect(tcp(server.local_addr())))
         .await
         .unwrap();
@@ -269,6 +274,7 @@ async fn a_chitchat_client_talks_with_a_framed_server() {
 
     let (handler, mut replies) = collector::<Reply>();
     let client = Client::<Command>::builder()
+        .no_handshake()
         .handler(handler)
         .connect(addr)
         .await

@@ -204,3 +204,27 @@ pub(crate) fn event_channel(
     };
     (sink, events)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once per peer address (any port), and the set of peers stays
+    /// bounded: past `MAX_WARNED_PEERS` it starts again.
+    #[test]
+    fn warns_once_per_peer_address_with_bounded_memory() {
+        let (sink, _events) = event_channel(1, CancellationToken::new(), Arc::default());
+        let warned = std::cell::Cell::new(0);
+        let warn = || warned.set(warned.get() + 1);
+        let addr = |ip: u32, port: u16| -> Addr {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::from(ip), port)).into()
+        };
+        sink.warn_once_per_peer(&addr(0x7f00_0001, 1000), warn);
+        sink.warn_once_per_peer(&addr(0x7f00_0001, 2000), warn);
+        assert_eq!(warned.get(), 1);
+        for ip in 0..MAX_WARNED_PEERS as u32 * 2 {
+            sink.warn_once_per_peer(&addr(0x0a00_0000 + ip, 1), || {});
+            assert!(sink.warned.lock().unwrap().len() <= MAX_WARNED_PEERS);
+        }
+    }
+}

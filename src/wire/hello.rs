@@ -253,10 +253,11 @@ pub(crate) fn cut_hello(
     let too_long = HandshakeError::Malformed {
         why: "longer than 4096 bytes",
     };
+    // Whether the bytes from `at` on (some at least) start the prefix.
     let starts = |at: usize| {
         let seen = buf.get(at..).unwrap_or_default();
         let n = seen.len().min(PREFIX.len());
-        seen[..n] == PREFIX[..n]
+        n > 0 && seen[..n] == PREFIX[..n]
     };
     if starts(0) {
         if buf.len() < PREFIX.len() {
@@ -269,22 +270,25 @@ pub(crate) fn cut_hello(
             None => Ok(None),
         };
     }
-    if buf.len() >= 4 && starts(4) {
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len > MAX_HELLO_LEN {
-            return Err(too_long);
-        }
-        if buf.len() < 4 + len.max(PREFIX.len()) {
-            return Ok(None);
-        }
-        return Ok(Some((4..4 + len, 4 + len)));
-    }
     if buf.len() < 4 {
         // The start of a length prefix, or of a delimited hello not yet
         // told apart.
         return Ok(None);
     }
-    Err(not_a_hello())
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(PREFIX.len()..=MAX_HELLO_LEN).contains(&len) {
+        return Err(not_a_hello());
+    }
+    if buf.len() == 4 {
+        return Ok(None);
+    }
+    if !starts(4) {
+        return Err(not_a_hello());
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((4..4 + len, 4 + len)))
 }
 
 /// Which side of the connection we are: for the words of a mismatch.
@@ -963,6 +967,45 @@ mod tests {
         }
         // A later version's field is skipped.
         assert!(Hello::decode(format!("{text} later=1").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_hello_is_cut_whatever_the_peers_framing() {
+        let text = encoded(&hello());
+        let n = text.len();
+        let lines = [&text[..], b"\nnext"].concat();
+        assert_eq!(cut_hello(&lines), Ok(Some((0..n, n + 1))));
+        let nul = [&text[..], b"\0"].concat();
+        assert_eq!(cut_hello(&nul), Ok(Some((0..n, n + 1))));
+        let length = [&(n as u32).to_be_bytes()[..], &text[..], b"next"].concat();
+        assert_eq!(cut_hello(&length), Ok(Some((4..4 + n, 4 + n))));
+        // More is needed while every byte could still start one.
+        for partial in [
+            &lines[..10],
+            &text[..],
+            &length[..3],
+            &length[..4],
+            &length[..30],
+        ] {
+            assert_eq!(cut_hello(partial), Ok(None), "{partial:?}");
+        }
+        // Anything else is told at once, whatever its length.
+        for other in [
+            &b"\x00\x01a\n"[..],
+            b"junk",
+            b"\x00\x00\x00\x20junk",
+            b"\xff\xff\xff\xff",
+        ] {
+            assert!(
+                matches!(cut_hello(other), Err(HandshakeError::NotAHello { .. })),
+                "{other:?}"
+            );
+        }
+        let long = [&b"chitchat-hello/2 "[..], &[b'a'; MAX_HELLO_LEN][..]].concat();
+        assert!(matches!(
+            cut_hello(&long),
+            Err(HandshakeError::Malformed { .. })
+        ));
     }
 
     fn mismatch(ours: &Hello, theirs: &Hello, we: Role) -> Mismatch {
