@@ -60,8 +60,10 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// # Fingerprint
 ///
-/// The derive also implements `Message::fingerprint`, which the opt-in
-/// wrong-peer handshake compares with the peer's: a stable hash of the
+/// The derive also implements `Message::fingerprint`, which the handshake
+/// (on by default between peers of derived types) compares with the
+/// peer's, and `Message::variant_tags`, the variants' tags and names, with
+/// which it says a mismatch in words. The fingerprint is a stable hash of the
 /// type's name, its codec, each variant's tag (in the order of the tags)
 /// and each field's name and type (a field type that is itself a derived
 /// message by its own fingerprint, any other as written). Renaming a field

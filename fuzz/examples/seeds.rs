@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use bytes::BytesMut;
-use chitchat_net::handshake::{Fingerprint, Hello};
+use chitchat_net::handshake::{Fingerprint, Hello, RequestMode, TypeInfo};
 use chitchat_net::FrameCodec;
 use chitchat_net_fuzz::{codecs, Header, Mode};
 use tokio_util::codec::Encoder;
@@ -138,27 +138,40 @@ fn main() {
 
     // hello_decode: hellos, and a frame that is almost one.
     let dir = root.join("hello_decode");
-    let fingerprint = |v| Some(Fingerprint::from_u64(v));
+    let base = Hello {
+        protocol: (1, 1),
+        cluster: None,
+        requests: RequestMode::None,
+        send_framing: Some("delimited:0x0a:escaped".into()),
+        receive_framing: "delimited:0x0a:escaped".into(),
+        features: 0,
+        sends: None,
+        accepts: None,
+    };
+    let command = TypeInfo::new(
+        "Command",
+        "bincode",
+        Fingerprint::from_u64(0x0123_4567_89ab_cdef),
+        &[(0, "Put"), (1, "Get")],
+    );
     for (name, hello) in [
-        (
-            "undeclared",
-            Hello {
-                sends: None,
-                accepts: None,
-            },
-        ),
+        ("undeclared", base.clone()),
         (
             "both",
             Hello {
-                sends: fingerprint(0x0123_4567_89ab_cdef),
-                accepts: fingerprint(u64::MAX),
+                requests: RequestMode::Ids,
+                cluster: Some("prod-eu".into()),
+                sends: Some(command.clone()),
+                accepts: Some(TypeInfo::new("Reply", "postcard", Fingerprint::from_u64(7), &[])),
+                ..base.clone()
             },
         ),
         (
             "sends-only",
             Hello {
-                sends: fingerprint(1),
-                accepts: None,
+                send_framing: None,
+                sends: Some(command),
+                ..base.clone()
             },
         ),
     ] {
@@ -169,6 +182,6 @@ fn main() {
     write(
         &dir,
         "other-version",
-        b"chitchat-hello/2 ---------------- ----------------",
+        b"chitchat-hello/1 ---------------- ----------------",
     );
 }

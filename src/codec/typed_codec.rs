@@ -17,7 +17,10 @@ use crate::wire::frame::{FrameCodec, Framing};
 /// `FramedWrite`: a [`FrameCodec`] under each message's [`Codec`]. It
 /// speaks byte for byte what a chitchat-net [`Client`](crate::Client) or
 /// [`Server`](crate::Server) with the same framing and codecs speaks, so one
-/// end can be a `Framed` of your own.
+/// end can be a `Framed` of your own. It speaks no
+/// [handshake](crate::handshake): give the chitchat-net end
+/// `.no_handshake()` if its message types are derived (it has the
+/// handshake on by default then).
 ///
 /// Decoding yields `In` (or an [`Error`]: a framing error such as
 /// [`Error::FrameTooLong`] or [`Error::BadEscape`], or an [`Error::Decode`]
