@@ -115,12 +115,13 @@ async fn cut_returns_though_on_close_needs_what_the_pending_handler_holds() {
 async fn shutdown_past_its_deadline_returns_though_a_handler_is_pending() {
     let (server, handler) = server_holding_the_lock(false).await;
     let _client = client_in_the_handler(&server, &handler).await;
-    let finished = within(
+    let report = within(
         "shutdown() with a handler pending",
         server.shutdown(Duration::from_millis(200)),
     )
     .await;
-    assert!(!finished, "a pending handler had to be cut");
+    assert!(!report.finished, "a pending handler had to be cut");
+    assert_eq!(report.connections_cut, 1);
     assert_eq!(handler.closes.load(Ordering::SeqCst), 1);
     assert_eq!(handler.sessions_seen.load(Ordering::SeqCst), 1);
 }

@@ -557,7 +557,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// again (a reconnecting client needs it).
     #[allow(clippy::type_complexity)]
     fn start<Rd, Wr>(
-        self,
+        mut self,
         halves: (Rd, Wr),
         peer: Addr,
         local: Addr,
@@ -586,6 +586,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             event_channel(self.config.event_capacity, ended.clone(), counters.clone());
         let (handler, inbox) = (self.handler, self.inbox);
         let request_timeout = self.config.request_timeout;
+        self.config.quiet_ends = self.reconnect.is_some();
         let starter = Starter {
             handler: Arc::new(handler),
             config: Arc::new(self.config),

@@ -53,6 +53,10 @@ pub(crate) struct ConnectionConfig {
     pub(crate) refuse_empty_frames: bool,
     /// The wrong-peer handshake, if switched on.
     pub(crate) handshake: Option<crate::conn::handshake::Plan>,
+    /// The error that ends a connection is logged at DEBUG, not WARN (it is
+    /// still an event): a reconnecting client logs one WARN per outage
+    /// itself.
+    pub(crate) quiet_ends: bool,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -140,6 +144,7 @@ impl Default for ConnectionConfig {
             serde_format: None,
             refuse_empty_frames: false,
             handshake: None,
+            quiet_ends: false,
         }
     }
 }

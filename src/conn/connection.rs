@@ -125,7 +125,11 @@ pub(crate) async fn run<R, W, H>(
         Ok(_) | Err(Error::Closed) => tracing::debug!(?reason, "connection closed"),
         Err(error) => {
             tracing::debug!(?reason, error = %crate::wire::error::Report(&error), "connection closed");
-            events.report(Some(conn.peer.clone()), error);
+            if config.quiet_ends {
+                events.report_quietly(Some(conn.peer.clone()), error);
+            } else {
+                events.report(Some(conn.peer.clone()), error);
+            }
         }
     }
     conn.end.set(reason);
