@@ -975,7 +975,7 @@ impl<M: Message, R> Client<M, R> {
             return conn.send(msg).await;
         }
         loop {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target(1) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
@@ -1041,7 +1041,7 @@ impl<M: Message, R> Client<M, R> {
         let msgs: Vec<&M> = msgs.into_iter().collect();
         let mut from = 0;
         while from < msgs.len() {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target((msgs.len() - from) as u64) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
@@ -1065,7 +1065,7 @@ impl<M: Message, R> Client<M, R> {
         if let Some(conn) = &self.fixed {
             return conn.try_send(msg);
         }
-        match self.link.target() {
+        match self.link.target(1) {
             Target::Queue(conn, _) => conn.try_send(msg),
             Target::Drop => Ok(()),
             Target::Closed => Err(TrySendError::Closed),
@@ -1082,7 +1082,7 @@ impl<M: Message, R> Client<M, R> {
             return conn.send_bytes(payload).await;
         }
         loop {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target(1) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
