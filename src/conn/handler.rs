@@ -78,12 +78,20 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called when a connection opens, before its first frame. An error is
     /// reported as an event and closes the connection.
+    ///
+    /// `on_open` and [`on_close`](Self::on_close) come in pairs: every
+    /// connection whose `on_open` was called (even one that failed or was
+    /// cut while it ran) gets exactly one `on_close`, and a connection that
+    /// ended before `on_open` was called (a failed handshake, a cut or a
+    /// drop right after the connect, a failed `on_connect` hook) gets
+    /// neither.
     fn on_open(&self, ctx: &mut Context<'_>) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
         async { Ok(()) }
     }
 
-    /// Called once a connection has ended, whatever the reason: `closed`
+    /// Called once a connection whose [`on_open`](Self::on_open) was called
+    /// has ended, whatever the reason: `closed`
     /// says who the peer was, how the connection ended, and holds its
     /// [session](Context::set_session), if it had one. By then the
     /// connection's socket is closed and no call of [`handle`](Self::handle)

@@ -85,6 +85,9 @@ pub(crate) struct ReadSide<'s, R, H: Handler> {
     /// connection task, outside this side, so that `on_close` gets it
     /// however the connection ended (an abort drops this side first).
     session: &'s mut Session,
+    /// Set once `on_open` is called (for the connection task: `on_close`
+    /// is called only then).
+    opened: &'s mut bool,
 }
 
 /// The socket's read half, the bytes read from it, and the messages read
@@ -153,6 +156,7 @@ where
         config: Arc<ConnectionConfig>,
         events: EventSink,
         session: &'s mut Session,
+        opened: &'s mut bool,
     ) -> Self {
         ReadSide {
             input: Input {
@@ -169,6 +173,7 @@ where
             config,
             events,
             session,
+            opened,
         }
     }
 
@@ -219,6 +224,7 @@ where
             self.handshake(plan.hello::<H::Message>()).await?;
         }
         {
+            *self.opened = true;
             let mut ctx = Context {
                 handle: &self.handle,
                 closing: &mut self.closing,

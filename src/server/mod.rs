@@ -879,7 +879,8 @@ impl<H: Handler> Server<H> {
         self.shared.counters.snapshot()
     }
 
-    /// Shuts down gracefully: stops accepting, lets every connection handle
+    /// Shuts down gracefully: stops accepting (what waits in the listen
+    /// backlog is accepted and closed gracefully too), lets every connection handle
     /// and answer the frames that have already arrived, waits for the
     /// answers still owed by [`Replier`](crate::Replier)s (requests that
     /// arrived before the shutdown and were handed to another task: their
