@@ -142,12 +142,14 @@ pub use crate::client::link::WhileDown;
 pub use crate::client::reconnect::{
     Reconnect, DEFAULT_HEALTHY_AFTER, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
 };
-pub use crate::client::{Client, ClientBuilder, CloseReport, DEFAULT_CONNECT_TIMEOUT};
+pub use crate::client::{
+    Client, ClientBuilder, CloseReport, NoReceive, Receivable, DEFAULT_CONNECT_TIMEOUT,
+};
 pub use crate::codec::typed_codec::TypedCodec;
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
-    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, SizeMismatch, Text,
+    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, Request, SizeMismatch, Text,
     TrailingBytes, DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::conn::config::{
