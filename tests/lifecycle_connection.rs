@@ -120,7 +120,7 @@ async fn shutdown_past_its_deadline_returns_though_a_handler_is_pending() {
         server.shutdown(Duration::from_millis(200)),
     )
     .await;
-    assert!(!finished, "a pending handler had to be cut");
+    assert!(!finished.finished, "a pending handler had to be cut");
     assert_eq!(handler.closes.load(Ordering::SeqCst), 1);
     assert_eq!(handler.sessions_seen.load(Ordering::SeqCst), 1);
 }
@@ -188,7 +188,7 @@ async fn a_dropped_client_gives_its_on_close_the_session_too() {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, chitchat_net::Message)]
-#[message(codec = "bincode")]
+#[message(codec = "bincode", reply = Talk)]
 enum Talk {
     /// Asks the receiver to ask back, from inside its handler.
     AskMeBack {

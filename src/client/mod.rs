@@ -1439,11 +1439,11 @@ impl<M: Message, R> Client<M, R> {
     /// # Cancel safety
     ///
     /// Cancel safe: no message is lost if the future is dropped.
-    pub async fn recv(&self) -> Option<R>
+    pub fn recv(&self) -> impl Future<Output = Option<R>> + '_
     where
         R: Receivable,
     {
-        self.inbox.as_ref()?.lock().await.recv().await
+        async move { self.inbox.as_ref()?.lock().await.recv().await }
     }
 
     /// The next message if one is buffered now (`None` also while another
