@@ -481,3 +481,19 @@ async fn a_client_that_only_receives_names_no_send_type() {
     client.close().await;
     server.cut().await;
 }
+
+#[tokio::test]
+async fn a_failing_on_connect_hook_is_a_hello_error_of_connect() {
+    let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
+    let refused = Client::<String>::builder()
+        .on_connect(|_conn: ConnectionHandle| async { Err::<(), BoxError>("not today".into()) })
+        .connect(server.local_addr())
+        .await;
+    match refused {
+        Err(chitchat_net::ConnectError::Hello(error)) => {
+            assert_eq!(error.to_string(), "not today");
+        }
+        other => panic!("expected ConnectError::Hello, got {:?}", other.map(|_| ())),
+    }
+    server.cut().await;
+}

@@ -843,6 +843,40 @@ mod tests {
     }
 
     #[test]
+    fn request_expands_to_request_impl_and_methods_that_return_the_reply() {
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode", reply = Reply)]
+            pub enum Command { Get { key: String }, #[message(deferred)] Slow(u64) }
+        };
+        let items = items(derive_message(&input));
+        assert_eq!(
+            impls(&items),
+            ["Message", "TaggedEnum", "Request", "Dispatch"]
+        );
+        let text = quote!(#(#items)*).to_string();
+        assert!(text.contains("type Reply = Reply"), "{text}");
+        // `get` returns the reply; `slow` gets a replier and returns ().
+        assert!(
+            text.contains("fn get (& self , key : String , ctx : & mut :: chitchat_net :: Context < '_ >) -> impl :: core :: future :: Future < Output = :: core :: result :: Result < Reply ,"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fn slow (& self , _0 : u64 , replier : :: chitchat_net :: Replier , ctx"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(":: chitchat_net :: Context :: answer (ctx"),
+            "{text}"
+        );
+        assert!(
+            text.contains(":: chitchat_net :: Context :: replier (ctx)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn tagged_enum_writes_pinned_and_positional_tags() {
         let input = syn::parse_quote! {
             #[message(codec = "bincode")]

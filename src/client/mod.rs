@@ -253,8 +253,9 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// and reconnect, before the client is handed out (or, after a
     /// reconnect, before what was kept while down is sent): to say hello or
     /// register again. Its sends go out first. If it fails, `connect`
-    /// returns [`Error::Handler`]; after a reconnect the failure is an
-    /// event and counts as a failed try.
+    /// returns [`ConnectError::Hello`] with the hook's error; after a
+    /// reconnect the failure is an [`Error::Handler`] event and counts as a
+    /// failed try.
     ///
     /// # Examples
     ///

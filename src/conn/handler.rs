@@ -27,7 +27,13 @@ use crate::wire::error::{BoxError, Error};
 /// counters in atomics and maps behind a `Mutex`.
 ///
 /// An error returned by `handle`, or a frame that fails to decode, becomes an
-/// error event naming the peer, and the connection stays open.
+/// error event naming the peer, and the connection stays open. If the frame
+/// was a request (request ids on both ends) that is still unanswered, it is
+/// also answered with an error reply ([`ErrorCode::Handler`] with the
+/// error's text, or [`ErrorCode::BadRequest`] for a frame that did not
+/// decode), so that the peer's request fails at once with
+/// [`RequestError::Remote`](crate::RequestError::Remote) instead of at its
+/// timeout.
 ///
 /// # Examples
 ///
