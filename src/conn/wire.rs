@@ -294,7 +294,9 @@ impl Wire {
     /// Encode errors; [`Error::EmptyFrame`] for an empty payload if empty
     /// frames are refused (and the connection has no envelope).
     pub(crate) fn encode_body<M: Message>(&self, msg: &M) -> Result<Encoded, Error> {
-        let mut body = BytesMut::new();
+        // One allocation for a small message, however many pieces its
+        // codec writes.
+        let mut body = BytesMut::with_capacity(64);
         let binary = match self.codec_for::<M>() {
             Some(codec) => {
                 codec.encode(msg, &mut body)?;
