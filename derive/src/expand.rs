@@ -456,7 +456,7 @@ fn request_impl(input: &Message<'_>) -> TokenStream {
         .attrs
         .reply
         .as_ref()
-        .map_or(ident.span(), |ty| syn::spanned::Spanned::span(ty));
+        .map_or(ident.span(), syn::spanned::Spanned::span);
     let assoc = respan(quote!(type Reply = #reply;), span);
     quote! {
         #[automatically_derived]

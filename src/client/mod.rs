@@ -1440,11 +1440,11 @@ impl<M: Message, R> Client<M, R> {
     /// # Cancel safety
     ///
     /// Cancel safe: no message is lost if the future is dropped.
-    pub fn recv(&self) -> impl Future<Output = Option<R>> + '_
+    pub async fn recv(&self) -> Option<R>
     where
         R: Receivable,
     {
-        async move { self.inbox.as_ref()?.lock().await.recv().await }
+        self.inbox.as_ref()?.lock().await.recv().await
     }
 
     /// The next message if one is buffered now (`None` also while another
