@@ -13,7 +13,6 @@
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat_net::envelope::ErrorCode;
@@ -445,19 +444,7 @@ async fn a_one_way_frame_of_a_request_type_runs_its_method_and_its_return_is_dro
 
 #[tokio::test]
 async fn a_client_that_only_receives_names_no_send_type() {
-    let pushes = Arc::new(AtomicU64::new(0));
-    let count = pushes.clone();
-    // Greets each client with a status as it connects.
-    let greeter = handler_fn(
-        move |_: (), _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-            count.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-    );
-    let server = Server::builder(greeter)
-        .listen("127.0.0.1:0")
-        .await
-        .unwrap();
+    let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
     // `()`: this client sends nothing of its own.
     let client = Client::<()>::builder()
         .receive::<Status>(8)
@@ -495,5 +482,77 @@ async fn a_failing_on_connect_hook_is_a_hello_error_of_connect() {
         }
         other => panic!("expected ConnectError::Hello, got {:?}", other.map(|_| ())),
     }
+    server.cut().await;
+}
+
+#[tokio::test]
+async fn a_replier_fails_a_request_from_another_task() {
+    let busy = handler_fn(
+        |_line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            let replier = ctx.replier();
+            tokio::spawn(async move { replier.fail("busy, try later") });
+            Ok(())
+        },
+    );
+    let server = Server::builder(busy)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .request_ids()
+        .request_timeout(NEVER)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let failed = within("the request", client.request(&"hello".to_string())).await;
+    assert!(
+        matches!(&failed, Err(RequestError::Remote { code: ErrorCode::Handler, message }) if message == "busy, try later"),
+        "{failed:?}"
+    );
+    client.close().await;
+    server.cut().await;
+}
+
+#[tokio::test]
+async fn without_request_ids_a_derived_handler_answers_a_peer_in_ordered_mode() {
+    // No envelope on the server: what a method returns goes back as a
+    // plain frame, which the client in ordered mode takes as the answer.
+    let server = Server::listen("127.0.0.1:0", Store::default())
+        .await
+        .unwrap();
+    let client = Client::<Command>::builder()
+        .ordered_replies()
+        .request_timeout(NEVER)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let reply = within(
+        "the ordered request",
+        client.request(&Command::Get { key: "o".into() }),
+    )
+    .await;
+    assert_eq!(
+        reply.unwrap(),
+        Reply::Value {
+            key: "o".into(),
+            value: "O".into()
+        }
+    );
+    // No envelope to carry an error: a request the handler fails on waits
+    // for its timeout (here a short one: nothing will ever come).
+    let failed = client
+        .request_within(
+            &Command::Fail {
+                why: "no envelope".into(),
+            },
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(RequestError::Timeout(_))),
+        "{failed:?}"
+    );
+    client.close().await;
     server.cut().await;
 }
