@@ -17,9 +17,9 @@ use common::{next_event, raw_listener, wait_until, within, WAIT};
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// What a client asks.
+/// What a client asks (and answers to the server's `Push`).
 #[derive(Debug, Clone, PartialEq, Message)]
-#[message(codec = "bincode")]
+#[message(codec = "bincode", reply = Answer)]
 enum Ask {
     /// Answer with twice `n`.
     #[message(tag = 1)]
@@ -32,9 +32,10 @@ enum Ask {
     Ignore { n: u64 },
 }
 
-/// What a server answers or pushes.
+/// What a server answers or pushes (and asks the client, answered by an
+/// `Ask`).
 #[derive(Debug, Clone, PartialEq, Message)]
-#[message(codec = "bincode")]
+#[message(codec = "bincode", reply = Ask)]
 enum Answer {
     #[message(tag = 1)]
     Doubled { n: u64, twice: u64 },
@@ -111,7 +112,7 @@ async fn a_thousand_concurrent_requests_answered_out_of_order_are_matched() {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..1000u64 {
         let client = client.clone();
-        tasks.spawn(async move { (n, client.request::<Answer>(&Ask::Double { n }).await) });
+        tasks.spawn(async move { (n, client.request(&Ask::Double { n }).await) });
     }
     let mut seen = HashSet::new();
     while let Some(done) = within("1000 replies", tasks.join_next()).await {
@@ -203,7 +204,7 @@ async fn a_request_times_out_and_its_late_reply_is_an_event_not_the_next_answer(
         .unwrap();
     let events = client.errors();
     let first = client
-        .request_within::<Answer>(&Ask::Double { n: 1 }, Duration::from_millis(50))
+        .request_within(&Ask::Double { n: 1 }, Duration::from_millis(50))
         .await;
     assert!(
         matches!(first, Err(chitchat_net::RequestError::Timeout(_))),
@@ -227,7 +228,7 @@ async fn a_cancelled_request_leaves_nothing_behind() {
     // Dropped before its reply can come (the doubler waits up to 8 ms; the
     // request for n = 5 waits ~4 ms... so cancel at once).
     {
-        let request = client.request::<Answer>(&Ask::Double { n: 5 });
+        let request = client.request(&Ask::Double { n: 5 });
         tokio::pin!(request);
         let polled = futures_util::poll!(request.as_mut());
         assert!(polled.is_pending());
@@ -348,7 +349,7 @@ async fn both_ends_ask_each_other_at_full_speed() {
 async fn requests_in_flight_fail_when_the_connection_drops() {
     let server = doubler_server().await;
     let client = asking_client(&server).await;
-    let waiting = client.request::<Answer>(&Ask::Ignore { n: 1 });
+    let waiting = client.request(&Ask::Ignore { n: 1 });
     let cut = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         server.cut().await;
@@ -362,7 +363,7 @@ async fn requests_in_flight_fail_when_the_connection_drops() {
         within("the end", client.closed()).await,
         CloseReason::ByPeer
     );
-    let after = client.request::<Answer>(&Ask::Double { n: 2 }).await;
+    let after = client.request(&Ask::Double { n: 2 }).await;
     assert!(after.is_err());
 }
 
@@ -372,7 +373,7 @@ async fn requests_need_a_matching_mode() {
     let client = Client::<String>::connect(server.local_addr())
         .await
         .unwrap();
-    let refused = client.request::<String>(&"hello".to_string()).await;
+    let refused = client.request(&"hello".to_string()).await;
     assert!(
         matches!(refused, Err(chitchat_net::RequestError::NotEnabled)),
         "{refused:?}"
@@ -471,8 +472,7 @@ async fn ordered_replies_talk_to_a_text_peer_without_ids() {
     assert_eq!(pong, "heartbeat pong");
     // Several in flight: answered in order, so matched in order.
     let asks: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
-    let replies =
-        futures_util::future::join_all(asks.iter().map(|a| client.request::<String>(a))).await;
+    let replies = futures_util::future::join_all(asks.iter().map(|a| client.request(a))).await;
     for (i, reply) in replies.into_iter().enumerate() {
         assert_eq!(reply.unwrap(), format!("echo line {i}"));
     }
@@ -761,7 +761,7 @@ async fn a_request_waits_for_a_reconnect_but_one_in_flight_is_never_retried() {
         .connect(server.local_addr())
         .await
         .unwrap();
-    let in_flight = client.request::<Answer>(&Ask::Ignore { n: 1 });
+    let in_flight = client.request(&Ask::Ignore { n: 1 });
     let cut = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         server.cut().await;
@@ -803,15 +803,15 @@ async fn requests_past_the_in_flight_bound_wait_for_a_slot() {
         .unwrap();
     // Two requests the server never answers hold both slots.
     let held = async {
-        let a = client.request_within::<Answer>(&Ask::Ignore { n: 1 }, Duration::from_millis(600));
-        let b = client.request_within::<Answer>(&Ask::Ignore { n: 2 }, Duration::from_millis(600));
+        let a = client.request_within(&Ask::Ignore { n: 1 }, Duration::from_millis(600));
+        let b = client.request_within(&Ask::Ignore { n: 2 }, Duration::from_millis(600));
         tokio::join!(a, b)
     };
     // A third waits for a slot: with a short timeout it never gets one...
     let third = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let refused = client
-            .request_within::<Answer>(&Ask::Double { n: 3 }, Duration::from_millis(100))
+            .request_within(&Ask::Double { n: 3 }, Duration::from_millis(100))
             .await;
         // ... and was never sent: the server saw only the two ignored ones.
         (refused, server.stats().frames_in)

@@ -160,7 +160,7 @@ async fn a_request_while_down_is_never_sent_and_answers_no_other() {
     skip_until(&events, |e| matches!(e, Error::Disconnected { .. })).await;
     let down = client.handle();
     let held = "held".to_string();
-    let mut held = Box::pin(down.request::<String, String>(&held, WAIT));
+    let mut held = Box::pin(down.request(&held, WAIT));
     let early = futures_util::poll!(&mut held);
     let server = replier(port, seen.clone()).await;
     let after: String = within(
@@ -231,7 +231,7 @@ async fn a_request_while_on_close_runs_waits_for_the_reconnect() {
     within("on_close", entering.recv()).await.unwrap();
     let server = replier(port, seen.clone()).await;
     let during = "during".to_string();
-    let mut request = Box::pin(client.request::<String>(&during));
+    let mut request = Box::pin(client.request(&during));
     let early = futures_util::poll!(&mut request);
     assert!(early.is_pending(), "{early:?}");
     release.notify_one();

@@ -273,7 +273,7 @@ async fn request_in_flight(
     Replier,
 ) {
     let c = client.clone();
-    let request = tokio::spawn(async move { c.request::<String>(&"question".into()).await });
+    let request = tokio::spawn(async move { c.request(&"question".into()).await });
     let replier = within("the handler to take a replier", repliers.recv())
         .await
         .expect("the handler ended");
@@ -352,9 +352,17 @@ async fn a_replier_dropped_unanswered_does_not_hold_the_shutdown() {
     let report = within("the shutdown", shutdown).await;
     assert!(report.finished, "{report:?}");
     assert_eq!(report.unanswered_requests, 0, "{report:?}");
+    // The replier dropped unanswered answered with an error reply: the
+    // request fails with it, not with the connection.
     let lost = within("the request to fail", request).await.unwrap();
     assert!(
-        matches!(lost, Err(chitchat_net::RequestError::ConnectionLost)),
+        matches!(
+            lost,
+            Err(chitchat_net::RequestError::Remote {
+                code: chitchat_net::envelope::ErrorCode::Unanswered,
+                ..
+            })
+        ),
         "{lost:?}"
     );
 }
@@ -474,7 +482,7 @@ async fn a_reply_handed_over_as_its_request_is_given_up_is_a_late_reply() {
         .unwrap();
     let events = client.errors();
     let question = "question".to_string();
-    let mut request = Box::pin(client.request::<String>(&question));
+    let mut request = Box::pin(client.request(&question));
     // Sent, waiting for its reply.
     assert!(futures_util::poll!(&mut request).is_pending());
     let marker = within("the marker", client.recv()).await;
@@ -535,9 +543,7 @@ async fn every_request_that_timed_out_has_its_reply_counted_late() {
     let mut requests = Vec::new();
     for i in 0..N {
         let c = client.clone();
-        requests.push(tokio::spawn(async move {
-            c.request::<String>(&i.to_string()).await
-        }));
+        requests.push(tokio::spawn(async move { c.request(&i.to_string()).await }));
     }
     let (mut answered, mut timed_out) = (0, 0);
     for request in requests {
