@@ -189,7 +189,7 @@ async fn a_dropped_client_gives_its_on_close_the_session_too() {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, chitchat_net::Message)]
-#[message(codec = "bincode")]
+#[message(codec = "bincode", reply = Talk)]
 enum Talk {
     /// Asks the receiver to ask back, from inside its handler.
     AskMeBack {
