@@ -692,6 +692,8 @@ async fn try_send_fails_when_the_queue_is_full_until_the_server_reads() {
     let mut sent = 0;
     let mut blocked = false;
     for _ in 0..4000 {
+        // A send with room takes a millisecond (a few hundred at worst on a
+        // loaded machine): waiting 2 s means the queue is full.
         match tokio::time::timeout(Duration::from_secs(2), client.send(&big)).await {
             Ok(result) => {
                 result.unwrap();

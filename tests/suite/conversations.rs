@@ -518,7 +518,8 @@ async fn an_unread_receive_buffer_stops_the_server_and_loses_nothing() {
         }
     });
     // The sends stop: wait until the count holds still.
-    let last = common::settled(Duration::from_millis(300), || sent.load(Ordering::Relaxed)).await;
+    // A second of stillness: the sends are held (see `settled`).
+    let last = common::settled(Duration::from_secs(1), || sent.load(Ordering::Relaxed)).await;
     assert!(
         last < total / 2,
         "{last} of {total} sent to a client that does not read"
@@ -797,10 +798,12 @@ async fn requests_past_the_in_flight_bound_wait_for_a_slot() {
         .connect(server.local_addr())
         .await
         .unwrap();
-    // Two requests the server never answers hold both slots.
+    // Two requests the server never answers hold both slots, for 2 s: the
+    // third's wait below is over by 150 ms, and a loaded machine would have
+    // to stall this runtime for nearly 2 s to free a slot in time for it.
     let held = async {
-        let a = client.request_within::<Answer>(&Ask::Ignore { n: 1 }, Duration::from_millis(600));
-        let b = client.request_within::<Answer>(&Ask::Ignore { n: 2 }, Duration::from_millis(600));
+        let a = client.request_within::<Answer>(&Ask::Ignore { n: 1 }, Duration::from_secs(2));
+        let b = client.request_within::<Answer>(&Ask::Ignore { n: 2 }, Duration::from_secs(2));
         tokio::join!(a, b)
     };
     // A third waits for a slot: with a short timeout it never gets one...

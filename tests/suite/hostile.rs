@@ -33,8 +33,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// While an attack runs, each round trip of a well-behaved peer must finish
-/// within this (one takes well under a millisecond on an idle loopback).
-const ROUND_TRIP_BOUND: Duration = Duration::from_millis(500);
+/// within this. One takes well under a millisecond on an idle loopback and
+/// at worst a few tens of milliseconds on a loaded 2-CPU machine, so this is
+/// over 5× what it needs; a server held by the attacker would keep the peer
+/// waiting for the whole attack (the flood below: seconds).
+const ROUND_TRIP_BOUND: Duration = Duration::from_secs(1);
 
 // ------------------------------------------------------------- helpers --
 
@@ -102,6 +105,7 @@ async fn pour(
     let mut written = 0;
     while written < total {
         let n = chunk.len().min(total - written);
+        // A progress bound: no byte taken for WAIT.
         match tokio::time::timeout(WAIT, stream.write(&chunk[..n])).await {
             Err(_) => {
                 panic!("the server neither read nor closed for {WAIT:?} ({written} bytes in)")
@@ -310,6 +314,8 @@ async fn slow_loris_is_closed_by_the_idle_timeout_though_it_sends_bytes() {
                 biased;
                 event = &mut event => break event.expect("an event"),
                 _ = tick.tick(), if writable => {
+                    // 30 bytes: 3 s, 10× the idle timeout (the timer fires
+                    // late on a loaded machine, not 2.7 s late).
                     assert!(dribbled < 30, "still open after {dribbled} bytes");
                     writable = loris.write_all(b"a").await.is_ok();
                     dribbled += 1;
@@ -745,15 +751,22 @@ async fn a_flood_of_empty_frames_does_not_starve_other_connections() {
     let flood = tokio::spawn(pour(flooder, b'\n', FLOOD));
     let mut worst = Duration::ZERO;
     let mut pings = 0;
-    // Until the server has handled the whole flood.
-    while server.handler().empty.load(Ordering::Relaxed) < FLOOD as u64 {
-        assert!(
-            started.elapsed() < WAIT * 3,
-            "the flood was not handled within {:?}",
-            WAIT * 3
-        );
+    // Until the server has handled the whole flood: bounded by progress
+    // (the count of frames handled must move within STALL), not by a total
+    // time, which a loaded machine stretches.
+    let mut handled = 0;
+    let mut moved_at = Instant::now();
+    while handled < FLOOD as u64 {
         worst = worst.max(timed_ping(&mut good).await);
         pings += 1;
+        let now = server.handler().empty.load(Ordering::Relaxed);
+        if now != handled {
+            (handled, moved_at) = (now, Instant::now());
+        }
+        assert!(
+            moved_at.elapsed() < STALL,
+            "the flood stalled at {handled} frames for {STALL:?}"
+        );
     }
     let took = started.elapsed();
     let (_flooder, written, error) = within("the flood", flood).await.unwrap();
@@ -1022,11 +1035,8 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
         (1..100).contains(&errors),
         "{errors} accept errors:\n{said}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
+    // No bound on the total time: each step above waits for one event
+    // within WAIT, which bounds the back-off (at most 1 s) too.
     println!("took {:?}; the child said:\n{said}", started.elapsed());
 }
 

@@ -298,7 +298,7 @@ async fn both_ways_at_once_over_tls() {
     )
     .await
     .unwrap();
-    stream_through_echo(&client, &tally, 16 * 1024, 1023, Duration::from_secs(60)).await;
+    stream_through_echo(&client, &tally, 16 * 1024, 1023).await;
     assert_no_event("server", &server.errors());
     within("close", client.close()).await;
     within("cut", server.cut()).await;
@@ -696,7 +696,9 @@ async fn silent_peer_is_closed_after_the_handshake_timeout() {
     assert!(read_until_end(&mut raw).await.is_empty());
     let elapsed = started.elapsed();
     assert!(elapsed >= timeout, "closed after {elapsed:?}");
-    assert!(elapsed < timeout * 10, "closed after {elapsed:?}");
+    // Over 5× the 300 ms it needs on a loaded machine, and under the 10 s
+    // default: it is this timeout that closed it.
+    assert!(elapsed < Duration::from_secs(5), "closed after {elapsed:?}");
     wait_until("no connection is left", || server.connection_count() == 0).await;
     assert_eq!(server.stats().connections_open, 0);
     within("cut", server.cut()).await;
@@ -841,7 +843,10 @@ async fn cut_closes_open_tls_connections_promptly() {
     let started = Instant::now();
     within("cut", server.cut()).await;
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(2), "cut took {elapsed:?}");
+    // A cut takes milliseconds (under a second on a loaded machine): 5 s is
+    // over 5× that, and under the 10 s handshake timeout it must not wait
+    // for.
+    assert!(elapsed < Duration::from_secs(5), "cut took {elapsed:?}");
     assert_eq!(server.connection_count(), 0);
 
     for client in &clients {

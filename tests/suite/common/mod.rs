@@ -477,9 +477,10 @@ pub fn assert_peer(event: &ErrorEvent, peer: impl Into<Addr>) {
 }
 
 /// Waits until `progress()` reaches `target`, failing the test if it makes
-/// no progress for [`WAIT`] (a deadlock) or takes longer than `limit` in
-/// all. `what` names the count in the failure message.
-pub async fn wait_for_count(what: &str, target: u64, limit: Duration, progress: impl Fn() -> u64) {
+/// no progress for [`STALL`] (a deadlock). No bound on the total time: a
+/// loaded machine makes bulk work slower, not wrong. `what` names the count
+/// in the failure message.
+pub async fn wait_for_count(what: &str, target: u64, progress: impl Fn() -> u64) {
     let start = Instant::now();
     let mut last = progress();
     let mut last_change = start;
@@ -492,13 +493,9 @@ pub async fn wait_for_count(what: &str, target: u64, limit: Duration, progress: 
             last_change = at;
         }
         assert!(
-            at - last_change < WAIT,
-            "stalled: {what} stuck at {last} of {target} for {WAIT:?} ({:?} in all)",
+            at - last_change < STALL,
+            "stalled: {what} stuck at {last} of {target} for {STALL:?} ({:?} in all)",
             at - start
-        );
-        assert!(
-            at - start < limit,
-            "too slow: {what} at {last} of {target} after {limit:?}"
         );
     }
 }
@@ -549,14 +546,13 @@ pub fn numbered_line(seq: u64, len: usize) -> String {
 /// Sends `lines` numbered lines of `len` bytes from `client` (whose handler
 /// is [`counting`] into `tally`) to an echo server, 1,024 per `send_all`,
 /// while the echoes come back; waits until every echo has arrived (failing
-/// on a stall of [`WAIT`] or after `limit`), then checks the count, the
-/// bytes and the order, and that neither side saw an error event.
+/// on a stall of [`STALL`]), then checks the count, the bytes and the order,
+/// and that neither side saw an error event.
 pub async fn stream_through_echo(
     client: &chitchat_net::Client<String>,
     tally: &Tally,
     lines: u64,
     len: usize,
-    limit: Duration,
 ) {
     const CHUNK: u64 = 1024;
     let handle = client.handle();
@@ -570,7 +566,7 @@ pub async fn stream_through_echo(
         }
         Ok::<(), Error>(())
     });
-    wait_for_count("echoed lines", lines, limit, || {
+    wait_for_count("echoed lines", lines, || {
         tally.lines.load(Ordering::Relaxed)
     })
     .await;
@@ -583,7 +579,10 @@ pub async fn stream_through_echo(
 
 /// Samples `value` every 20 ms until it has not changed for `quiet`;
 /// returns the settled value (fails after twice [`WAIT`] in all): how a
-/// test sees that sends have stopped at a bound.
+/// test sees that sends have stopped at a bound. Give it a `quiet` of a
+/// second or more: a sender that can move moves within tens of
+/// milliseconds even on a loaded machine, so a second of stillness means
+/// it is held.
 pub async fn settled(quiet: Duration, value: impl Fn() -> u64) -> u64 {
     let started = Instant::now();
     let mut last = value();

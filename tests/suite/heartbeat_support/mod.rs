@@ -1,4 +1,4 @@
-//! Helpers shared by `tests/heartbeat.rs` and `tests/heartbeat_spans.rs`.
+//! Helpers shared by `heartbeat.rs` and `tests/heartbeat_spans.rs`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -7,15 +7,26 @@ use std::time::Duration;
 use chitchat_net::heartbeat::{HeartbeatConfig, PeerEvent, PeerEvents, PeerState, Responder};
 use chitchat_net::Server;
 
+/// Upper bound of a wait for one peer event or condition: these come
+/// within a few check intervals (50 ms), so this is far over 5× what they
+/// need on a loaded machine.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A check every 50 ms, so that tests see many checks in little time. The
+/// timeout (how long an answer may take) is 1 s: a ping's round trip on
+/// loopback takes a millisecond, up to a couple of hundred on a loaded
+/// 2-CPU machine; a healthy node must never be missed because the machine
+/// is busy. A stopped node is missed at once (its port refuses).
 pub fn fast() -> HeartbeatConfig {
     HeartbeatConfig::builder()
         .interval(Duration::from_millis(50))
-        .timeout(Duration::from_millis(200))
+        .timeout(CHECK_TIMEOUT)
         .build()
         .unwrap()
 }
+
+/// The check timeout of the tests' configurations (see [`fast`]).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn next_event(events: &mut PeerEvents) -> PeerEvent {
     tokio::time::timeout(WAIT, events.recv())
