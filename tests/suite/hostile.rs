@@ -34,9 +34,10 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// While an attack runs, each round trip of a well-behaved peer must finish
 /// within this. One takes well under a millisecond on an idle loopback and
-/// at worst a few tens of milliseconds on a loaded 2-CPU machine, so this is
-/// over 5× what it needs; a server held by the attacker would keep the peer
-/// waiting for the whole attack (the flood below: seconds).
+/// at worst a couple of hundred milliseconds on a loaded 2-CPU machine, so
+/// this is 5× what it needs; a server held by the attacker would keep the
+/// peer waiting for the whole attack (the flood below: seconds; the slow
+/// loris: 2 s).
 const ROUND_TRIP_BOUND: Duration = Duration::from_secs(1);
 
 // ------------------------------------------------------------- helpers --
