@@ -3,6 +3,7 @@
 //! process-wide, whether an event is wanted; tests running at the same time
 //! on other threads would race with it.
 
+#[path = "suite/common/mod.rs"]
 mod common;
 
 use chitchat_net::Server;

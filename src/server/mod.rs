@@ -738,15 +738,21 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
     let task = async move {
         let timeout = config.handshake_timeout;
         let conn = handle.inner.clone();
-        // A close asked meanwhile waits for the (TLS) handshake, bounded
-        // by its timeout: the connection then reads what arrived and
-        // closes. A cut does not wait.
+        // Opened first: a plain connection opens at once, so one closed
+        // already (accepted while the server shuts down gracefully) still
+        // reads what arrived and closes. A (TLS) handshake still pending
+        // when it is closed or cut is not waited for.
         let opened = tokio::select! {
-            _ = std::future::poll_fn(|cx| conn.signal.poll(Fired::Abort, cx)) => {
-                conn.outbox.abandon();
-                return conn.end.set(CloseReason::Aborted);
-            }
+            biased;
             opened = accepted.open(tls, timeout) => opened,
+            fired = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => {
+                let reason = match fired {
+                    Fired::Close => CloseReason::ByUs,
+                    Fired::Abort => CloseReason::Aborted,
+                };
+                conn.outbox.abandon();
+                return conn.end.set(reason);
+            }
         };
         match opened {
             Ok(halves) => connection::run(halves, handle, handler, config, events, on_end).await,
