@@ -2,9 +2,9 @@
 //! decode and encode, small and 1 KiB frames, against tokio-util's codecs.
 //!
 //! ```text
-//! cargo bench --bench codec                    # everything
-//! cargo bench --bench codec -- decode/1k       # a filter
-//! cargo bench --bench codec --features postcard
+//! cargo bench -p chitchat-net-benches --bench codec                      # everything
+//! cargo bench -p chitchat-net-benches --bench codec -- decode/1k         # a filter
+//! cargo bench -p chitchat-net-benches --bench codec --features postcard
 //! ```
 //!
 //! Groups (throughput in wire bytes, so rows of a group compare directly):

@@ -2,9 +2,9 @@
 //! baseline measured in the same run (the machine is shared and noisy).
 //!
 //! ```text
-//! cargo bench --bench compare                 # full run (a few minutes)
-//! cargo bench --bench compare -- --quick      # under a minute
-//! cargo bench --bench compare -- --only pingpong,decode
+//! cargo bench -p chitchat-net-benches --bench compare                            # full run (a few minutes)
+//! cargo bench -p chitchat-net-benches --bench compare -- --quick                 # under a minute
+//! cargo bench -p chitchat-net-benches --bench compare -- --only pingpong,decode
 //! ```
 //!
 //! It prints a table, then one line per target, `ratio <name> <value> <goal>`,

@@ -1,6 +1,9 @@
-//! A key-value control plane with request/reply: typed commands, typed
-//! replies matched by request id, a derived handler over shared state,
-//! concurrent requests on one connection, and a request that times out.
+//! A key-value control plane with request/reply: typed commands that name
+//! their reply type (`#[message(reply = Reply)]`), replies matched by
+//! request id, a derived handler over shared state that answers by
+//! returning, one command answered later from another task (`deferred`),
+//! a handler error that reaches the caller, concurrent requests on one
+//! connection, and a request that times out.
 //!
 //! ```text
 //! cargo run --example request
@@ -10,11 +13,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chitchat_net::{BoxError, Client, Context, Handler, Message, RequestError, Server};
+use chitchat_net::envelope::ErrorCode;
+use chitchat_net::{BoxError, Client, Context, Handler, Message, Replier, RequestError, Server};
 
-/// What a client asks the store; tags pinned so that versions agree.
+/// What a client asks the store; tags pinned so that versions agree. Every
+/// command is answered by a `Reply`: `client.request(&cmd)` returns one.
 #[derive(Debug, Message)]
-#[message(codec = "bincode")]
+#[message(codec = "bincode", reply = Reply)]
 enum Command {
     #[message(tag = 1)]
     Put { key: String, value: String },
@@ -23,7 +28,7 @@ enum Command {
     #[message(tag = 3)]
     Delete { key: String },
     /// Answers after `millis`, from another task (a slow backend).
-    #[message(tag = 4)]
+    #[message(tag = 4, deferred)]
     Slow { millis: u64 },
 }
 
@@ -55,32 +60,45 @@ impl Store {
     }
 }
 
+// Each method returns the reply; the derive sends it with the request's
+// id. Forgetting to answer does not compile, and an error is answered with
+// an error reply: the caller gets `RequestError::Remote` at once.
 impl CommandHandler for Store {
-    async fn put(&self, key: String, value: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        self.map().insert(key, value);
-        ctx.reply(&Reply::Ok)?;
-        Ok(())
-    }
-
-    async fn get(&self, key: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        let value = self.map().get(&key).cloned();
-        match value {
-            Some(value) => ctx.reply(&Reply::Value { key, value })?,
-            None => ctx.reply(&Reply::NotFound { key })?,
+    async fn put(
+        &self,
+        key: String,
+        value: String,
+        _ctx: &mut Context<'_>,
+    ) -> Result<Reply, BoxError> {
+        if key.is_empty() {
+            return Err("a key must not be empty".into());
         }
-        Ok(())
+        self.map().insert(key, value);
+        Ok(Reply::Ok)
     }
 
-    async fn delete(&self, key: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+    async fn get(&self, key: String, _ctx: &mut Context<'_>) -> Result<Reply, BoxError> {
+        let value = self.map().get(&key).cloned();
+        Ok(match value {
+            Some(value) => Reply::Value { key, value },
+            None => Reply::NotFound { key },
+        })
+    }
+
+    async fn delete(&self, key: String, _ctx: &mut Context<'_>) -> Result<Reply, BoxError> {
         self.map().remove(&key);
-        ctx.reply(&Reply::Ok)?;
-        Ok(())
+        Ok(Reply::Ok)
     }
 
-    async fn slow(&self, millis: u64, ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        // Answer later, from another task: the replier remembers which
-        // request it answers, and the handler is free for the next frame.
-        let replier = ctx.replier();
+    async fn slow(
+        &self,
+        millis: u64,
+        replier: Replier,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), BoxError> {
+        // `deferred`: answer later, from another task. The replier
+        // remembers which request it answers, and the handler is free for
+        // the next frame.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(millis)).await;
             let _ = replier.reply(&Reply::Ok).await;
@@ -110,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             value: format!("10.0.{}.{}", i / 256, i % 256),
         };
         let client = &client;
-        async move { client.request::<Reply>(&put).await }
+        async move { client.request(&put).await }
     });
     for reply in futures_util::future::join_all(puts).await {
         assert_eq!(reply?, Reply::Ok);
@@ -123,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Gets, a delete, a get of what is gone.
-    let got: Reply = client
+    let got = client
         .request(&Command::Get {
             key: "node-42".into(),
         })
@@ -136,13 +154,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             value: "10.0.0.42".into()
         }
     );
-    let deleted: Reply = client
+    let deleted = client
         .request(&Command::Delete {
             key: "node-42".into(),
         })
         .await?;
     assert_eq!(deleted, Reply::Ok);
-    let gone: Reply = client
+    let gone = client
         .request(&Command::Get {
             key: "node-42".into(),
         })
@@ -155,9 +173,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
 
+    // A command the store refuses: its error reaches the caller at once.
+    let refused = client
+        .request(&Command::Put {
+            key: String::new(),
+            value: "x".into(),
+        })
+        .await;
+    println!("empty key       -> {refused:?}");
+    assert!(matches!(
+        refused,
+        Err(RequestError::Remote { code: ErrorCode::Handler, ref message }) if message.contains("empty")
+    ));
+
     // A request with a timeout of its own that the store cannot meet.
     let slow = client
-        .request_within::<Reply>(&Command::Slow { millis: 300 }, Duration::from_millis(50))
+        .request_within(&Command::Slow { millis: 300 }, Duration::from_millis(50))
         .await;
     println!("slow request    -> {slow:?}");
     assert!(matches!(slow, Err(RequestError::Timeout(_))));
@@ -168,7 +199,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "then, as an event: {}",
         late.map(|e| e.to_string()).unwrap_or_default()
     );
-    let after: Reply = client
+    let after = client
         .request(&Command::Get {
             key: "node-7".into(),
         })

@@ -8,7 +8,8 @@
 //!
 //! # Examples
 //!
-//! A server that answers each line with its length, and a client:
+//! A server that answers each line with its length, and a client that asks
+//! (a `String` request is answered by a `String`):
 //!
 //! ```
 //! use chitchat_net::{handler_fn, BoxError, Client, Context, Server};
@@ -16,19 +17,14 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let lengths = handler_fn(|line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
-//!     ctx.send(&line.len().to_string())?;
+//!     ctx.reply(&line.len().to_string())?;
 //!     Ok(())
 //! });
-//! let server = Server::listen("127.0.0.1:0", lengths).await?;
+//! let server = Server::builder(lengths).request_ids().listen("127.0.0.1:0").await?;
 //!
-//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-//! let print = handler_fn(move |reply: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-//!     tx.send(reply)?;
-//!     Ok(())
-//! });
-//! let client = Client::<String>::builder().handler(print).connect(server.local_addr()).await?;
-//! client.send(&"hello".to_string()).await?;
-//! assert_eq!(rx.recv().await.as_deref(), Some("5"));
+//! let client = Client::<String>::builder().request_ids().connect(server.local_addr()).await?;
+//! let len = client.request(&"hello".to_string()).await?;
+//! assert_eq!(len, "5");
 //! client.close().await;
 //! server.cut().await;
 //! # Ok(()) }
@@ -41,7 +37,7 @@
 //! type that implements it:
 //!
 //! ```
-//! use chitchat_net::{handler_fn, BoxError, Client, Context, Handler, Message, Server};
+//! use chitchat_net::{BoxError, Client, Context, Handler, Message, Server};
 //!
 //! #[derive(Debug, PartialEq, Message)]
 //! #[message(codec = "bincode")]
@@ -72,14 +68,13 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = Server::listen("127.0.0.1:0", Responder).await?;
 //!
-//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-//! let collect = handler_fn(move |beat: Beat, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
-//!     tx.send(beat)?;
-//!     Ok(())
-//! });
-//! let client = Client::<Beat>::builder().handler(collect).connect(server.local_addr()).await?;
+//! // What the server sends back is buffered for `recv`.
+//! let client = Client::<Beat>::builder()
+//!     .receive::<Beat>(16)
+//!     .connect(server.local_addr())
+//!     .await?;
 //! client.send(&Beat::Ping { seq: 1 }).await?;
-//! assert_eq!(rx.recv().await, Some(Beat::Pong { seq: 1 }));
+//! assert_eq!(client.recv().await, Some(Beat::Pong { seq: 1 }));
 //! client.close().await;
 //! server.cut().await;
 //! # Ok(()) }
@@ -95,6 +90,7 @@
 //!   bytes ⇄ frames; [`envelope`], the request envelope; the hello of the
 //!   [`handshake`]; and [`Error`], the one error type.
 //! - [`codec`]: [`Codec`] and [`Message`], frames ⇄ typed values (pure);
+//!   [`Request`], a message that names its reply type;
 //!   [`TypedCodec`]: typed messages for a [`Framed`](tokio_util::codec::Framed)
 //!   you drive yourself, on our framing and codecs (pure).
 //! - Transports: TCP, TLS (feature `tls`, module `tls`), on Unix a Unix-domain
@@ -142,12 +138,14 @@ pub use crate::client::link::WhileDown;
 pub use crate::client::reconnect::{
     Reconnect, DEFAULT_HEALTHY_AFTER, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY,
 };
-pub use crate::client::{Client, ClientBuilder, CloseReport, DEFAULT_CONNECT_TIMEOUT};
+pub use crate::client::{
+    Client, ClientBuilder, CloseReport, NoReceive, Receivable, DEFAULT_CONNECT_TIMEOUT,
+};
 pub use crate::codec::typed_codec::TypedCodec;
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
-    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, SizeMismatch, Text,
+    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, Request, SizeMismatch, Text,
     TrailingBytes, DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::conn::config::{

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use chitchat_net::heartbeat::{register, Monitor, PeerState};
 
+#[path = "suite/heartbeat_support/mod.rs"]
 mod heartbeat_support;
 
 use heartbeat_support::{fast, next_state, node};

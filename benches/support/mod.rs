@@ -35,6 +35,11 @@ impl Message for Heartbeat {
     type Codec = PodCodec;
 }
 
+/// A heartbeat is answered by a heartbeat.
+impl chitchat_net::Request for Heartbeat {
+    type Reply = Heartbeat;
+}
+
 /// The resident set size of process `pid` (`"self"` for this one), in KiB,
 /// from `/proc/<pid>/status`.
 pub fn rss_kib(pid: &str) -> Option<u64> {

@@ -20,6 +20,11 @@ pub(crate) struct MessageAttrs {
     pub(crate) krate: Option<Path>,
     /// `handler = "Name"`: the name of the generated handler trait.
     pub(crate) handler: Option<Ident>,
+    /// `reply = Type`: the message is a request answered by `Type`.
+    pub(crate) reply: Option<Type>,
+    /// `deferred` (on a struct): its handler method gets a `Replier` and
+    /// answers through it, instead of returning the reply.
+    pub(crate) deferred: Option<Span>,
 }
 
 /// The value of `codec = ...`.
@@ -71,6 +76,9 @@ impl CodecAttr {
 pub(crate) struct VariantAttrs {
     /// `tag = N`.
     pub(crate) tag: Option<TagAttr>,
+    /// `deferred`: the variant's handler method gets a `Replier` and
+    /// answers through it, instead of returning the reply.
+    pub(crate) deferred: Option<Span>,
 }
 
 /// A pinned wire tag.
@@ -123,13 +131,19 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Mes
             } else if meta.path.is_ident("handler") {
                 let name = parse_ident_value(&meta)?;
                 set_once(&mut out.handler, name, &meta)
+            } else if meta.path.is_ident("reply") {
+                let ty: Type = meta.value()?.parse()?;
+                set_once(&mut out.reply, ty, &meta)
+            } else if meta.path.is_ident("deferred") {
+                set_once(&mut out.deferred, meta.path.span(), &meta)
             } else if meta.path.is_ident("tag") {
                 Err(meta.error(
                     "`tag` belongs on an enum variant: `#[message(tag = N)]` above the variant",
                 ))
             } else {
-                Err(meta
-                    .error("unknown `message` attribute: expected `codec`, `crate` or `handler`"))
+                Err(meta.error(
+                    "unknown `message` attribute: expected `codec`, `reply`, `deferred`, `crate` or `handler`",
+                ))
             }
         });
         errors.extend(parsed.err());
@@ -155,7 +169,9 @@ pub(crate) fn variant_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Var
                     span: lit.span(),
                 };
                 set_once(&mut out.tag, tag, &meta)
-            } else if ["codec", "crate", "handler"]
+            } else if meta.path.is_ident("deferred") {
+                set_once(&mut out.deferred, meta.path.span(), &meta)
+            } else if ["codec", "crate", "handler", "reply"]
                 .iter()
                 .any(|key| meta.path.is_ident(key))
             {
@@ -164,7 +180,9 @@ pub(crate) fn variant_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Var
                     path_name(&meta.path)
                 )))
             } else {
-                Err(meta.error("unknown `message` attribute on a variant: expected `tag = N`"))
+                Err(meta.error(
+                    "unknown `message` attribute on a variant: expected `tag = N` or `deferred`",
+                ))
             }
         });
         errors.extend(parsed.err());
@@ -349,6 +367,38 @@ mod tests {
         assert_eq!(
             errors[0].to_string(),
             "`codec` belongs on the enum, not on a variant"
+        );
+    }
+
+    #[test]
+    fn reply_takes_a_type_and_deferred_is_a_flag() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[message(codec = "bincode", reply = proto::Reply<u8>, deferred)]
+            struct S;
+        };
+        let mut errors = Vec::new();
+        let attrs = message_attrs(&input.attrs, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let reply = attrs.reply.unwrap();
+        assert_eq!(quote::quote!(#reply).to_string(), "proto :: Reply < u8 >");
+        assert!(attrs.deferred.is_some());
+
+        let variant: syn::Variant = syn::parse_quote!(
+            #[message(tag = 2, deferred)]
+            V
+        );
+        let attrs = variant_attrs(&variant.attrs, &mut errors);
+        assert!(errors.is_empty());
+        assert!(attrs.deferred.is_some());
+
+        let variant: syn::Variant = syn::parse_quote!(
+            #[message(reply = R)]
+            V
+        );
+        variant_attrs(&variant.attrs, &mut errors);
+        assert_eq!(
+            errors[0].to_string(),
+            "`reply` belongs on the enum, not on a variant"
         );
     }
 

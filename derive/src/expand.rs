@@ -21,16 +21,19 @@ pub(crate) fn derive_message(node: &DeriveInput) -> TokenStream {
     } else {
         TokenStream::new()
     };
+    let request = request_impl(&input);
     if let Some(error) = combine(std::mem::take(&mut input.errors)) {
         let fallback = message_fallback(node, &input.krate, error);
         return quote! {
             #fallback
+            #request
             #handler
         };
     }
     let message = message_impl(&input);
     quote! {
         #message
+        #request
         #handler
     }
 }
@@ -298,18 +301,42 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
     let future = handler_future(krate);
     let name = ident.to_string();
 
+    let reply = input.attrs.reply.as_ref().map(|ty| replace_self(ty, ident));
+    // How a method answers: not at all (one-way messages), by returning
+    // the reply, or through a `Replier` (`deferred`).
+    let answer = |deferred: bool| match &reply {
+        None => Answer::None,
+        Some(_) if deferred => Answer::Deferred,
+        Some(reply) => Answer::Returns(reply.clone()),
+    };
+
     let (doc, methods, body) = match &input.shape {
         Shape::Struct { method } => {
-            let doc = format!("Handles one [`{name}`] message.");
-            let msg = quote!(msg: #ident);
-            let methods = handler_method(krate, method, &doc, &[msg], &format_ident!("ctx"));
-            let body = quote!(<__H as #trait_ident>::#method(handler, self, ctx).await);
+            let answer = answer(input.attrs.deferred.is_some());
+            let doc = format!("Handles one [`{name}`] message.{}", answer.doc());
+            let mut params = vec![quote!(msg: #ident)];
+            params.extend(answer.replier_param(krate, &format_ident!("replier")));
+            let methods = handler_method(
+                krate,
+                method,
+                &doc,
+                &params,
+                &format_ident!("ctx"),
+                &answer.output(),
+            );
+            let call = quote!(<__H as #trait_ident>::#method);
+            let body = answer.call(krate, &call, &[quote!(self)]);
             (format!("Handles [`{name}`] messages."), methods, body)
         }
         Shape::Enum(variants) => {
             let methods = variants.iter().map(|variant| {
-                let doc = format!("Handles a [`{name}::{}`] message.", variant.original.ident);
-                let params: Vec<_> = variant
+                let answer = answer(variant.attrs.deferred.is_some());
+                let doc = format!(
+                    "Handles a [`{name}::{}`] message.{}",
+                    variant.original.ident,
+                    answer.doc()
+                );
+                let mut params: Vec<_> = variant
                     .fields
                     .iter()
                     .map(|field| {
@@ -317,15 +344,26 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
                         quote!(#param: #ty)
                     })
                     .collect();
+                params.extend(answer.replier_param(krate, &replier_param(variant)));
                 let ctx = context_param(variant);
-                handler_method(krate, &variant.method, &doc, &params, &ctx)
+                handler_method(
+                    krate,
+                    &variant.method,
+                    &doc,
+                    &params,
+                    &ctx,
+                    &answer.output(),
+                )
             });
             let arms = variants.iter().map(|variant| {
+                let answer = answer(variant.attrs.deferred.is_some());
                 let method = &variant.method;
                 let pattern = pattern(variant, TokenStream::new());
-                let fields = bindings(variant);
+                let fields: Vec<_> = bindings(variant).into_iter().map(|b| quote!(#b)).collect();
+                let call = quote!(<__H as #trait_ident>::#method);
+                let call = answer.call(krate, &call, &fields);
                 quote! {
-                    #pattern => <__H as #trait_ident>::#method(handler, #(#fields,)* ctx).await,
+                    #pattern => { #call }
                 }
             });
             let body = quote!(match self { #(#arms)* });
@@ -369,6 +407,91 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
     }
 }
 
+/// How a handler method answers the message it handles.
+enum Answer {
+    /// It does not: the message is not a request (no `reply = ...`).
+    None,
+    /// It returns the reply, of this type; the dispatch sends it.
+    Returns(TokenStream),
+    /// It gets a `Replier` and answers through it (`deferred`).
+    Deferred,
+}
+
+impl Answer {
+    /// What the method's result holds on success.
+    fn output(&self) -> TokenStream {
+        match self {
+            Answer::Returns(reply) => reply.clone(),
+            Answer::None | Answer::Deferred => quote!(()),
+        }
+    }
+
+    /// The `Replier` parameter, for a deferred method.
+    fn replier_param(&self, krate: &Path, name: &Ident) -> Option<TokenStream> {
+        matches!(self, Answer::Deferred).then(|| quote!(#name: #krate::Replier))
+    }
+
+    /// What the method's doc adds.
+    fn doc(&self) -> &'static str {
+        match self {
+            Answer::None => "",
+            Answer::Returns(_) => {
+                " A request: what it returns is the reply (an error is answered with an \
+                 error reply)."
+            }
+            Answer::Deferred => {
+                " A request answered through `replier`, from any task; dropping it \
+                 unanswered answers with an error reply."
+            }
+        }
+    }
+
+    /// The dispatch's call of `method` with `args` (then `ctx`), and what
+    /// it does with the result.
+    fn call(&self, krate: &Path, method: &TokenStream, args: &[TokenStream]) -> TokenStream {
+        let reply = Ident::new("__reply", Span::mixed_site());
+        let replier = Ident::new("__replier", Span::mixed_site());
+        match self {
+            Answer::None => quote!(#method(handler, #(#args,)* ctx).await),
+            Answer::Returns(_) => quote! {
+                let #reply = #method(handler, #(#args,)* ctx).await;
+                #krate::Context::answer(ctx, #reply)
+            },
+            Answer::Deferred => quote! {
+                let #replier = #krate::Context::replier(ctx);
+                #method(handler, #(#args,)* #replier, ctx).await
+            },
+        }
+    }
+}
+
+/// The `impl Request` of a message with `reply = ...`, spanned at the
+/// reply type (where "`Reply: Message` is not satisfied" belongs).
+fn request_impl(input: &Message<'_>) -> TokenStream {
+    let (Some(reply), true) = (
+        &input.attrs.reply,
+        input.original.generics.params.is_empty(),
+    ) else {
+        return TokenStream::new();
+    };
+    let ident = &input.original.ident;
+    let krate = &input.krate;
+    let reply = replace_self(reply, ident);
+    let span = input
+        .attrs
+        .reply
+        .as_ref()
+        .map_or(ident.span(), syn::spanned::Spanned::span);
+    let assoc = respan(quote!(type Reply = #reply;), span);
+    quote! {
+        #[automatically_derived]
+        #[allow(unused_qualifications)]
+        impl #krate::Request for #ident {
+            #assoc
+        }
+    }
+}
+
 /// One method of the handler trait. Its signature is spanned at `method`
 /// (the variant's or type's name), so that "missing `pong` in
 /// implementation" shows `pong` coming from the variant `Pong`.
@@ -378,9 +501,10 @@ fn handler_method(
     doc: &str,
     params: &[TokenStream],
     ctx: &Ident,
+    output: &TokenStream,
 ) -> TokenStream {
     let span = method.span();
-    let future = respan(handler_future(krate), span);
+    let future = respan(handler_future_of(krate, output), span);
     let context = respan(quote!(&mut #krate::Context<'_>), span);
     // `self`, the fields and the context: clippy's limit is 7.
     let allow = (params.len() + 2 > 7).then(|| quote!(#[allow(clippy::too_many_arguments)]));
@@ -393,9 +517,14 @@ fn handler_method(
 
 /// What a handler method returns.
 fn handler_future(krate: &Path) -> TokenStream {
+    handler_future_of(krate, &quote!(()))
+}
+
+/// What a handler method returns that answers with `output`.
+fn handler_future_of(krate: &Path, output: &TokenStream) -> TokenStream {
     quote! {
         impl ::core::future::Future<
-            Output = ::core::result::Result<(), #krate::BoxError>
+            Output = ::core::result::Result<#output, #krate::BoxError>
         > + ::core::marker::Send
     }
 }
@@ -578,6 +707,16 @@ fn workaround_bound(
     quote!(where #(#predicates,)* for<'__w> #bound)
 }
 
+/// The replier parameter of a deferred handler method: `replier`, unless a
+/// field is already called that.
+fn replier_param(variant: &Variant<'_>) -> Ident {
+    if variant.fields.iter().any(|field| field.param == "replier") {
+        format_ident!("__replier")
+    } else {
+        format_ident!("replier")
+    }
+}
+
 /// The context parameter of a handler method: `ctx`, unless a field is
 /// already called that.
 fn context_param(variant: &Variant<'_>) -> Ident {
@@ -726,6 +865,40 @@ mod tests {
         let expected = [("ping", 3), ("pong", 3), ("stop", 2)].map(|(m, n)| (m.to_string(), n));
         assert_eq!(methods, expected);
         assert!(!has_compile_error(&items));
+    }
+
+    #[test]
+    fn request_expands_to_request_impl_and_methods_that_return_the_reply() {
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode", reply = Reply)]
+            pub enum Command { Get { key: String }, #[message(deferred)] Slow(u64) }
+        };
+        let items = items(derive_message(&input));
+        assert_eq!(
+            impls(&items),
+            ["Message", "TaggedEnum", "Request", "Dispatch"]
+        );
+        let text = quote!(#(#items)*).to_string();
+        assert!(text.contains("type Reply = Reply"), "{text}");
+        // `get` returns the reply; `slow` gets a replier and returns ().
+        assert!(
+            text.contains("fn get (& self , key : String , ctx : & mut :: chitchat_net :: Context < '_ >) -> impl :: core :: future :: Future < Output = :: core :: result :: Result < Reply ,"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fn slow (& self , _0 : u64 , replier : :: chitchat_net :: Replier , ctx"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(":: chitchat_net :: Context :: answer (ctx"),
+            "{text}"
+        );
+        assert!(
+            text.contains(":: chitchat_net :: Context :: replier (ctx)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -93,6 +93,63 @@ use syn::{parse_macro_input, DeriveInput};
 /// implementing type: each message then reaches its method, with no `match`
 /// to write. `#[message(handler = "Name")]` renames the trait.
 ///
+/// # Requests
+///
+/// `#[message(reply = Reply)]` makes the type a request answered by a
+/// `Reply` (a type that is a `Message`): the derive implements
+/// `chitchat_net::Request` with `type Reply = Reply`, so that
+/// `client.request(&msg)` returns a `Reply`, and the handler trait's
+/// methods answer by returning it:
+///
+/// ```text
+/// fn get(&self, key: String, ctx: &mut Context<'_>)
+///     -> impl Future<Output = Result<Reply, BoxError>> + Send;
+/// ```
+///
+/// The generated dispatch sends `Ok` with the request's id, and answers
+/// `Err` with an error reply (`RequestError::Remote` at the caller), so a
+/// method cannot forget to answer. `#[message(deferred)]` on a variant (on
+/// the type, for a struct) answers later instead: the method gets a
+/// `replier: Replier` before the context and returns `Result<(), BoxError>`;
+/// a replier dropped unanswered answers with an error reply. A frame of a
+/// request type sent one-way (no request id) still runs its method; with
+/// request ids on, the reply is dropped.
+///
+/// ```
+/// use chitchat_net::{BoxError, Context, Handler, Message, Replier};
+///
+/// #[derive(Debug, Message)]
+/// #[message(codec = "bincode", reply = Reply)]
+/// enum Command {
+///     Get { key: String },
+///     #[message(deferred)]
+///     Slow { key: String },
+/// }
+///
+/// #[derive(Debug, Message)]
+/// #[message(codec = "bincode")]
+/// enum Reply { Value { value: String } }
+///
+/// #[derive(Handler)]
+/// #[handler(message = Command)]
+/// struct Store;
+///
+/// impl CommandHandler for Store {
+///     async fn get(&self, key: String, _ctx: &mut Context<'_>) -> Result<Reply, BoxError> {
+///         Ok(Reply::Value { value: key })
+///     }
+///
+///     async fn slow(&self, key: String, replier: Replier, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+///         // Answered from another thread, once the work is done.
+///         std::thread::spawn(move || {
+///             let _ = replier.try_reply(&Reply::Value { value: key });
+///         });
+///         Ok(())
+///     }
+/// }
+/// # let _ = Store;
+/// ```
+///
 /// # Other attributes
 ///
 /// `#[message(crate = "path")]` names the main crate for code that reaches
@@ -104,7 +161,9 @@ use syn::{parse_macro_input, DeriveInput};
 /// unions; generic types (implement `Message` by hand); a missing or unknown
 /// codec; `"pod"` on an enum; two variants with one tag; `tag` on a struct,
 /// or with your own codec (which encodes the whole enum itself); two
-/// variants whose method names coincide (`FooBar` and `Foo_Bar`).
+/// variants whose method names coincide (`FooBar` and `Foo_Bar`);
+/// `deferred` without `reply`, or on an enum itself (it belongs on the
+/// variants).
 ///
 /// # Examples
 ///

@@ -17,6 +17,9 @@ impl Message<'_> {
         self.check_generics(&mut errors);
         let mut handler_ok = errors.is_empty();
         self.check_codec(&mut errors);
+        let before = errors.len();
+        self.check_deferred(&mut errors);
+        handler_ok &= errors.len() == before;
         if let Shape::Enum(variants) = &self.shape {
             if self.tags_apply(variants, &mut errors) {
                 check_distinct_tags(variants, &mut errors);
@@ -37,6 +40,38 @@ impl Message<'_> {
                 "Message cannot be derived for a generic type: implement \
                  `chitchat_net::Message` by hand, or derive it for a concrete wrapper",
             ));
+        }
+    }
+
+    /// `deferred` answers a request through a `Replier`: it needs `reply`,
+    /// and on an enum it belongs on the variants it applies to.
+    fn check_deferred(&self, errors: &mut Vec<Error>) {
+        let has_reply = self.attrs.reply.is_some();
+        if let Some(span) = self.attrs.deferred {
+            if let Shape::Enum(_) = self.shape {
+                errors.push(Error::new(
+                    span,
+                    "`deferred` on an enum belongs on the variants answered later: \
+                     `#[message(deferred)]` above each",
+                ));
+            } else if !has_reply {
+                errors.push(Error::new(
+                    span,
+                    "`deferred` answers a request later: declare its reply type with \
+                     `#[message(reply = YourReply)]` too",
+                ));
+            }
+        }
+        if let (Shape::Enum(variants), false) = (&self.shape, has_reply) {
+            for variant in variants {
+                if let Some(span) = variant.attrs.deferred {
+                    errors.push(Error::new(
+                        span,
+                        "`deferred` answers a request later: declare the enum's reply type \
+                         with `#[message(reply = YourReply)]`",
+                    ));
+                }
+            }
         }
     }
 
@@ -353,6 +388,30 @@ mod tests {
             enum E { #[message(tag = 1)] A, #[message(tag = 1)] B, #[message(codec = "pod")] C }
         };
         assert_eq!(errors(input).len(), 3);
+    }
+
+    #[test]
+    fn deferred_needs_a_reply_and_belongs_on_variants() {
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode")]
+            enum E { #[message(deferred)] A, B }
+        };
+        assert_one_error(input, "`deferred` answers a request later");
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode", reply = R, deferred)]
+            enum E { A, B }
+        };
+        assert_one_error(input, "`deferred` on an enum belongs on the variants");
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode", deferred)]
+            struct S;
+        };
+        assert_one_error(input, "`deferred` answers a request later");
+        let input = syn::parse_quote! {
+            #[message(codec = "bincode", reply = R)]
+            enum E { #[message(deferred)] A, B }
+        };
+        assert_eq!(errors(input), Vec::<String>::new());
     }
 
     #[test]

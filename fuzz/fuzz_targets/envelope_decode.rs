@@ -4,10 +4,13 @@
 //! Checks: no panic; a header is never longer than `MAX_HEADER_LEN`; what
 //! decodes re-encodes to the very same bytes (one encoding per id, so two
 //! peers can never disagree on which request a reply answers); and what the
-//! encoder writes for the decoded envelope decodes back to it.
+//! encoder writes for the decoded envelope decodes back to it. For an error
+//! reply (kind `0x03`), its body (`envelope::decode_error`) too: no panic,
+//! a text of at most `MAX_ERROR_TEXT` bytes, and a body that decodes
+//! re-encodes (`envelope::encode_error`) to the very frame.
 #![no_main]
 
-use chitchat_net::envelope::{self, MAX_HEADER_LEN};
+use chitchat_net::envelope::{self, Envelope, MAX_ERROR_TEXT, MAX_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,4 +26,12 @@ fuzz_target!(|data: &[u8]| {
     envelope::encode(kind, &mut again);
     assert_eq!(&again[..], &data[..header], "{kind:?}");
     assert_eq!(envelope::decode(&again), Ok((kind, &[][..])));
+    if let Envelope::ErrorReply(id) = kind {
+        if let Ok((code, text)) = envelope::decode_error(rest) {
+            assert!(text.len() <= MAX_ERROR_TEXT, "{}-byte text", text.len());
+            let mut whole = Vec::new();
+            envelope::encode_error(id, code, text, &mut whole);
+            assert_eq!(&whole[..], data, "{code:?}");
+        }
+    }
 });

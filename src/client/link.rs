@@ -141,15 +141,16 @@ impl Link {
         self.changed.notify_waiters();
     }
 
-    /// Where a send goes now.
-    pub(crate) fn target(&self) -> Target {
+    /// Where a send of `frames` frames goes now (dropped while down: all
+    /// of them are counted).
+    pub(crate) fn target(&self, frames: u64) -> Target {
         if self.closing.is_cancelled() {
             return Target::Closed;
         }
         let (generation, current) = self.now();
         match current {
             Current::Down(_) => {
-                Counters::add(&self.counters.dropped_while_down, 1);
+                Counters::add(&self.counters.dropped_while_down, frames);
                 Target::Drop
             }
             other => Target::Queue(other.handle().clone(), generation),

@@ -31,7 +31,7 @@ use crate::base::close::CloseReason;
 use crate::base::stats::{Counters, Stats};
 use crate::client::link::{Current, Link, Target};
 use crate::client::reconnect::{jitter, Reconnect};
-use crate::codec::{Codec, Message};
+use crate::codec::{Codec, Message, Request};
 use crate::conn::config::ConnectionConfig;
 use crate::conn::connection::{self, OnEnd};
 use crate::conn::events::ErrorEvents;
@@ -40,7 +40,7 @@ use crate::conn::handle::{Attempt, ConnectionHandle};
 use crate::conn::handler::Handler;
 use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
 use crate::conn::receive::Inbox;
-use crate::conn::wire::{codec_override, default_is_binary, Override, Wire};
+use crate::conn::wire::{codec_override, default_is_binary, Encoded, Override, Wire};
 use crate::transport::stream::{self, ClientTls};
 use crate::wire::error::{BoxError, Error};
 
@@ -82,7 +82,7 @@ type Hello = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Client<M, R = ()> {
+pub struct Client<M = (), R = NoReceive> {
     /// The connection it sends on now.
     link: Arc<Link>,
     /// A client that does not reconnect has one connection for its whole
@@ -103,7 +103,7 @@ pub struct Client<M, R = ()> {
 
 /// Configures and connects a [`Client`]. Made by [`Client::builder`].
 #[must_use = "a client builder does nothing until `connect` is awaited"]
-pub struct ClientBuilder<M, H = (), R = ()> {
+pub struct ClientBuilder<M, H = (), R = NoReceive> {
     handler: H,
     /// The receive buffer's reading end (with [`ClientBuilder::receive`]).
     inbox: Option<mpsc::Receiver<R>>,
@@ -253,8 +253,9 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// and reconnect, before the client is handed out (or, after a
     /// reconnect, before what was kept while down is sent): to say hello or
     /// register again. Its sends go out first. If it fails, `connect`
-    /// returns [`Error::Handler`]; after a reconnect the failure is an
-    /// event and counts as a failed try.
+    /// returns [`ConnectError::Hello`] with the hook's error; after a
+    /// reconnect the failure is an [`Error::Handler`] event and counts as a
+    /// failed try.
     ///
     /// # Examples
     ///
@@ -602,6 +603,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             event_channel(config.event_capacity, ended.clone(), counters.clone());
         let (handler, inbox) = (self.handler, self.inbox);
         let request_timeout = config.request_timeout;
+        config.quiet_ends = self.reconnect.is_some();
         let starter = Starter {
             handler: Arc::new(handler),
             config: Arc::new(config),
@@ -1027,7 +1029,7 @@ impl<M: Message, R> Client<M, R> {
             return conn.send(msg).await;
         }
         loop {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target(1) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
@@ -1093,7 +1095,7 @@ impl<M: Message, R> Client<M, R> {
         let msgs: Vec<&M> = msgs.into_iter().collect();
         let mut from = 0;
         while from < msgs.len() {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target((msgs.len() - from) as u64) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
@@ -1117,7 +1119,7 @@ impl<M: Message, R> Client<M, R> {
         if let Some(conn) = &self.fixed {
             return conn.try_send(msg);
         }
-        match self.link.target() {
+        match self.link.target(1) {
             Target::Queue(conn, _) => conn.try_send(msg),
             Target::Drop => Ok(()),
             Target::Closed => Err(TrySendError::Closed),
@@ -1134,7 +1136,7 @@ impl<M: Message, R> Client<M, R> {
             return conn.send_bytes(payload).await;
         }
         loop {
-            let (conn, seen) = match self.link.target() {
+            let (conn, seen) = match self.link.target(1) {
                 Target::Queue(conn, seen) => (conn, seen),
                 Target::Drop => return Ok(()),
                 Target::Closed => return Err(SendError::Closed),
@@ -1146,18 +1148,24 @@ impl<M: Message, R> Client<M, R> {
         }
     }
 
-    /// Sends `msg` as a request and waits for its reply, decoded as `T`,
-    /// for at most the request timeout (default 30 s;
-    /// [`ClientBuilder::request_timeout`]). Needs
+    /// Sends `msg` as a request and waits for its reply, of the type `M`
+    /// names ([`Request::Reply`]: `#[message(reply = ...)]`), for at most
+    /// the request timeout (default 30 s;
+    /// [`ClientBuilder::request_timeout`]). `msg` is encoded at once: the
+    /// returned future does not keep it borrowed. Needs
     /// [`request_ids`](ClientBuilder::request_ids) (on both ends) or
     /// [`ordered_replies`](ClientBuilder::ordered_replies): see
     /// [`ConnectionHandle::request`]. A reconnecting client that is down
-    /// waits to be connected again, within the timeout.
+    /// waits to be connected again, within the timeout. For a peer whose
+    /// replies have no declared type, see
+    /// [`request_untyped`](Self::request_untyped).
     ///
     /// # Errors
     ///
     /// [`RequestError::Timeout`], [`RequestError::ConnectionLost`] (never
-    /// retried), and as [`ConnectionHandle::request`].
+    /// retried), [`RequestError::Remote`] (the server's handler failed,
+    /// the request did not decode there, or was left unanswered), and as
+    /// [`ConnectionHandle::request`].
     ///
     /// # Cancel safety
     ///
@@ -1177,15 +1185,21 @@ impl<M: Message, R> Client<M, R> {
     /// });
     /// let server = Server::builder(shout).request_ids().listen("127.0.0.1:0").await?;
     /// let client = Client::<String>::builder().request_ids().connect(server.local_addr()).await?;
-    /// let (a, b) = (String::from("ping"), String::from("hello"));
-    /// let (a, b) = tokio::join!(client.request::<String>(&a), client.request::<String>(&b));
+    /// // A `String` asks, a `String` answers; the messages are built inline.
+    /// let (a, b) = tokio::join!(
+    ///     client.request(&"ping".to_string()),
+    ///     client.request(&"hello".to_string()),
+    /// );
     /// assert_eq!((a?.as_str(), b?.as_str()), ("PING", "HELLO"));
     /// # client.close().await;
     /// # server.cut().await;
     /// # Ok(()) }
     /// ```
-    pub async fn request<T: Message>(&self, msg: &M) -> Result<T, RequestError> {
-        self.request_within(msg, self.request_timeout).await
+    pub fn request(&self, msg: &M) -> impl Future<Output = Result<M::Reply, RequestError>> + '_
+    where
+        M: Request,
+    {
+        self.request_untyped_within::<M::Reply>(msg, self.request_timeout)
     }
 
     /// [`request`](Self::request) with its own timeout.
@@ -1193,12 +1207,64 @@ impl<M: Message, R> Client<M, R> {
     /// # Errors
     ///
     /// As [`request`](Self::request).
-    pub async fn request_within<T: Message>(
+    pub fn request_within(
         &self,
         msg: &M,
         timeout: Duration,
-    ) -> Result<T, RequestError> {
+    ) -> impl Future<Output = Result<M::Reply, RequestError>> + '_
+    where
+        M: Request,
+    {
+        self.request_untyped_within::<M::Reply>(msg, timeout)
+    }
+
+    /// [`request`](Self::request) whose reply type the caller names, for
+    /// peers whose messages declare no reply type (a Go text peer in
+    /// ordered mode, raw bytes). Nothing checks that `T` is what the peer
+    /// answers: a reply that does not decode as `T` is
+    /// [`RequestError::BadReply`], and one that happens to decode is taken.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn request_untyped<T: Message>(
+        &self,
+        msg: &M,
+    ) -> impl Future<Output = Result<T, RequestError>> + '_ {
+        self.request_untyped_within::<T>(msg, self.request_timeout)
+    }
+
+    /// [`request_untyped`](Self::request_untyped) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn request_untyped_within<T: Message>(
+        &self,
+        msg: &M,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<T, RequestError>> + '_ {
         let deadline = Instant::now() + timeout;
+        // Encoded now, so that the future does not borrow `msg`: every
+        // connection of a client speaks the same wire.
+        let encoded = match &self.fixed {
+            Some(conn) => conn.encode_request(msg),
+            None => self.link.current().handle().encode_request(msg),
+        };
+        async move {
+            let encoded = encoded.map_err(RequestError::from_error)?;
+            self.request_encoded(&encoded, deadline, timeout).await
+        }
+    }
+
+    /// Sends a request already encoded, and waits for its reply until
+    /// `deadline`.
+    async fn request_encoded<T: Message>(
+        &self,
+        encoded: &Encoded,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<T, RequestError> {
         let timed_out = |_| RequestError::Timeout(timeout);
         loop {
             if self.link.closing.is_cancelled() {
@@ -1215,7 +1281,7 @@ impl<M: Message, R> Client<M, R> {
                         .ok_or(RequestError::Closed)?
                 }
             };
-            match conn.try_request(msg, deadline, timeout).await {
+            match conn.try_request(encoded, deadline, timeout).await {
                 Ok(reply) => return Ok(reply),
                 // The connection ended before the request went out (it
                 // may be in its `on_close` still): a reconnecting client
@@ -1397,7 +1463,25 @@ impl<M: Message, R> Client<M, R> {
     }
 }
 
-impl<M: Message, R: Message> Client<M, R> {
+/// The receive type of a client built without
+/// [`ClientBuilder::receive`]: it has no receive buffer, so
+/// [`Client::recv`] does not compile on it. No value of it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReceive {}
+
+/// What a client with a receive buffer receives: any [`Message`]. A client
+/// built without [`ClientBuilder::receive`] receives [`NoReceive`], which
+/// is not one, so that `recv` on it says what to add.
+#[diagnostic::on_unimplemented(
+    message = "this client has no receive buffer: build it with `.receive::<T>(capacity)` to call `recv`",
+    label = "the client's builder had no `.receive::<T>(capacity)`",
+    note = "`Client::<M>::builder().receive::<T>(capacity)` buffers what the server sends, decoded as `T`, for `recv`, `try_recv` and the client as a `Stream`; a client with a handler (`.handler(..)`) gets what the server sends there instead"
+)]
+pub trait Receivable: Message {}
+
+impl<T: Message> Receivable for T {}
+
+impl<M: Message, R> Client<M, R> {
     /// The next message the server sent, in order; `None` once the client
     /// has ended and everything it received has been taken
     /// ([`closed`](Self::closed) then says why, at once). While nobody
@@ -1410,13 +1494,19 @@ impl<M: Message, R: Message> Client<M, R> {
     /// # Cancel safety
     ///
     /// Cancel safe: no message is lost if the future is dropped.
-    pub async fn recv(&self) -> Option<R> {
+    pub async fn recv(&self) -> Option<R>
+    where
+        R: Receivable,
+    {
         self.inbox.as_ref()?.lock().await.recv().await
     }
 
     /// The next message if one is buffered now (`None` also while another
     /// task is in [`recv`](Self::recv)).
-    pub fn try_recv(&self) -> Option<R> {
+    pub fn try_recv(&self) -> Option<R>
+    where
+        R: Receivable,
+    {
         self.inbox.as_ref()?.try_lock().ok()?.try_recv().ok()
     }
 }

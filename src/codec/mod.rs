@@ -59,6 +59,7 @@ mod pod;
 #[cfg(feature = "postcard")]
 mod postcard;
 mod raw;
+mod request;
 mod tagged;
 mod text;
 pub(crate) mod typed_codec;
@@ -71,6 +72,7 @@ pub use self::pod::{PodCodec, SizeMismatch};
 #[cfg(feature = "postcard")]
 pub use self::postcard::{Postcard, PostcardWithDepth};
 pub use self::raw::Raw;
+pub use self::request::{NotEmpty, Nothing, Request};
 pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 pub use self::text::Text;
 

@@ -56,6 +56,10 @@ pub(crate) struct ConnectionConfig {
     /// The handshake of every connection, if it is on: resolved when the
     /// server or client starts (from `handshake` and the message types).
     pub(crate) hello: Option<std::sync::Arc<crate::conn::handshake::Plan>>,
+    /// The error that ends a connection is logged at DEBUG, not WARN (it is
+    /// still an event): a reconnecting client logs one WARN per outage
+    /// itself.
+    pub(crate) quiet_ends: bool,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -144,6 +148,7 @@ impl Default for ConnectionConfig {
             refuse_empty_frames: false,
             handshake: Default::default(),
             hello: None,
+            quiet_ends: false,
         }
     }
 }

@@ -84,8 +84,10 @@ pub(crate) async fn run<R, W, H>(
     if let Some(socket) = write_half.direct(&conn.counters) {
         conn.outbox.set_direct(socket);
     }
-    // The session outlives both sides, for `on_close`.
+    // The session outlives both sides, for `on_close`; and whether
+    // `on_open` was called (`on_close` is called only then: they pair).
     let mut session = None;
+    let mut opened = false;
     let ended = {
         // Pinned here, once: `drive` borrows them (a future moved into an
         // awaited one would take room in this task twice).
@@ -97,6 +99,7 @@ pub(crate) async fn run<R, W, H>(
                 config.clone(),
                 events.clone(),
                 &mut session,
+                &mut opened,
             )
             .run(),
         )
@@ -130,12 +133,21 @@ pub(crate) async fn run<R, W, H>(
         }
         Err(error) => {
             tracing::debug!(?reason, error = %crate::wire::error::Report(&error), "connection closed");
-            events.report(Some(conn.peer.clone()), error);
+            if config.quiet_ends {
+                events.report_quietly(Some(conn.peer.clone()), error);
+            } else {
+                events.report(Some(conn.peer.clone()), error);
+            }
         }
     }
     conn.end.set(reason);
     conn.handshake.ended();
     on_end.run();
+    if !opened {
+        // Ended before `on_open` was called (cut or dropped at once, a
+        // failed `on_connect`, a failed handshake): no `on_close` either.
+        return;
+    }
     let closed = Closed {
         peer: conn.peer.clone(),
         id: conn.id,

@@ -1,5 +1,6 @@
 //! A cloneable handle on one connection, usable from any task.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +10,15 @@ use tokio::time::{timeout_at, Instant};
 use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
 use crate::base::stats::Counters;
-use crate::codec::Message;
+use crate::codec::{Message, Request};
 use crate::conn::events::EventSink;
 use crate::conn::op_error::{RequestError, SendError, TrySendError};
 use crate::conn::outbox::{Frames, Outbox, PushError, Tally};
 use crate::conn::requests::{Requests, Waiting};
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
-use crate::conn::wire::Wire;
-use crate::wire::envelope::Envelope;
+use crate::conn::wire::{Encoded, Wire};
+use crate::wire::envelope::{Envelope, ErrorCode};
 use crate::wire::error::Error;
 
 /// A connection's number: unique among every connection of the process
@@ -209,6 +210,23 @@ impl Shared {
     pub(crate) fn report_late_replies_to(&self, events: &EventSink) {
         if let Some(requests) = &self.requests {
             requests.report_late_replies_to(events);
+        }
+    }
+
+    /// Answers request `id` with an error reply (with request ids on;
+    /// nothing otherwise), queued whatever the bound, as the handler's
+    /// replies are.
+    /// Once the connection can send nothing more, nothing is queued (nor
+    /// counted lost: nobody accepted it for sending).
+    pub(crate) fn fail_request(&self, id: u64, code: ErrorCode, text: &str) {
+        if !self.wire.has_envelope() || !self.outbox.takes_replies() {
+            return;
+        }
+        let queued = self
+            .outbox
+            .push_reply(|buf| self.wire.encode_error_reply(id, code, text, buf));
+        if let Err(error) = queued {
+            tracing::debug!(%error, id, "an error reply could not be queued");
         }
     }
 
@@ -428,22 +446,28 @@ impl ConnectionHandle {
         self.inner.end.wait().await
     }
 
-    /// Sends `msg` as a request and waits for its reply, decoded as `R`,
-    /// for at most `timeout` (counted from the call: waiting for a slot,
-    /// for room in the queue and for the reply).
+    /// Sends `msg` as a request and waits for its reply, of the type the
+    /// request names ([`Request::Reply`]), for at most `timeout` (counted
+    /// from the call: waiting for a slot, for room in the queue and for the
+    /// reply). `msg` is encoded at once: the returned future does not keep
+    /// it borrowed.
     ///
     /// Requests need [`request_ids`](crate::ClientBuilder::request_ids) on
     /// both ends (replies matched by id, in any order) or, toward peers
     /// without ids, [`ordered_replies`](crate::ClientBuilder::ordered_replies)
     /// on this end (the next frame answers the oldest request). Any number
     /// of requests may be in flight at once, up to the connection's bound;
-    /// sends and requests mix freely.
+    /// sends and requests mix freely. For a peer whose replies have no
+    /// declared type, see [`request_untyped`](Self::request_untyped).
     ///
     /// # Errors
     ///
     /// [`RequestError::Timeout`]; [`RequestError::ConnectionLost`] if the
     /// connection ends first (the request is never retried);
     /// [`RequestError::Closed`] if it is closing;
+    /// [`RequestError::Remote`] if the peer answered with an error reply
+    /// (its handler failed, the request did not decode there, or it was
+    /// left unanswered: request ids on both ends);
     /// [`RequestError::BadReply`] if the reply does not decode;
     /// [`RequestError::Unsendable`] for encode errors (nothing is sent
     /// then); [`RequestError::NotEnabled`] if requests are not on.
@@ -455,34 +479,51 @@ impl ConnectionHandle {
     /// another request. (In ordered mode a request whose frame was queued
     /// keeps its place in line until its reply arrives, so that the next
     /// frame still answers the right request.)
-    pub async fn request<Q: Message, R: Message>(
+    pub fn request<Q: Request>(
         &self,
         msg: &Q,
         timeout: Duration,
-    ) -> Result<R, RequestError> {
-        self.request_until(msg, Instant::now() + timeout, timeout)
-            .await
+    ) -> impl Future<Output = Result<Q::Reply, RequestError>> + Send + '_ {
+        self.request_untyped::<Q, Q::Reply>(msg, timeout)
     }
 
-    /// [`request`](Self::request) with its `deadline` already computed
-    /// (`timeout` is what a timeout error reports).
-    pub(crate) async fn request_until<Q: Message, R: Message>(
+    /// [`request`](Self::request) whose reply type the caller names: for
+    /// peers whose messages declare no reply type (a Go text peer, raw
+    /// bytes). Nothing checks that `R` is what the peer answers: a reply
+    /// that does not decode as `R` is [`RequestError::BadReply`], and one
+    /// that happens to decode is taken.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn request_untyped<Q: Message, R: Message>(
         &self,
         msg: &Q,
-        deadline: Instant,
         timeout: Duration,
-    ) -> Result<R, RequestError> {
-        self.try_request(msg, deadline, timeout)
-            .await
-            .map_err(Attempt::into_error)
+    ) -> impl Future<Output = Result<R, RequestError>> + Send + '_ {
+        let deadline = Instant::now() + timeout;
+        let encoded = self.inner.wire.encode_body(msg);
+        async move {
+            let encoded = encoded.map_err(RequestError::from_error)?;
+            self.try_request(&encoded, deadline, timeout)
+                .await
+                .map_err(Attempt::into_error)
+        }
     }
 
-    /// [`request_until`](Self::request_until) that says whether a failed
-    /// request was sent: a reconnecting client tries one that was not (its
-    /// connection had ended) again on the next connection.
-    pub(crate) async fn try_request<Q: Message, R: Message>(
+    /// Encodes a request's message (at once, when the request is made).
+    pub(crate) fn encode_request<Q: Message>(&self, msg: &Q) -> Result<Encoded, Error> {
+        self.inner.wire.encode_body(msg)
+    }
+
+    /// Sends `encoded` as a request and waits for its reply, decoded as
+    /// `R`, until `deadline` (`timeout` is what a timeout error reports);
+    /// says whether a failed request was sent: a reconnecting client tries
+    /// one that was not (its connection had ended) again on the next
+    /// connection.
+    pub(crate) async fn try_request<R: Message>(
         &self,
-        msg: &Q,
+        encoded: &Encoded,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<R, Attempt> {
@@ -516,7 +557,11 @@ impl ConnectionHandle {
                 let line = requests.register().map_err(not_sent)?;
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
-                let queue = |buf: &mut _| inner.wire.encode_as(Envelope::Request(id), msg, buf);
+                let queue = |buf: &mut _| {
+                    inner
+                        .wire
+                        .encode_encoded(Envelope::Request(id), encoded, buf)
+                };
                 // Room in the queue, the usual case, needs no timer.
                 let pushed = match inner.outbox.try_push(queue) {
                     Err(PushError::Full) => timeout_at(deadline, inner.outbox.push(queue))
@@ -532,7 +577,7 @@ impl ConnectionHandle {
                 let mut waiting = Some(waiting);
                 loop {
                     let queued = self
-                        .queue_in_line(requests, &mut waiting, msg)
+                        .queue_in_line(requests, &mut waiting, encoded)
                         .map_err(not_sent)?;
                     if let Some(id) = queued {
                         break id;
@@ -560,23 +605,27 @@ impl ConnectionHandle {
             Ok(Err(Error::ConnectionLost)) | Err(_) => {
                 Err(Attempt::Failed(RequestError::ConnectionLost))
             }
+            Ok(Err(Error::Remote { code, message })) => {
+                Err(Attempt::Failed(RequestError::Remote { code, message }))
+            }
             Ok(Err(bad)) => Err(Attempt::Failed(RequestError::BadReply(bad))),
         }
     }
 
-    /// In ordered mode: queues `msg` and puts `waiting` in line, under the
+    /// In ordered mode: queues `encoded` and puts `waiting` in line, under the
     /// table's lock so that the line's order is the order on the wire.
     /// Returns the request's id in line, or `None` (and keeps `waiting`)
     /// if the queue is full.
-    fn queue_in_line<Q: Message>(
+    fn queue_in_line(
         &self,
         requests: &Requests,
         waiting: &mut Option<Waiting>,
-        msg: &Q,
+        encoded: &Encoded,
     ) -> Result<Option<u64>, Error> {
         let inner = &*self.inner;
         let line = requests.register()?;
-        match inner.outbox.try_push(|buf| inner.wire.encode(msg, buf)) {
+        let queue = |buf: &mut _| inner.wire.encode_encoded(Envelope::Message, encoded, buf);
+        match inner.outbox.try_push(queue) {
             Ok(()) => {
                 let id = waiting.take().map(|waiting| line.in_order(waiting));
                 self.sent(Ok(()), 1).map(|()| Some(id.unwrap_or_default()))

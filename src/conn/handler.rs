@@ -14,7 +14,7 @@ use crate::codec::Message;
 use crate::conn::handle::{ConnectionHandle, ConnectionId};
 use crate::conn::op_error::{SendError, TrySendError};
 use crate::conn::outbox::PushError;
-use crate::wire::envelope::Envelope;
+use crate::wire::envelope::{Envelope, ErrorCode};
 use crate::wire::error::{BoxError, Error};
 
 /// Handles the messages of a connection: the Go original's `readfunc`.
@@ -27,7 +27,13 @@ use crate::wire::error::{BoxError, Error};
 /// counters in atomics and maps behind a `Mutex`.
 ///
 /// An error returned by `handle`, or a frame that fails to decode, becomes an
-/// error event naming the peer, and the connection stays open.
+/// error event naming the peer, and the connection stays open. If the frame
+/// was a request (request ids on both ends) that is still unanswered, it is
+/// also answered with an error reply ([`ErrorCode::Handler`] with the
+/// error's text, or [`ErrorCode::BadRequest`] for a frame that did not
+/// decode), so that the peer's request fails at once with
+/// [`RequestError::Remote`](crate::RequestError::Remote) instead of at its
+/// timeout.
 ///
 /// # Examples
 ///
@@ -78,12 +84,20 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called when a connection opens, before its first frame. An error is
     /// reported as an event and closes the connection.
+    ///
+    /// `on_open` and [`on_close`](Self::on_close) come in pairs: every
+    /// connection whose `on_open` was called (even one that failed or was
+    /// cut while it ran) gets exactly one `on_close`, and a connection that
+    /// ended before `on_open` was called (a failed handshake, a cut or a
+    /// drop right after the connect, a failed `on_connect` hook) gets
+    /// neither.
     fn on_open(&self, ctx: &mut Context<'_>) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = ctx;
         async { Ok(()) }
     }
 
-    /// Called once a connection has ended, whatever the reason: `closed`
+    /// Called once a connection whose [`on_open`](Self::on_open) was called
+    /// has ended, whatever the reason: `closed`
     /// says who the peer was, how the connection ended, and holds its
     /// [session](Context::set_session), if it had one. By then the
     /// connection's socket is closed and no call of [`handle`](Self::handle)
@@ -123,6 +137,35 @@ pub struct Context<'a> {
     pub(crate) request: Option<u64>,
     /// This connection's own state.
     pub(crate) session: &'a mut Session,
+    /// What became of the request being handled: answered, or handed to a
+    /// replier (see [`Context::answer`]).
+    pub(crate) answer: AnswerState,
+}
+
+/// What became of the request a handler call handles.
+#[derive(Debug, Default)]
+pub(crate) struct AnswerState {
+    /// A reply to it was queued.
+    pub(crate) answered: bool,
+    /// It was handed to this replier (a clone of the one the handler took).
+    pub(crate) handed_off: Option<Replier>,
+}
+
+impl AnswerState {
+    /// The handler call failed with `error`: a request still unanswered
+    /// fails with an error reply (through the replier it was handed to, if
+    /// any), so that its caller learns why at once.
+    pub(crate) fn failed(self, handle: &ConnectionHandle, request: Option<u64>, error: &BoxError) {
+        let Some(id) = request else { return };
+        if self.answered {
+            return;
+        }
+        let text = crate::wire::error::Report(&**error).to_string();
+        match self.handed_off {
+            Some(replier) => replier.fail(&text),
+            None => handle.inner.fail_request(id, ErrorCode::Handler, &text),
+        }
+    }
 }
 
 /// A connection's own state, kept by its read side between frames.
@@ -235,6 +278,50 @@ impl Context<'_> {
         inner
             .outbox
             .push_reply(|buf| inner.wire.encode_as(kind, reply, buf))?;
+        self.answer.answered = true;
+        Ok(())
+    }
+
+    /// Answers the request being handled with `result`: `Ok` as
+    /// [`reply`](Self::reply) does; `Err` is returned, and the handler
+    /// call that returns it answers the request with an error reply (see
+    /// [`Handler::handle`]). This is what the handlers the `Message`
+    /// derive generates for a request type (`#[message(reply = R)]`) do
+    /// with what their methods return.
+    ///
+    /// A frame that is not a request: with request ids on, a one-way frame
+    /// (sent with `send`), whose reply nobody waits for: `Ok` is dropped.
+    /// Without request ids, where a peer in ordered mode takes the next
+    /// frame as the answer, `Ok` is sent like [`send`](Self::send).
+    ///
+    /// # Errors
+    ///
+    /// `result`'s error, or as [`send`](Self::send) (as a [`BoxError`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{BoxError, Context, Handler};
+    ///
+    /// /// Parses each line as a number and answers with its double; a line
+    /// /// that is no number fails the request, and the caller gets
+    /// /// `RequestError::Remote` with the parse error's text.
+    /// struct Doubler;
+    ///
+    /// impl Handler for Doubler {
+    ///     type Message = String;
+    ///
+    ///     async fn handle(&self, line: String, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+    ///         let doubled = line.trim().parse::<i64>().map(|n| (2 * n).to_string());
+    ///         ctx.answer(doubled.map_err(BoxError::from))
+    ///     }
+    /// }
+    /// ```
+    pub fn answer<R: Message>(&mut self, result: Result<R, BoxError>) -> Result<(), BoxError> {
+        let reply = result?;
+        if self.request.is_some() || !self.handle.inner.wire.has_envelope() {
+            self.reply(&reply)?;
+        }
         Ok(())
     }
 
@@ -314,16 +401,26 @@ impl Context<'_> {
     /// The request counts as unanswered until the replier (or one of its
     /// clones) answers, or until every clone is dropped: a server's
     /// graceful [`shutdown`](crate::Server::shutdown) waits for it within
-    /// its deadline (see [`Replier`]).
-    pub fn replier(&self) -> Replier {
+    /// its deadline (see [`Replier`]). A replier dropped without answering
+    /// answers with an error reply ([`ErrorCode::Unanswered`]; request ids
+    /// on): the caller fails at once instead of at its timeout. If the
+    /// handler call returns an error while the request is still
+    /// unanswered, the replier answers with that error.
+    pub fn replier(&mut self) -> Replier {
         let owed = self.handle.inner.outbox.owe();
-        Replier {
+        let replier = Replier {
             owed: Arc::new(Owed {
                 handle: self.handle.clone(),
                 owed: AtomicBool::new(owed),
+                request: self.request,
+                answered: AtomicBool::new(self.answer.answered),
             }),
             request: self.request,
+        };
+        if self.request.is_some() {
+            self.answer.handed_off = Some(replier.clone());
         }
+        replier
     }
 
     /// Sends one frame of raw bytes back on this connection.
@@ -363,9 +460,12 @@ impl Context<'_> {
 /// (then whatever the queue's bound). A request still owed at the deadline
 /// is cut with its connection and counted in the shutdown's report
 /// ([`ShutdownReport::unanswered_requests`](crate::ShutdownReport::unanswered_requests)).
-/// Dropping a replier without answering releases its request: nothing
-/// waits for it any more (the peer gets no reply; its request times out,
-/// or fails when the connection ends).
+/// Dropping a replier (and all its clones) without answering releases its
+/// request: with request ids on, it is answered with an error reply
+/// ([`ErrorCode::Unanswered`]), so the caller's request fails at once with
+/// [`RequestError::Remote`](crate::RequestError::Remote) instead of at its
+/// timeout. (Without request ids nothing can be sent: a peer in ordered
+/// mode times out.)
 ///
 /// # Examples
 ///
@@ -403,6 +503,10 @@ struct Owed {
     handle: ConnectionHandle,
     /// Registered with the outbox and not yet paid.
     owed: AtomicBool,
+    /// The request it answers (with request ids on).
+    request: Option<u64>,
+    /// An answer (a reply or an error reply) was queued.
+    answered: AtomicBool,
 }
 
 impl Owed {
@@ -420,8 +524,18 @@ impl Owed {
 }
 
 impl Drop for Owed {
-    /// The last clone is gone: nothing waits for this answer any more.
+    /// The last clone is gone: nothing waits for this answer any more. A
+    /// request still unanswered gets an error reply.
     fn drop(&mut self) {
+        if let Some(id) = self.request {
+            if !self.answered.swap(true, Ordering::AcqRel) {
+                self.handle.inner.fail_request(
+                    id,
+                    ErrorCode::Unanswered,
+                    "the request was handed to a Replier that was dropped without answering",
+                );
+            }
+        }
         self.pay();
     }
 }
@@ -461,6 +575,24 @@ impl Replier {
             .map_err(SendError::from_error)
     }
 
+    /// Answers the request with an error reply ([`ErrorCode::Handler`],
+    /// `message` cut to 1 KiB), unless it was answered already: the
+    /// caller's request fails with
+    /// [`RequestError::Remote`](crate::RequestError::Remote). Queued
+    /// whatever the bound, as a handler's replies are. Needs request ids
+    /// on both ends; without them nothing is sent.
+    pub fn fail(&self, message: &str) {
+        let owed = &*self.owed;
+        if let Some(id) = self.request {
+            if !owed.answered.swap(true, Ordering::AcqRel) {
+                owed.handle
+                    .inner
+                    .fail_request(id, ErrorCode::Handler, message);
+            }
+        }
+        owed.pay();
+    }
+
     /// Sends the reply if the outgoing queue has room now (for the answer,
     /// as [`reply`](Self::reply) takes it).
     ///
@@ -483,6 +615,9 @@ impl Replier {
 
     /// The answer is paid once queued, or once it can never be (closed).
     fn paid_if(&self, pushed: &Result<(), PushError<Error>>) {
+        if pushed.is_ok() {
+            self.owed.answered.store(true, Ordering::Release);
+        }
         if matches!(pushed, Ok(()) | Err(PushError::Closed)) {
             self.owed.pay();
         }

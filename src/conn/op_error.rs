@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::wire::envelope::ErrorCode;
 use crate::wire::error::{BoxError, Error};
 
 /// Why a message was not sent ([`Client::send`](crate::Client::send),
@@ -70,6 +71,20 @@ pub enum RequestError {
     /// The reply came but did not decode into the asked type.
     #[error("the reply did not decode: {0}")]
     BadReply(Error),
+    /// The peer answered with an error reply instead (request ids on both
+    /// ends): its handler failed on the request (`code`
+    /// [`ErrorCode::Handler`], `message` the handler's error), the request
+    /// did not decode there ([`ErrorCode::BadRequest`]: the peer expects
+    /// another type or version), or it was handed to a
+    /// [`Replier`](crate::Replier) dropped without answering
+    /// ([`ErrorCode::Unanswered`]). Never retried.
+    #[error("the peer answered with an error ({code}): {message}")]
+    Remote {
+        /// Why, as the peer says.
+        code: ErrorCode,
+        /// The peer's text (at most 1 KiB).
+        message: String,
+    },
 }
 
 /// Why connecting failed ([`ClientBuilder::connect`](crate::ClientBuilder::connect)
@@ -131,6 +146,7 @@ impl From<RequestError> for Error {
                 "requests need `request_ids()` (or `ordered_replies()`) on the builder",
             ),
             RequestError::Unsendable(error) | RequestError::BadReply(error) => error,
+            RequestError::Remote { code, message } => Error::Remote { code, message },
         }
     }
 }

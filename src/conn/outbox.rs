@@ -910,6 +910,13 @@ impl Outbox {
         }
     }
 
+    /// Whether replies are still taken ([`push_reply`](Self::push_reply)
+    /// queues them): not once the outbox finishes.
+    pub(crate) fn takes_replies(&self) -> bool {
+        let state = self.lock();
+        !(state.phase == Phase::Finished || state.finishing)
+    }
+
     /// Whether other tasks' sends are refused (closing or ended).
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().phase != Phase::Open

@@ -39,12 +39,12 @@ use crate::conn::config::ConnectionConfig;
 use crate::conn::events::EventSink;
 use crate::conn::handle::{ConnectionHandle, Shared};
 use crate::conn::handler::Session;
-use crate::conn::handler::{Context, Handler};
+use crate::conn::handler::{AnswerState, Context, Handler};
 use crate::conn::handshake::Plan;
 use crate::conn::requests::Waiting;
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
-use crate::wire::envelope::Envelope;
+use crate::wire::envelope::{self, Envelope, ErrorCode};
 use crate::wire::error::Error;
 use crate::wire::frame::FrameCodec;
 use crate::wire::hello::{cut_hello, HandshakeError, Hello, Role};
@@ -87,6 +87,9 @@ pub(crate) struct ReadSide<'s, R, H: Handler> {
     /// connection task, outside this side, so that `on_close` gets it
     /// however the connection ended (an abort drops this side first).
     session: &'s mut Session,
+    /// Set once `on_open` is called (for the connection task: `on_close`
+    /// is called only then).
+    opened: &'s mut bool,
 }
 
 /// The socket's read half, the bytes read from it, and the messages read
@@ -158,6 +161,7 @@ where
         config: Arc<ConnectionConfig>,
         events: EventSink,
         session: &'s mut Session,
+        opened: &'s mut bool,
     ) -> Self {
         ReadSide {
             input: Input {
@@ -175,6 +179,7 @@ where
             config,
             events,
             session,
+            opened,
         }
     }
 
@@ -236,11 +241,13 @@ where
             }
         }
         {
+            *self.opened = true;
             let mut ctx = Context {
                 handle: &self.handle,
                 closing: &mut self.closing,
                 request: None,
                 session: &mut *self.session,
+                answer: AnswerState::default(),
             };
             let call = pin!(self.handler.on_open(&mut ctx));
             let ahead_limit = self.config.queue_bytes;
@@ -418,14 +425,19 @@ where
             closing: &mut self.closing,
             request,
             session: &mut *self.session,
+            answer: AnswerState::default(),
         };
-        let call = pin!(self.handler.handle(msg, &mut ctx));
-        let ahead_limit = self.config.queue_bytes;
-        let handled = self
-            .input
-            .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
-            .await;
+        let handled = {
+            let call = pin!(self.handler.handle(msg, &mut ctx));
+            let ahead_limit = self.config.queue_bytes;
+            self.input
+                .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
+                .await
+        };
+        let answer = std::mem::take(&mut ctx.answer);
         if let Err(error) = handled {
+            // A request it failed on is answered with the error.
+            answer.failed(&self.handle, request, &error);
             let conn = &self.handle.inner;
             self.input
                 .frame_error(conn, &self.events, Error::Handler(error));
@@ -668,14 +680,28 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             Envelope::Reply(id) => {
                 let waiting = conn.requests.as_deref().and_then(|r| r.take(id));
                 let reply = found.split(&mut self.buf, body);
-                answer(conn, events, id, waiting, reply);
+                answer(conn, events, id, waiting, Ok(reply));
+                return None;
+            }
+            Envelope::ErrorReply(id) => {
+                let waiting = conn.requests.as_deref().and_then(|r| r.take(id));
+                // Never decoded as a reply: the request fails with it.
+                let failed = match envelope::decode_error(&self.buf[body]) {
+                    Ok((code, text)) => Error::Remote {
+                        code,
+                        message: text.to_owned(),
+                    },
+                    Err(error) => Error::Envelope(error),
+                };
+                self.buf.advance(found.wire);
+                answer(conn, events, id, waiting, Err(failed));
                 return None;
             }
             Envelope::Message if conn.wire.matching() == Matching::Ordered => {
                 if let Some((id, waiting)) = conn.requests.as_deref().and_then(|r| r.take_oldest())
                 {
                     let reply = found.split(&mut self.buf, body);
-                    answer(conn, events, id, Some(waiting), reply);
+                    answer(conn, events, id, Some(waiting), Ok(reply));
                     return None;
                 }
                 None
@@ -694,6 +720,12 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
         match decoded {
             Ok(msg) => Some((msg, request)),
             Err(error) => {
+                if let Some(id) = request {
+                    // The caller learns at once why, instead of waiting
+                    // for its timeout.
+                    let text = crate::wire::error::Report(&error).to_string();
+                    conn.fail_request(id, ErrorCode::BadRequest, &text);
+                }
                 self.frame_error(conn, events, error);
                 None
             }
@@ -783,9 +815,15 @@ impl Drop for FrameErrors {
 
 /// Hands a reply to the request waiting for it; a reply nobody waits for
 /// is a [`Error::LateReply`] event.
-fn answer(conn: &Shared, events: &EventSink, id: u64, waiting: Option<Waiting>, reply: Bytes) {
+fn answer(
+    conn: &Shared,
+    events: &EventSink,
+    id: u64,
+    waiting: Option<Waiting>,
+    reply: Result<Bytes, Error>,
+) {
     if let Some(waiting) = waiting {
-        if waiting.answer(&conn.wire, Ok(reply)) {
+        if waiting.answer(&conn.wire, reply) {
             return;
         }
     }

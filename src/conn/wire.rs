@@ -278,6 +278,83 @@ impl Wire {
         }
     }
 
+    /// Encodes `msg` with its codec, unframed: a request's bytes, encoded
+    /// once when the request is made (so that it does not keep the message
+    /// borrowed) and framed with its envelope when queued
+    /// ([`encode_encoded`](Self::encode_encoded)).
+    ///
+    /// # Errors
+    ///
+    /// Encode errors; [`Error::EmptyFrame`] for an empty payload if empty
+    /// frames are refused (and the connection has no envelope).
+    pub(crate) fn encode_body<M: Message>(&self, msg: &M) -> Result<Encoded, Error> {
+        // One allocation for a small message, however many pieces its
+        // codec writes.
+        let mut body = BytesMut::with_capacity(64);
+        let binary = match self.codec_for::<M>() {
+            Some(codec) => {
+                codec.encode(msg, &mut body)?;
+                codec.is_binary()
+            }
+            None => {
+                let codec = M::Codec::default();
+                codec.encode(msg, &mut body)?;
+                codec.is_binary()
+            }
+        };
+        if !self.spec.envelope {
+            self.check_empty(body.len())?;
+        }
+        Ok(Encoded {
+            body: body.freeze(),
+            binary,
+        })
+    }
+
+    /// Appends one framed message already encoded (by
+    /// [`encode_body`](Self::encode_body)) to `dst` as `kind` (nothing on
+    /// error).
+    pub(crate) fn encode_encoded(
+        &self,
+        kind: Envelope,
+        encoded: &Encoded,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let envelope = self.spec.envelope;
+        self.frame(encoded.binary).encode_with(dst, |d| {
+            if envelope {
+                envelope::encode(kind, d);
+            }
+            d.extend_from_slice(&encoded.body);
+            Ok(())
+        })
+    }
+
+    /// Whether the connection's frames carry the request envelope (request
+    /// ids on): only then can a request be answered with an error reply.
+    pub(crate) fn has_envelope(&self) -> bool {
+        self.spec.envelope
+    }
+
+    /// Appends one framed error reply to request `id` to `dst` (see
+    /// [`envelope::encode_error`]); nothing without the envelope, which an
+    /// error reply needs.
+    pub(crate) fn encode_error_reply(
+        &self,
+        id: u64,
+        code: envelope::ErrorCode,
+        text: &str,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        if !self.spec.envelope {
+            return Ok(());
+        }
+        self.spec.escaped.encode_with(dst, |d| {
+            envelope::encode_error(id, code, text, d);
+            Ok(())
+        })
+    }
+
     /// Appends one framed raw payload to `dst` (nothing on error), framed
     /// as the connection's own message type is.
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
@@ -342,6 +419,15 @@ impl Wire {
             .iter()
             .find_map(|o| o.downcast_ref::<Arc<dyn Codec<M>>>())
     }
+}
+
+/// A message encoded with its codec, not yet framed: see
+/// [`Wire::encode_body`].
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    body: Bytes,
+    /// Whether its codec is binary (how it is framed).
+    binary: bool,
 }
 
 /// Builds the override entry for `codec` used with messages of type `M`.

@@ -57,7 +57,7 @@ impl Default for Detector {
 /// `min_std_dev` rather than the threshold to tolerate pauses of a known
 /// length (a pause of `p` beyond the interval is tolerated when
 /// `p < z × min_std_dev`). The turmoil simulations in
-/// `tests/sim_heartbeat.rs` measure both detectors on the same seeded
+/// `tests/suite/sim_heartbeat.rs` measure both detectors on the same seeded
 /// runs: see the README's table.
 ///
 /// # Examples

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{Bincode, Message};
+use crate::codec::{Bincode, Message, Request};
 use crate::codec::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 use crate::wire::error::Error;
 
@@ -27,6 +27,11 @@ pub enum Beat {
 
 impl Message for Beat {
     type Codec = Tagged<Bincode>;
+}
+
+/// A `Ping` is answered by a `Pong`.
+impl Request for Beat {
+    type Reply = Beat;
 }
 
 impl TaggedEnum for Beat {

@@ -4,11 +4,11 @@
 //! beside it, nothing above (`.ci/check-layers` checks it).
 
 use std::collections::{BTreeSet, HashMap};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 
@@ -639,7 +639,7 @@ where
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.stop_accepting.cancelled() => return accept_what_waits(incoming, &shared),
             accepted = incoming.next() => accepted,
         };
         let Some(accepted) = accepted else {
@@ -665,6 +665,26 @@ where
     }
 }
 
+/// The server stops accepting. Shutting down gracefully, it first takes the
+/// connections that wait to be accepted (a peer's `connect` has returned for
+/// them, and it may have written already): they are served like the others,
+/// closing at once, so that they read what was written instead of being
+/// reset with the listener.
+fn accept_what_waits<H, I, A>(mut incoming: Pin<&mut I>, shared: &Arc<Shared<H>>)
+where
+    H: Handler,
+    I: Stream<Item = std::io::Result<(A, Addr)>>,
+    A: Accepted,
+{
+    if shared.lock().ending != Some(Fired::Close) {
+        return;
+    }
+    // Bounded by the backlog; no waiting.
+    while let Some(Some(Ok((accepted, peer)))) = incoming.next().now_or_never() {
+        start_connection(shared, accepted, peer);
+    }
+}
+
 /// Registers and spawns the task of one accepted connection, whatever its
 /// transport: the accept filter, the connection limit and the table are
 /// the same for all.
@@ -678,8 +698,9 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
         }
     }
     let mut connections = shared.lock();
-    if connections.ending.is_some() {
-        // Accepted while the server was shutting down: not started.
+    let ending = connections.ending;
+    if ending == Some(Fired::Abort) {
+        // Accepted while the server was being cut: not started.
         return;
     }
     if connections.by_id.len() >= shared.max_connections {
@@ -700,6 +721,12 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
     handle.greet(shared.config.hello.as_deref());
     let id = handle.id();
     connections.insert(handle.clone());
+    if ending == Some(Fired::Close) {
+        // Accepted while the server shuts down gracefully: it reads what
+        // has arrived, answers it, and closes.
+        handle.inner.outbox.hold_for_answers();
+        handle.close();
+    }
     drop(connections);
     shared.counters.opened();
     let weak = Arc::downgrade(shared);
@@ -718,9 +745,14 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
     let task = async move {
         let timeout = config.handshake_timeout;
         let conn = handle.inner.clone();
+        // Opened first: a plain connection opens at once, so one closed
+        // already (accepted while the server shuts down gracefully) still
+        // reads what arrived and closes. A (TLS) handshake still pending
+        // when it is closed or cut is not waited for.
         let opened = tokio::select! {
+            biased;
+            opened = accepted.open(tls, timeout) => opened,
             fired = std::future::poll_fn(|cx| conn.signal.poll(Fired::Close, cx)) => {
-                // Closed or cut before its handshake was done.
                 let reason = match fired {
                     Fired::Close => CloseReason::ByUs,
                     Fired::Abort => CloseReason::Aborted,
@@ -728,7 +760,6 @@ fn start_connection<H: Handler, A: Accepted>(shared: &Arc<Shared<H>>, accepted: 
                 conn.outbox.abandon();
                 return conn.end.set(reason);
             }
-            opened = accepted.open(tls, timeout) => opened,
         };
         match opened {
             Ok(halves) => connection::run(halves, handle, handler, config, events, on_end).await,
@@ -861,7 +892,8 @@ impl<H: Handler> Server<H> {
         self.shared.counters.snapshot()
     }
 
-    /// Shuts down gracefully: stops accepting, lets every connection handle
+    /// Shuts down gracefully: stops accepting (what waits in the listen
+    /// backlog is accepted and closed gracefully too), lets every connection handle
     /// and answer the frames that have already arrived, waits for the
     /// answers still owed by [`Replier`](crate::Replier)s (requests that
     /// arrived before the shutdown and were handed to another task: their
@@ -888,8 +920,10 @@ impl<H: Handler> Server<H> {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        self.shared.stop_accepting.cancel();
+        // Ending first: the accept loop then takes what waits to be
+        // accepted, to close it gracefully too.
         self.shared.lock().end_all(Fired::Close);
+        self.shared.stop_accepting.cancel();
         self.shared.tasks.close();
         let finished = tokio::time::timeout(deadline, self.shared.tasks.wait())
             .await

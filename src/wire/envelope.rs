@@ -1,6 +1,7 @@
 //! The request envelope: an opt-in header at the start of every frame's
-//! payload that says whether the frame is a one-way message, a request, or
-//! the reply to one, with the request's id (pure: no I/O).
+//! payload that says whether the frame is a one-way message, a request, the
+//! reply to one, or the error reply that says why a request failed, with
+//! the request's id (pure: no I/O).
 //!
 //! Both ends switch it on ([`ClientBuilder::request_ids`] and
 //! [`ServerBuilder::request_ids`]); a peer without it reads the header as
@@ -17,6 +18,7 @@
 //! | `0x00` | the message | a one-way message |
 //! | `0x01` | id, message | a request |
 //! | `0x02` | id, message | the reply to the request with that id |
+//! | `0x03` | id, code, text | the error reply to the request with that id |
 //!
 //! The id is an unsigned LEB128 varint (7 bits per byte, low bits first,
 //! the high bit set on every byte but the last): 1 byte below 128, at most
@@ -24,18 +26,36 @@
 //! adds nothing) and values over `u64::MAX` are refused, so each id has one
 //! encoding. Any other first byte is an error.
 //!
+//! An error reply carries no message of the codec: after the id come one
+//! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
+//! did not decode, `0x03` it was left unanswered; others are kept as
+//! [`ErrorCode::Other`]) and a UTF-8 text of at most
+//! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
+//! boundary when encoded, and refused when decoded), like a gRPC status.
+//! It is a kind of its own so that it can never be decoded as a reply: the
+//! waiting request fails with
+//! [`RequestError::Remote`](crate::RequestError::Remote) at once.
+//!
 //! With the envelope on, a delimited framing with
 //! [`Escaping::Auto`](crate::Escaping::Auto) is escaped whatever the codec:
 //! the header is binary. An explicitly raw framing is refused.
 //!
 //! ```
-//! use chitchat_net::envelope::{self, Envelope};
+//! use chitchat_net::envelope::{self, Envelope, ErrorCode};
 //!
 //! let mut frame = Vec::new();
 //! envelope::encode(Envelope::Request(300), &mut frame);
 //! frame.extend_from_slice(b"ping");
 //! assert_eq!(frame, [0x01, 0xac, 0x02, b'p', b'i', b'n', b'g']);
 //! assert_eq!(envelope::decode(&frame), Ok((Envelope::Request(300), &b"ping"[..])));
+//!
+//! // The error reply to request 300: the handler failed, "no such key".
+//! let mut frame = Vec::new();
+//! envelope::encode_error(300, ErrorCode::Handler, "no such key", &mut frame);
+//! assert_eq!(&frame[..5], [0x03, 0xac, 0x02, 0x01, b'n']);
+//! let (kind, body) = envelope::decode(&frame).unwrap();
+//! assert_eq!(kind, Envelope::ErrorReply(300));
+//! assert_eq!(envelope::decode_error(body), Ok((ErrorCode::Handler, "no such key")));
 //! ```
 //!
 //! [`ClientBuilder::request_ids`]: crate::ClientBuilder::request_ids
@@ -50,6 +70,58 @@ pub enum Envelope {
     Request(u64),
     /// The reply to the request with this id.
     Reply(u64),
+    /// The error reply to the request with this id: an [`ErrorCode`] and a
+    /// text follow (see [`decode_error`]), never a message.
+    ErrorReply(u64),
+}
+
+/// Why a request failed, as its error reply says (the status byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// `0x01`: the handler returned an error for this request; the text is
+    /// its message.
+    Handler,
+    /// `0x02`: the request's frame did not decode into the type the peer
+    /// receives (another type, codec or version); the text says why.
+    BadRequest,
+    /// `0x03`: the request was handed to a
+    /// [`Replier`](crate::Replier) that was dropped without answering.
+    Unanswered,
+    /// Any other status byte (from a later version), kept as it came.
+    Other(u8),
+}
+
+impl ErrorCode {
+    /// The status byte on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            ErrorCode::Handler => 0x01,
+            ErrorCode::BadRequest => 0x02,
+            ErrorCode::Unanswered => 0x03,
+            ErrorCode::Other(byte) => byte,
+        }
+    }
+
+    /// The code a status byte stands for.
+    pub fn from_byte(byte: u8) -> Self {
+        match byte {
+            0x01 => ErrorCode::Handler,
+            0x02 => ErrorCode::BadRequest,
+            0x03 => ErrorCode::Unanswered,
+            other => ErrorCode::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Handler => f.write_str("the handler failed"),
+            ErrorCode::BadRequest => f.write_str("bad request"),
+            ErrorCode::Unanswered => f.write_str("left unanswered"),
+            ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
+        }
+    }
 }
 
 /// Why an envelope could not be read.
@@ -59,7 +131,7 @@ pub enum EnvelopeError {
     /// The frame is empty: no kind byte.
     #[error("empty frame: no envelope")]
     Empty,
-    /// The kind byte is none of `0x00`, `0x01`, `0x02`.
+    /// The kind byte is none of `0x00` to `0x03`.
     #[error("unknown envelope kind {0:#04x}")]
     UnknownKind(u8),
     /// The frame ends inside the id.
@@ -68,11 +140,22 @@ pub enum EnvelopeError {
     /// The id is longer than a `u64`, or not in its shortest form.
     #[error("the request id is overlong or over u64::MAX")]
     BadId,
+    /// An error reply ends before its status byte.
+    #[error("the error reply has no status byte")]
+    NoErrorCode,
+    /// An error reply's text is not UTF-8, or longer than
+    /// [`MAX_ERROR_TEXT`].
+    #[error("the error reply's text is not UTF-8 or longer than 1 KiB")]
+    BadErrorText,
 }
 
 const MESSAGE: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const REPLY: u8 = 0x02;
+const ERROR_REPLY: u8 = 0x03;
+
+/// The longest text of an error reply, in bytes (1 KiB).
+pub const MAX_ERROR_TEXT: usize = 1024;
 
 /// The longest header: a kind byte and a 10-byte id.
 pub const MAX_HEADER_LEN: usize = 11;
@@ -89,7 +172,49 @@ pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
             dst.extend([REPLY]);
             encode_id(id, dst);
         }
+        Envelope::ErrorReply(id) => {
+            dst.extend([ERROR_REPLY]);
+            encode_id(id, dst);
+        }
     }
+}
+
+/// Appends a whole error reply to request `id` to `dst`: the header, the
+/// status byte of `code`, and `text`, cut to at most [`MAX_ERROR_TEXT`]
+/// bytes at a character boundary.
+pub fn encode_error(id: u64, code: ErrorCode, text: &str, dst: &mut impl Extend<u8>) {
+    encode(Envelope::ErrorReply(id), dst);
+    dst.extend([code.to_byte()]);
+    dst.extend(truncate(text, MAX_ERROR_TEXT).bytes());
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Reads the body of an error reply (what follows the header of an
+/// [`Envelope::ErrorReply`]): its code and text.
+///
+/// # Errors
+///
+/// [`EnvelopeError::NoErrorCode`] for an empty body,
+/// [`EnvelopeError::BadErrorText`] for a text that is not UTF-8 or longer
+/// than [`MAX_ERROR_TEXT`].
+pub fn decode_error(body: &[u8]) -> Result<(ErrorCode, &str), EnvelopeError> {
+    let (&code, text) = body.split_first().ok_or(EnvelopeError::NoErrorCode)?;
+    if text.len() > MAX_ERROR_TEXT {
+        return Err(EnvelopeError::BadErrorText);
+    }
+    let text = std::str::from_utf8(text).map_err(|_| EnvelopeError::BadErrorText)?;
+    Ok((ErrorCode::from_byte(code), text))
 }
 
 fn encode_id(mut id: u64, dst: &mut impl Extend<u8>) {
@@ -121,6 +246,7 @@ pub fn decode(frame: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
         MESSAGE => Ok((Envelope::Message, rest)),
         REQUEST => decode_id(rest).map(|(id, rest)| (Envelope::Request(id), rest)),
         REPLY => decode_id(rest).map(|(id, rest)| (Envelope::Reply(id), rest)),
+        ERROR_REPLY => decode_id(rest).map(|(id, rest)| (Envelope::ErrorReply(id), rest)),
         other => Err(EnvelopeError::UnknownKind(other)),
     }
 }
@@ -172,7 +298,8 @@ mod tests {
     #[test]
     fn malformed_headers_are_errors() {
         assert_eq!(decode(&[]), Err(EnvelopeError::Empty));
-        assert_eq!(decode(&[0x03]), Err(EnvelopeError::UnknownKind(3)));
+        assert_eq!(decode(&[0x04]), Err(EnvelopeError::UnknownKind(4)));
+        assert_eq!(decode(&[0x03]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01, 0x80]), Err(EnvelopeError::TruncatedId));
         // Overlong: 0 written in two bytes.
@@ -188,13 +315,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn error_replies_carry_a_code_and_a_bounded_text() {
+        let mut frame = Vec::new();
+        encode_error(
+            7,
+            ErrorCode::BadRequest,
+            "unknown variant tag 97",
+            &mut frame,
+        );
+        assert_eq!(&frame[..3], [0x03, 0x07, 0x02]);
+        let (kind, body) = decode(&frame).unwrap();
+        assert_eq!(kind, Envelope::ErrorReply(7));
+        assert_eq!(
+            decode_error(body),
+            Ok((ErrorCode::BadRequest, "unknown variant tag 97"))
+        );
+        // Cut at 1 KiB, at a character boundary ('é' is two bytes).
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let mut frame = Vec::new();
+        encode_error(1, ErrorCode::Handler, &long, &mut frame);
+        let (_, body) = decode(&frame).unwrap();
+        let (_, text) = decode_error(body).unwrap();
+        assert_eq!(text.len(), MAX_ERROR_TEXT);
+        // Refused: no code, bad UTF-8, too long; unknown codes are kept.
+        assert_eq!(decode_error(&[]), Err(EnvelopeError::NoErrorCode));
+        assert_eq!(decode_error(&[1, 0xff]), Err(EnvelopeError::BadErrorText));
+        let mut over = vec![1];
+        over.extend(std::iter::repeat_n(b'a', MAX_ERROR_TEXT + 1));
+        assert_eq!(decode_error(&over), Err(EnvelopeError::BadErrorText));
+        assert_eq!(decode_error(&[0x7f]), Ok((ErrorCode::Other(0x7f), "")));
+        for byte in 0..=u8::MAX {
+            assert_eq!(ErrorCode::from_byte(byte).to_byte(), byte);
+        }
+    }
+
     proptest! {
         #[test]
-        fn every_header_round_trips(kind in 0u8..3, id: u64, rest: Vec<u8>) {
+        fn every_header_round_trips(kind in 0u8..4, id: u64, rest: Vec<u8>) {
             let envelope = match kind {
                 0 => Envelope::Message,
                 1 => Envelope::Request(id),
-                _ => Envelope::Reply(id),
+                2 => Envelope::Reply(id),
+                _ => Envelope::ErrorReply(id),
             };
             let mut frame = header(envelope);
             frame.extend_from_slice(&rest);

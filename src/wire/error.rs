@@ -168,6 +168,17 @@ pub enum Error {
     #[error("the connection ended before the reply arrived")]
     ConnectionLost,
 
+    /// The peer answered the request with an error reply (see
+    /// [`crate::envelope`]): its handler failed, the request did not decode
+    /// there, or it was left unanswered. The connection stays open.
+    #[error("the peer answered with an error ({code}): {message}")]
+    Remote {
+        /// Why, as the peer's status byte says.
+        code: crate::wire::envelope::ErrorCode,
+        /// The peer's text (at most 1 KiB).
+        message: String,
+    },
+
     /// An event: a reply arrived that no request waits for (it timed out,
     /// was cancelled, or was never sent). `id` is the reply's request id
     /// (in ordered mode, the local number of the request it answered).
@@ -303,6 +314,7 @@ impl Error {
                 | Error::QueueFull { .. }
                 | Error::Envelope(_)
                 | Error::LateReply { .. }
+                | Error::Remote { .. }
                 | Error::RequestTimeout(_)
                 | Error::Reconnected { .. }
                 | Error::Disconnected { .. }

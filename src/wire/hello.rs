@@ -129,11 +129,13 @@ pub const PROTOCOL_VERSIONS: (u16, u16) = (1, 1);
 /// used on a connection only if both sides set its bit, so a bit never
 /// makes two peers refuse each other.
 pub mod features {
-    /// Error replies: a request that fails is answered with a typed error
-    /// frame. Reserved for that protocol piece; not set by this build yet.
+    /// Error replies: a request that fails (a handler error, a request
+    /// that does not decode, a `Replier` dropped unanswered) is answered
+    /// with a typed error frame (envelope kind `0x03`). Every build of
+    /// protocol version 1 sets it.
     pub const ERROR_REPLIES: u64 = 1 << 0;
     /// The bits this build sets in its hello.
-    pub const SUPPORTED: u64 = 0;
+    pub const SUPPORTED: u64 = ERROR_REPLIES;
 }
 
 /// How a side matches replies to requests: part of the hello.

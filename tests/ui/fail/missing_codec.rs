@@ -1,9 +1,0 @@
-use chitchat_net::Message;
-use serde::{Deserialize, Serialize};
-
-#[derive(Serialize, Deserialize, Message)]
-struct Reading {
-    celsius: f32,
-}
-
-fn main() {}
