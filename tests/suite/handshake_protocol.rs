@@ -183,7 +183,7 @@ async fn run<S: Cmd, C: Cmd>(server: Side, client: Side, expect: Expect) -> Resu
                     .ok_or("no echo".to_owned())
             } else {
                 client_conn
-                    .request::<C>(&msg)
+                    .request_untyped::<C>(&msg)
                     .await
                     .map_err(|e| format!("request failed: {e}"))
             };
@@ -409,7 +409,10 @@ async fn the_handshake_is_on_by_default_between_typed_peers() {
     )
     .await
     .unwrap();
-    let reply: v2::Command = client.request(&v2::Command::sample()).await.unwrap();
+    let reply: v2::Command = client
+        .request_untyped::<v2::Command>(&v2::Command::sample())
+        .await
+        .unwrap();
     assert_eq!(reply, v2::Command::sample());
     client.close().await;
     server.cut().await;

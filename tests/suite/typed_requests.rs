@@ -363,11 +363,28 @@ async fn a_replier_dropped_by_a_hand_written_handler_fails_the_request_at_once()
 #[tokio::test]
 async fn a_request_that_does_not_decode_on_the_server_is_answered_bad_request() {
     let (server, _client, _to_client) = pair().await;
+    // Another type: with the handshake (on by default between typed
+    // peers), the stranger is refused at connect, naming the types.
+    let refused = Client::<Unknown>::builder()
+        .request_ids()
+        .connect(server.local_addr())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(refused.to_string().contains("`Unknown`"), "{refused}");
+    server.cut().await;
+    // Without it (both ends switched it off), the server cannot decode the
+    // request (a tag its `Command` lacks); the caller learns it at once.
+    let server = Server::builder(Store::default())
+        .request_ids()
+        .no_handshake()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
     let server_events = server.errors();
-    // Another type (a tag the server's `Command` lacks): the server cannot
-    // decode the request; the caller learns it at once.
     let stranger = Client::<Unknown>::builder()
         .request_ids()
+        .no_handshake()
         .request_timeout(NEVER)
         .connect(server.local_addr())
         .await
@@ -435,8 +452,9 @@ async fn a_one_way_frame_of_a_request_type_runs_its_method_and_its_return_is_dro
     .await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(server.handler().notes.load(Ordering::SeqCst), 2);
-    // The notes' replies were dropped: one frame came, the request's reply.
-    assert_eq!(client.stats().frames_in, 1);
+    // The notes' replies were dropped: two frames came, the server's hello
+    // and the request's reply.
+    assert_eq!(client.stats().frames_in, 2);
     assert_eq!(client.stats().late_replies, 0);
     client.close().await;
     server.cut().await;
@@ -445,8 +463,11 @@ async fn a_one_way_frame_of_a_request_type_runs_its_method_and_its_return_is_dro
 #[tokio::test]
 async fn a_client_that_only_receives_names_no_send_type() {
     let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
-    // `()`: this client sends nothing of its own.
+    // `()`: this client sends nothing of its own. (The server's handler
+    // declares no type, so it speaks no hello: the typed client must not
+    // wait for one.)
     let client = Client::<()>::builder()
+        .no_handshake()
         .receive::<Status>(8)
         .connect(server.local_addr())
         .await
