@@ -162,7 +162,12 @@ fn main() {
                 requests: RequestMode::Ids,
                 cluster: Some("prod-eu".into()),
                 sends: Some(command.clone()),
-                accepts: Some(TypeInfo::new("Reply", "postcard", Fingerprint::from_u64(7), &[])),
+                accepts: Some(TypeInfo::new(
+                    "Reply",
+                    "postcard",
+                    Fingerprint::from_u64(7),
+                    &[],
+                )),
                 ..base.clone()
             },
         ),
