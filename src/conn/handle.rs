@@ -230,6 +230,21 @@ impl Shared {
         }
     }
 
+    /// [`fail_request`](Self::fail_request) for a request whose answer is
+    /// owed by a `Replier` (dropped unanswered): taken while a graceful
+    /// shutdown waits for the answers owed, as the answer itself would be.
+    pub(crate) fn fail_owed_request(&self, id: u64, code: ErrorCode, text: &str) {
+        if !self.wire.has_envelope() {
+            return;
+        }
+        let queued = self
+            .outbox
+            .push_owed_reply(|buf| self.wire.encode_error_reply(id, code, text, buf));
+        if let Err(error) = queued {
+            tracing::debug!(%error, id, "an error reply could not be queued");
+        }
+    }
+
     /// Counts and reports a late reply to request `id`.
     fn late_reply(&self, id: u64) {
         Counters::add(&self.counters.late_replies, 1);

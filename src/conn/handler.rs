@@ -529,7 +529,7 @@ impl Drop for Owed {
     fn drop(&mut self) {
         if let Some(id) = self.request {
             if !self.answered.swap(true, Ordering::AcqRel) {
-                self.handle.inner.fail_request(
+                self.handle.inner.fail_owed_request(
                     id,
                     ErrorCode::Unanswered,
                     "the request was handed to a Replier that was dropped without answering",

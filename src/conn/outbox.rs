@@ -660,8 +660,27 @@ impl Outbox {
         &self,
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.push_reply_as(false, write)
+    }
+
+    /// [`push_reply`](Self::push_reply) for an answer owed (see the module
+    /// docs): taken while [`finish`](Self::finish) waits for the answers
+    /// owed too, like [`try_push_answer`](Self::try_push_answer), but
+    /// without waiting and whatever the bound.
+    pub(crate) fn push_owed_reply<E>(
+        &self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.push_reply_as(true, write)
+    }
+
+    fn push_reply_as<E>(
+        &self,
+        owed: bool,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut state = self.lock();
-        if state.phase == Phase::Finished || state.finishing {
+        if state.phase == Phase::Finished || (state.finishing && !owed) {
             drop(state);
             self.tell(Frames::Lost(1));
             return Ok(());
