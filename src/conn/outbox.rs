@@ -663,10 +663,12 @@ impl Outbox {
         self.push_reply_as(false, write)
     }
 
-    /// [`push_reply`](Self::push_reply) for an answer owed (see the module
-    /// docs): taken while [`finish`](Self::finish) waits for the answers
-    /// owed too, like [`try_push_answer`](Self::try_push_answer), but
-    /// without waiting and whatever the bound.
+    /// [`push_reply`](Self::push_reply) for the error reply of an answer
+    /// owed (a `Replier` dropped unanswered: see the module docs): taken
+    /// while [`finish`](Self::finish) waits for the answers owed too, like
+    /// [`try_push_answer`](Self::try_push_answer), but without waiting and
+    /// whatever the bound. Once the outbox has finished it is not made at
+    /// all (no sender accepted it, so it is not counted lost).
     pub(crate) fn push_owed_reply<E>(
         &self,
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
@@ -682,7 +684,9 @@ impl Outbox {
         let mut state = self.lock();
         if state.phase == Phase::Finished || (state.finishing && !owed) {
             drop(state);
-            self.tell(Frames::Lost(1));
+            if !owed {
+                self.tell(Frames::Lost(1));
+            }
             return Ok(());
         }
         match state.append(write) {
