@@ -316,10 +316,33 @@ impl Handler for HoldsTheFirst {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_read_ahead_while_a_handler_waits_is_bounded_and_kept_in_order() {
+    // Small frames: the bound in frames (1,024) comes first.
+    read_ahead_stops_at(None, 100, 5_000, 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_read_ahead_is_bounded_in_bytes_too() {
+    // 10 KiB frames against a 64 KiB queue bound: the read ahead takes
+    // frames while it holds less than 64 KiB (6 frames), then one more.
+    read_ahead_stops_at(Some(64 * 1024), 10 * 1024, 200, 7).await;
+}
+
+/// A server whose handler holds the first line; the client sends up to
+/// `max_lines` lines of `line_len` bytes. The server reads ahead exactly
+/// `ahead` frames (and never more) while the call waits, then every line is
+/// handled, in order.
+async fn read_ahead_stops_at(
+    queue_bytes: Option<usize>,
+    line_len: usize,
+    max_lines: u64,
+    ahead: u64,
+) {
     let handler = Arc::new(HoldsTheFirst::default());
-    let server = Server::listen("127.0.0.1:0", Shared(handler.clone()))
-        .await
-        .unwrap();
+    let mut builder = Server::builder(Shared(handler.clone()));
+    if let Some(bytes) = queue_bytes {
+        builder = builder.queue_bytes(bytes);
+    }
+    let server = builder.listen("127.0.0.1:0").await.unwrap();
     let entered = handler.entered.notified();
     let client = Client::<String>::builder()
         .queue_bytes(64 * 1024)
@@ -328,14 +351,14 @@ async fn what_is_read_ahead_while_a_handler_waits_is_bounded_and_kept_in_order()
         .unwrap();
     client.send(&"first".to_string()).await.unwrap();
     within("the first call waits", entered).await;
-    // Send more than the read ahead may take: 5,000 lines, or as many as
+    // Send more than the read ahead may take: `max_lines`, or as many as
     // the socket buffers and the client's queue hold (the client stops
     // when it has found no room for 500 ms: a bound on progress, not on
     // the test's outcome).
     let mut sent = 1u64;
-    let line = "x".repeat(100);
+    let line = "x".repeat(line_len);
     let mut full_since = None;
-    while sent < 5_000 {
+    while sent < max_lines {
         match client.try_send(&format!("{sent} {line}")) {
             Ok(()) => {
                 sent += 1;
@@ -352,12 +375,12 @@ async fn what_is_read_ahead_while_a_handler_waits_is_bounded_and_kept_in_order()
         }
         // The read ahead never takes more than its bound while the first
         // call waits.
-        assert!(server.stats().frames_in <= 1 + 1024);
+        assert!(server.stats().frames_in <= 1 + ahead);
     }
-    assert!(sent > 1 + 1024, "only {sent} lines were sent");
-    // The first frame and 1,024 more are decoded, then reading waits.
+    assert!(sent > 1 + ahead, "only {sent} lines were sent");
+    // The first frame and `ahead` more are decoded, then reading waits.
     common::wait_until("the read ahead is full", || {
-        server.stats().frames_in == 1 + 1024
+        server.stats().frames_in == 1 + ahead
     })
     .await;
     assert_eq!(
