@@ -15,10 +15,11 @@
 //! With Go chitchat peers (the original's text heartbeat):
 //!
 //! ```text
-//! # watch Go nodes: they register with `hello` and answer `heartbeat ping` on port 7200
-//! cargo run --example heartbeat -- --mode monitor --listen 0.0.0.0:7100 --probe text --go-port 7200
+//! # watch Go nodes (the Go demo uses port 7939 on both sides): they register
+//! # with `hello` and answer `heartbeat ping` on 7939; typed nodes may register too
+//! cargo run --example heartbeat -- --mode monitor --listen 0.0.0.0:7939 --go-port 7939
 //! # answer a Go master: `hello` to it, `heartbeat pong` on --listen
-//! cargo run --example heartbeat -- --mode node --go --listen 0.0.0.0:7200 --monitor 10.0.0.1:7100
+//! cargo run --example heartbeat -- --mode node --go --listen 0.0.0.0:7939 --monitor 10.0.0.1:7939
 //! ```
 
 use std::process::ExitCode;
@@ -67,10 +68,12 @@ const USAGE: &str = "usage: heartbeat [--mode demo|monitor|node] [--nodes N] [--
            after --healthy-rounds rounds; exits 0 once it is reported dead
   monitor  a monitor taking registrations on --listen; prints peer states
   node     a node answering pings on --listen, kept registered with --monitor
-           (registers again when no ping came for 3 intervals)
+           (registers again when no ping came for 3 of the pinger's periods:
+           told by the monitor, learned from the pings; a Go master: 3 s)
 
-  --probe text    (monitor) check nodes with the Go text heartbeat
+  --probe text    (monitor) check typed registrations with the Go text heartbeat
   --go-port PORT  (monitor) accept Go `hello` registrations, checked on PORT
+                  with the Go text heartbeat (whatever --probe)
   --phi T         (monitor, demo) phi accrual detector with threshold T
   --go            (node) a Go-style node: answers `heartbeat ping`, registers
                   with `hello` (works with a Go chitchat master)";
@@ -324,18 +327,16 @@ async fn watch_events(
 }
 
 async fn run_node(args: Args, start: Instant) -> Result<bool, Box<dyn std::error::Error>> {
-    let monitor: std::net::SocketAddr = tokio::net::lookup_host(&args.monitor)
-        .await?
-        .next()
-        .ok_or("--monitor: no address")?;
+    // The monitor tells its interval (a Go master's is 3 s), and the pings
+    // show their real period: no --interval-ms here.
+    let monitor = args.monitor.clone();
     let (answered, server, keeper): (Box<dyn Fn() -> u64>, _, _) = if args.go {
         let responder = TextResponder::new();
         let node = Server::builder(responder.clone())
             .framing(Framing::lines())
             .listen(&args.listen)
             .await?;
-        let keeper = KeepRegistered::builder(monitor, Registration::GoHello)
-            .interval(args.interval)
+        let keeper = KeepRegistered::builder(monitor.as_str(), Registration::GoHello)
             .spawn(responder.clone());
         log(
             start,
@@ -359,9 +360,8 @@ async fn run_node(args: Args, start: Instant) -> Result<bool, Box<dyn std::error
             name: args.name.clone(),
             addr,
         });
-        let keeper = KeepRegistered::builder(monitor, registration)
-            .interval(args.interval)
-            .spawn(responder.clone());
+        let keeper =
+            KeepRegistered::builder(monitor.as_str(), registration).spawn(responder.clone());
         log(
             start,
             format!(

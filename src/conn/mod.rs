@@ -17,6 +17,7 @@
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod events;
+pub(crate) mod frame_deadline;
 pub(crate) mod handle;
 pub(crate) mod handler;
 pub mod handshake;

@@ -72,8 +72,10 @@ macro_rules! connection_options {
         /// `timeout` (default: never; `None` turns it off again), with an
         /// [`Error::IdleTimeout`](crate::Error::IdleTimeout) event. A busy
         /// connection is never cut by it; a peer that dribbles bytes
-        /// without ever finishing a frame (slow loris) is. In EOF framing
-        /// any byte counts.
+        /// without ever finishing a frame (slow loris) is: a frame must be
+        /// whole within `timeout` of its first byte. In EOF framing, where
+        /// the whole stream is one frame, the stream must end within
+        /// `timeout` of its first byte.
         pub fn idle_timeout(mut self, timeout: impl Into<Option<std::time::Duration>>) -> Self {
             self.config.idle_timeout = timeout.into();
             self

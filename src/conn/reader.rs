@@ -307,6 +307,7 @@ where
             }
         };
         let conn = self.handle.inner.clone();
+        let mut frame_deadline = crate::conn::frame_deadline::FrameDeadline::default();
         loop {
             if self.closing {
                 return Ok(Stop::Close);
@@ -346,10 +347,9 @@ where
                 self.input.chunk = (self.input.chunk * 2).min(MAX_READ);
             }
             let frames = self.handle_frames().await?;
-            // Idle means no complete frame: a peer dribbling bytes that
-            // never finish a frame (slow loris) is still idle. In EOF
-            // framing the one frame is the whole stream.
-            if frames > 0 || self.input.decoder.framing().is_eof() {
+            // A frame's deadline runs from its first byte (slow loris; in
+            // EOF framing the one frame is the whole stream).
+            if frame_deadline.restarts_after_read(self.input.decoder.framing().is_eof(), frames) {
                 reset_idle(&mut idle);
             }
         }

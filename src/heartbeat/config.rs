@@ -166,6 +166,9 @@ pub enum ConfigError {
     /// The phi accrual minimum standard deviation is zero.
     #[error("phi accrual minimum standard deviation is zero")]
     ZeroMinStdDev,
+    /// The Go port is zero: no Go node can be checked on it.
+    #[error("Go port is zero: Go nodes could not be checked")]
+    ZeroGoPort,
 }
 
 /// How often, how patiently and how forgivingly a
@@ -314,7 +317,9 @@ impl HeartbeatConfigBuilder {
 
     /// Accepts Go-style registrations (`hello`, EOF-framed, as the Go
     /// original's nodes send): the node is checked at the connection's IP
-    /// and this port (default: refused).
+    /// and this port, with the Go original's text probe
+    /// ([`TextProbe`](super::TextProbe)) whatever the monitor's own probe
+    /// (default: refused; port 0 is refused when built).
     pub fn go_port(mut self, port: u16) -> Self {
         self.config.go_port = Some(port);
         self
@@ -324,8 +329,8 @@ impl HeartbeatConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`]: zero interval, timeout, maximum of peers or
-    /// time to forget, or phi accrual parameters out of range.
+    /// [`ConfigError`]: zero interval, timeout, maximum of peers, time to
+    /// forget or Go port, or phi accrual parameters out of range.
     pub fn build(self) -> Result<HeartbeatConfig, ConfigError> {
         let mut config = self.config;
         config.timeout = self.timeout.unwrap_or(config.interval);
@@ -337,6 +342,9 @@ impl HeartbeatConfigBuilder {
         }
         if config.max_peers == 0 {
             return Err(ConfigError::ZeroMaxPeers);
+        }
+        if config.go_port == Some(0) {
+            return Err(ConfigError::ZeroGoPort);
         }
         if config.forget_dead_after.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroForgetDeadAfter);

@@ -104,6 +104,58 @@ impl Judge {
         Verdict { state, suspicion }
     }
 
+    /// When the peer will be declared dead if no answer comes: the end of
+    /// the check that will decide it (each check starts an interval after
+    /// the one started at `last_check`, and ends within `timeout`), as
+    /// long as checks run on time. `None` once dead.
+    pub(crate) fn deadline(&self, last_check: Instant, timeout: Duration) -> Option<Instant> {
+        if self.dead_at.is_some() {
+            return None;
+        }
+        let checks = match self.detector {
+            Detector::MissLimit(limit) => {
+                limit.saturating_add(1).saturating_sub(self.misses).max(1)
+            }
+            Detector::PhiAccrual(params) => {
+                let min_std = params.min_std_dev_for(self.interval);
+                // The silence after which φ reaches the threshold (φ grows
+                // with it): the first check starting later decides.
+                let (mut low, mut high) = (0.0f64, self.interval.as_secs_f64().max(1e-3));
+                while self.phi_after(high, min_std) < params.threshold() && high < 1e9 {
+                    low = high;
+                    high *= 2.0;
+                }
+                for _ in 0..60 {
+                    let mid = (low + high) / 2.0;
+                    if self.phi_after(mid, min_std) < params.threshold() {
+                        low = mid;
+                    } else {
+                        high = mid;
+                    }
+                }
+                let silence = Duration::try_from_secs_f64(high).unwrap_or(Duration::MAX);
+                let due = self.last_arrival.checked_add(silence)?;
+                let after = due.saturating_duration_since(last_check).as_secs_f64();
+                let interval = self.interval.as_secs_f64();
+                let checks = (after / interval).ceil().max(1.0);
+                if checks >= f64::from(u32::MAX) {
+                    u32::MAX
+                } else {
+                    checks as u32
+                }
+            }
+        };
+        last_check
+            .checked_add(self.interval.checked_mul(checks)?)?
+            .checked_add(timeout)
+    }
+
+    /// φ after `elapsed` seconds of silence since the last answer.
+    fn phi_after(&self, elapsed: f64, min_std_dev: Duration) -> f64 {
+        let now = self.last_arrival + Duration::from_secs_f64(elapsed);
+        self.phi(now, min_std_dev)
+    }
+
     /// φ at `now`: −log₁₀ of the probability that an answer comes later
     /// than the time elapsed since the last one, under a normal model of
     /// the times between answers.
@@ -190,6 +242,51 @@ mod tests {
         assert_eq!(later.state, PeerState::Dead { misses: 3 });
         assert_eq!(later.suspicion, 4.0);
         assert_eq!(judge.answered(start + 6 * s).state, PeerState::Alive);
+    }
+
+    #[test]
+    fn deadline_is_the_end_of_the_check_that_decides() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let timeout = Duration::from_millis(500);
+        let mut judge = Judge::new(&config(Detector::MissLimit(3)), start);
+        judge.answered(start);
+        // Four more misses: the fourth check after this one decides.
+        assert_eq!(
+            judge.deadline(start, timeout),
+            Some(start + 4 * s + timeout)
+        );
+        judge.missed(start + s);
+        assert_eq!(
+            judge.deadline(start + s, timeout),
+            Some(start + 4 * s + timeout)
+        );
+        for k in 2..=4 {
+            judge.missed(start + k * s);
+        }
+        assert_eq!(judge.deadline(start + 4 * s, timeout), None, "dead");
+
+        let phi = Detector::PhiAccrual(PhiAccrual::new(8.0));
+        let mut judge = Judge::new(&config(phi), start);
+        let mut t = start;
+        for _ in 0..10 {
+            t += s;
+            judge.answered(t);
+        }
+        // φ = 8 at about mean + 5.6 × 0.5 s = 3.8 s of silence: the check
+        // starting 4 s after the last answer decides.
+        assert_eq!(judge.deadline(t, timeout), Some(t + 4 * s + timeout));
+        // Feeding misses at those checks: dead exactly at the fourth.
+        for k in 1..=3 {
+            assert!(matches!(
+                judge.missed(t + k * s).state,
+                PeerState::Missed { .. }
+            ));
+        }
+        assert!(matches!(
+            judge.missed(t + 4 * s).state,
+            PeerState::Dead { .. }
+        ));
     }
 
     #[test]

@@ -78,3 +78,19 @@ pub struct Register {
 impl Message for Register {
     type Codec = Bincode;
 }
+
+/// A monitor's answer to a typed registration: the monitor's check
+/// interval, so that a [`KeepRegistered`](super::KeepRegistered) node
+/// follows it without being told by hand. Sent back on the registration
+/// connection (EOF-framed, bincode: the interval as seconds `u64` then
+/// nanoseconds `u32`) before the monitor closes it. Monitors before it
+/// send nothing, and nodes before it ignore it: both still register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// Time between two checks of the node.
+    pub interval: std::time::Duration,
+}
+
+impl Message for Registered {
+    type Codec = Bincode;
+}

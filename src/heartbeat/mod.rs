@@ -61,9 +61,10 @@ pub use self::config::{
     ConfigError, Detector, HeartbeatConfig, HeartbeatConfigBuilder, PhiAccrual, RegisteredIp,
     DEFAULT_FORGET_DEAD_AFTER, DEFAULT_INTERVAL, DEFAULT_MAX_PEERS, DEFAULT_MISS_LIMIT,
 };
-pub use self::messages::{Beat, Register};
+pub use self::messages::{Beat, Register, Registered};
 pub use self::monitor::{
-    Monitor, MonitorBuilder, MonitorStats, PeerEvent, PeerEvents, PeerState, Registrar, WatchError,
+    Monitor, MonitorBuilder, MonitorStats, PeerEvent, PeerEvents, PeerInfo, PeerKind, PeerState,
+    Registrar, WatchError, DEFAULT_MAX_REGISTRATION_CONNECTIONS, DEFAULT_REGISTRATION_DEADLINE,
 };
 pub use self::probe::{BeatProbe, BoxStream, Dialer, Dialing, Probe, Stream, TextProbe};
 pub use self::responder::{

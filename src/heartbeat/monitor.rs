@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -16,20 +17,25 @@ use tracing::Instrument;
 
 use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
-use super::probe::{BeatProbe, Dialer, Probe};
-use super::Register;
+use super::probe::{BeatProbe, Dialer, Probe, TextProbe};
+use super::{Register, Registered};
 use crate::base::addr::Addr;
+use crate::base::close::CloseReason;
 use crate::client::Client;
 use crate::codec::Codec;
-use crate::conn::handler::{Context, Handler};
+use crate::conn::handle::ConnectionHandle;
+use crate::conn::handler::{Closed, Context, Handler};
 use crate::server::{Server, ServerBuilder};
 use crate::wire::error::{BoxError, Error};
 use crate::wire::frame::Framing;
 
 /// Peer events buffered for a reader before new ones are dropped.
 const EVENT_CAPACITY: usize = 1024;
-/// Registration connections open at once, at most.
-const MAX_REGISTRATION_CONNECTIONS: usize = 1024;
+/// Registration connections open at once, at most, by default.
+pub const DEFAULT_MAX_REGISTRATION_CONNECTIONS: usize = 1024;
+/// How long a registration connection may stay open, by default: a
+/// registration is one small message.
+pub const DEFAULT_REGISTRATION_DEADLINE: Duration = Duration::from_secs(5);
 /// The largest registration accepted.
 const MAX_REGISTRATION_BYTES: usize = 4 * 1024;
 /// What a Go node sends to register.
@@ -58,6 +64,13 @@ pub enum PeerState {
     /// [`forget_dead_after`](super::HeartbeatConfigBuilder::forget_dead_after):
     /// it is no longer watched (the last event of that peer).
     Forgotten,
+    /// A node of the same name registered (or was watched) at another
+    /// address, `by`: this address is no longer watched (the last event
+    /// of that address; the node goes on at `by`).
+    Replaced {
+        /// The node's new address.
+        by: SocketAddr,
+    },
 }
 
 impl fmt::Display for PeerState {
@@ -67,8 +80,43 @@ impl fmt::Display for PeerState {
             PeerState::Missed { misses } => write!(f, "missed {misses} in a row"),
             PeerState::Dead { misses } => write!(f, "DEAD after {misses} misses"),
             PeerState::Forgotten => write!(f, "forgotten"),
+            PeerState::Replaced { by } => write!(f, "replaced by {by}"),
         }
     }
+}
+
+/// How a peer is checked, chosen per peer: from how it registered, or
+/// given to [`Monitor::watch_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PeerKind {
+    /// A node of this crate (registered with a [`Register`]): checked with
+    /// the monitor's probe ([`BeatProbe`] by default).
+    #[default]
+    Typed,
+    /// A Go chitchat node (registered with `hello`): checked with the Go
+    /// original's [`TextProbe`], whatever the monitor's probe.
+    Go,
+}
+
+/// What a monitor knows of one watched peer: see [`Monitor::peer`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The node's name (its identity: see [`Monitor::watch`]).
+    pub name: String,
+    /// Where it is checked.
+    pub addr: SocketAddr,
+    /// How it is checked.
+    pub kind: PeerKind,
+    /// Its last known state (`None` before its first check).
+    pub state: Option<PeerState>,
+    /// When the detector will declare it dead if no answer comes from now
+    /// on: the latest end of the check that would decide it, given the
+    /// answers and misses so far, as long as checks run on time (an
+    /// overloaded monitor checks late). `None` before its first check and
+    /// once dead. It moves later with every answer.
+    pub deadline: Option<Instant>,
 }
 
 /// A change in a peer's state.
@@ -140,6 +188,21 @@ pub struct MonitorStats {
     /// Registrations and `watch` calls refused because the monitor was
     /// full.
     pub refused_full: u64,
+    /// Registration connections refused because the registration server
+    /// had its maximum open
+    /// ([`max_registration_connections`](MonitorBuilder::max_registration_connections)).
+    pub refused_connections: u64,
+    /// Registration connections that ended in an error before a whole
+    /// registration arrived: a registration over 4 KiB (the usual cause),
+    /// or a connection broken off.
+    pub refused_unread: u64,
+    /// Registration connections closed by the registration deadline
+    /// ([`registration_deadline`](MonitorBuilder::registration_deadline))
+    /// before a whole registration arrived: slow peers.
+    pub refused_slow: u64,
+    /// Entries replaced by a node of the same name at another address
+    /// ([`PeerState::Replaced`]).
+    pub replaced: u64,
     /// Typed registrations refused because they named another IP than
     /// their connection's.
     pub refused_ip: u64,
@@ -164,6 +227,10 @@ pub struct MonitorStats {
 struct Counters {
     registrations: AtomicU64,
     refused_full: AtomicU64,
+    refused_connections: AtomicU64,
+    refused_unread: AtomicU64,
+    refused_slow: AtomicU64,
+    replaced: AtomicU64,
     refused_ip: AtomicU64,
     refused_filter: AtomicU64,
     refused_invalid: AtomicU64,
@@ -206,7 +273,7 @@ impl<P: Probe> fmt::Debug for Monitor<P> {
         f.debug_struct("Monitor")
             .field("config", &self.shared.config)
             .field("probe", &self.shared.probe)
-            .field("watched", &self.shared.lock().len())
+            .field("watched", &self.shared.lock().by_addr.len())
             .finish()
     }
 }
@@ -229,8 +296,12 @@ struct Shared<P> {
     dialer: Option<Arc<dyn Dialer>>,
     /// Who may open a registration connection.
     filter: Option<Filter>,
+    /// How long a registration connection may stay open.
+    registration_deadline: Duration,
+    /// Registration connections open at once, at most.
+    max_registration_connections: usize,
     /// Watched peers.
-    peers: Mutex<HashMap<SocketAddr, Watched>>,
+    peers: Mutex<Peers>,
     /// Where state changes go (dropped when nobody reads them).
     events: mpsc::Sender<PeerEvent>,
     /// Every check task.
@@ -240,11 +311,31 @@ struct Shared<P> {
     counters: Counters,
 }
 
+/// Watched peers, by address and by name (a name is at one address).
+#[derive(Debug, Default)]
+struct Peers {
+    by_addr: HashMap<SocketAddr, Watched>,
+    by_name: HashMap<String, SocketAddr>,
+}
+
 #[derive(Debug)]
 struct Watched {
     name: String,
+    kind: PeerKind,
     state: Option<PeerState>,
+    deadline: Option<Instant>,
     stop: CancellationToken,
+}
+
+/// The address as one peer has it, whatever the socket that saw it: an
+/// IPv4 address seen by a dual-stack (`[::]`) socket as `::ffff:a.b.c.d`
+/// is `a.b.c.d`.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 /// Configures a [`Monitor`]: made by [`Monitor::builder`].
@@ -254,6 +345,8 @@ pub struct MonitorBuilder<P = BeatProbe> {
     probe: P,
     dialer: Option<Arc<dyn Dialer>>,
     filter: Option<Filter>,
+    registration_deadline: Duration,
+    max_registration_connections: usize,
 }
 
 impl<P: fmt::Debug> fmt::Debug for MonitorBuilder<P> {
@@ -263,20 +356,48 @@ impl<P: fmt::Debug> fmt::Debug for MonitorBuilder<P> {
             .field("probe", &self.probe)
             .field("dialer", &self.dialer.is_some())
             .field("filter", &self.filter.is_some())
+            .field("registration_deadline", &self.registration_deadline)
+            .field(
+                "max_registration_connections",
+                &self.max_registration_connections,
+            )
             .finish()
     }
 }
 
 impl<P: Probe> MonitorBuilder<P> {
-    /// Probes peers with `probe` (default [`BeatProbe`]): for example
-    /// [`TextProbe`](super::TextProbe) for Go nodes.
+    /// Probes typed peers with `probe` (default [`BeatProbe`]), for
+    /// example [`TextProbe`] for nodes that registered with a [`Register`]
+    /// but answer the Go original's text. Go nodes (registered with
+    /// `hello`, or watched as [`PeerKind::Go`]) are always checked with
+    /// [`TextProbe`].
     pub fn probe<Q: Probe>(self, probe: Q) -> MonitorBuilder<Q> {
         MonitorBuilder {
             config: self.config,
             probe,
             dialer: self.dialer,
             filter: self.filter,
+            registration_deadline: self.registration_deadline,
+            max_registration_connections: self.max_registration_connections,
         }
+    }
+
+    /// How long a registration connection may stay open (default 5 s): one
+    /// still open then is closed, and counted in
+    /// [`MonitorStats::refused_slow`] if no whole registration came, so
+    /// that slow peers cannot hold the registration server's connections.
+    /// Zero is taken as 1 ms.
+    pub fn registration_deadline(mut self, deadline: Duration) -> Self {
+        self.registration_deadline = deadline.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Registration connections open at once, at most (default 1024; at
+    /// least 1): one more is closed at once, and counted in
+    /// [`MonitorStats::refused_connections`].
+    pub fn max_registration_connections(mut self, max: usize) -> Self {
+        self.max_registration_connections = max.max(1);
+        self
     }
 
     /// Reaches peers through `dialer` instead of TCP.
@@ -305,7 +426,9 @@ impl<P: Probe> MonitorBuilder<P> {
             probe: self.probe,
             dialer: self.dialer,
             filter: self.filter,
-            peers: Mutex::new(HashMap::new()),
+            registration_deadline: self.registration_deadline,
+            max_registration_connections: self.max_registration_connections,
+            peers: Mutex::new(Peers::default()),
             events,
             tasks: TaskTracker::new(),
             stop: stop.clone(),
@@ -333,6 +456,8 @@ impl Monitor {
             probe: BeatProbe,
             dialer: None,
             filter: None,
+            registration_deadline: DEFAULT_REGISTRATION_DEADLINE,
+            max_registration_connections: DEFAULT_MAX_REGISTRATION_CONNECTIONS,
         }
     }
 }
@@ -343,8 +468,16 @@ impl<P: Probe> Monitor<P> {
         self.shared.config
     }
 
-    /// Starts checking the responder at `addr`. Watching an address already
-    /// watched only renames it.
+    /// Starts checking the typed node `name` at `addr`, with the
+    /// monitor's probe ([`PeerKind::Typed`]; see [`watch_as`](Self::watch_as)).
+    ///
+    /// A node is its name: watching a name already watched at another
+    /// address replaces that entry (it gets a last
+    /// [`PeerState::Replaced`] event, counted in
+    /// [`MonitorStats::replaced`]), so a node restarted on a new port is
+    /// one peer, not a live one and a dead one. Watching an address
+    /// already watched only renames it. Addresses are compared
+    /// canonically (an IPv4-mapped IPv6 address is its IPv4 address).
     ///
     /// # Errors
     ///
@@ -352,13 +485,30 @@ impl<P: Probe> Monitor<P> {
     /// already (counted in [`MonitorStats::refused_full`]),
     /// [`WatchError::Stopped`] once stopped.
     pub fn watch(&self, name: impl Into<String>, addr: SocketAddr) -> Result<(), WatchError> {
-        self.shared.watch(name.into(), addr)
+        self.shared.watch(name.into(), addr, PeerKind::Typed)
+    }
+
+    /// As [`watch`](Self::watch), checking the peer as `kind` says: a Go
+    /// node with [`TextProbe`], a typed one with the monitor's probe.
+    ///
+    /// # Errors
+    ///
+    /// As [`watch`](Self::watch).
+    pub fn watch_as(
+        &self,
+        name: impl Into<String>,
+        addr: SocketAddr,
+        kind: PeerKind,
+    ) -> Result<(), WatchError> {
+        self.shared.watch(name.into(), addr, kind)
     }
 
     /// Stops checking `addr`; returns whether it was watched.
     pub fn unwatch(&self, addr: SocketAddr) -> bool {
-        match self.shared.lock().remove(&addr) {
+        let mut peers = self.shared.lock();
+        match peers.by_addr.remove(&canonical(addr)) {
             Some(watched) => {
+                peers.by_name.remove(&watched.name);
                 watched.stop.cancel();
                 true
             }
@@ -371,9 +521,25 @@ impl<P: Probe> Monitor<P> {
     pub fn peers(&self) -> Vec<(String, SocketAddr, Option<PeerState>)> {
         self.shared
             .lock()
+            .by_addr
             .iter()
             .map(|(addr, w)| (w.name.clone(), *addr, w.state))
             .collect()
+    }
+
+    /// What the monitor knows of the peer at `addr`, its detector's
+    /// deadline included; `None` if it is not watched.
+    pub fn peer(&self, addr: SocketAddr) -> Option<PeerInfo> {
+        let addr = canonical(addr);
+        let peers = self.shared.lock();
+        let watched = peers.by_addr.get(&addr)?;
+        Some(PeerInfo {
+            name: watched.name.clone(),
+            addr,
+            kind: watched.kind,
+            state: watched.state,
+            deadline: watched.deadline,
+        })
     }
 
     /// The monitor's counters.
@@ -381,9 +547,13 @@ impl<P: Probe> Monitor<P> {
         let c = &self.shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         MonitorStats {
-            watched: self.shared.lock().len() as u64,
+            watched: self.shared.lock().by_addr.len() as u64,
             registrations: get(&c.registrations),
             refused_full: get(&c.refused_full),
+            refused_connections: get(&c.refused_connections),
+            refused_unread: get(&c.refused_unread),
+            refused_slow: get(&c.refused_slow),
+            replaced: get(&c.replaced),
             refused_ip: get(&c.refused_ip),
             refused_filter: get(&c.refused_filter),
             refused_invalid: get(&c.refused_invalid),
@@ -396,41 +566,59 @@ impl<P: Probe> Monitor<P> {
     }
 
     /// The registration server, configured (EOF framing, registrations of
-    /// at most 4 KiB, at most 1024 connections at once, an idle timeout,
+    /// at most 4 KiB, at most
+    /// [`max_registration_connections`](MonitorBuilder::max_registration_connections)
+    /// connections at once, each closed after the
+    /// [`registration_deadline`](MonitorBuilder::registration_deadline),
     /// the registration filter) but not started: start it with
     /// [`listen`](ServerBuilder::listen), or
     /// [`serve`](ServerBuilder::serve) over any stream of connections.
     /// Each connection carries one registration: a [`Register`] (see
-    /// [`register`](super::register)) or, with a Go port configured, the
-    /// Go original's `hello`.
+    /// [`register`](super::register)), answered with a [`Registered`]
+    /// that tells the node the check interval, or, with a Go port
+    /// configured, the Go original's `hello`. Every refusal is counted in
+    /// [`MonitorStats`].
     pub fn registration_server(&self) -> ServerBuilder<Registrar> {
         let registrar = Registrar {
             shared: Arc::new(self.shared.clone()),
+            open: Arc::new(AtomicUsize::new(0)),
         };
-        let idle = self
-            .shared
-            .config
-            .interval()
-            .max(std::time::Duration::from_secs(10));
-        let builder = Server::builder(registrar)
+        let idle = self.shared.config.interval().max(Duration::from_secs(10));
+        let deadline = self.shared.registration_deadline;
+        let max = self.shared.max_registration_connections;
+        let open = registrar.open.clone();
+        let shared = Arc::downgrade(&self.shared);
+        let allow = self.shared.filter.clone();
+        Server::builder(registrar)
             .framing(Framing::eof().max_frame_length(MAX_REGISTRATION_BYTES))
-            .idle_timeout(idle)
-            .max_connections(MAX_REGISTRATION_CONNECTIONS);
-        match self.shared.filter.clone() {
-            None => builder,
-            Some(allow) => {
-                let shared = Arc::downgrade(&self.shared);
-                builder.accept_filter(move |peer| {
-                    let allowed = allow(peer);
-                    if !allowed {
-                        if let Some(shared) = shared.upgrade() {
-                            bump(&shared.counters.refused_filter);
-                        }
+            // A backstop: the deadline closes first (and counts it).
+            .idle_timeout(idle.max(deadline * 2))
+            // The node has sent its registration and ended its side: no
+            // need to wait long for it to close.
+            .close_timeout(deadline.min(Duration::from_secs(1)))
+            // A backstop: the filter below takes a slot first.
+            .max_connections(max)
+            .accept_filter(move |peer| {
+                let count = |counter: fn(&Counters) -> &AtomicU64| {
+                    if let Some(shared) = shared.upgrade() {
+                        bump(counter(&shared.counters));
                     }
-                    allowed
-                })
-            }
-        }
+                };
+                if allow.as_ref().is_some_and(|allow| !allow(peer)) {
+                    count(|c| &c.refused_filter);
+                    return false;
+                }
+                // A slot, given back when the connection closes.
+                let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                });
+                if taken.is_err() {
+                    count(|c| &c.refused_connections);
+                    tracing::debug!(%peer, max, "registration connection refused: too many open");
+                    return false;
+                }
+                true
+            })
     }
 
     /// Serves registrations on `addr` over TCP: see
@@ -457,51 +645,102 @@ impl<P: Probe> Monitor<P> {
 }
 
 impl<P: Probe> Shared<P> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Watched>> {
+    fn lock(&self) -> MutexGuard<'_, Peers> {
         self.peers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn watch(self: &Arc<Self>, name: String, addr: SocketAddr) -> Result<(), WatchError> {
+    fn watch(
+        self: &Arc<Self>,
+        name: String,
+        addr: SocketAddr,
+        kind: PeerKind,
+    ) -> Result<(), WatchError> {
+        let addr = canonical(addr);
         let mut peers = self.lock();
-        if let Some(watched) = peers.get_mut(&addr) {
-            watched.name = name;
-            return Ok(());
-        }
         if self.stop.is_cancelled() {
             return Err(WatchError::Stopped);
         }
+        // The name's entry at another address, replaced by this one.
+        let elsewhere = peers.by_name.get(&name).copied().filter(|at| *at != addr);
+        if let Some(watched) = peers.by_addr.get_mut(&addr) {
+            // Watched already: a rename at most.
+            if watched.name != name {
+                let old = std::mem::replace(&mut watched.name, name.clone());
+                peers.by_name.remove(&old);
+                peers.by_name.insert(name, addr);
+            }
+            let replaced = elsewhere.and_then(|at| self.remove(&mut peers, at));
+            drop(peers);
+            if let Some(replaced) = replaced {
+                self.replaced(replaced, addr);
+            }
+            return Ok(());
+        }
         let max = self.config.max_peers();
-        if peers.len() >= max {
+        if elsewhere.is_none() && peers.by_addr.len() >= max {
             bump(&self.counters.refused_full);
             return Err(WatchError::Full { max });
         }
+        let replaced = elsewhere.and_then(|at| self.remove(&mut peers, at));
         let stop = self.stop.child_token();
-        tracing::info!(%addr, %name, "watching peer");
-        peers.insert(
+        tracing::info!(%addr, %name, ?kind, "watching peer");
+        peers.by_name.insert(name.clone(), addr);
+        peers.by_addr.insert(
             addr,
             Watched {
                 name,
+                kind,
                 state: None,
+                deadline: None,
                 stop: stop.clone(),
             },
         );
         drop(peers);
+        if let Some(replaced) = replaced {
+            self.replaced(replaced, addr);
+        }
         // A root span: the registration connection that may have started
         // this check is long closed by the time it runs.
         let span = tracing::info_span!(parent: None, "heartbeat", peer = %addr);
-        let check = check_peer(self.clone(), addr, stop);
+        let check = check_peer(self.clone(), addr, kind, stop);
         self.tasks.spawn(check.instrument(span));
         Ok(())
     }
 
-    /// Records `verdict` for `addr` and reports it if the state changed.
-    fn record(&self, addr: SocketAddr, verdict: Verdict) {
+    /// Removes the entry at `addr` (its checks stop).
+    fn remove(&self, peers: &mut Peers, addr: SocketAddr) -> Option<(SocketAddr, Watched)> {
+        let watched = peers.by_addr.remove(&addr)?;
+        if peers.by_name.get(&watched.name) == Some(&addr) {
+            peers.by_name.remove(&watched.name);
+        }
+        watched.stop.cancel();
+        Some((addr, watched))
+    }
+
+    /// Reports the entry `old` replaced by the same node at `by`.
+    fn replaced(&self, (addr, old): (SocketAddr, Watched), by: SocketAddr) {
+        bump(&self.counters.replaced);
+        tracing::info!(peer = %addr, %by, name = %old.name, "peer replaced by the same name at a new address");
+        self.emit(PeerEvent {
+            name: old.name,
+            addr,
+            state: PeerState::Replaced { by },
+            previous: old.state,
+            suspicion: 0.0,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Records `verdict` for `addr` (and the detector's deadline), and
+    /// reports it if the state changed.
+    fn record(&self, addr: SocketAddr, verdict: Verdict, deadline: Option<Instant>) {
         let mut peers = self.lock();
-        let Some(watched) = peers.get_mut(&addr) else {
+        let Some(watched) = peers.by_addr.get_mut(&addr) else {
             return;
         };
+        watched.deadline = deadline;
         let state = verdict.state;
         let previous = watched.state.replace(state);
         if previous == Some(state) {
@@ -533,9 +772,11 @@ impl<P: Probe> Shared<P> {
 
     /// Stops watching `addr`, dead too long.
     fn forget(&self, addr: SocketAddr) {
-        let Some(watched) = self.lock().remove(&addr) else {
+        let mut peers = self.lock();
+        let Some((_, watched)) = self.remove(&mut peers, addr) else {
             return;
         };
+        drop(peers);
         bump(&self.counters.forgotten);
         self.emit(PeerEvent {
             name: watched.name,
@@ -548,25 +789,54 @@ impl<P: Probe> Shared<P> {
     }
 }
 
-/// Checks one peer every interval until stopped (or forgotten).
-async fn check_peer<P: Probe>(shared: Arc<Shared<P>>, addr: SocketAddr, stop: CancellationToken) {
+/// Checks one peer every interval until stopped (or forgotten), with the
+/// probe its kind needs.
+async fn check_peer<P: Probe>(
+    shared: Arc<Shared<P>>,
+    addr: SocketAddr,
+    kind: PeerKind,
+    stop: CancellationToken,
+) {
+    match kind {
+        PeerKind::Typed => check_with(&shared, &shared.probe, addr, stop).await,
+        PeerKind::Go => check_with(&shared, &TextProbe, addr, stop).await,
+    }
+}
+
+/// A kept-open connection to a peer, and how replies are matched on it.
+struct Link<Q: Probe> {
+    client: Option<Client<Q::Ping>>,
+    /// Whether the peer answers with request ids: `None` until it has
+    /// answered one way (or after a miss), when it may be either.
+    request_ids: Option<bool>,
+}
+
+async fn check_with<P: Probe, Q: Probe>(
+    shared: &Arc<Shared<P>>,
+    probe: &Q,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) {
     let config = shared.config;
     let mut ticker = tokio::time::interval(config.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut link: Option<Client<P::Ping>> = None;
+    let mut link = Link::<Q> {
+        client: None,
+        request_ids: (!probe.request_ids_fallback()).then_some(false),
+    };
     let mut judge = Judge::new(&config, Instant::now());
     let mut dead_since: Option<Instant> = None;
     let mut seq = 0u64;
     loop {
-        tokio::select! {
+        let started = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
+            started = ticker.tick() => started,
+        };
         seq += 1;
         bump(&shared.counters.checks);
         let check = tokio::select! {
             _ = stop.cancelled() => break,
-            check = tokio::time::timeout(config.timeout(), ping(&shared, &mut link, addr, seq)) => check,
+            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq)) => check,
         };
         let now = Instant::now();
         let verdict = match check {
@@ -583,13 +853,17 @@ async fn check_peer<P: Probe>(shared: Arc<Shared<P>>, addr: SocketAddr, stop: Ca
                 bump(&shared.counters.misses);
                 // A fresh connection next time: a late answer never shifts
                 // the next ones.
-                if let Some(client) = link.take() {
+                if let Some(client) = link.client.take() {
                     drop(client);
+                }
+                if probe.request_ids_fallback() {
+                    // It may have restarted with the other way.
+                    link.request_ids = None;
                 }
                 judge.missed(now)
             }
         };
-        shared.record(addr, verdict);
+        shared.record(addr, verdict, judge.deadline(started, config.timeout()));
         if matches!(verdict.state, PeerState::Dead { .. }) {
             let since = *dead_since.get_or_insert(now);
             if config
@@ -602,45 +876,92 @@ async fn check_peer<P: Probe>(shared: Arc<Shared<P>>, addr: SocketAddr, stop: Ca
             }
         }
     }
-    if let Some(client) = link {
+    if let Some(client) = link.client {
         client.close().await;
     }
 }
 
-/// Sends one ping and waits for its answer, connecting first if needed.
-async fn ping<P: Probe>(
+/// Sends one ping and waits for its answer, connecting first if needed
+/// (both ways at once if the peer may answer with or without request ids).
+async fn ping<P: Probe, Q: Probe>(
     shared: &Shared<P>,
-    link: &mut Option<Client<P::Ping>>,
+    probe: &Q,
+    link: &mut Link<Q>,
     addr: SocketAddr,
     seq: u64,
 ) -> Result<(), Error> {
-    let timeout = shared.config.timeout();
-    if link.is_none() {
-        let builder = shared
-            .probe
-            .client()
-            .connect_timeout(timeout)
-            .request_timeout(timeout)
-            .write_stall_timeout(Some(timeout))
-            .close_timeout(timeout);
-        let client = match &shared.dialer {
-            None => builder.connect(addr).await?,
-            Some(dialer) => {
-                let io = dialer.dial(addr).await?;
-                builder.connect_io(io, Addr::from(addr)).await?
-            }
-        };
-        *link = Some(client);
+    if let Some(client) = link.client.as_ref() {
+        return ask(probe, client, seq).await;
     }
-    let Some(client) = link.as_ref() else {
-        return Err(Error::Closed);
+    let (client, request_ids) = match link.request_ids {
+        Some(request_ids) => (
+            first_check(shared, probe, addr, seq, request_ids).await?,
+            request_ids,
+        ),
+        None => {
+            let plain = first_check(shared, probe, addr, seq, false);
+            let with_ids = first_check(shared, probe, addr, seq, true);
+            tokio::pin!(plain, with_ids);
+            let (mut plain_failed, mut ids_failed) = (None, None);
+            loop {
+                tokio::select! {
+                    checked = &mut plain, if plain_failed.is_none() => match checked {
+                        Ok(client) => break (client, false),
+                        Err(error) => plain_failed = Some(error),
+                    },
+                    checked = &mut with_ids, if ids_failed.is_none() => match checked {
+                        Ok(client) => break (client, true),
+                        Err(error) => ids_failed = Some(error),
+                    },
+                }
+                if let (Some(error), Some(_)) = (&mut plain_failed, &ids_failed) {
+                    // Both failed: the plain way's error says why.
+                    return Err(std::mem::replace(error, Error::Closed));
+                }
+            }
+        }
     };
+    link.client = Some(client);
+    link.request_ids = Some(request_ids);
+    Ok(())
+}
+
+/// Connects (with or without request ids) and makes the check on the new
+/// connection; the connection if it was answered.
+async fn first_check<P: Probe, Q: Probe>(
+    shared: &Shared<P>,
+    probe: &Q,
+    addr: SocketAddr,
+    seq: u64,
+    request_ids: bool,
+) -> Result<Client<Q::Ping>, Error> {
+    let timeout = shared.config.timeout();
+    let mut builder = probe
+        .client()
+        .connect_timeout(timeout)
+        .request_timeout(timeout)
+        .write_stall_timeout(Some(timeout))
+        .close_timeout(timeout);
+    if request_ids {
+        builder = builder.request_ids();
+    }
+    let client = match &shared.dialer {
+        None => builder.connect(addr).await?,
+        Some(dialer) => {
+            let io = dialer.dial(addr).await?;
+            builder.connect_io(io, Addr::from(addr)).await?
+        }
+    };
+    ask(probe, &client, seq).await?;
+    Ok(client)
+}
+
+/// One ping on `client`, and its answer checked.
+async fn ask<Q: Probe>(probe: &Q, client: &Client<Q::Ping>, seq: u64) -> Result<(), Error> {
     // The probe pairs its ping and pong types itself (a Go peer's text
     // included), and checks the answer: untyped.
-    let pong: P::Pong = client
-        .request_untyped::<P::Pong>(&shared.probe.ping(seq))
-        .await?;
-    if shared.probe.is_answer(seq, &pong) {
+    let pong: Q::Pong = client.request_untyped::<Q::Pong>(&probe.ping(seq)).await?;
+    if probe.is_answer(seq, &pong) {
         Ok(())
     } else {
         Err(Error::Handler(format!("wrong answer to ping {seq}").into()))
@@ -650,40 +971,50 @@ async fn ping<P: Probe>(
 /// The handler of a monitor's registration server: each registration (one
 /// per connection, EOF-framed) starts watching that node.
 ///
-/// A registration is a [`Register`] message, or (with a Go port
+/// A registration is a [`Register`] message (checked with the monitor's
+/// probe, and answered with a [`Registered`]), or (with a Go port
 /// configured) the Go original's `hello`, for which the node is checked at
-/// the connection's IP and the Go port. A typed registration must name the
-/// connection's own IP unless configured otherwise
-/// ([`RegisteredIp`]). Refusals are handler errors on the server's error
-/// stream, and counted in [`MonitorStats`].
+/// the connection's IP and the Go port with [`TextProbe`]. A typed
+/// registration must name the connection's own IP unless configured
+/// otherwise ([`RegisteredIp`]); addresses are compared canonically (a
+/// dual-stack server's `::ffff:a.b.c.d` is `a.b.c.d`). Refusals are
+/// handler errors on the server's error stream, and every refusal is
+/// counted in [`MonitorStats`].
 pub struct Registrar {
     shared: Arc<dyn Registry>,
+    /// Registration connections open (slots taken by the accept filter).
+    open: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Registrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registrar").finish_non_exhaustive()
+        f.debug_struct("Registrar")
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
 /// What the registrar needs of a monitor, whatever its probe.
 trait Registry: Send + Sync + 'static {
-    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<(), BoxError>;
+    /// Takes a registration; what to answer, if anything.
+    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<Option<Registered>, BoxError>;
+    fn deadline(&self) -> Duration;
+    fn counters(&self) -> &Counters;
 }
 
 impl<P: Probe> Registry for Arc<Shared<P>> {
-    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<(), BoxError> {
+    fn register(&self, bytes: &[u8], peer: &Addr) -> Result<Option<Registered>, BoxError> {
         let counters = &self.counters;
-        let peer_ip = peer.ip();
+        let peer_ip = peer.ip().map(canonical_ip);
         let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-        let (name, addr) = if trimmed == GO_HELLO {
+        let (name, addr, kind) = if trimmed == GO_HELLO {
             let (Some(port), Some(ip)) = (self.config.go_port(), peer_ip) else {
                 bump(&counters.refused_invalid);
                 return Err("a Go `hello` registration, but no Go port is configured".into());
             };
             let addr = SocketAddr::new(ip, port);
-            (addr.to_string(), addr)
+            (addr.to_string(), addr, PeerKind::Go)
         } else {
             let codec = <<Register as crate::codec::Message>::Codec as Default>::default();
             let registration: Register = match codec.decode(Bytes::copy_from_slice(bytes)) {
@@ -693,7 +1024,8 @@ impl<P: Probe> Registry for Arc<Shared<P>> {
                     return Err(error.into());
                 }
             };
-            let same_ip = peer_ip == Some(registration.addr.ip());
+            let addr = canonical(registration.addr);
+            let same_ip = peer_ip == Some(addr.ip());
             if self.config.registered_ip() == RegisteredIp::SameAsConnection && !same_ip {
                 bump(&counters.refused_ip);
                 return Err(format!(
@@ -702,18 +1034,79 @@ impl<P: Probe> Registry for Arc<Shared<P>> {
                 )
                 .into());
             }
-            (registration.name, registration.addr)
+            (registration.name, addr, PeerKind::Typed)
         };
-        self.watch(name, addr)?;
+        self.watch(name, addr, kind)?;
         bump(&counters.registrations);
-        Ok(())
+        // A Go node closes at once and expects nothing back.
+        Ok((kind == PeerKind::Typed).then_some(Registered {
+            interval: self.config.interval(),
+        }))
     }
+
+    fn deadline(&self) -> Duration {
+        self.registration_deadline
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// A registration connection's state, shared with its deadline's timer.
+#[derive(Debug, Default)]
+struct Pending {
+    /// A whole registration arrived (taken or refused).
+    read: AtomicBool,
+    /// The deadline closed the connection.
+    cut: AtomicBool,
 }
 
 impl Handler for Registrar {
     type Message = Bytes;
 
+    async fn on_open(&self, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        let pending = Arc::new(Pending::default());
+        ctx.set_session(pending.clone());
+        let handle: ConnectionHandle = ctx.handle();
+        let deadline = self.shared.deadline();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = handle.closed() => {}
+                _ = tokio::time::sleep(deadline) => {
+                    pending.cut.store(true, Ordering::Release);
+                    tracing::debug!(peer = %handle.peer_addr(), ?deadline, "registration connection closed: past its deadline");
+                    handle.close();
+                }
+            }
+        });
+        Ok(())
+    }
+
     async fn handle(&self, registration: Bytes, ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        self.shared.register(&registration, &ctx.peer_addr())
+        if let Some(pending) = ctx.session::<Arc<Pending>>() {
+            pending.read.store(true, Ordering::Release);
+        }
+        if let Some(registered) = self.shared.register(&registration, &ctx.peer_addr())? {
+            // Old nodes ignore it (their client takes any frame).
+            ctx.send(&registered)?;
+        }
+        Ok(())
+    }
+
+    async fn on_close(&self, mut closed: Closed) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(pending) = closed.take_session::<Arc<Pending>>() else {
+            return;
+        };
+        if pending.read.load(Ordering::Acquire) {
+            return;
+        }
+        let counters = self.shared.counters();
+        if pending.cut.load(Ordering::Acquire) {
+            bump(&counters.refused_slow);
+        } else if closed.reason() == CloseReason::Failed {
+            bump(&counters.refused_unread);
+        }
     }
 }

@@ -71,12 +71,25 @@ pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
 
     /// Whether `pong` is the right answer to the ping of check `seq`.
     fn is_answer(&self, seq: u64, pong: &Self::Pong) -> bool;
+
+    /// Whether a peer may be answering with
+    /// [request ids](ClientBuilder::request_ids) on (a node whose server
+    /// serves requests too) while [`client`](Self::client) matches replies
+    /// in order (default `false`; [`BeatProbe`]: `true`). If so, until a
+    /// peer has answered, each connection to it is tried both ways at once
+    /// (two connections; the one answered is kept, and its way remembered
+    /// for that peer until it misses a check).
+    fn request_ids_fallback(&self) -> bool {
+        false
+    }
 }
 
 /// The typed probe, the default: [`Beat::Ping`] answered by [`Beat::Pong`]
 /// with the same sequence number, as a [`Responder`](super::Responder)
 /// does. Replies are matched in order, so the responder's server needs no
-/// request ids (it may have them).
+/// request ids; it may have them (a node that serves requests too): such a
+/// peer is found answering with request ids at its first check (see
+/// [`Probe::request_ids_fallback`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BeatProbe;
 
@@ -94,6 +107,10 @@ impl Probe for BeatProbe {
 
     fn is_answer(&self, seq: u64, pong: &Beat) -> bool {
         *pong == Beat::Pong { seq }
+    }
+
+    fn request_ids_fallback(&self) -> bool {
+        true
     }
 }
 

@@ -1,7 +1,6 @@
 //! The node side: answering pings, registering with a monitor, and staying
 //! registered.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::probe::{Dialer, TEXT_PING, TEXT_PONG};
-use super::{Beat, Register};
-use crate::base::addr::Addr;
+use super::{Beat, Register, Registered};
+use crate::base::addr::sealed::Target;
+use crate::base::addr::{Addr, ConnectAddr};
 use crate::client::reconnect::Reconnect;
 use crate::client::Client;
 use crate::codec::Message;
@@ -20,23 +20,48 @@ use crate::conn::handler::{Context, Handler};
 use crate::wire::error::{BoxError, Error};
 use crate::wire::frame::Framing;
 
-/// Pings answered and when the last one came, shared by a responder's
-/// clones.
+/// Times between two pings kept to learn the pinger's period.
+const GAPS: usize = 5;
+
+/// Pings answered, when the last one came, and the last times between two
+/// of them, shared by a responder's clones.
 #[derive(Debug, Default)]
 struct Answered {
     count: AtomicU64,
-    last: Mutex<Option<Instant>>,
+    pings: Mutex<Pings>,
+}
+
+#[derive(Debug, Default)]
+struct Pings {
+    last: Option<Instant>,
+    /// The last [`GAPS`] times between two pings, oldest first.
+    gaps: std::collections::VecDeque<Duration>,
 }
 
 impl Answered {
     fn tick(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some(Instant::now());
+        let now = Instant::now();
+        let mut pings = self.pings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = pings.last {
+            if pings.gaps.len() == GAPS {
+                pings.gaps.pop_front();
+            }
+            pings.gaps.push_back(now.saturating_duration_since(last));
+        }
+        pings.last = Some(now);
     }
 
     fn last(&self) -> Option<Instant> {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+        self.pings.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    /// The median of the last times between two pings.
+    fn period(&self) -> Option<Duration> {
+        let pings = self.pings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gaps: Vec<Duration> = pings.gaps.iter().copied().collect();
+        gaps.sort_unstable();
+        gaps.get(gaps.len() / 2).copied()
     }
 }
 
@@ -45,6 +70,13 @@ impl Answered {
 pub trait LastPing: Send + Sync + 'static {
     /// When the last ping was answered (`None`: never).
     fn last_ping(&self) -> Option<Instant>;
+
+    /// The pinger's real period, as seen: the median of the last times
+    /// between two pings (`None` before two pings; the default). With it,
+    /// [`KeepRegistered`] waits for pings at the pace they really come.
+    fn ping_period(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Answers every [`Beat::Ping`] with a [`Beat::Pong`] of the same sequence
@@ -77,6 +109,10 @@ impl Responder {
 impl LastPing for Responder {
     fn last_ping(&self) -> Option<Instant> {
         self.answered.last()
+    }
+
+    fn ping_period(&self) -> Option<Duration> {
+        self.answered.period()
     }
 }
 
@@ -125,6 +161,10 @@ impl LastPing for TextResponder {
     fn last_ping(&self) -> Option<Instant> {
         self.answered.last()
     }
+
+    fn ping_period(&self) -> Option<Duration> {
+        self.answered.period()
+    }
 }
 
 impl Handler for TextResponder {
@@ -146,7 +186,13 @@ impl Handler for TextResponder {
 ///
 /// `node` is a TCP address, such as the node server's
 /// [`local_addr`](crate::Server::local_addr). By default a monitor accepts
-/// it only from a connection with the same IP.
+/// it only from a connection with the same IP. The name is the node's
+/// identity: registering it again from another address replaces the old
+/// entry.
+///
+/// Returns what the monitor answered: its check interval
+/// ([`Registered`]), or `None` from a monitor that answers nothing (older
+/// versions).
 ///
 /// # Errors
 ///
@@ -156,7 +202,7 @@ pub async fn register(
     monitor: impl crate::base::addr::ConnectAddr,
     name: impl Into<String>,
     node: impl Into<Addr>,
-) -> Result<(), Error> {
+) -> Result<Option<Registered>, Error> {
     let Some(node) = node.into().tcp() else {
         return Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -169,9 +215,10 @@ pub async fn register(
     };
     let client = Client::<Register>::builder()
         .framing(Framing::eof())
+        .receive::<Registered>(1)
         .connect(monitor)
         .await?;
-    deliver(client, &registration).await
+    deliver_typed(client, &registration).await
 }
 
 /// Registers with a monitor the Go original's way: `hello`, EOF-framed.
@@ -189,18 +236,28 @@ pub async fn register_go(monitor: impl crate::base::addr::ConnectAddr) -> Result
         .framing(Framing::eof())
         .connect(monitor)
         .await?;
-    deliver(client, &"hello".to_string()).await
+    deliver(&client, &"hello".to_string()).await
 }
 
 /// Sends `msg`, closes (which delivers it in EOF framing), and reports the
 /// connection's first error.
-async fn deliver<M: Message>(client: Client<M>, msg: &M) -> Result<(), Error> {
+async fn deliver<M: Message, R>(client: &Client<M, R>, msg: &M) -> Result<(), Error> {
     client.send(msg).await?;
     client.close().await;
     match client.errors().try_recv() {
         Some(event) => Err(event.error),
         None => Ok(()),
     }
+}
+
+/// Delivers a typed registration, and takes the monitor's answer if it
+/// sent one.
+async fn deliver_typed(
+    client: Client<Register, Registered>,
+    registration: &Register,
+) -> Result<Option<Registered>, Error> {
+    deliver(&client, registration).await?;
+    Ok(client.try_recv())
 }
 
 /// What a node registers with: see [`KeepRegistered`].
@@ -216,14 +273,22 @@ pub enum Registration {
 
 /// Keeps a node registered with a monitor, in the background: registers at
 /// once, then again whenever no ping has been answered for `missed_pings`
-/// intervals (the monitor restarted and forgot the node, or a partition
+/// periods (the monitor restarted and forgot the node, or a partition
 /// made it forget), retrying with exponential backoff and full jitter
 /// ([`Reconnect`]'s delays) until the monitor takes it and pings again.
 ///
+/// The period it waits pings for follows the pinger: the real time
+/// between pings once two have come ([`LastPing::ping_period`]), else the
+/// interval the monitor told at registration ([`Registered`]), else the
+/// configured [`interval`](KeepRegisteredBuilder::interval) (default 3 s;
+/// toward a Go master, which pings every 3 s and starts one more checker
+/// for every `hello`, never less than 3 s). See
+/// [`interval`](Self::interval).
+///
 /// After a monitor comes back, every node that lost it registers again
-/// within `missed_pings × interval` (counted from its last ping, while the
-/// monitor was down) plus one interval plus the largest backoff delay
-/// (default: twice the interval). Stops when dropped or
+/// within `missed_pings × period` (counted from its last ping, while the
+/// monitor was down) plus one period plus the largest backoff delay
+/// (default: twice the period). Stops when dropped or
 /// [`stop`](Self::stop)ped.
 ///
 /// # Examples
@@ -231,7 +296,6 @@ pub enum Registration {
 /// ```no_run
 /// use chitchat_net::heartbeat::{KeepRegistered, Register, Registration, Responder};
 /// use chitchat_net::Server;
-/// use std::time::Duration;
 ///
 /// # async fn run() -> Result<(), chitchat_net::Error> {
 /// let responder = Responder::new();
@@ -240,26 +304,34 @@ pub enum Registration {
 ///     name: "node-1".into(),
 ///     addr: node.local_addr().tcp().unwrap(),
 /// });
-/// let keeper = KeepRegistered::builder("127.0.0.1:7100".parse().unwrap(), registration)
-///     .interval(Duration::from_secs(3))
-///     .spawn(responder);
+/// // The monitor tells its interval when the node registers.
+/// let keeper = KeepRegistered::builder("127.0.0.1:7100", registration).spawn(responder);
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct KeepRegistered {
     stop: CancellationToken,
-    registered: Arc<AtomicU64>,
+    state: Arc<KeeperState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a keeper shares with its handle.
+#[derive(Debug, Default)]
+struct KeeperState {
+    registered: AtomicU64,
+    /// The period followed now, in nanoseconds.
+    period: AtomicU64,
 }
 
 impl KeepRegistered {
     /// Starts configuring: keep `registration` registered with the
-    /// registration server at `monitor`.
-    pub fn builder(monitor: SocketAddr, registration: Registration) -> KeepRegisteredBuilder {
+    /// registration server at `monitor` (`"host:port"`, a `SocketAddr`,
+    /// ..., resolved at each registration).
+    pub fn builder(monitor: impl ConnectAddr, registration: Registration) -> KeepRegisteredBuilder {
         KeepRegisteredBuilder {
-            monitor,
+            monitor: monitor.target(),
             registration,
-            interval: super::config::DEFAULT_INTERVAL,
+            interval: None,
             missed_pings: 3,
             backoff: None,
             dialer: None,
@@ -269,7 +341,13 @@ impl KeepRegistered {
 
     /// Successful registrations so far.
     pub fn registrations(&self) -> u64 {
-        self.registered.load(Ordering::Relaxed)
+        self.state.registered.load(Ordering::Relaxed)
+    }
+
+    /// The period it waits pings for now: learned from the pings, else
+    /// told by the monitor, else configured (see [`KeepRegistered`]).
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.state.period.load(Ordering::Relaxed))
     }
 
     /// Stops and waits for the background task to end.
@@ -288,9 +366,10 @@ impl Drop for KeepRegistered {
 /// Configures a [`KeepRegistered`]; made by [`KeepRegistered::builder`].
 #[must_use = "nothing happens until `spawn` is called"]
 pub struct KeepRegisteredBuilder {
-    monitor: SocketAddr,
+    monitor: Target,
     registration: Registration,
-    interval: Duration,
+    /// `None`: the default.
+    interval: Option<Duration>,
     missed_pings: u32,
     backoff: Option<Reconnect>,
     dialer: Option<Arc<dyn Dialer>>,
@@ -310,14 +389,19 @@ impl std::fmt::Debug for KeepRegisteredBuilder {
     }
 }
 
+/// The Go original's master pings every 3 s.
+const GO_MASTER_INTERVAL: Duration = super::config::DEFAULT_INTERVAL;
+
 impl KeepRegisteredBuilder {
-    /// The monitor's check interval (default 3 s); zero is taken as 1 ms.
+    /// The monitor's check interval, until the monitor tells its own or the
+    /// pings show their real period (default 3 s; toward a Go master at
+    /// least 3 s); zero is taken as 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
+        self.interval = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
-    /// Registers again after this many intervals without a ping (default
+    /// Registers again after this many periods without a ping (default
     /// 3; at least 1).
     pub fn missed_pings(mut self, intervals: u32) -> Self {
         self.missed_pings = intervals.max(1);
@@ -325,7 +409,7 @@ impl KeepRegisteredBuilder {
     }
 
     /// The delays between failed tries (default: 100 ms doubling up to
-    /// twice the interval, with full jitter).
+    /// twice the period, with full jitter).
     pub fn backoff(mut self, policy: Reconnect) -> Self {
         self.backoff = Some(policy);
         self
@@ -348,49 +432,73 @@ impl KeepRegisteredBuilder {
     /// runtime.
     pub fn spawn(self, node: impl LastPing) -> KeepRegistered {
         let stop = CancellationToken::new();
-        let registered = Arc::new(AtomicU64::new(0));
         let seed = self
             .seed
             .unwrap_or_else(|| (crate::client::reconnect::jitter() * u64::MAX as f64) as u64);
+        let configured = match self.registration {
+            Registration::GoHello => self
+                .interval
+                .unwrap_or(GO_MASTER_INTERVAL)
+                .max(GO_MASTER_INTERVAL),
+            Registration::Typed(_) => self.interval.unwrap_or(super::config::DEFAULT_INTERVAL),
+        };
+        let state = Arc::new(KeeperState::default());
         let keeper = Keeper {
-            backoff: self.backoff.unwrap_or_else(|| {
-                Reconnect::new()
-                    .initial_delay(Duration::from_millis(100).min(self.interval))
-                    .max_delay(self.interval * 2)
-            }),
-            grace: self.interval * self.missed_pings,
-            interval: self.interval,
+            backoff: self.backoff,
+            configured,
+            told: None,
+            missed_pings: self.missed_pings,
             monitor: self.monitor,
             registration: self.registration,
             dialer: self.dialer,
             rng: seed,
-            registered: registered.clone(),
+            state: state.clone(),
         };
-        let span = tracing::info_span!(parent: None, "keep_registered", monitor = %self.monitor);
+        keeper.publish(keeper.configured);
+        let span = tracing::info_span!(parent: None, "keep_registered", monitor = ?keeper.monitor);
         let task = tokio::spawn(keeper.run(node, stop.clone()).instrument(span));
-        KeepRegistered {
-            stop,
-            registered,
-            task,
-        }
+        KeepRegistered { stop, state, task }
     }
 }
 
 struct Keeper {
-    monitor: SocketAddr,
+    monitor: Target,
     registration: Registration,
-    interval: Duration,
-    /// No ping for this long after the last ping or registration: register
-    /// again.
-    grace: Duration,
-    backoff: Reconnect,
+    /// The period before the monitor tells one or the pings show one.
+    configured: Duration,
+    /// The interval the monitor told at the last registration.
+    told: Option<Duration>,
+    /// No ping for this many periods after the last ping or registration:
+    /// register again.
+    missed_pings: u32,
+    /// `None`: from the period.
+    backoff: Option<Reconnect>,
     dialer: Option<Arc<dyn Dialer>>,
     /// splitmix64 state, for the jitter.
     rng: u64,
-    registered: Arc<AtomicU64>,
+    state: Arc<KeeperState>,
 }
 
 impl Keeper {
+    /// The period followed now: learned, told, or configured.
+    fn period(&self, node: &impl LastPing) -> Duration {
+        let period = node
+            .ping_period()
+            .or(self.told)
+            .unwrap_or(self.configured)
+            .max(Duration::from_millis(1));
+        match self.registration {
+            // A Go master pings every 3 s, whatever it is told.
+            Registration::GoHello if node.ping_period().is_none() => period.max(GO_MASTER_INTERVAL),
+            _ => period,
+        }
+    }
+
+    fn publish(&self, period: Duration) {
+        let nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        self.state.period.store(nanos, Ordering::Relaxed);
+    }
+
     async fn run(mut self, node: impl LastPing, stop: CancellationToken) {
         let mut registered_at: Option<Instant> = None;
         // Tries since the last ping: the backoff grows while the monitor
@@ -398,6 +506,9 @@ impl Keeper {
         let mut tries = 0u32;
         let mut seen_ping: Option<Instant> = None;
         loop {
+            let period = self.period(&node);
+            self.publish(period);
+            let grace = period * self.missed_pings;
             let now = Instant::now();
             let last_ping = node.last_ping();
             if last_ping != seen_ping {
@@ -409,27 +520,36 @@ impl Keeper {
                 (Some(ping), Some(at)) => Some(ping.max(at)),
                 (ping, at) => ping.or(at),
             };
-            let stale = heard.is_none_or(|at| now.saturating_duration_since(at) >= self.grace);
+            let stale = heard.is_none_or(|at| now.saturating_duration_since(at) >= grace);
             let wait = if stale {
                 if tries > 0 {
                     let unit = self.unit();
-                    let delay = self.backoff.delay(tries - 1, unit);
+                    let backoff = self.backoff.clone().unwrap_or_else(|| {
+                        Reconnect::new()
+                            .initial_delay(Duration::from_millis(100).min(period))
+                            .max_delay(period * 2)
+                    });
+                    let delay = backoff.delay(tries - 1, unit);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
                 tries = tries.saturating_add(1);
+                let limit = period.max(Duration::from_secs(1));
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
-                    outcome = tokio::time::timeout(self.interval.max(Duration::from_secs(1)), self.register()) => outcome,
+                    outcome = tokio::time::timeout(limit, self.register(limit)) => outcome,
                 };
                 match outcome {
-                    Ok(Ok(())) => {
+                    Ok(Ok(told)) => {
                         registered_at = Some(Instant::now());
-                        self.registered.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("registered");
-                        self.interval
+                        self.state.registered.fetch_add(1, Ordering::Relaxed);
+                        if let Some(told) = told {
+                            self.told = Some(told.interval.max(Duration::from_millis(1)));
+                        }
+                        tracing::info!(told = ?self.told, "registered");
+                        self.period(&node)
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(error = %crate::wire::error::Report(&error), "registration failed");
@@ -441,7 +561,7 @@ impl Keeper {
                     }
                 }
             } else {
-                self.interval
+                period
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -460,29 +580,54 @@ impl Keeper {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    async fn register(&self) -> Result<(), Error> {
+    /// One registration; what the monitor told, if anything.
+    async fn register(&self, limit: Duration) -> Result<Option<Registered>, Error> {
         match &self.registration {
             Registration::Typed(registration) => {
-                let client = self.client::<Register>().await?;
-                deliver(client, registration).await
+                let builder = Client::<Register>::builder().receive::<Registered>(1);
+                let client = self.connect(builder, limit).await?;
+                deliver_typed(client, registration).await
             }
             Registration::GoHello => {
-                let client = self.client::<String>().await?;
-                deliver(client, &"hello".to_string()).await
+                let client = self.connect(Client::<String>::builder(), limit).await?;
+                deliver(&client, &"hello".to_string()).await.map(|()| None)
             }
         }
     }
 
-    async fn client<M: Message>(&self) -> Result<Client<M>, Error> {
-        let builder = Client::<M>::builder()
+    async fn connect<M: Message, H: crate::conn::handler::Handler, R: Send + 'static>(
+        &self,
+        builder: crate::client::ClientBuilder<M, H, R>,
+        limit: Duration,
+    ) -> Result<Client<M, R>, Error> {
+        let builder = builder
             .framing(Framing::eof())
-            .connect_timeout(self.interval)
-            .close_timeout(self.interval);
+            .connect_timeout(limit)
+            .close_timeout(limit);
+        let addrs = match &self.monitor {
+            Target::Tcp(addrs) => addrs.clone(),
+            Target::Name(name) => tokio::net::lookup_host(name.as_str())
+                .await
+                .map_err(Error::Io)?
+                .collect(),
+            _ => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "KeepRegistered reaches its monitor at a TCP address",
+                )))
+            }
+        };
         let client = match &self.dialer {
-            None => builder.connect(self.monitor).await?,
+            None => builder.connect(&addrs[..]).await?,
             Some(dialer) => {
-                let io = dialer.dial(self.monitor).await?;
-                builder.connect_io(io, Addr::from(self.monitor)).await?
+                let Some(&addr) = addrs.first() else {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the monitor's name resolved to no address",
+                    )));
+                };
+                let io = dialer.dial(addr).await?;
+                builder.connect_io(io, Addr::from(addr)).await?
             }
         };
         Ok(client)

@@ -28,6 +28,7 @@ mod framing;
 mod guards;
 mod handshake_protocol;
 mod heartbeat;
+mod heartbeat_fleet;
 mod hostile;
 mod interop;
 mod lifecycle_connection;
