@@ -524,7 +524,7 @@ impl Keeper {
             let wait = if stale {
                 if tries > 0 {
                     let unit = self.unit();
-                    let backoff = self.backoff.clone().unwrap_or_else(|| {
+                    let backoff = self.backoff.unwrap_or_else(|| {
                         Reconnect::new()
                             .initial_delay(Duration::from_millis(100).min(period))
                             .max_delay(period * 2)
