@@ -142,9 +142,9 @@ use crate::codec::{Codec, Message};
 use crate::wire::error::Error;
 use crate::wire::frame::{Escaping, Framing};
 pub use crate::wire::hello::{
-    effective_fingerprint, features, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
-    Mismatch, RequestMode, Role, Setting, TypeInfo, HELLO_MAGIC, HELLO_V1_MAGIC, MAX_HELLO_LEN,
-    MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
+    effective_fingerprint, features, fold, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
+    Mismatch, RequestMode, Role, Setting, TypeInfo, VariantInfo, HELLO_MAGIC, HELLO_V1_MAGIC,
+    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
 };
 
 /// What `#[derive(Message)]` uses to find a field type's fingerprint if
@@ -312,6 +312,8 @@ impl Hello {
                 shape,
                 S::variant_tags(),
             )
+            .with_variant_shapes(&S::variant_fingerprints())
+            .with_also_decodes(&S::also_decodes())
         });
         let accepts = A::fingerprint().map(|shape| {
             TypeInfo::new(
@@ -320,6 +322,8 @@ impl Hello {
                 shape,
                 A::variant_tags(),
             )
+            .with_variant_shapes(&A::variant_fingerprints())
+            .with_also_decodes(&A::also_decodes())
         });
         let framing = |binary| framing_name(Framing::default().resolve(binary));
         Hello {

@@ -24,6 +24,7 @@ mod decode_slice;
 mod derive;
 mod duplex;
 mod errors;
+mod evolve;
 mod framing;
 mod guards;
 mod handshake_protocol;
