@@ -416,6 +416,30 @@ mod tests {
     }
 
     #[test]
+    fn also_decodes_takes_types_and_repeats() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[message(codec = "bincode", also_decodes = v1::Command)]
+            #[message(also_decodes = v0::Command)]
+            struct S;
+        };
+        let mut errors = Vec::new();
+        let attrs = message_attrs(&input.attrs, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let earlier: Vec<String> = attrs
+            .also_decodes
+            .iter()
+            .map(|ty| quote::quote!(#ty).to_string())
+            .collect();
+        assert_eq!(earlier, ["v1 :: Command", "v0 :: Command"]);
+
+        let input: DeriveInput = syn::parse_quote! {
+            #[message(codec = "bincode", also_decodes = "0123456789abcdef")]
+            struct S;
+        };
+        assert!(message_errors(input)[0].starts_with("expected the earlier version's type"));
+    }
+
+    #[test]
     fn tag_must_be_a_u32() {
         let variant: syn::Variant = syn::parse_quote!(
             #[message(tag = 7)]

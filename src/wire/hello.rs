@@ -1289,6 +1289,95 @@ mod tests {
         assert_eq!(ours.check(&open, Role::Client), Ok(0b10));
     }
 
+    /// A type whose variants carry shapes: (tag, name, shape).
+    fn shaped(name: &str, variants: &[(u32, &str, u64)]) -> TypeInfo {
+        let tags: Vec<(u32, &str)> = variants.iter().map(|(t, n, _)| (*t, *n)).collect();
+        let shapes: Vec<(u32, Fingerprint)> = variants
+            .iter()
+            .map(|(t, _, s)| (*t, Fingerprint(*s)))
+            .collect();
+        let whole = variants
+            .iter()
+            .fold(0, |acc, (t, _, s)| acc ^ s ^ u64::from(*t));
+        TypeInfo::new(name, "bincode", Fingerprint(whole), &tags).with_variant_shapes(&shapes)
+    }
+
+    #[test]
+    fn shared_tags_must_agree_and_one_sided_tags_are_reported() {
+        let client_of = |sends: TypeInfo| Hello {
+            sends: Some(sends),
+            ..hello()
+        };
+        let server_of = |accepts: TypeInfo| Hello {
+            sends: None,
+            accepts: Some(accepts),
+            ..hello()
+        };
+        let old = shaped("Command", &[(1, "Put", 10), (2, "Get", 20)]);
+        let new = shaped(
+            "Command",
+            &[(1, "Put", 10), (2, "Get", 20), (3, "Delete", 30)],
+        );
+        // Shapes and declarations survive the hello.
+        let declared = new.clone().with_also_decodes(&[Fingerprint(99)]);
+        let frame = encoded(&client_of(declared.clone()));
+        let text = std::str::from_utf8(&frame).unwrap().to_owned();
+        assert!(
+            text.contains(&format!("3.Delete/{:08x}:", fold(Fingerprint(30)))),
+            "{text}"
+        );
+        assert_eq!(Hello::decode(&frame).unwrap().sends, Some(declared.clone()));
+
+        // A variant more, either way: accepted, and said.
+        let (client, server) = (client_of(new.clone()), server_of(old.clone()));
+        assert_eq!(client.check(&server, Role::Client), Ok(0));
+        assert_eq!(server.check(&client, Role::Server), Ok(0));
+        assert_eq!(
+            server.one_sided(&client, Role::Server),
+            ["the client sends `Command` variants that this server does not know: Delete (tag 3); \
+              this server skips them (an UnknownVariant event, or an error reply to a request)"]
+        );
+        assert!(client_of(old.clone())
+            .check(&server_of(new.clone()), Role::Client)
+            .is_ok());
+
+        // A renamed variant, a changed one, none in common: refused.
+        let renamed = shaped("Command", &[(1, "Put", 10), (2, "Fetch", 20)]);
+        let m = mismatch(&client_of(renamed), &server, Role::Client);
+        assert_eq!(m.setting, Setting::Variants);
+        assert!(
+            m.words.starts_with(
+                "tag 2 is `Get` in the server's `Command` and `Fetch` in this client's"
+            ),
+            "{}",
+            m.words
+        );
+        let changed = shaped("Command", &[(1, "Put", 11), (2, "Get", 20)]);
+        let m = mismatch(&server, &client_of(changed.clone()), Role::Server);
+        assert_eq!(m.setting, Setting::Fields);
+        assert!(
+            m.words
+                .starts_with("`Command::Put` (tag 1) has other fields"),
+            "{}",
+            m.words
+        );
+        let other = shaped("Command", &[(7, "Stop", 70)]);
+        let m = mismatch(&client_of(other), &server, Role::Client);
+        assert!(m.words.ends_with(": none in common"), "{}", m.words);
+
+        // Declared where it is received: accepted that way only.
+        let changed_declared = changed.clone().with_also_decodes(&[Fingerprint(30)]);
+        let old_shape = Fingerprint(10 ^ 1 ^ 20 ^ 2);
+        let receiving = server_of(changed.clone().with_also_decodes(&[old_shape]));
+        assert_eq!(
+            receiving.check(&client_of(old.clone()), Role::Server),
+            Ok(0)
+        );
+        assert!(server
+            .check(&client_of(changed_declared), Role::Server)
+            .is_err());
+    }
+
     #[test]
     fn fingerprints_are_stable_and_tell_pieces_apart() {
         // FNV-1a of nothing is its offset basis: the hash is the standard one.

@@ -369,6 +369,14 @@ version!(change_field_type, Op, sample = Get { key: "k".into() }, {
     #[message(tag = 2)]
     Get { key: String },
 });
+version!(declared, Op, sample = Get { key: "k".into() },
+    #[message(also_decodes = super::base::Op)]
+{
+    #[message(tag = 1)]
+    Put { key: String, value: u64 },
+    #[message(tag = 2)]
+    Get { key: String },
+});
 version!(rename_type, Operation, sample = Get { key: "k".into() }, {
     #[message(tag = 1)]
     Put { key: String, value: u32 },
@@ -497,4 +505,53 @@ async fn the_readme_table_of_changes_holds_both_ways() {
         .await,
     );
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// A declared earlier version (`#[message(also_decodes = base::Op)]`):
+/// the new type, whose `Put` carries a `u64` where the old one had a
+/// `u32` (the same bytes in bincode's varints), accepts old senders; an
+/// old receiver still refuses the new sender, naming the variant. Without
+/// the declaration both ways are refused (the table's "change a field's
+/// type").
+#[tokio::test]
+async fn a_declared_earlier_version_is_accepted_where_it_is_received() {
+    assert_eq!(
+        <declared::Op as Message>::also_decodes(),
+        vec![<base::Op as Message>::fingerprint().unwrap()]
+    );
+    // An old server receiving from a new client: refused.
+    let refused = run::<base::Op, declared::Op>(Expect::Refused(Setting::Fields, &["`Op::Put`"]));
+    refused.await.unwrap();
+
+    // A new server receiving from an old client (the server declares
+    // nothing about what it sends): accepted, and the old client's `Put`
+    // decodes at the new server, and the answer back.
+    let echo = handler_fn(
+        |op: declared::Op, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            ctx.reply(&op)?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(echo)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = within(
+        "connect",
+        Client::<base::Op>::builder()
+            .request_ids()
+            .request_timeout(NEVER)
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    let put = base::Op::Put {
+        key: "k".into(),
+        value: 7,
+    };
+    let back = within("the put", client.request_untyped::<base::Op>(&put)).await;
+    assert_eq!(back.unwrap(), put);
+    client.close().await;
+    server.cut().await;
 }
