@@ -45,6 +45,7 @@ mod tls;
 mod typed_codec;
 mod typed_requests;
 mod unix;
+mod wire_fixtures;
 mod write_through;
 
 use std::alloc::System;
