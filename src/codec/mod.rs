@@ -223,7 +223,8 @@ pub trait Message: Sized + Send + 'static {
 
     /// The wire tags and names of the type's variants, which the
     /// [handshake](crate::handshake) sends so that a mismatch can be said
-    /// in words ("the server's `Command` has variants Put, Get, Delete;
+    /// in words ("tag 2 is `Get` in the server's `Command` and `Fetch` in
+    /// this client's"; "the server's `Command` has variants Put, Get, Delete;
     /// this client's has Put, Get"). Empty (the default) for a struct or a
     /// type that does not say; `#[derive(Message)]` lists an enum's.
     fn variant_tags() -> &'static [(u32, &'static str)] {

@@ -9,8 +9,8 @@
 //! requests time out. With the handshake, [`connect`](crate::ClientBuilder::connect)
 //! fails at once with [`ConnectError::Handshake`](crate::ConnectError::Handshake),
 //! naming the first difference in words ("the server uses request ids,
-//! this client ordered replies"; "the server's `Command` has variants Put,
-//! Get, Delete; this client's has Put, Get"), and the server logs the same
+//! this client ordered replies"; "tag 2 is `Get` in the server's `Command`
+//! and `Fetch` in this client's"), and the server logs the same
 //! difference at WARN, once per peer address.
 //!
 //! # When it is on
