@@ -241,3 +241,53 @@ async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
     );
     server.cut().await;
 }
+
+/// A handshake that accepts variants only one side has (a rolling
+/// upgrade) is said at INFO by the client, naming them (README, "Evolving
+/// your messages").
+#[tokio::test(flavor = "current_thread")]
+async fn one_sided_variants_are_said_at_info_by_the_client() {
+    use chitchat_net::{handler_fn, BoxError, Client, Context, Message};
+
+    mod old {
+        #[derive(Debug, chitchat_net::Message)]
+        #[message(codec = "bincode")]
+        pub enum Command {
+            #[message(tag = 1)]
+            Get { key: String },
+        }
+    }
+    #[derive(Debug, Message)]
+    #[message(codec = "bincode")]
+    enum Command {
+        #[message(tag = 1)]
+        Get { key: String },
+        #[message(tag = 2)]
+        Delete { key: String },
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = Server::builder(handler_fn(
+        |_cmd: old::Command, _ctx: &mut Context<'_>| -> Result<(), BoxError> { Ok(()) },
+    ))
+    .listen("127.0.0.1:0")
+    .await
+    .unwrap();
+    let client = Client::<Command>::connect(server.local_addr())
+        .await
+        .unwrap();
+    let text = "this client sends `Command` variants that the server does not know: Delete (tag 2)";
+    wait_for_line(&captured, text).await;
+    let log = logged(&captured);
+    let line = log.lines().find(|l| l.contains(text)).unwrap();
+    assert!(line.contains("INFO"), "{line}");
+    client.close().await;
+    server.cut().await;
+}

@@ -25,6 +25,9 @@ pub(crate) struct MessageAttrs {
     /// `deferred` (on a struct): its handler method gets a `Replier` and
     /// answers through it, instead of returning the reply.
     pub(crate) deferred: Option<Span>,
+    /// `also_decodes = path::To::Earlier` (repeatable): earlier versions of
+    /// the type that it still decodes.
+    pub(crate) also_decodes: Vec<Type>,
 }
 
 /// The value of `codec = ...`.
@@ -136,13 +139,23 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Mes
                 set_once(&mut out.reply, ty, &meta)
             } else if meta.path.is_ident("deferred") {
                 set_once(&mut out.deferred, meta.path.span(), &meta)
+            } else if meta.path.is_ident("also_decodes") {
+                let value = meta.value()?;
+                if value.peek(LitStr) {
+                    return Err(value.error(
+                        "expected the earlier version's type, such as `also_decodes = v1::Command` \
+                         (keep its definition in a module), not a string",
+                    ));
+                }
+                out.also_decodes.push(value.parse()?);
+                Ok(())
             } else if meta.path.is_ident("tag") {
                 Err(meta.error(
                     "`tag` belongs on an enum variant: `#[message(tag = N)]` above the variant",
                 ))
             } else {
                 Err(meta.error(
-                    "unknown `message` attribute: expected `codec`, `reply`, `deferred`, `crate` or `handler`",
+                    "unknown `message` attribute: expected `codec`, `reply`, `deferred`, `also_decodes`, `crate` or `handler`",
                 ))
             }
         });
@@ -171,7 +184,7 @@ pub(crate) fn variant_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Var
                 set_once(&mut out.tag, tag, &meta)
             } else if meta.path.is_ident("deferred") {
                 set_once(&mut out.deferred, meta.path.span(), &meta)
-            } else if ["codec", "crate", "handler", "reply"]
+            } else if ["codec", "crate", "handler", "reply", "also_decodes"]
                 .iter()
                 .any(|key| meta.path.is_ident(key))
             {
@@ -400,6 +413,30 @@ mod tests {
             errors[0].to_string(),
             "`reply` belongs on the enum, not on a variant"
         );
+    }
+
+    #[test]
+    fn also_decodes_takes_types_and_repeats() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[message(codec = "bincode", also_decodes = v1::Command)]
+            #[message(also_decodes = v0::Command)]
+            struct S;
+        };
+        let mut errors = Vec::new();
+        let attrs = message_attrs(&input.attrs, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let earlier: Vec<String> = attrs
+            .also_decodes
+            .iter()
+            .map(|ty| quote::quote!(#ty).to_string())
+            .collect();
+        assert_eq!(earlier, ["v1 :: Command", "v0 :: Command"]);
+
+        let input: DeriveInput = syn::parse_quote! {
+            #[message(codec = "bincode", also_decodes = "0123456789abcdef")]
+            struct S;
+        };
+        assert!(message_errors(input)[0].starts_with("expected the earlier version's type"));
     }
 
     #[test]

@@ -142,7 +142,52 @@ fn fingerprint_fn(input: &Message<'_>, codec: &CodecAttr) -> TokenStream {
         (Shape::Struct { .. }, _) => ("struct", TokenStream::new()),
     };
     let fingerprint = quote!(#krate::handshake::Fingerprint);
+    // Each variant's own fingerprint: its tag and fields, for the
+    // handshake to compare the tags both peers have.
+    let variant_fingerprints = match &input.shape {
+        Shape::Enum(variants) => {
+            let mut sorted: Vec<_> = variants.iter().collect();
+            sorted.sort_by_key(|variant| variant.tag);
+            let entries = sorted.iter().map(|variant| {
+                let tag = variant.tag;
+                let fields = variant.original.fields.iter().enumerate();
+                let fields = fields.map(|(i, f)| field(i, f));
+                quote! {
+                    (#tag, #krate::handshake::FingerprintBuilder::new("variant", "")
+                        .variant(#tag) #(#fields)* .finish())
+                }
+            });
+            quote! {
+                fn variant_fingerprints() -> ::std::vec::Vec<(u32, #fingerprint)> {
+                    #[allow(unused_imports)]
+                    use #krate::handshake::__probe::{
+                        Probe as __Probe, ViaMessage as _, ViaSpelling as _,
+                    };
+                    ::std::vec![#(#entries),*]
+                }
+            }
+        }
+        Shape::Struct { .. } => TokenStream::new(),
+    };
+    let also_decodes = if input.attrs.also_decodes.is_empty() {
+        TokenStream::new()
+    } else {
+        let earlier = input.attrs.also_decodes.iter().map(|ty| {
+            quote_spanned! {syn::spanned::Spanned::span(ty)=>
+                <#ty as #krate::Message>::fingerprint()
+            }
+        });
+        quote! {
+            fn also_decodes() -> ::std::vec::Vec<#fingerprint> {
+                [#(#earlier),*].into_iter().flatten().collect()
+            }
+        }
+    };
     quote! {
+        #variant_fingerprints
+
+        #also_decodes
+
         fn fingerprint() -> ::core::option::Option<#fingerprint> {
             #[allow(unused_imports)]
             use #krate::handshake::__probe::{

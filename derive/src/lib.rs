@@ -71,6 +71,22 @@ use syn::{parse_macro_input, DeriveInput};
 /// does not. The main crate's `handshake` module says exactly what is
 /// covered.
 ///
+/// An enum also gets `Message::variant_fingerprints`: each variant's own
+/// fingerprint (its tag and fields). The handshake compares those for the
+/// tags both peers have, so adding a variant with a new tag is a
+/// compatible change (see the README, "Evolving your messages").
+///
+/// # Earlier versions
+///
+/// `#[message(also_decodes = v1::Command)]` (repeatable) declares that the
+/// type still decodes the frames of an earlier version of itself, whose
+/// definition you keep (in a module `v1`, say): the derive implements
+/// `Message::also_decodes` with that type's fingerprint, and the handshake
+/// accepts a peer that sends it, whatever the differences. It is a promise
+/// that the bytes are the same (a renamed field, `u32` widened to `u64` in
+/// a varint format); it helps where the type is received, not an old
+/// receiver of the new type.
+///
 /// # The handler trait
 ///
 /// For `enum Beat`, the derive also generates `trait BeatHandler`, with the

@@ -42,6 +42,10 @@ pub struct Stats {
     /// Replies that arrived after their request was given up (timed out or
     /// cancelled), or that answered no request.
     pub late_replies: u64,
+    /// Frames skipped because they are a variant this side does not know
+    /// (an [`Error::UnknownVariant`](crate::Error::UnknownVariant) event
+    /// each; requests among them were answered with an error reply).
+    pub unknown_variants: u64,
     /// Messages a reconnecting client dropped while it was disconnected
     /// (with [`WhileDown::Drop`](crate::WhileDown::Drop)).
     pub dropped_while_down: u64,
@@ -74,6 +78,7 @@ pub(crate) struct Counters {
     pub(crate) errors: AtomicU64,
     pub(crate) dropped_events: AtomicU64,
     pub(crate) late_replies: AtomicU64,
+    pub(crate) unknown_variants: AtomicU64,
     pub(crate) dropped_while_down: AtomicU64,
     pub(crate) dropped_at_close: AtomicU64,
     pub(crate) frames_lost_with_connection: AtomicU64,
@@ -109,6 +114,7 @@ impl Counters {
             errors: get(&self.errors),
             dropped_events: get(&self.dropped_events),
             late_replies: get(&self.late_replies),
+            unknown_variants: get(&self.unknown_variants),
             dropped_while_down: get(&self.dropped_while_down),
             dropped_at_close: get(&self.dropped_at_close),
             frames_lost_with_connection: get(&self.frames_lost_with_connection),

@@ -223,11 +223,34 @@ pub trait Message: Sized + Send + 'static {
 
     /// The wire tags and names of the type's variants, which the
     /// [handshake](crate::handshake) sends so that a mismatch can be said
-    /// in words ("the server's `Command` has variants Put, Get, Delete;
+    /// in words ("tag 2 is `Get` in the server's `Command` and `Fetch` in
+    /// this client's"; "the server's `Command` has variants Put, Get, Delete;
     /// this client's has Put, Get"). Empty (the default) for a struct or a
     /// type that does not say; `#[derive(Message)]` lists an enum's.
     fn variant_tags() -> &'static [(u32, &'static str)] {
         &[]
+    }
+
+    /// The fingerprint of each variant's fields, by tag, which the
+    /// [handshake](crate::handshake) compares for the tags both peers
+    /// have: a variant added with a new tag is a compatible change, a
+    /// variant whose fields changed under the same tag is not. Empty (the
+    /// default: then the type's whole fingerprint must match) unless the
+    /// type says; `#[derive(Message)]` lists an enum's.
+    fn variant_fingerprints() -> Vec<(u32, crate::wire::hello::Fingerprint)> {
+        Vec::new()
+    }
+
+    /// The fingerprints of earlier versions of this type that it still
+    /// decodes (`#[message(also_decodes = path::To::OldType)]`): the
+    /// [handshake](crate::handshake) accepts a peer that sends one of them
+    /// whatever the differences (at most
+    /// [`MAX_ALSO_DECODES`](crate::handshake::MAX_ALSO_DECODES) are sent).
+    /// Declaring one is a promise that this type's codec reads the earlier
+    /// version's frames: see the README, "Evolving your messages". Empty
+    /// by default.
+    fn also_decodes() -> Vec<crate::wire::hello::Fingerprint> {
+        Vec::new()
     }
 }
 

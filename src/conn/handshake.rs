@@ -9,8 +9,8 @@
 //! requests time out. With the handshake, [`connect`](crate::ClientBuilder::connect)
 //! fails at once with [`ConnectError::Handshake`](crate::ConnectError::Handshake),
 //! naming the first difference in words ("the server uses request ids,
-//! this client ordered replies"; "the server's `Command` has variants Put,
-//! Get, Delete; this client's has Put, Get"), and the server logs the same
+//! this client ordered replies"; "tag 2 is `Get` in the server's `Command`
+//! and `Fetch` in this client's"), and the server logs the same
 //! difference at WARN, once per peer address.
 //!
 //! # When it is on
@@ -82,12 +82,33 @@
 //! | `sends` | the type it sends, or `-` if it declares none (then anything matches) |
 //! | `accepts` | the type it accepts, likewise |
 //!
-//! A type is `Name:codec:fingerprint:variants`: its name without module
-//! path, its codec's name, the 16 hex digits of its effective fingerprint,
-//! and its variants as `tag.Name` separated by commas (empty for a struct),
-//! with `+` last when the list was cut (at [`MAX_LISTED_VARIANTS`], or to
-//! keep the hello within its size). Names are cut to [`MAX_NAME_LEN`]
-//! characters of `[A-Za-z0-9_.-]`.
+//! A type is `Name:codec:fingerprint:variants[:earlier]`: its name without
+//! module path, its codec's name, the 16 hex digits of its effective
+//! fingerprint, and its variants as `tag.Name/shape` separated by commas
+//! (empty for a struct; `shape` is the 8 hex digits of the variant's own
+//! fingerprint, [`fold`]ed, left out with its `/` by a type that does not
+//! say), with `+` last when the list was cut (at [`MAX_LISTED_VARIANTS`],
+//! or to keep the hello within its size); then, if the type declares
+//! earlier versions it still decodes, `:` and their effective fingerprints
+//! separated by commas (at most [`MAX_ALSO_DECODES`]). Names are cut to
+//! [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
+//!
+//! # Which types agree
+//!
+//! In each direction, the receiver's type accepts the sender's if it
+//! declares the sender's fingerprint an earlier version it still decodes;
+//! else the names and codecs must be equal, and then, when both list all
+//! their variants with their shapes, every tag both have must have the
+//! same name and shape (a tag keeps its meaning), and at least one tag
+//! must be shared: tags only one side has are fine (a rolling upgrade
+//! adds a variant at one node at a time). A frame of a variant the
+//! receiver lacks is skipped there as an
+//! [`Error::UnknownVariant`](crate::Error::UnknownVariant) event, and a
+//! request of it is answered with an
+//! [`ErrorCode::UnknownVariant`](crate::envelope::ErrorCode::UnknownVariant)
+//! error reply. [`Hello::one_sided`] says which variants only one side
+//! has; a client logs it at INFO, a server at DEBUG. Structs, and types
+//! whose lists were cut, must have equal fingerprints.
 //!
 //! Each side checks the peer's hello against its own (see [`Hello::check`]
 //! for the order): the first difference is the error. A frame that is not
@@ -142,9 +163,9 @@ use crate::codec::{Codec, Message};
 use crate::wire::error::Error;
 use crate::wire::frame::{Escaping, Framing};
 pub use crate::wire::hello::{
-    effective_fingerprint, features, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
-    Mismatch, RequestMode, Role, Setting, TypeInfo, HELLO_MAGIC, HELLO_V1_MAGIC, MAX_HELLO_LEN,
-    MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
+    effective_fingerprint, features, fold, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
+    Mismatch, RequestMode, Role, Setting, TypeInfo, VariantInfo, HELLO_MAGIC, HELLO_V1_MAGIC,
+    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
 };
 
 /// What `#[derive(Message)]` uses to find a field type's fingerprint if
@@ -312,6 +333,8 @@ impl Hello {
                 shape,
                 S::variant_tags(),
             )
+            .with_variant_shapes(&S::variant_fingerprints())
+            .with_also_decodes(&S::also_decodes())
         });
         let accepts = A::fingerprint().map(|shape| {
             TypeInfo::new(
@@ -320,6 +343,8 @@ impl Hello {
                 shape,
                 A::variant_tags(),
             )
+            .with_variant_shapes(&A::variant_fingerprints())
+            .with_also_decodes(&A::also_decodes())
         });
         let framing = |binary| framing_name(Framing::default().resolve(binary));
         Hello {

@@ -291,6 +291,16 @@ where
         let theirs = Hello::decode(frame)?;
         let features = plan.hello.check(&theirs, plan.role)?;
         tracing::debug!(?theirs, "handshake done");
+        // Accepted, with variants only one side knows (a rolling upgrade):
+        // said at INFO by a client, at DEBUG by a server (one line per
+        // connection would flood a server's log during an upgrade).
+        for words in plan.hello.one_sided(&theirs, plan.role) {
+            let peer = &self.handle.inner.peer;
+            match plan.role {
+                Role::Client => tracing::info!(%peer, "handshake: {words}"),
+                Role::Server => tracing::debug!(%peer, "handshake: {words}"),
+            }
+        }
         Ok(features)
     }
 
@@ -720,11 +730,20 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
         match decoded {
             Ok(msg) => Some((msg, request)),
             Err(error) => {
+                let unknown = matches!(error, Error::UnknownVariant { .. });
+                if unknown {
+                    Counters::add(&conn.counters.unknown_variants, 1);
+                }
                 if let Some(id) = request {
                     // The caller learns at once why, instead of waiting
                     // for its timeout.
                     let text = crate::wire::error::Report(&error).to_string();
-                    conn.fail_request(id, ErrorCode::BadRequest, &text);
+                    let code = if unknown {
+                        ErrorCode::UnknownVariant
+                    } else {
+                        ErrorCode::BadRequest
+                    };
+                    conn.fail_request(id, code, &text);
                 }
                 self.frame_error(conn, events, error);
                 None

@@ -401,7 +401,7 @@ impl Wire {
             Some(codec) => codec.decode_slice(frame),
             None => M::Codec::default().decode_slice(frame),
         };
-        decoded.map_err(Error::decoding::<M>)
+        decoded.map_err(decode_error::<M>)
     }
 
     /// Decodes one frame into a message.
@@ -410,7 +410,7 @@ impl Wire {
             Some(codec) => codec.decode(frame),
             None => M::Codec::default().decode(frame),
         };
-        decoded.map_err(Error::decoding::<M>)
+        decoded.map_err(decode_error::<M>)
     }
 
     fn override_for<M: Message>(&self) -> Option<&Arc<dyn Codec<M>>> {
@@ -484,6 +484,20 @@ impl<M: 'static> Codec<M> for Static<M> {
     }
 }
 
+/// A decode error into `M`, naming `M`: an [`Error::UnknownVariant`] if the
+/// codec read a tag `M` does not have.
+fn decode_error<M: Message>(error: Error) -> Error {
+    if let Error::Decode { source, .. } = &error {
+        if let Some(unknown) = source.downcast_ref::<crate::codec::UnknownTag>() {
+            return Error::UnknownVariant {
+                type_name: short_name::<M>(),
+                tag: unknown.tag,
+            };
+        }
+    }
+    error.decoding::<M>()
+}
+
 /// Whether `M`'s default codec is binary.
 pub(crate) fn default_is_binary<M: Message>() -> bool {
     M::Codec::default().is_binary()
@@ -493,12 +507,16 @@ pub(crate) fn default_is_binary<M: Message>() -> bool {
 /// declares a fingerprint.
 pub(crate) fn type_info<M: Message>(wire: &Wire) -> Option<TypeInfo> {
     let shape = M::fingerprint()?;
-    Some(TypeInfo::new(
-        short_name::<M>(),
-        wire.codec_name::<M>(),
-        shape,
-        M::variant_tags(),
-    ))
+    Some(
+        TypeInfo::new(
+            short_name::<M>(),
+            wire.codec_name::<M>(),
+            shape,
+            M::variant_tags(),
+        )
+        .with_variant_shapes(&M::variant_fingerprints())
+        .with_also_decodes(&M::also_decodes()),
+    )
 }
 
 /// What a server says it sends (`ServerBuilder::handshake::<S>()`): the

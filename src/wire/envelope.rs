@@ -28,7 +28,8 @@
 //!
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
-//! did not decode, `0x03` it was left unanswered; others are kept as
+//! did not decode, `0x03` it was left unanswered, `0x04` it is a variant
+//! the peer does not know; others are kept as
 //! [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
@@ -87,6 +88,10 @@ pub enum ErrorCode {
     /// `0x03`: the request was handed to a
     /// [`Replier`](crate::Replier) that was dropped without answering.
     Unanswered,
+    /// `0x04`: the request is a variant the peer does not know (a tag its
+    /// type lacks: it is of an older version); the text names the type and
+    /// the tag. See the README, "Evolving your messages".
+    UnknownVariant,
     /// Any other status byte (from a later version), kept as it came.
     Other(u8),
 }
@@ -98,6 +103,7 @@ impl ErrorCode {
             ErrorCode::Handler => 0x01,
             ErrorCode::BadRequest => 0x02,
             ErrorCode::Unanswered => 0x03,
+            ErrorCode::UnknownVariant => 0x04,
             ErrorCode::Other(byte) => byte,
         }
     }
@@ -108,6 +114,7 @@ impl ErrorCode {
             0x01 => ErrorCode::Handler,
             0x02 => ErrorCode::BadRequest,
             0x03 => ErrorCode::Unanswered,
+            0x04 => ErrorCode::UnknownVariant,
             other => ErrorCode::Other(other),
         }
     }
@@ -119,6 +126,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Handler => f.write_str("the handler failed"),
             ErrorCode::BadRequest => f.write_str("bad request"),
             ErrorCode::Unanswered => f.write_str("left unanswered"),
+            ErrorCode::UnknownVariant => f.write_str("unknown variant"),
             ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
         }
     }

@@ -68,6 +68,22 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A frame is a variant of a message type that this side does not
+    /// know: its tag is none of `type_name`'s (the peer is of a later
+    /// version, see the README, "Evolving your messages"). The frame is
+    /// skipped and counted ([`Stats::unknown_variants`](crate::Stats::unknown_variants));
+    /// the connection stays open. A request of it is answered with an
+    /// error reply, [`ErrorCode::UnknownVariant`](crate::envelope::ErrorCode::UnknownVariant).
+    #[error(
+        "unknown variant: tag {tag} is none of `{type_name}`'s variants (the peer is of a later version)"
+    )]
+    UnknownVariant {
+        /// The message type, without its module path (`Command`).
+        type_name: &'static str,
+        /// The tag read from the frame.
+        tag: u32,
+    },
+
     /// A value could not be encoded.
     #[error("{codec} encode failed: {}", Report(&**source))]
     Encode {
@@ -310,6 +326,7 @@ impl Error {
         !matches!(
             self,
             Error::Decode { .. }
+                | Error::UnknownVariant { .. }
                 | Error::Handler(_)
                 | Error::QueueFull { .. }
                 | Error::Envelope(_)

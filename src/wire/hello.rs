@@ -180,12 +180,41 @@ pub struct TypeInfo {
     /// Its fingerprint with the codec's name mixed in: see
     /// [`effective_fingerprint`].
     pub fingerprint: Fingerprint,
-    /// Its variants' wire tags and names, in the order of the tags (none
-    /// for a struct). At most [`MAX_LISTED_VARIANTS`].
-    pub variants: Vec<(u32, String)>,
+    /// Its variants, in the order of the tags (none for a struct). At
+    /// most [`MAX_LISTED_VARIANTS`].
+    pub variants: Vec<VariantInfo>,
     /// Whether `variants` lists every variant.
     pub all_variants: bool,
+    /// The effective fingerprints of the earlier versions of the type it
+    /// still decodes (`#[message(also_decodes = ...)]`, see
+    /// [`Message::also_decodes`](crate::Message::also_decodes)), at most
+    /// [`MAX_ALSO_DECODES`]: a peer that sends one of them is accepted.
+    pub also_decodes: Vec<Fingerprint>,
 }
+
+/// One variant of a message type, as a hello describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantInfo {
+    /// Its wire tag.
+    pub tag: u32,
+    /// Its name.
+    pub name: String,
+    /// Its shape (the fingerprint of its fields, folded to 32 bits: see
+    /// [`fold`]), if the type says
+    /// ([`Message::variant_fingerprints`](crate::Message::variant_fingerprints)):
+    /// a tag both peers have must have the same name and shape at both.
+    pub shape: Option<u32>,
+}
+
+/// A variant's fingerprint as a hello carries it: its two halves xored
+/// (32 bits, 8 hex digits, so that a hello lists many variants).
+pub fn fold(fingerprint: Fingerprint) -> u32 {
+    (fingerprint.0 ^ (fingerprint.0 >> 32)) as u32
+}
+
+/// Earlier versions a type declares it still decodes, at the most: a hello
+/// carries no more.
+pub const MAX_ALSO_DECODES: usize = 8;
 
 /// The fingerprint a hello carries for a type: its shape's fingerprint
 /// ([`Message::fingerprint`](crate::Message::fingerprint)) and the name of
@@ -397,11 +426,15 @@ impl TypeInfo {
         fingerprint: Fingerprint,
         variants: &[(u32, &str)],
     ) -> Self {
-        let mut sorted: Vec<(u32, String)> = variants
+        let mut sorted: Vec<VariantInfo> = variants
             .iter()
-            .map(|(tag, name)| (*tag, clean(name)))
+            .map(|(tag, name)| VariantInfo {
+                tag: *tag,
+                name: clean(name),
+                shape: None,
+            })
             .collect();
-        sorted.sort_by_key(|(tag, _)| *tag);
+        sorted.sort_by_key(|variant| variant.tag);
         let all_variants = sorted.len() <= MAX_LISTED_VARIANTS;
         sorted.truncate(MAX_LISTED_VARIANTS);
         TypeInfo {
@@ -410,17 +443,45 @@ impl TypeInfo {
             fingerprint: effective_fingerprint(fingerprint, codec),
             variants: sorted,
             all_variants,
+            also_decodes: Vec::new(),
         }
+    }
+
+    /// With the shapes of its variants (tag, fingerprint of the variant's
+    /// fields: [`Message::variant_fingerprints`](crate::Message::variant_fingerprints)).
+    pub fn with_variant_shapes(mut self, shapes: &[(u32, Fingerprint)]) -> Self {
+        for variant in &mut self.variants {
+            variant.shape = shapes
+                .iter()
+                .find(|(tag, _)| *tag == variant.tag)
+                .map(|(_, shape)| fold(*shape));
+        }
+        self
+    }
+
+    /// With the earlier versions it still decodes (their shapes'
+    /// fingerprints, [`Message::also_decodes`](crate::Message::also_decodes)),
+    /// at most [`MAX_ALSO_DECODES`] of them.
+    pub fn with_also_decodes(mut self, shapes: &[Fingerprint]) -> Self {
+        self.also_decodes = shapes
+            .iter()
+            .take(MAX_ALSO_DECODES)
+            .map(|shape| effective_fingerprint(*shape, &self.codec))
+            .collect();
+        self
     }
 
     fn encode(&self, out: &mut String, listed: usize) {
         use fmt::Write;
         let _ = write!(out, "{}:{}:{}:", self.name, self.codec, self.fingerprint);
-        for (i, (tag, name)) in self.variants.iter().take(listed).enumerate() {
+        for (i, variant) in self.variants.iter().take(listed).enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "{tag}.{name}");
+            let _ = write!(out, "{}.{}", variant.tag, variant.name);
+            if let Some(shape) = variant.shape {
+                let _ = write!(out, "/{shape:08x}");
+            }
         }
         if !self.all_variants || listed < self.variants.len() {
             out.push_str(if self.variants.is_empty() || listed == 0 {
@@ -429,6 +490,15 @@ impl TypeInfo {
                 ",+"
             });
         }
+        for (i, also) in self.also_decodes.iter().enumerate() {
+            out.push(if i == 0 { ':' } else { ',' });
+            let _ = write!(out, "{also}");
+        }
+    }
+
+    /// The variant with `tag`, if listed.
+    fn variant(&self, tag: u32) -> Option<&VariantInfo> {
+        self.variants.iter().find(|variant| variant.tag == tag)
     }
 
     fn decode(text: &str) -> Option<Self> {
@@ -436,7 +506,18 @@ impl TypeInfo {
         let name = parts.next().filter(|n| valid_name(n))?.to_owned();
         let codec = parts.next().filter(|n| valid_name(n))?.to_owned();
         let fingerprint = parse_hex(parts.next()?)?;
-        let list = parts.next()?;
+        let rest = parts.next()?;
+        let (list, also) = match rest.split_once(':') {
+            Some((list, also)) => (list, Some(also)),
+            None => (rest, None),
+        };
+        let mut also_decodes = Vec::new();
+        for fingerprint in also.into_iter().flat_map(|also| also.split(',')) {
+            if also_decodes.len() >= MAX_ALSO_DECODES {
+                return None;
+            }
+            also_decodes.push(Fingerprint(parse_hex(fingerprint)?));
+        }
         let mut variants = Vec::new();
         let mut all_variants = true;
         if !list.is_empty() {
@@ -448,12 +529,23 @@ impl TypeInfo {
                 if !all_variants || variants.len() >= MAX_LISTED_VARIANTS {
                     return None;
                 }
-                let (tag, name) = item.split_once('.')?;
+                let (tag, rest) = item.split_once('.')?;
+                let (name, shape) = match rest.split_once('/') {
+                    Some((name, shape)) if shape.len() == 8 => {
+                        (name, Some(parse_hex(&format!("{shape:0>16}"))? as u32))
+                    }
+                    Some(_) => return None,
+                    None => (rest, None),
+                };
                 if !valid_name(name) || tag.is_empty() || tag.len() > 10 {
                     return None;
                 }
                 let tag: u32 = tag.parse().ok()?;
-                variants.push((tag, name.to_owned()));
+                variants.push(VariantInfo {
+                    tag,
+                    name: name.to_owned(),
+                    shape,
+                });
             }
         }
         Some(TypeInfo {
@@ -462,11 +554,12 @@ impl TypeInfo {
             fingerprint: Fingerprint(fingerprint),
             variants,
             all_variants,
+            also_decodes,
         })
     }
 
     fn variant_list(&self) -> String {
-        let mut names: Vec<&str> = self.variants.iter().map(|(_, n)| n.as_str()).collect();
+        let mut names: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
         if !self.all_variants {
             names.push("…");
         }
@@ -746,7 +839,7 @@ impl Hello {
                 ),
                 _ => String::new(),
             };
-            if let Some(found) = type_difference(theirs, ours, them, me, words) {
+            if let Some(found) = type_difference(theirs, ours, true, them, me, words) {
                 return Some(found);
             }
         }
@@ -762,34 +855,134 @@ impl Hello {
                 ),
                 _ => String::new(),
             };
-            if let Some(found) = type_difference(theirs, ours, them, me, words) {
+            if let Some(found) = type_difference(theirs, ours, false, them, me, words) {
                 return Some(found);
             }
         }
         None
     }
+
+    /// The variants one side sends that the other does not know, in words
+    /// (one line per direction; none if every tag is shared, or a list is
+    /// incomplete): after a successful [`check`](Self::check), what a
+    /// rolling upgrade leaves one-sided. Such a variant sent to the side
+    /// that lacks it is skipped there, as an
+    /// [`Error::UnknownVariant`](crate::Error::UnknownVariant) event (or an
+    /// error reply with [`ErrorCode::UnknownVariant`](crate::envelope::ErrorCode::UnknownVariant)
+    /// to a request).
+    pub fn one_sided(&self, peer: &Hello, we: Role) -> Vec<String> {
+        let (them, me) = (we.peer(), we.me());
+        let mut out = Vec::new();
+        for (sender, receiver, from, to) in [
+            (&peer.sends, &self.accepts, them, me),
+            (&self.sends, &peer.accepts, me, them),
+        ] {
+            let (Some(sender), Some(receiver)) = (sender, receiver) else {
+                continue;
+            };
+            if !(sender.all_variants && receiver.all_variants) || sender.variants.is_empty() {
+                continue;
+            }
+            let unknown: Vec<String> = sender
+                .variants
+                .iter()
+                .filter(|v| receiver.variant(v.tag).is_none())
+                .map(|v| format!("{} (tag {})", v.name, v.tag))
+                .collect();
+            if !unknown.is_empty() {
+                out.push(format!(
+                    "{from} sends `{}` variants that {to} does not know: {}; {to} skips them \
+                     (an UnknownVariant event, or an error reply to a request)",
+                    sender.name,
+                    unknown.join(", ")
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// The first difference between the peer's `theirs` and our `ours` (one
-/// direction), if any; `words` says a name or codec difference.
+/// direction: we receive what they send if `we_receive`, else the other
+/// way), if any; `words` says a name or codec difference.
+///
+/// The receiver accepts a sender whose fingerprint it declares it also
+/// decodes; else the names and codecs must be equal, and then, if both
+/// list every variant with its shape, each tag both have must have the
+/// same name and shape (tags only one side has are fine, as long as one is
+/// shared); else the fingerprints must be equal.
 fn type_difference(
     theirs: &TypeInfo,
     ours: &TypeInfo,
+    we_receive: bool,
     them: &str,
     me: &str,
     words: impl Fn(Setting) -> String,
 ) -> Option<Mismatch> {
     let differ = |setting, words: String| Some(Mismatch { setting, words });
+    let (sender, receiver) = if we_receive {
+        (theirs, ours)
+    } else {
+        (ours, theirs)
+    };
+    if receiver.also_decodes.contains(&sender.fingerprint) {
+        return None;
+    }
     if theirs.name != ours.name {
         return differ(Setting::MessageType, words(Setting::MessageType));
     }
     if theirs.codec != ours.codec {
         return differ(Setting::Codec, words(Setting::Codec));
     }
+    let listed = theirs.all_variants && ours.all_variants;
+    let shaped = |info: &TypeInfo| {
+        !info.variants.is_empty() && info.variants.iter().all(|v| v.shape.is_some())
+    };
+    if listed && shaped(theirs) && shaped(ours) {
+        let mut shared = 0;
+        for variant in &theirs.variants {
+            let Some(other) = ours.variant(variant.tag) else {
+                continue;
+            };
+            shared += 1;
+            if variant.name != other.name {
+                return differ(
+                    Setting::Variants,
+                    format!(
+                        "tag {} is `{}` in {them}'s `{}` and `{}` in {me}'s: a tag keeps its \
+                         variant for good (give a new variant a new tag)",
+                        variant.tag, variant.name, theirs.name, other.name
+                    ),
+                );
+            }
+            if variant.shape != other.shape {
+                return differ(
+                    Setting::Fields,
+                    format!(
+                        "`{}::{}` (tag {}) has other fields at {them} than at {me}: give the \
+                         changed variant a new tag, or declare the earlier version \
+                         (`also_decodes`) where it is received",
+                        theirs.name, variant.name, variant.tag
+                    ),
+                );
+            }
+        }
+        if shared > 0 {
+            return None;
+        }
+        return differ(
+            Setting::Variants,
+            format!(
+                "{them}'s `{}` has variants {}; {me}'s has {}: none in common",
+                theirs.name,
+                theirs.variant_list(),
+                ours.variant_list()
+            ),
+        );
+    }
     if theirs.fingerprint == ours.fingerprint {
         return None;
     }
-    let listed = theirs.all_variants && ours.all_variants;
     if listed && theirs.variants != ours.variants {
         return differ(
             Setting::Variants,
@@ -1094,6 +1287,95 @@ mod tests {
         let mut ours = client.clone();
         ours.features = 0b10;
         assert_eq!(ours.check(&open, Role::Client), Ok(0b10));
+    }
+
+    /// A type whose variants carry shapes: (tag, name, shape).
+    fn shaped(name: &str, variants: &[(u32, &str, u64)]) -> TypeInfo {
+        let tags: Vec<(u32, &str)> = variants.iter().map(|(t, n, _)| (*t, *n)).collect();
+        let shapes: Vec<(u32, Fingerprint)> = variants
+            .iter()
+            .map(|(t, _, s)| (*t, Fingerprint(*s)))
+            .collect();
+        let whole = variants
+            .iter()
+            .fold(0, |acc, (t, _, s)| acc ^ s ^ u64::from(*t));
+        TypeInfo::new(name, "bincode", Fingerprint(whole), &tags).with_variant_shapes(&shapes)
+    }
+
+    #[test]
+    fn shared_tags_must_agree_and_one_sided_tags_are_reported() {
+        let client_of = |sends: TypeInfo| Hello {
+            sends: Some(sends),
+            ..hello()
+        };
+        let server_of = |accepts: TypeInfo| Hello {
+            sends: None,
+            accepts: Some(accepts),
+            ..hello()
+        };
+        let old = shaped("Command", &[(1, "Put", 10), (2, "Get", 20)]);
+        let new = shaped(
+            "Command",
+            &[(1, "Put", 10), (2, "Get", 20), (3, "Delete", 30)],
+        );
+        // Shapes and declarations survive the hello.
+        let declared = new.clone().with_also_decodes(&[Fingerprint(99)]);
+        let frame = encoded(&client_of(declared.clone()));
+        let text = std::str::from_utf8(&frame).unwrap().to_owned();
+        assert!(
+            text.contains(&format!("3.Delete/{:08x}:", fold(Fingerprint(30)))),
+            "{text}"
+        );
+        assert_eq!(Hello::decode(&frame).unwrap().sends, Some(declared.clone()));
+
+        // A variant more, either way: accepted, and said.
+        let (client, server) = (client_of(new.clone()), server_of(old.clone()));
+        assert_eq!(client.check(&server, Role::Client), Ok(0));
+        assert_eq!(server.check(&client, Role::Server), Ok(0));
+        assert_eq!(
+            server.one_sided(&client, Role::Server),
+            ["the client sends `Command` variants that this server does not know: Delete (tag 3); \
+              this server skips them (an UnknownVariant event, or an error reply to a request)"]
+        );
+        assert!(client_of(old.clone())
+            .check(&server_of(new.clone()), Role::Client)
+            .is_ok());
+
+        // A renamed variant, a changed one, none in common: refused.
+        let renamed = shaped("Command", &[(1, "Put", 10), (2, "Fetch", 20)]);
+        let m = mismatch(&client_of(renamed), &server, Role::Client);
+        assert_eq!(m.setting, Setting::Variants);
+        assert!(
+            m.words.starts_with(
+                "tag 2 is `Get` in the server's `Command` and `Fetch` in this client's"
+            ),
+            "{}",
+            m.words
+        );
+        let changed = shaped("Command", &[(1, "Put", 11), (2, "Get", 20)]);
+        let m = mismatch(&server, &client_of(changed.clone()), Role::Server);
+        assert_eq!(m.setting, Setting::Fields);
+        assert!(
+            m.words
+                .starts_with("`Command::Put` (tag 1) has other fields"),
+            "{}",
+            m.words
+        );
+        let other = shaped("Command", &[(7, "Stop", 70)]);
+        let m = mismatch(&client_of(other), &server, Role::Client);
+        assert!(m.words.ends_with(": none in common"), "{}", m.words);
+
+        // Declared where it is received: accepted that way only.
+        let changed_declared = changed.clone().with_also_decodes(&[Fingerprint(30)]);
+        let old_shape = Fingerprint(10 ^ 1 ^ 20 ^ 2);
+        let receiving = server_of(changed.clone().with_also_decodes(&[old_shape]));
+        assert_eq!(
+            receiving.check(&client_of(old.clone()), Role::Server),
+            Ok(0)
+        );
+        assert!(server
+            .check(&client_of(changed_declared), Role::Server)
+            .is_err());
     }
 
     #[test]

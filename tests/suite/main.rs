@@ -24,6 +24,7 @@ mod decode_slice;
 mod derive;
 mod duplex;
 mod errors;
+mod evolve;
 mod framing;
 mod guards;
 mod handshake_protocol;
@@ -45,6 +46,7 @@ mod tls;
 mod typed_codec;
 mod typed_requests;
 mod unix;
+mod wire_fixtures;
 mod write_through;
 
 use std::alloc::System;

@@ -81,6 +81,9 @@ enum Status {
 enum Unknown {
     #[message(tag = 9)]
     Nine { x: u64 },
+    /// `Command::Get`'s tag with another field type: does not decode.
+    #[message(tag = 1)]
+    Get { key: u64 },
 }
 
 /// The server's handler: answers by returning.
@@ -396,9 +399,24 @@ async fn a_request_that_does_not_decode_on_the_server_is_answered_bad_request() 
     .await;
     match refused {
         Err(RequestError::Remote { code, message }) => {
-            assert_eq!(code, ErrorCode::BadRequest);
+            assert_eq!(code, ErrorCode::UnknownVariant);
             assert!(message.contains("tag 9"), "{message}");
         }
+        other => panic!("expected an unknown-variant error reply, got {other:?}"),
+    }
+    let event = next_event(&server_events).await;
+    assert!(
+        matches!(event.error, Error::UnknownVariant { tag: 9, .. }),
+        "{event}"
+    );
+    // A known tag whose fields do not decode: a bad request.
+    let refused = within(
+        "the undecodable request (not its 60 s timeout)",
+        stranger.request(&Unknown::Get { key: 1 }),
+    )
+    .await;
+    match refused {
+        Err(RequestError::Remote { code, .. }) => assert_eq!(code, ErrorCode::BadRequest),
         other => panic!("expected a bad-request error reply, got {other:?}"),
     }
     // The server still reports the decode error.
