@@ -81,17 +81,21 @@
 //! | `features` | optional protocol pieces, a 64-bit bitfield in 16 lowercase hex digits ([`features`]); the bits both set are used |
 //! | `sends` | the type it sends, or `-` if it declares none (then anything matches) |
 //! | `accepts` | the type it accepts, likewise |
+//! | `sends-shapes`, `accepts-shapes` | optional: each listed variant's own fingerprint, `tag/shape` separated by commas (`shape`: 8 hex digits, [`fold`]ed) |
+//! | `sends-also`, `accepts-also` | optional: the effective fingerprints of earlier versions the type still decodes, separated by commas (at most [`MAX_ALSO_DECODES`]) |
 //!
-//! A type is `Name:codec:fingerprint:variants[:earlier]`: its name without
-//! module path, its codec's name, the 16 hex digits of its effective
-//! fingerprint, and its variants as `tag.Name/shape` separated by commas
-//! (empty for a struct; `shape` is the 8 hex digits of the variant's own
-//! fingerprint, [`fold`]ed, left out with its `/` by a type that does not
-//! say), with `+` last when the list was cut (at [`MAX_LISTED_VARIANTS`],
-//! or to keep the hello within its size); then, if the type declares
-//! earlier versions it still decodes, `:` and their effective fingerprints
-//! separated by commas (at most [`MAX_ALSO_DECODES`]). Names are cut to
-//! [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
+//! A type is `Name:codec:fingerprint:variants`: its name without module
+//! path, its codec's name, the 16 hex digits of its effective fingerprint,
+//! and its variants as `tag.Name` separated by commas (empty for a
+//! struct), with `+` last when the list was cut (at
+//! [`MAX_LISTED_VARIANTS`], or to keep the hello within its size). Names
+//! are cut to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
+//!
+//! The shapes and earlier versions came after the first builds of version
+//! 2 and have keys of their own, which those builds skip: the two kinds
+//! read each other's hello, and compare types by fingerprint where a side
+//! does not give shapes (as before: a variant added on one side only is
+//! then refused, so upgrade the library everywhere before adding variants).
 //!
 //! # Which types agree
 //!

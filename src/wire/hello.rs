@@ -479,9 +479,6 @@ impl TypeInfo {
                 out.push(',');
             }
             let _ = write!(out, "{}.{}", variant.tag, variant.name);
-            if let Some(shape) = variant.shape {
-                let _ = write!(out, "/{shape:08x}");
-            }
         }
         if !self.all_variants || listed < self.variants.len() {
             out.push_str(if self.variants.is_empty() || listed == 0 {
@@ -490,10 +487,66 @@ impl TypeInfo {
                 ",+"
             });
         }
+    }
+
+    /// The fields added after the first hello of version 2 shipped, as
+    /// keys of their own (`{key}-shapes=tag/shape,..` and
+    /// `{key}-also=fingerprint,..`) that a build without them skips: the
+    /// value of `sends=` and `accepts=` keeps its first grammar, so builds
+    /// of either kind read each other's hello.
+    fn encode_extras(&self, key: &str, out: &mut String, listed: usize) {
+        use fmt::Write;
+        let shapes = self
+            .variants
+            .iter()
+            .take(listed)
+            .filter_map(|variant| variant.shape.map(|shape| (variant.tag, shape)));
+        for (i, (tag, shape)) in shapes.enumerate() {
+            if i == 0 {
+                let _ = write!(out, " {key}-shapes=");
+            } else {
+                out.push(',');
+            }
+            let _ = write!(out, "{tag}/{shape:08x}");
+        }
         for (i, also) in self.also_decodes.iter().enumerate() {
-            out.push(if i == 0 { ':' } else { ',' });
+            if i == 0 {
+                let _ = write!(out, " {key}-also=");
+            } else {
+                out.push(',');
+            }
             let _ = write!(out, "{also}");
         }
+    }
+
+    /// Reads a `{key}-shapes=` value into the listed variants.
+    fn decode_shapes(&mut self, text: &str) -> Option<()> {
+        for (i, item) in text.split(',').enumerate() {
+            if i >= MAX_LISTED_VARIANTS {
+                return None;
+            }
+            let (tag, shape) = item.split_once('/')?;
+            if tag.is_empty() || tag.len() > 10 || shape.len() != 8 {
+                return None;
+            }
+            let tag: u32 = tag.parse().ok()?;
+            let shape = u32::from_str_radix(shape, 16).ok()?;
+            if let Some(variant) = self.variants.iter_mut().find(|v| v.tag == tag) {
+                variant.shape = Some(shape);
+            }
+        }
+        Some(())
+    }
+
+    /// Reads a `{key}-also=` value.
+    fn decode_also(&mut self, text: &str) -> Option<()> {
+        for fingerprint in text.split(',') {
+            if self.also_decodes.len() >= MAX_ALSO_DECODES {
+                return None;
+            }
+            self.also_decodes.push(Fingerprint(parse_hex(fingerprint)?));
+        }
+        Some(())
     }
 
     /// The variant with `tag`, if listed.
@@ -506,18 +559,7 @@ impl TypeInfo {
         let name = parts.next().filter(|n| valid_name(n))?.to_owned();
         let codec = parts.next().filter(|n| valid_name(n))?.to_owned();
         let fingerprint = parse_hex(parts.next()?)?;
-        let rest = parts.next()?;
-        let (list, also) = match rest.split_once(':') {
-            Some((list, also)) => (list, Some(also)),
-            None => (rest, None),
-        };
-        let mut also_decodes = Vec::new();
-        for fingerprint in also.into_iter().flat_map(|also| also.split(',')) {
-            if also_decodes.len() >= MAX_ALSO_DECODES {
-                return None;
-            }
-            also_decodes.push(Fingerprint(parse_hex(fingerprint)?));
-        }
+        let list = parts.next()?;
         let mut variants = Vec::new();
         let mut all_variants = true;
         if !list.is_empty() {
@@ -529,14 +571,7 @@ impl TypeInfo {
                 if !all_variants || variants.len() >= MAX_LISTED_VARIANTS {
                     return None;
                 }
-                let (tag, rest) = item.split_once('.')?;
-                let (name, shape) = match rest.split_once('/') {
-                    Some((name, shape)) if shape.len() == 8 => {
-                        (name, Some(parse_hex(&format!("{shape:0>16}"))? as u32))
-                    }
-                    Some(_) => return None,
-                    None => (rest, None),
-                };
+                let (tag, name) = item.split_once('.')?;
                 if !valid_name(name) || tag.is_empty() || tag.len() > 10 {
                     return None;
                 }
@@ -544,7 +579,7 @@ impl TypeInfo {
                 variants.push(VariantInfo {
                     tag,
                     name: name.to_owned(),
-                    shape,
+                    shape: None,
                 });
             }
         }
@@ -554,7 +589,7 @@ impl TypeInfo {
             fingerprint: Fingerprint(fingerprint),
             variants,
             all_variants,
-            also_decodes,
+            also_decodes: Vec::new(),
         })
     }
 
@@ -646,6 +681,11 @@ impl Hello {
                 None => out.push('-'),
             }
         }
+        for (key, info) in [("sends", &self.sends), ("accepts", &self.accepts)] {
+            if let Some(info) = info {
+                info.encode_extras(key, &mut out, listed);
+            }
+        }
         out
     }
 
@@ -686,6 +726,7 @@ impl Hello {
         let (mut protocol, mut cluster, mut requests) = (None, None, None);
         let (mut send_framing, mut receive_framing, mut feature_bits) = (None, None, None);
         let (mut sends, mut accepts) = (None, None);
+        let mut extras: Vec<(&str, &str)> = Vec::new();
         for field in text.split(' ').filter(|f| !f.is_empty()) {
             let Some((key, value)) = field.split_once('=') else {
                 return Err(malformed("a field without `=`"));
@@ -740,8 +781,31 @@ impl Hello {
                         accepts = Some(info);
                     }
                 }
+                "sends-shapes" | "accepts-shapes" | "sends-also" | "accepts-also" => {
+                    if extras.len() >= 4 {
+                        return Err(malformed("a repeated field"));
+                    }
+                    extras.push((key, value));
+                }
                 // A later version's field.
                 _ => {}
+            }
+        }
+        let mut sends: Option<TypeInfo> = sends.ok_or(malformed("no sends"))?;
+        let mut accepts: Option<TypeInfo> = accepts.ok_or(malformed("no accepts"))?;
+        for (key, value) in extras {
+            let (info, why) = match key {
+                "sends-shapes" | "sends-also" => (sends.as_mut(), "sends-shapes or sends-also"),
+                _ => (accepts.as_mut(), "accepts-shapes or accepts-also"),
+            };
+            // Extras of an undeclared type (`-`) say nothing: skipped.
+            if let Some(info) = info {
+                let read = if key.ends_with("-shapes") {
+                    info.decode_shapes(value)
+                } else {
+                    info.decode_also(value)
+                };
+                read.ok_or(malformed(why))?;
             }
         }
         Ok(Hello {
@@ -751,8 +815,8 @@ impl Hello {
             send_framing: send_framing.ok_or(malformed("no send-framing"))?,
             receive_framing: receive_framing.ok_or(malformed("no receive-framing"))?,
             features: feature_bits.ok_or(malformed("no features"))?,
-            sends: sends.ok_or(malformed("no sends"))?,
-            accepts: accepts.ok_or(malformed("no accepts"))?,
+            sends,
+            accepts,
         })
     }
 
@@ -1323,7 +1387,9 @@ mod tests {
         let frame = encoded(&client_of(declared.clone()));
         let text = std::str::from_utf8(&frame).unwrap().to_owned();
         assert!(
-            text.contains(&format!("3.Delete/{:08x}:", fold(Fingerprint(30)))),
+            text.contains(&format!(" sends-shapes=1/{:08x},", fold(Fingerprint(10))))
+                && text.contains(&format!(",3/{:08x} ", fold(Fingerprint(30))))
+                && text.contains(" sends-also="),
             "{text}"
         );
         assert_eq!(Hello::decode(&frame).unwrap().sends, Some(declared.clone()));
@@ -1376,6 +1442,68 @@ mod tests {
         assert!(server
             .check(&client_of(changed_declared), Role::Server)
             .is_err());
+    }
+
+    /// The hello of the first builds of version 2 (before variant shapes
+    /// and earlier versions), exactly as they wrote it: their `sends=`
+    /// value allows no `/` after a variant name and no fifth `:` part, and
+    /// they skip unknown keys, so the extras must stay in keys of their
+    /// own. Checked both ways: this build reads that hello and agrees with
+    /// it by fingerprint, and this build's hello, read with that grammar
+    /// (the keys it did not know dropped), is the same hello.
+    #[test]
+    fn first_version_2_builds_and_this_one_read_each_other() {
+        let first = "chitchat-hello/2 proto=1-1 cluster=- requests=ids \
+                     send-framing=length:u32be receive-framing=length:u32be \
+                     features=0000000000000001 sends=Command:bincode:00000000000000aa:1.Put,2.Get \
+                     accepts=-";
+        let theirs = Hello::decode(first.as_bytes()).unwrap();
+        let sends = theirs.sends.clone().unwrap();
+        assert!(sends.variants.iter().all(|v| v.shape.is_none()));
+
+        let mut ours = hello();
+        ours.requests = RequestMode::Ids;
+        ours.send_framing = Some("length:u32be".into());
+        ours.receive_framing = "length:u32be".into();
+        ours.features = 1;
+        ours.sends = None;
+        let same = TypeInfo {
+            fingerprint: Fingerprint(0xaa),
+            ..shaped("Command", &[(1, "Put", 10), (2, "Get", 20)])
+        }
+        .with_also_decodes(&[Fingerprint(7)]);
+        ours.accepts = Some(same.clone());
+        // Same fingerprint: agreed, though only this side has shapes.
+        assert_eq!(ours.check(&theirs, Role::Server), Ok(1));
+        // A variant more on one side, without shapes on the other: the
+        // fingerprints differ and the variants are named.
+        ours.accepts = Some(TypeInfo {
+            fingerprint: Fingerprint(0xbb),
+            ..shaped(
+                "Command",
+                &[(1, "Put", 10), (2, "Get", 20), (3, "Delete", 30)],
+            )
+        });
+        let refused = ours.check(&theirs, Role::Server).unwrap_err().to_string();
+        assert!(refused.contains("Put, Get, Delete"), "{refused}");
+
+        // This build's hello in the first grammar: the known keys only.
+        ours.sends = Some(same);
+        let frame = encoded(&ours);
+        let text = std::str::from_utf8(&frame).unwrap();
+        let known: Vec<&str> = text
+            .split(' ')
+            .filter(|field| !field.contains("-shapes=") && !field.contains("-also="))
+            .collect();
+        // sends-shapes, sends-also and accepts-shapes.
+        assert_eq!(known.len() + 3, text.split(' ').count(), "{text}");
+        let sends_value = known
+            .iter()
+            .find_map(|field| field.strip_prefix("sends="))
+            .unwrap();
+        assert_eq!(sends_value, "Command:bincode:00000000000000aa:1.Put,2.Get");
+        let read = Hello::decode(known.join(" ").as_bytes()).unwrap();
+        assert_eq!(read.sends.unwrap().fingerprint, Fingerprint(0xaa));
     }
 
     #[test]
