@@ -1310,8 +1310,10 @@ fn fmt_us(v: f64) -> String {
         format!("{:.1} ms", v / 1e3)
     } else if v >= 100.0 {
         format!("{v:.0} µs")
-    } else {
+    } else if v >= 1.0 {
         format!("{v:.1} µs")
+    } else {
+        format!("{v:.2} µs")
     }
 }
 
