@@ -303,7 +303,11 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
     let name = ident.to_string();
 
     let reply = input.attrs.reply.as_ref().map(|ty| replace_self(ty, ident));
-    let item = input.attrs.stream.as_ref().map(|ty| replace_self(ty, ident));
+    let item = input
+        .attrs
+        .stream
+        .as_ref()
+        .map(|ty| replace_self(ty, ident));
     // How a method answers: not at all (one-way messages), by returning
     // the reply, through a `Replier` (`deferred`), or through a
     // `ReplySink` (a subscription: every variant of an enum without

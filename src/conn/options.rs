@@ -224,8 +224,7 @@ macro_rules! connection_options {
         /// Reply streams need the handshake and request ids on both sides;
         /// without a handshake they are off already.
         pub fn no_reply_streams(mut self) -> Self {
-            self.config.handshake.features_off |=
-                crate::wire::hello::features::REPLY_STREAMS;
+            self.config.handshake.features_off |= crate::wire::hello::features::REPLY_STREAMS;
             self
         }
 

@@ -232,9 +232,10 @@ impl<T: Message> ReplySink<T> {
                 Ok(())
             }
             Err(PushError::Write(error)) => Err(SinkError::Unsendable(error)),
-            Err(PushError::Closed | PushError::Full) => {
-                Err(self.state.closed().map_or(SinkError::Closed, SinkError::from))
-            }
+            Err(PushError::Closed | PushError::Full) => Err(self
+                .state
+                .closed()
+                .map_or(SinkError::Closed, SinkError::from)),
         }
     }
 

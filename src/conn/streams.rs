@@ -16,10 +16,11 @@
 //! window when the first item arrives, then more as it takes items. Every
 //! credit frame therefore comes after its sink was made, so a credit for a
 //! stream this side does not serve (any more) is dropped, and no state is
-//! kept for unknown ids. A credit of 0 cancels a stream; an item for a
-//! subscription this side does not have (dropped, or ended) is answered
-//! with a cancel, so a sink whose cancel crossed its first item still
-//! learns it.
+//! kept for unknown ids but the last few cancels. A credit of 0 cancels a
+//! stream (one that overtook its request, still waiting for its handler,
+//! is kept, and its sink starts closed); an item for a subscription this
+//! side does not have (dropped, or ended) is answered with a cancel, so a
+//! sink whose cancel was lost still learns it at its next item.
 //!
 //! Each stream ends once: the entry leaves the table under its lock, and
 //! whoever takes it out (the sink's end, a cancel, a graceful close, the
@@ -261,7 +262,15 @@ struct State {
     subs: HashMap<u64, Arc<SubState>>,
     /// A graceful close has begun: no new sink.
     closing: bool,
+    /// The last ids cancelled before their sink was made (a cancel that
+    /// overtook a request still waiting for its handler): such a sink
+    /// starts closed. Bounded; ids are never reused, so a stale one is
+    /// harmless.
+    cancelled_early: VecDeque<u64>,
 }
+
+/// Cancels kept for sinks not yet made, at most.
+const MAX_CANCELLED_EARLY: usize = 64;
 
 impl Streams {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -287,14 +296,23 @@ impl StreamsSlot {
         if state.closing || self.ended.load(Ordering::SeqCst) || state.sinks.contains_key(&id) {
             return None;
         }
+        let cancelled = match state.cancelled_early.iter().position(|&c| c == id) {
+            Some(at) => {
+                state.cancelled_early.remove(at);
+                Some(SinkClosed::Cancelled)
+            }
+            None => None,
+        };
         let sink = Arc::new(SinkState {
             inner: Mutex::new(SinkInner {
                 credit: INITIAL_CREDIT,
-                closed: None,
+                closed: cancelled,
             }),
             changed: tokio::sync::Notify::new(),
         });
-        state.sinks.insert(id, sink.clone());
+        if cancelled.is_none() {
+            state.sinks.insert(id, sink.clone());
+        }
         Some(sink)
     }
 
@@ -466,14 +484,17 @@ impl StreamsSlot {
             }
             Envelope::Credit(id) => {
                 let n = envelope::decode_credit(&body)?;
-                let Some(table) = self.existing() else {
-                    return Ok(());
-                };
+                let table = self.table();
                 let mut state = table.lock();
                 if n == 0 {
                     if let Some(sink) = state.sinks.remove(&id) {
                         drop(state);
                         sink.close(SinkClosed::Cancelled);
+                    } else {
+                        if state.cancelled_early.len() == MAX_CANCELLED_EARLY {
+                            state.cancelled_early.pop_front();
+                        }
+                        state.cancelled_early.push_back(id);
                     }
                     return Ok(());
                 }
@@ -492,7 +513,9 @@ impl StreamsSlot {
 
     /// An item of subscription `id`: buffered, within its credit.
     fn take_item(&self, outbox: &Outbox, wire: &Wire, id: u64, item: Bytes) {
-        let sub = self.existing().and_then(|t| t.lock().subs.get(&id).cloned());
+        let sub = self
+            .existing()
+            .and_then(|t| t.lock().subs.get(&id).cloned());
         let Some(sub) = sub else {
             // Not (or no longer) ours: tell its sink to stop.
             send_credit(outbox, wire, id, 0);

@@ -96,9 +96,7 @@ impl StreamError {
 impl From<StreamError> for Error {
     fn from(error: StreamError) -> Self {
         match error {
-            StreamError::Unsupported => {
-                Error::Config("the peer does not support reply streams")
-            }
+            StreamError::Unsupported => Error::Config("the peer does not support reply streams"),
             StreamError::NotEnabled => Error::Config("reply streams need `request_ids()`"),
             StreamError::Closed => Error::Closed,
             StreamError::Timeout(timeout) => Error::RequestTimeout(timeout),

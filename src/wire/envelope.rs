@@ -31,7 +31,8 @@
 //!
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
-//! did not decode, `0x03` it was left unanswered; others are kept as
+//! did not decode, `0x03` it was left unanswered, `0x09` a reply stream
+//! refused or stopped by its server; others are kept as
 //! [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
@@ -504,7 +505,10 @@ mod tests {
             decode_stream_end(body),
             Ok(Some((ErrorCode::StreamRefused, "closing")))
         );
-        assert_eq!(decode_stream_end(&[1, 0xff]), Err(EnvelopeError::BadErrorText));
+        assert_eq!(
+            decode_stream_end(&[1, 0xff]),
+            Err(EnvelopeError::BadErrorText)
+        );
         // Credit: one varint, nothing after it.
         let mut credit = Vec::new();
         encode_credit(3, u64::MAX, &mut credit);
