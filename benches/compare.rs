@@ -5,6 +5,7 @@
 //! cargo bench -p chitchat-net-benches --bench compare                            # full run (a few minutes)
 //! cargo bench -p chitchat-net-benches --bench compare -- --quick                 # under a minute
 //! cargo bench -p chitchat-net-benches --bench compare -- --only pingpong,decode
+//! cargo bench -p chitchat-net-benches --bench compare -- --quick --only streams  # reply streams
 //! ```
 //!
 //! It prints a table, then one line per target, `ratio <name> <value> <goal>`,
@@ -27,7 +28,7 @@ use bytemuck::{Pod, Zeroable};
 use bytes::{Bytes, BytesMut};
 use chitchat_net::{
     handler_fn, Bincode, BoxError, Client, Context, FrameCodec, Framing, Handler, Message,
-    PodCodec, Server,
+    PodCodec, ReplySink, Server,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -976,6 +977,128 @@ fn pingpong_typed(rounds: usize, cpu: usize) -> Vec<Duration> {
 }
 
 // ---------------------------------------------------------------------------
+// Reply streams (issue 23, item 6): items per second through reply streams
+
+/// A subscription to `n` [`Sample16`] items.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[message(codec = "bincode", stream = Sample16)]
+struct Feed {
+    n: u64,
+}
+
+/// Answers a [`Feed`] with its items, from a task of its own.
+#[derive(Handler)]
+#[handler(message = Feed)]
+struct Feeder;
+
+impl FeedHandler for Feeder {
+    async fn feed(
+        &self,
+        msg: Feed,
+        mut sink: ReplySink<Sample16>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), BoxError> {
+        tokio::spawn(async move {
+            let mut item = Sample16 { seq: 0, value: 7 };
+            for i in 0..msg.n {
+                item.seq = i;
+                if sink.send(&item).await.is_err() {
+                    return;
+                }
+            }
+            sink.end();
+        });
+        Ok(())
+    }
+}
+
+/// chitchat-net: `n` items in all through `subscribers` reply streams on
+/// one connection (a window of `window` items each), each read to its end
+/// and checked in order. Returns items per second.
+fn streams_ours(rt: &Runtime, n: u64, subscribers: u64, window: u64) -> f64 {
+    bounded(rt, "reply streams (ours)", async move {
+        let server = Server::builder(Feeder)
+            .request_ids()
+            .listen("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let client = Arc::new(
+            Client::<Feed>::builder()
+                .request_ids()
+                .connect(server.local_addr())
+                .await
+                .expect("connect"),
+        );
+        let each = n / subscribers;
+        let started = Instant::now();
+        let readers: Vec<_> = (0..subscribers)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut stream = client
+                        .subscribe_with(&Feed { n: each }, window)
+                        .await
+                        .expect("subscribe");
+                    let mut expected = 0;
+                    while let Some(item) = stream.next().await {
+                        let item = item.expect("an item");
+                        assert_eq!(item.seq, expected, "items out of order");
+                        expected += 1;
+                    }
+                    assert_eq!(expected, each, "items lost");
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.expect("a reader");
+        }
+        let elapsed = started.elapsed();
+        client.close().await;
+        server.cut().await;
+        (each * subscribers) as f64 / elapsed.as_secs_f64()
+    })
+}
+
+fn target_streams(plan: &Plan, rt: &Runtime, report: &mut Report) {
+    let n = plan.oneway_msgs;
+    eprintln!("reply streams: {n} items per run");
+    let cases: [(u64, u64, &str); 3] = [
+        (
+            1,
+            chitchat_net::DEFAULT_STREAM_WINDOW,
+            "1 subscriber, window 32",
+        ),
+        (1, 1024, "1 subscriber, window 1024"),
+        (
+            100,
+            chitchat_net::DEFAULT_STREAM_WINDOW,
+            "100 subscribers, window 32",
+        ),
+    ];
+    for (subscribers, window, what) in cases {
+        let (ours, base, ratio) = compare_rates(
+            plan.reps,
+            &format!("streams {what}"),
+            || {
+                let msg = Sample16 { seq: 0, value: 7 };
+                let step = |m: &mut Sample16, i| m.seq = i;
+                oneway_ours_with(rt, n, Framing::lines(), msg, step, Sending::Batched)
+            },
+            || streams_ours(rt, n, subscribers, window),
+        );
+        report.rows.push(Row {
+            target: "s6",
+            name: None,
+            what: format!("reply stream Pod 16 B, {what} vs one-way send_all"),
+            ours: si(ours, "item/s"),
+            baseline: si(base, "msg/s"),
+            value: ratio,
+            goal: None,
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The targets
 
 fn target_oneway(plan: &Plan, rt: &Runtime, report: &mut Report) {
@@ -1597,6 +1720,9 @@ fn main() {
     }
     if plan.wants("scale") {
         target_scale(&plan, &rt, &mut report);
+    }
+    if plan.wants("streams") {
+        target_streams(&plan, &rt, &mut report);
     }
     report.print();
     println!("finished in {}", fmt_duration(started.elapsed()));

@@ -145,8 +145,8 @@ pub use crate::codec::typed_codec::TypedCodec;
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{
-    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, Request, SizeMismatch, Text,
-    TrailingBytes, DEFAULT_BINCODE_LIMIT,
+    Bincode, BincodeWithLimit, Codec, Format, Message, PodCodec, Raw, Request, SizeMismatch,
+    Subscription, Text, TrailingBytes, DEFAULT_BINCODE_LIMIT,
 };
 pub use crate::conn::config::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_BYTES,
@@ -160,6 +160,8 @@ pub use crate::conn::handler::{
 pub use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
 pub use crate::conn::options::Options;
 pub use crate::conn::receive::Inbox;
+pub use crate::conn::reply_stream::{NoStream, ReplySink, SinkError};
+pub use crate::conn::subscriptions::{ReplyStream, StreamError, DEFAULT_STREAM_WINDOW};
 pub use crate::server::{Server, ServerBuilder, ShutdownReport};
 pub use crate::wire::error::{BoxError, Error, Report};
 pub use crate::wire::frame::{Escaping, FrameCodec, Framing, DEFAULT_MAX_FRAME_LENGTH};

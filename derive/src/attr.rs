@@ -28,6 +28,9 @@ pub(crate) struct MessageAttrs {
     /// `also_decodes = path::To::Earlier` (repeatable): earlier versions of
     /// the type that it still decodes.
     pub(crate) also_decodes: Vec<Type>,
+    /// `stream = Type`: the message is a subscription answered by a
+    /// stream of `Type` items.
+    pub(crate) stream: Option<Type>,
 }
 
 /// The value of `codec = ...`.
@@ -82,6 +85,9 @@ pub(crate) struct VariantAttrs {
     /// `deferred`: the variant's handler method gets a `Replier` and
     /// answers through it, instead of returning the reply.
     pub(crate) deferred: Option<Span>,
+    /// `stream`: the variant is answered by a reply stream (of the enum's
+    /// `stream = Type`), its method gets a `ReplySink`.
+    pub(crate) stream: Option<Span>,
 }
 
 /// A pinned wire tag.
@@ -149,13 +155,16 @@ pub(crate) fn message_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Mes
                 }
                 out.also_decodes.push(value.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("stream") {
+                let ty: Type = meta.value()?.parse()?;
+                set_once(&mut out.stream, ty, &meta)
             } else if meta.path.is_ident("tag") {
                 Err(meta.error(
                     "`tag` belongs on an enum variant: `#[message(tag = N)]` above the variant",
                 ))
             } else {
                 Err(meta.error(
-                    "unknown `message` attribute: expected `codec`, `reply`, `deferred`, `also_decodes`, `crate` or `handler`",
+                    "unknown `message` attribute: expected `codec`, `reply`, `stream`, `deferred`, `also_decodes`, `crate` or `handler`",
                 ))
             }
         });
@@ -184,6 +193,12 @@ pub(crate) fn variant_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Var
                 set_once(&mut out.tag, tag, &meta)
             } else if meta.path.is_ident("deferred") {
                 set_once(&mut out.deferred, meta.path.span(), &meta)
+            } else if meta.path.is_ident("stream") && meta.input.peek(Token![=]) {
+                Err(meta.error(
+                    "`stream = Item` belongs on the enum; mark a variant answered by a stream with `#[message(stream)]`",
+                ))
+            } else if meta.path.is_ident("stream") {
+                set_once(&mut out.stream, meta.path.span(), &meta)
             } else if ["codec", "crate", "handler", "reply", "also_decodes"]
                 .iter()
                 .any(|key| meta.path.is_ident(key))
@@ -194,7 +209,7 @@ pub(crate) fn variant_attrs(attrs: &[Attribute], errors: &mut Vec<Error>) -> Var
                 )))
             } else {
                 Err(meta.error(
-                    "unknown `message` attribute on a variant: expected `tag = N` or `deferred`",
+                    "unknown `message` attribute on a variant: expected `tag = N`, `deferred` or `stream`",
                 ))
             }
         });

@@ -21,7 +21,8 @@ pub(crate) fn derive_message(node: &DeriveInput) -> TokenStream {
     } else {
         TokenStream::new()
     };
-    let request = request_impl(&input);
+    let mut request = request_impl(&input);
+    request.extend(subscription_impl(&input));
     if let Some(error) = combine(std::mem::take(&mut input.errors)) {
         let fallback = message_fallback(node, &input.krate, error);
         return quote! {
@@ -347,20 +348,30 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
     let name = ident.to_string();
 
     let reply = input.attrs.reply.as_ref().map(|ty| replace_self(ty, ident));
+    let item = input
+        .attrs
+        .stream
+        .as_ref()
+        .map(|ty| replace_self(ty, ident));
     // How a method answers: not at all (one-way messages), by returning
-    // the reply, or through a `Replier` (`deferred`).
-    let answer = |deferred: bool| match &reply {
-        None => Answer::None,
-        Some(_) if deferred => Answer::Deferred,
-        Some(reply) => Answer::Returns(reply.clone()),
+    // the reply, through a `Replier` (`deferred`), or through a
+    // `ReplySink` (a subscription: every variant of an enum without
+    // `reply`, the variants marked `stream` of one with it).
+    let answer = |deferred: bool, stream: bool| match (&reply, &item) {
+        (None, Some(item)) => Answer::Stream(item.clone()),
+        (Some(_), Some(item)) if stream => Answer::Stream(item.clone()),
+        (None, None) => Answer::None,
+        (Some(_), _) if deferred => Answer::Deferred,
+        (Some(reply), _) => Answer::Returns(reply.clone()),
     };
 
     let (doc, methods, body) = match &input.shape {
         Shape::Struct { method } => {
-            let answer = answer(input.attrs.deferred.is_some());
+            let answer = answer(input.attrs.deferred.is_some(), false);
             let doc = format!("Handles one [`{name}`] message.{}", answer.doc());
             let mut params = vec![quote!(msg: #ident)];
             params.extend(answer.replier_param(krate, &format_ident!("replier")));
+            params.extend(answer.sink_param(krate, &format_ident!("sink")));
             let methods = handler_method(
                 krate,
                 method,
@@ -375,7 +386,10 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
         }
         Shape::Enum(variants) => {
             let methods = variants.iter().map(|variant| {
-                let answer = answer(variant.attrs.deferred.is_some());
+                let answer = answer(
+                    variant.attrs.deferred.is_some(),
+                    variant.attrs.stream.is_some(),
+                );
                 let doc = format!(
                     "Handles a [`{name}::{}`] message.{}",
                     variant.original.ident,
@@ -390,6 +404,7 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
                     })
                     .collect();
                 params.extend(answer.replier_param(krate, &replier_param(variant)));
+                params.extend(answer.sink_param(krate, &sink_param(variant)));
                 let ctx = context_param(variant);
                 handler_method(
                     krate,
@@ -401,7 +416,10 @@ fn handler_trait(input: &Message<'_>) -> TokenStream {
                 )
             });
             let arms = variants.iter().map(|variant| {
-                let answer = answer(variant.attrs.deferred.is_some());
+                let answer = answer(
+                    variant.attrs.deferred.is_some(),
+                    variant.attrs.stream.is_some(),
+                );
                 let method = &variant.method;
                 let pattern = pattern(variant, TokenStream::new());
                 let fields: Vec<_> = bindings(variant).into_iter().map(|b| quote!(#b)).collect();
@@ -460,6 +478,8 @@ enum Answer {
     Returns(TokenStream),
     /// It gets a `Replier` and answers through it (`deferred`).
     Deferred,
+    /// It gets a `ReplySink` of this item type and answers with a stream.
+    Stream(TokenStream),
 }
 
 impl Answer {
@@ -467,7 +487,15 @@ impl Answer {
     fn output(&self) -> TokenStream {
         match self {
             Answer::Returns(reply) => reply.clone(),
-            Answer::None | Answer::Deferred => quote!(()),
+            Answer::None | Answer::Deferred | Answer::Stream(_) => quote!(()),
+        }
+    }
+
+    /// The `ReplySink` parameter, for a method answered by a stream.
+    fn sink_param(&self, krate: &Path, name: &Ident) -> Option<TokenStream> {
+        match self {
+            Answer::Stream(item) => Some(quote!(#name: #krate::ReplySink<#item>)),
+            _ => None,
         }
     }
 
@@ -488,6 +516,10 @@ impl Answer {
                 " A request answered through `replier`, from any task; dropping it \
                  unanswered answers with an error reply."
             }
+            Answer::Stream(_) => {
+                " A subscription answered by a stream of items sent through `sink`, from \
+                 any task (move it into one); end it with `sink.end()` or `sink.fail(..)`."
+            }
         }
     }
 
@@ -506,6 +538,36 @@ impl Answer {
                 let #replier = #krate::Context::replier(ctx);
                 #method(handler, #(#args,)* #replier, ctx).await
             },
+            Answer::Stream(item) => {
+                let sink = Ident::new("__sink", Span::mixed_site());
+                quote! {
+                    let #sink = #krate::Context::reply_stream::<#item>(ctx)?;
+                    #method(handler, #(#args,)* #sink, ctx).await
+                }
+            }
+        }
+    }
+}
+
+/// The `impl Subscription` of a message with `stream = ...`, spanned at
+/// the item type.
+fn subscription_impl(input: &Message<'_>) -> TokenStream {
+    let (Some(item), true) = (
+        &input.attrs.stream,
+        input.original.generics.params.is_empty(),
+    ) else {
+        return TokenStream::new();
+    };
+    let ident = &input.original.ident;
+    let krate = &input.krate;
+    let span = syn::spanned::Spanned::span(item);
+    let item = replace_self(item, ident);
+    let assoc = respan(quote!(type Item = #item;), span);
+    quote! {
+        #[automatically_derived]
+        #[allow(unused_qualifications)]
+        impl #krate::Subscription for #ident {
+            #assoc
         }
     }
 }
@@ -759,6 +821,16 @@ fn replier_param(variant: &Variant<'_>) -> Ident {
         format_ident!("__replier")
     } else {
         format_ident!("replier")
+    }
+}
+
+/// The sink parameter of a streaming handler method: `sink`, unless a
+/// field is already called that.
+fn sink_param(variant: &Variant<'_>) -> Ident {
+    if variant.fields.iter().any(|field| field.param == "sink") {
+        format_ident!("__sink")
+    } else {
+        format_ident!("sink")
     }
 }
 

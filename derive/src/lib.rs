@@ -166,6 +166,18 @@ use syn::{parse_macro_input, DeriveInput};
 /// # let _ = Store;
 /// ```
 ///
+/// # Reply streams
+///
+/// `#[message(stream = Item)]` makes the type a subscription answered by a
+/// stream of `Item`s: the derive implements `chitchat_net::Subscription`
+/// with `type Item = Item`, so that `client.subscribe(&msg)` returns a
+/// stream of `Item`, and the handler method gets a
+/// `sink: ReplySink<Item>` before the context and returns
+/// `Result<(), BoxError>` (move the sink into a task and send from there;
+/// end with `sink.end()` or `sink.fail(..)`). On an enum without `reply`
+/// every variant is answered by a stream; on one with `reply = R` too, the
+/// variants marked `#[message(stream)]` are, and the others return `R`.
+///
 /// # Other attributes
 ///
 /// `#[message(crate = "path")]` names the main crate for code that reaches
@@ -179,7 +191,9 @@ use syn::{parse_macro_input, DeriveInput};
 /// or with your own codec (which encodes the whole enum itself); two
 /// variants whose method names coincide (`FooBar` and `Foo_Bar`);
 /// `deferred` without `reply`, or on an enum itself (it belongs on the
-/// variants).
+/// variants); `reply` and `stream` both on a struct; a variant marked
+/// `stream` in an enum without `stream = Item`, or both `deferred` and
+/// `stream`.
 ///
 /// # Examples
 ///

@@ -19,6 +19,7 @@ impl Message<'_> {
         self.check_codec(&mut errors);
         let before = errors.len();
         self.check_deferred(&mut errors);
+        self.check_stream(&mut errors);
         handler_ok &= errors.len() == before;
         if let Shape::Enum(variants) = &self.shape {
             if self.tags_apply(variants, &mut errors) {
@@ -69,6 +70,42 @@ impl Message<'_> {
                         span,
                         "`deferred` answers a request later: declare the enum's reply type \
                          with `#[message(reply = YourReply)]`",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `stream = Item` makes a subscription: a struct is a request or a
+    /// subscription, not both; a variant marked `stream` needs the enum's
+    /// `stream = Item`, and is not `deferred` too.
+    fn check_stream(&self, errors: &mut Vec<Error>) {
+        let has_stream = self.attrs.stream.is_some();
+        if let (Some(ty), Shape::Struct { .. }, true) = (
+            &self.attrs.stream,
+            &self.shape,
+            self.attrs.reply.is_some() || self.attrs.deferred.is_some(),
+        ) {
+            errors.push(Error::new_spanned(
+                ty,
+                "a struct is answered by one reply (`reply`) or by a stream (`stream`), not both",
+            ));
+        }
+        if let Shape::Enum(variants) = &self.shape {
+            for variant in variants {
+                let Some(span) = variant.attrs.stream else {
+                    continue;
+                };
+                if !has_stream {
+                    errors.push(Error::new(
+                        span,
+                        "a variant answered by a stream needs the enum's item type: \
+                         `#[message(stream = YourItem)]` on the enum",
+                    ));
+                } else if variant.attrs.deferred.is_some() {
+                    errors.push(Error::new(
+                        span,
+                        "a variant is answered later (`deferred`) or by a stream (`stream`), not both",
                     ));
                 }
             }

@@ -7,7 +7,10 @@
 //! encoder writes for the decoded envelope decodes back to it. For an error
 //! reply (kind `0x03`), its body (`envelope::decode_error`) too: no panic,
 //! a text of at most `MAX_ERROR_TEXT` bytes, and a body that decodes
-//! re-encodes (`envelope::encode_error`) to the very frame.
+//! re-encodes (`envelope::encode_error`) to the very frame. For a reply
+//! stream's end (kind `0x08`) and credit (`0x09`), their bodies
+//! (`envelope::decode_stream_end`, `envelope::decode_credit`) likewise: no
+//! panic, and what decodes re-encodes to the very frame.
 #![no_main]
 
 use chitchat_net::envelope::{self, Envelope, MAX_ERROR_TEXT, MAX_HEADER_LEN};
@@ -26,12 +29,32 @@ fuzz_target!(|data: &[u8]| {
     envelope::encode(kind, &mut again);
     assert_eq!(&again[..], &data[..header], "{kind:?}");
     assert_eq!(envelope::decode(&again), Ok((kind, &[][..])));
-    if let Envelope::ErrorReply(id) = kind {
-        if let Ok((code, text)) = envelope::decode_error(rest) {
-            assert!(text.len() <= MAX_ERROR_TEXT, "{}-byte text", text.len());
-            let mut whole = Vec::new();
-            envelope::encode_error(id, code, text, &mut whole);
-            assert_eq!(&whole[..], data, "{code:?}");
+    match kind {
+        Envelope::ErrorReply(id) => {
+            if let Ok((code, text)) = envelope::decode_error(rest) {
+                assert!(text.len() <= MAX_ERROR_TEXT, "{}-byte text", text.len());
+                let mut whole = Vec::new();
+                envelope::encode_error(id, code, text, &mut whole);
+                assert_eq!(&whole[..], data, "{code:?}");
+            }
         }
+        Envelope::StreamEnd(id) => {
+            if let Ok(end) = envelope::decode_stream_end(rest) {
+                if let Some((_, text)) = end {
+                    assert!(text.len() <= MAX_ERROR_TEXT, "{}-byte text", text.len());
+                }
+                let mut whole = Vec::new();
+                envelope::encode_stream_end(id, end, &mut whole);
+                assert_eq!(&whole[..], data, "{end:?}");
+            }
+        }
+        Envelope::Credit(id) => {
+            if let Ok(n) = envelope::decode_credit(rest) {
+                let mut whole = Vec::new();
+                envelope::encode_credit(id, n, &mut whole);
+                assert_eq!(&whole[..], data, "credit {n}");
+            }
+        }
+        _ => {}
     }
 });

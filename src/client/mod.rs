@@ -31,7 +31,7 @@ use crate::base::close::CloseReason;
 use crate::base::stats::{Counters, Stats};
 use crate::client::link::{Current, Link, Target};
 use crate::client::reconnect::{jitter, Reconnect};
-use crate::codec::{Codec, Message, Request};
+use crate::codec::{Codec, Message, Request, Subscription};
 use crate::conn::config::ConnectionConfig;
 use crate::conn::connection::{self, OnEnd};
 use crate::conn::events::ErrorEvents;
@@ -40,6 +40,7 @@ use crate::conn::handle::{Attempt, ConnectionHandle};
 use crate::conn::handler::Handler;
 use crate::conn::op_error::{ConnectError, RequestError, SendError, TrySendError};
 use crate::conn::receive::Inbox;
+use crate::conn::subscriptions::{ReplyStream, StreamError};
 use crate::conn::wire::{codec_override, default_is_binary, Encoded, Override, Wire};
 use crate::transport::stream::{self, ClientTls};
 use crate::wire::error::{BoxError, Error};
@@ -1297,6 +1298,78 @@ impl<M: Message, R> Client<M, R> {
                     }
                 }
                 Err(failed) => return Err(failed.into_error()),
+            }
+        }
+    }
+
+    /// Sends `msg` as a subscription and returns the stream of its items
+    /// (of the type `M` names: [`Subscription::Item`], `#[message(stream =
+    /// ...)]`), with a window of
+    /// [`DEFAULT_STREAM_WINDOW`](crate::DEFAULT_STREAM_WINDOW) items: see
+    /// [`ConnectionHandle::subscribe`]. Needs request ids on both ends and
+    /// reply streams in both hellos; otherwise it fails at once with
+    /// [`StreamError::Unsupported`] (or [`StreamError::NotEnabled`]) and
+    /// sends nothing. A reconnecting client that is down waits to be
+    /// connected again, within the request timeout. The stream is bound to
+    /// the connection it was made on: it ends with
+    /// [`StreamError::ConnectionLost`] when that connection is lost, and a
+    /// reconnecting client subscribes again once connected.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::Timeout`] (down for the whole request timeout), and
+    /// as [`ConnectionHandle::subscribe`].
+    pub async fn subscribe(&self, msg: &M) -> Result<ReplyStream<M::Item>, StreamError>
+    where
+        M: Subscription,
+    {
+        self.subscribe_with(msg, crate::conn::subscriptions::DEFAULT_STREAM_WINDOW)
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe) with a window of `window` items (see
+    /// [`ConnectionHandle::subscribe_with`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn subscribe_with(
+        &self,
+        msg: &M,
+        window: u64,
+    ) -> Result<ReplyStream<M::Item>, StreamError>
+    where
+        M: Subscription,
+    {
+        let timeout = self.request_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.link.closing.is_cancelled() {
+                return Err(StreamError::Closed);
+            }
+            let (seen, current) = self.link.now();
+            let conn = match current {
+                Current::Up(conn) => conn,
+                Current::Ended(_) => return Err(StreamError::Closed),
+                Current::Holding(_) | Current::Down(_) => {
+                    tokio::time::timeout_at(deadline, self.link.up())
+                        .await
+                        .map_err(|_| StreamError::Timeout(timeout))?
+                        .ok_or(StreamError::Closed)?
+                }
+            };
+            match conn.subscribe_with(msg, window).await {
+                // Nothing was sent: a reconnecting client tries the next
+                // connection.
+                Err(StreamError::Closed) if self.link.reconnect.is_some() => {
+                    let retry = tokio::time::timeout_at(deadline, self.link.retry_after(seen))
+                        .await
+                        .map_err(|_| StreamError::Timeout(timeout))?;
+                    if !retry {
+                        return Err(StreamError::Closed);
+                    }
+                }
+                other => return other,
             }
         }
     }

@@ -60,6 +60,7 @@ mod pod;
 mod postcard;
 mod raw;
 mod request;
+mod subscription;
 mod tagged;
 mod text;
 pub(crate) mod typed_codec;
@@ -73,6 +74,7 @@ pub use self::pod::{PodCodec, SizeMismatch};
 pub use self::postcard::{Postcard, PostcardWithDepth};
 pub use self::raw::Raw;
 pub use self::request::{NotEmpty, Nothing, Request};
+pub use self::subscription::Subscription;
 pub use self::tagged::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 pub use self::text::Text;
 

@@ -119,6 +119,7 @@ pub(crate) async fn run<R, W, H>(
     if let Some(requests) = &conn.requests {
         requests.end(&conn.wire);
     }
+    conn.streams.end();
     let reason = match &ended {
         Ok(reason) => *reason,
         Err(Error::Closed) => CloseReason::Aborted,

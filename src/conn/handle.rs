@@ -16,6 +16,7 @@ use crate::conn::op_error::{RequestError, SendError, TrySendError};
 use crate::conn::outbox::{Frames, Outbox, PushError, Tally};
 use crate::conn::requests::{Requests, Waiting};
 use crate::conn::signal::Signal;
+use crate::conn::streams::StreamsSlot;
 use crate::conn::wire::Matching;
 use crate::conn::wire::{Encoded, Wire};
 use crate::wire::envelope::{Envelope, ErrorCode};
@@ -202,6 +203,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Requests waiting for replies (only if requests are on).
     pub(crate) requests: Option<Box<Requests>>,
+    /// Reply streams, served and subscribed (made on first use).
+    pub(crate) streams: StreamsSlot,
 }
 
 impl Shared {
@@ -272,6 +275,7 @@ impl ConnectionHandle {
                 end: End::default(),
                 handshake: Default::default(),
                 requests: Requests::of(&wire),
+                streams: StreamsSlot::default(),
                 wire,
                 counters,
             }),

@@ -243,6 +243,8 @@ pub(crate) struct Settings {
     pub(crate) switch: Switch,
     /// The cluster label.
     pub(crate) cluster: Option<Arc<str>>,
+    /// Feature bits this side does not announce (`no_reply_streams()`).
+    pub(crate) features_off: u64,
 }
 
 impl Settings {
@@ -295,6 +297,15 @@ impl Outcome {
     pub(crate) fn set(&self, result: Result<u64, HandshakeError>) {
         let _ = self.result.set(result);
         self.waiters.notify_waiters();
+    }
+
+    /// The feature bits both hellos set, once the handshake has succeeded
+    /// (0 before, after a failure, and without a handshake).
+    pub(crate) fn features(&self) -> u64 {
+        match self.result.get() {
+            Some(Ok(bits)) => *bits,
+            _ => 0,
+        }
     }
 
     /// Wakes the waiters without an outcome: the connection has ended.

@@ -6,7 +6,9 @@
 //! can check them), the handle other tasks send with ([`handle`]), the
 //! requests waiting for replies ([`requests`]), what a connection speaks
 //! (framing, codecs, envelope: [`wire`]), the handler and its context
-//! ([`handler`]), a receiving client's inbox ([`receive`]), the handshake
+//! ([`handler`]), reply streams (the table of each connection's streams,
+//! [`streams`]; the serving side, [`reply_stream`]; the subscribing side,
+//! [`subscriptions`]), a receiving client's inbox ([`receive`]), the handshake
 //! ([`handshake`], the public module), and what configures and reports on a
 //! connection: its settings ([`config`], [`options`]), error events
 //! ([`events`]) and the errors of its operations ([`op_error`]).
@@ -26,8 +28,11 @@ pub(crate) mod options;
 pub(crate) mod outbox;
 pub(crate) mod reader;
 pub(crate) mod receive;
+pub(crate) mod reply_stream;
 pub(crate) mod requests;
 pub(crate) mod signal;
+pub(crate) mod streams;
+pub(crate) mod subscriptions;
 pub(crate) mod sync;
 pub(crate) mod wire;
 pub(crate) mod writer;

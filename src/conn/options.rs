@@ -216,6 +216,20 @@ macro_rules! connection_options {
             self
         }
 
+        /// Does not announce [reply streams](crate::ReplySink) in the
+        /// [handshake](crate::handshake) (the
+        /// [`REPLY_STREAMS`](crate::handshake::features::REPLY_STREAMS)
+        /// bit), as a build without them would not: the peer's
+        /// `subscribe` fails at once with
+        /// [`StreamError::Unsupported`](crate::StreamError::Unsupported),
+        /// and so does this side's, and no stream frame is sent either way.
+        /// Reply streams need the handshake and request ids on both sides;
+        /// without a handshake they are off already.
+        pub fn no_reply_streams(mut self) -> Self {
+            self.config.handshake.features_off |= crate::wire::hello::features::REPLY_STREAMS;
+            self
+        }
+
         /// Requests in flight at most per connection (default 4096): a
         /// request waits for one to end beyond that (within its timeout).
         pub fn max_requests_in_flight(mut self, max: usize) -> Self {

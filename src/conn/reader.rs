@@ -203,8 +203,11 @@ where
         if let Stop::EndOfStream = self.serve().await? {
             return Ok(CloseReason::ByPeer);
         }
-        // Closing: nothing more from other tasks; answer what has arrived.
+        // Closing: nothing more from other tasks; open reply streams end
+        // (with `StreamRefused`); answer what has arrived.
         self.handle.inner.outbox.close();
+        let conn = &self.handle.inner;
+        conn.streams.closing(&conn.outbox, &conn.wire);
         if self.answer_what_has_arrived().await? {
             return Ok(CloseReason::ByUs);
         }
@@ -718,6 +721,17 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             }
             Envelope::Request(id) => Some(id),
             Envelope::Message => None,
+            Envelope::StreamItem(_) | Envelope::StreamEnd(_) | Envelope::Credit(_) => {
+                let body = found.split(&mut self.buf, body);
+                let features = conn.handshake.features();
+                if let Err(error) =
+                    conn.streams
+                        .take(features, &conn.outbox, &conn.wire, kind, body)
+                {
+                    self.frame_error(conn, events, error);
+                }
+                return None;
+            }
         };
         let decoded = if self.copies_out {
             let decoded = conn.wire.decode_slice::<M>(&self.buf[body]);
@@ -845,6 +859,9 @@ fn answer(
         if waiting.answer(&conn.wire, reply) {
             return;
         }
+    } else if conn.streams.answer(id, &reply) {
+        // It answered a subscription (with an error reply, most often).
+        return;
     }
     Counters::add(&conn.counters.late_replies, 1);
     events.report(Some(conn.peer.clone()), Error::LateReply { id });

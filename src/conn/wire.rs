@@ -355,6 +355,23 @@ impl Wire {
         })
     }
 
+    /// Appends one framed control frame of the envelope (a stream's credit
+    /// or end: no message of a codec), written whole by `write`, to `dst`;
+    /// nothing without the envelope, which it needs.
+    pub(crate) fn encode_control(
+        &self,
+        dst: &mut BytesMut,
+        write: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), Error> {
+        if !self.spec.envelope {
+            return Ok(());
+        }
+        self.spec.escaped.encode_with(dst, |d| {
+            write(d);
+            Ok(())
+        })
+    }
+
     /// Appends one framed raw payload to `dst` (nothing on error), framed
     /// as the connection's own message type is.
     pub(crate) fn encode_bytes(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
@@ -599,7 +616,7 @@ fn plan(
         requests: wire.request_mode(),
         send_framing,
         receive_framing: framing_name(wire.decoder().framing()),
-        features: features::SUPPORTED,
+        features: features::SUPPORTED & !settings.features_off,
         sends,
         accepts,
     };

@@ -19,6 +19,9 @@
 //! | `0x01` | id, message | a request |
 //! | `0x02` | id, message | the reply to the request with that id |
 //! | `0x03` | id, code, text | the error reply to the request with that id |
+//! | `0x07` | id, message | one item of the reply stream of request `id` |
+//! | `0x08` | id [, code, text] | the end of the reply stream of request `id` |
+//! | `0x09` | id, n | credit: the subscriber takes `n` more items of stream `id` |
 //!
 //! The id is an unsigned LEB128 varint (7 bits per byte, low bits first,
 //! the high bit set on every byte but the last): 1 byte below 128, at most
@@ -29,13 +32,59 @@
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
 //! did not decode, `0x03` it was left unanswered, `0x04` it is a variant
-//! the peer does not know; others are kept as
+//! the peer does not know, `0x09` a reply stream refused or stopped by
+//! its server; others are kept as
 //! [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
 //! It is a kind of its own so that it can never be decoded as a reply: the
 //! waiting request fails with
 //! [`RequestError::Remote`](crate::RequestError::Remote) at once.
+//!
+//! # Reply streams
+//!
+//! Kinds `0x07` to `0x09` are used only on a connection whose two hellos
+//! set [`REPLY_STREAMS`](crate::handshake::features::REPLY_STREAMS) (a
+//! peer without it never receives them). A subscriber sends a request
+//! (`0x01`, its id); the request itself grants a credit of one item. The
+//! peer serving it answers with items (`0x07`), never more than the credit
+//! granted so far, and ends the stream once with `0x08`: with nothing
+//! after the id, a normal end; with a status byte and a text (as in an
+//! error reply, at most [`MAX_ERROR_TEXT`] bytes), an error. The
+//! subscriber grants the rest of its window with a credit (`0x09`) when
+//! the first item arrives, then more as it takes items, so every credit
+//! comes after the stream's first item: a credit for a stream that is not
+//! open (any more) is dropped. A credit of `n = 0` cancels the stream (the
+//! subscriber dropped it): the server's sink is closed and sends nothing
+//! more, not even an end; an item for a stream the subscriber no longer
+//! has is answered with such a cancel. Items and ends travel from the
+//! stream's server to the subscriber, credits the other way, so every id
+//! is the subscriber's request id whichever side serves. The server may
+//! instead answer the request with an error reply (`0x03`: a handler that
+//! failed before it took the stream, a request that did not decode,
+//! [`ErrorCode::StreamRefused`]); that ends the stream too. A graceful
+//! close of the serving side ends each open stream with
+//! [`ErrorCode::StreamRefused`]. The `n` of a credit is a varint like the
+//! id, and the whole body: anything after it is an error.
+//!
+//! ```
+//! use chitchat_net::envelope::{self, Envelope, ErrorCode};
+//!
+//! // The subscriber of request 5 grants 31 more items (a window of 32).
+//! let mut credit = Vec::new();
+//! envelope::encode_credit(5, 31, &mut credit);
+//! assert_eq!(credit, [0x09, 0x05, 0x1f]);
+//! let (kind, body) = envelope::decode(&credit).unwrap();
+//! assert_eq!((kind, envelope::decode_credit(body)), (Envelope::Credit(5), Ok(31)));
+//!
+//! // Its server ends it with an error.
+//! let mut end = Vec::new();
+//! envelope::encode_stream_end(5, Some((ErrorCode::Handler, "gone")), &mut end);
+//! assert_eq!(end, [0x08, 0x05, 0x01, b'g', b'o', b'n', b'e']);
+//! let (kind, body) = envelope::decode(&end).unwrap();
+//! assert_eq!(kind, Envelope::StreamEnd(5));
+//! assert_eq!(envelope::decode_stream_end(body), Ok(Some((ErrorCode::Handler, "gone"))));
+//! ```
 //!
 //! With the envelope on, a delimited framing with
 //! [`Escaping::Auto`](crate::Escaping::Auto) is escaped whatever the codec:
@@ -74,6 +123,15 @@ pub enum Envelope {
     /// The error reply to the request with this id: an [`ErrorCode`] and a
     /// text follow (see [`decode_error`]), never a message.
     ErrorReply(u64),
+    /// One item of the reply stream of the request with this id (`0x07`).
+    StreamItem(u64),
+    /// The end of the reply stream of the request with this id (`0x08`):
+    /// nothing, or an [`ErrorCode`] and a text (see [`decode_stream_end`]).
+    StreamEnd(u64),
+    /// Credit for the reply stream of the request with this id (`0x09`):
+    /// a varint count follows (see [`decode_credit`]); 0 cancels the
+    /// stream.
+    Credit(u64),
 }
 
 /// Why a request failed, as its error reply says (the status byte).
@@ -86,12 +144,19 @@ pub enum ErrorCode {
     /// receives (another type, codec or version); the text says why.
     BadRequest,
     /// `0x03`: the request was handed to a
-    /// [`Replier`](crate::Replier) that was dropped without answering.
+    /// [`Replier`](crate::Replier) that was dropped without answering, or
+    /// the stream it asked for was handed to a
+    /// [`ReplySink`](crate::ReplySink) dropped without ending it.
     Unanswered,
     /// `0x04`: the request is a variant the peer does not know (a tag its
     /// type lacks: it is of an older version); the text names the type and
     /// the tag. See the README, "Evolving your messages".
     UnknownVariant,
+    /// `0x09`: the peer does not serve this reply stream (any more): the
+    /// request asked for a stream on a connection where reply streams are
+    /// off, or the peer's connection closed (a graceful shutdown) while
+    /// the stream was open. Subscribe again, elsewhere or later.
+    StreamRefused,
     /// Any other status byte (from a later version), kept as it came.
     Other(u8),
 }
@@ -104,6 +169,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => 0x02,
             ErrorCode::Unanswered => 0x03,
             ErrorCode::UnknownVariant => 0x04,
+            ErrorCode::StreamRefused => 0x09,
             ErrorCode::Other(byte) => byte,
         }
     }
@@ -115,6 +181,7 @@ impl ErrorCode {
             0x02 => ErrorCode::BadRequest,
             0x03 => ErrorCode::Unanswered,
             0x04 => ErrorCode::UnknownVariant,
+            0x09 => ErrorCode::StreamRefused,
             other => ErrorCode::Other(other),
         }
     }
@@ -127,6 +194,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::BadRequest => f.write_str("bad request"),
             ErrorCode::Unanswered => f.write_str("left unanswered"),
             ErrorCode::UnknownVariant => f.write_str("unknown variant"),
+            ErrorCode::StreamRefused => f.write_str("stream refused"),
             ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
         }
     }
@@ -139,7 +207,7 @@ pub enum EnvelopeError {
     /// The frame is empty: no kind byte.
     #[error("empty frame: no envelope")]
     Empty,
-    /// The kind byte is none of `0x00` to `0x03`.
+    /// The kind byte is none of `0x00` to `0x03` and `0x07` to `0x09`.
     #[error("unknown envelope kind {0:#04x}")]
     UnknownKind(u8),
     /// The frame ends inside the id.
@@ -155,12 +223,18 @@ pub enum EnvelopeError {
     /// [`MAX_ERROR_TEXT`].
     #[error("the error reply's text is not UTF-8 or longer than 1 KiB")]
     BadErrorText,
+    /// A credit's count is missing, overlong, or followed by more bytes.
+    #[error("the credit's count is malformed")]
+    BadCredit,
 }
 
 const MESSAGE: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const REPLY: u8 = 0x02;
 const ERROR_REPLY: u8 = 0x03;
+const STREAM_ITEM: u8 = 0x07;
+const STREAM_END: u8 = 0x08;
+const CREDIT: u8 = 0x09;
 
 /// The longest text of an error reply, in bytes (1 KiB).
 pub const MAX_ERROR_TEXT: usize = 1024;
@@ -184,6 +258,63 @@ pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
             dst.extend([ERROR_REPLY]);
             encode_id(id, dst);
         }
+        Envelope::StreamItem(id) => {
+            dst.extend([STREAM_ITEM]);
+            encode_id(id, dst);
+        }
+        Envelope::StreamEnd(id) => {
+            dst.extend([STREAM_END]);
+            encode_id(id, dst);
+        }
+        Envelope::Credit(id) => {
+            dst.extend([CREDIT]);
+            encode_id(id, dst);
+        }
+    }
+}
+
+/// Appends a whole stream end of stream `id` to `dst`: the header and, for
+/// an error, its status byte and `text` (cut as in [`encode_error`]).
+pub fn encode_stream_end(id: u64, error: Option<(ErrorCode, &str)>, dst: &mut impl Extend<u8>) {
+    encode(Envelope::StreamEnd(id), dst);
+    if let Some((code, text)) = error {
+        dst.extend([code.to_byte()]);
+        dst.extend(truncate(text, MAX_ERROR_TEXT).bytes());
+    }
+}
+
+/// Reads the body of a stream end (what follows the header of an
+/// [`Envelope::StreamEnd`]): `None` for a normal end, or the error's code
+/// and text.
+///
+/// # Errors
+///
+/// As [`decode_error`], for a body that is not empty.
+pub fn decode_stream_end(body: &[u8]) -> Result<Option<(ErrorCode, &str)>, EnvelopeError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    decode_error(body).map(Some)
+}
+
+/// Appends a whole credit frame for stream `id` to `dst`: the header and
+/// the count `n` (0 cancels the stream).
+pub fn encode_credit(id: u64, n: u64, dst: &mut impl Extend<u8>) {
+    encode(Envelope::Credit(id), dst);
+    encode_id(n, dst);
+}
+
+/// Reads the body of a credit (what follows the header of an
+/// [`Envelope::Credit`]): the count.
+///
+/// # Errors
+///
+/// [`EnvelopeError::BadCredit`] if the count is missing, overlong, or
+/// followed by more bytes.
+pub fn decode_credit(body: &[u8]) -> Result<u64, EnvelopeError> {
+    match decode_id(body) {
+        Ok((n, [])) => Ok(n),
+        _ => Err(EnvelopeError::BadCredit),
     }
 }
 
@@ -255,6 +386,9 @@ pub fn decode(frame: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
         REQUEST => decode_id(rest).map(|(id, rest)| (Envelope::Request(id), rest)),
         REPLY => decode_id(rest).map(|(id, rest)| (Envelope::Reply(id), rest)),
         ERROR_REPLY => decode_id(rest).map(|(id, rest)| (Envelope::ErrorReply(id), rest)),
+        STREAM_ITEM => decode_id(rest).map(|(id, rest)| (Envelope::StreamItem(id), rest)),
+        STREAM_END => decode_id(rest).map(|(id, rest)| (Envelope::StreamEnd(id), rest)),
+        CREDIT => decode_id(rest).map(|(id, rest)| (Envelope::Credit(id), rest)),
         other => Err(EnvelopeError::UnknownKind(other)),
     }
 }
@@ -307,6 +441,9 @@ mod tests {
     fn malformed_headers_are_errors() {
         assert_eq!(decode(&[]), Err(EnvelopeError::Empty));
         assert_eq!(decode(&[0x04]), Err(EnvelopeError::UnknownKind(4)));
+        assert_eq!(decode(&[0x0a]), Err(EnvelopeError::UnknownKind(0x0a)));
+        assert_eq!(decode(&[0x07]), Err(EnvelopeError::TruncatedId));
+        assert_eq!(decode(&[0x09, 0x80]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x03]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01, 0x80]), Err(EnvelopeError::TruncatedId));
@@ -358,14 +495,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn stream_frames_have_one_form_each() {
+        assert_eq!(header(Envelope::StreamItem(1)), [0x07, 0x01]);
+        assert_eq!(header(Envelope::StreamEnd(1)), [0x08, 0x01]);
+        assert_eq!(header(Envelope::Credit(300)), [0x09, 0xac, 0x02]);
+        // A normal end has nothing after the id; an error end a code and text.
+        let mut end = Vec::new();
+        encode_stream_end(3, None, &mut end);
+        assert_eq!(end, [0x08, 0x03]);
+        let (_, body) = decode(&end).unwrap();
+        assert_eq!(decode_stream_end(body), Ok(None));
+        let mut end = Vec::new();
+        encode_stream_end(3, Some((ErrorCode::StreamRefused, "closing")), &mut end);
+        let (_, body) = decode(&end).unwrap();
+        assert_eq!(
+            decode_stream_end(body),
+            Ok(Some((ErrorCode::StreamRefused, "closing")))
+        );
+        assert_eq!(
+            decode_stream_end(&[1, 0xff]),
+            Err(EnvelopeError::BadErrorText)
+        );
+        // Credit: one varint, nothing after it.
+        let mut credit = Vec::new();
+        encode_credit(3, u64::MAX, &mut credit);
+        let (_, body) = decode(&credit).unwrap();
+        assert_eq!(decode_credit(body), Ok(u64::MAX));
+        assert_eq!(decode_credit(&[]), Err(EnvelopeError::BadCredit));
+        assert_eq!(decode_credit(&[0x05, 0x00]), Err(EnvelopeError::BadCredit));
+        assert_eq!(decode_credit(&[0x80, 0x00]), Err(EnvelopeError::BadCredit));
+        assert_eq!(decode_credit(&[0x80]), Err(EnvelopeError::BadCredit));
+        assert_eq!(ErrorCode::from_byte(0x09), ErrorCode::StreamRefused);
+    }
+
     proptest! {
         #[test]
-        fn every_header_round_trips(kind in 0u8..4, id: u64, rest: Vec<u8>) {
+        fn every_header_round_trips(kind in 0u8..7, id: u64, rest: Vec<u8>) {
             let envelope = match kind {
                 0 => Envelope::Message,
                 1 => Envelope::Request(id),
                 2 => Envelope::Reply(id),
-                _ => Envelope::ErrorReply(id),
+                3 => Envelope::ErrorReply(id),
+                4 => Envelope::StreamItem(id),
+                5 => Envelope::StreamEnd(id),
+                _ => Envelope::Credit(id),
             };
             let mut frame = header(envelope);
             frame.extend_from_slice(&rest);

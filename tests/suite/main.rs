@@ -36,6 +36,7 @@ mod lifecycle_connection;
 mod lifecycle_model;
 mod lifecycle_reconnect;
 mod lifecycle_shutdown;
+mod reply_streams;
 mod server;
 mod session;
 mod settings;
