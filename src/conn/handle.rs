@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Requests waiting for replies (only if requests are on).
     pub(crate) requests: Option<Box<Requests>>,
+    /// Whether a graceful shutdown's drain was announced or answered.
+    pub(crate) drain: crate::conn::drain::Drain,
 }
 
 impl Shared {
@@ -272,6 +274,7 @@ impl ConnectionHandle {
                 end: End::default(),
                 handshake: Default::default(),
                 requests: Requests::of(&wire),
+                drain: Default::default(),
                 wire,
                 counters,
             }),
@@ -284,6 +287,7 @@ impl ConnectionHandle {
         if let Some(plan) = plan {
             let inner = &*self.inner;
             inner.handshake.plan();
+            inner.drain.plan(plan.role);
             // The plan was checked when it was made: its hello encodes.
             if let Err(error) = inner
                 .outbox
@@ -549,6 +553,7 @@ impl ConnectionHandle {
             .requests
             .as_deref()
             .ok_or(Attempt::Failed(RequestError::NotEnabled))?;
+        inner.drain.check_open().map_err(not_sent)?;
         // A free slot, the usual case, needs no timer.
         let slot = match requests.try_slot() {
             Some(slot) => slot,
@@ -573,6 +578,8 @@ impl ConnectionHandle {
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| {
+                    // Under the queue's lock, where a drain is answered.
+                    inner.drain.check_open()?;
                     inner
                         .wire
                         .encode_encoded(Envelope::Request(id), encoded, buf)

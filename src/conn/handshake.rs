@@ -272,6 +272,15 @@ impl Outcome {
         self.waiters.notify_waiters();
     }
 
+    /// The feature bits both sides set: 0 without a handshake, or before
+    /// it is done, or if it failed.
+    pub(crate) fn features(&self) -> u64 {
+        match self.result.get() {
+            Some(Ok(bits)) => *bits,
+            _ => 0,
+        }
+    }
+
     /// Wakes the waiters without an outcome: the connection has ended.
     pub(crate) fn ended(&self) {
         self.waiters.notify_waiters();

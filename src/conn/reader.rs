@@ -706,6 +706,17 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
                 }
                 None
             }
+            Envelope::Drain => {
+                self.buf.advance(found.wire);
+                if let Err(error) = crate::conn::drain::received(conn) {
+                    self.frame_error(conn, events, error);
+                }
+                return None;
+            }
+            Envelope::Request(id) if crate::conn::drain::refuse(conn, id) => {
+                self.buf.advance(found.wire);
+                return None;
+            }
             Envelope::Request(id) => Some(id),
             Envelope::Message => None,
         };

@@ -182,7 +182,10 @@ impl Table {
             match how {
                 Fired::Close => {
                     handle.inner.outbox.hold_for_answers();
-                    handle.close();
+                    // With drain agreed, it closes once the client answers.
+                    if !crate::conn::drain::announce(&handle.inner) {
+                        handle.close();
+                    }
                 }
                 Fired::Abort => handle.inner.signal.abort(),
             }

@@ -19,6 +19,7 @@
 //! | `0x01` | id, message | a request |
 //! | `0x02` | id, message | the reply to the request with that id |
 //! | `0x03` | id, code, text | the error reply to the request with that id |
+//! | `0x06` | nothing | drain: see below |
 //!
 //! The id is an unsigned LEB128 varint (7 bits per byte, low bits first,
 //! the high bit set on every byte but the last): 1 byte below 128, at most
@@ -28,13 +29,23 @@
 //!
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
-//! did not decode, `0x03` it was left unanswered; others are kept as
-//! [`ErrorCode::Other`]) and a UTF-8 text of at most
+//! did not decode, `0x03` it was left unanswered, `0x08` the server drains
+//! and did not run it; others are kept as [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
 //! It is a kind of its own so that it can never be decoded as a reply: the
 //! waiting request fails with
 //! [`RequestError::Remote`](crate::RequestError::Remote) at once.
+//!
+//! A drain frame is the kind byte `0x06` alone (no id, no message; bytes
+//! after it are ignored, for later versions). It is sent only on a
+//! connection where both hellos set the
+//! [`DRAIN`](crate::handshake::features::DRAIN) feature bit. The server
+//! sends it when it starts a graceful shutdown: "send no new request on
+//! this connection". The client answers with the same frame, after every
+//! request it sent before it: "no request follows". The server answers
+//! what arrived before that answer, then closes; a request that comes
+//! after it anyway is refused with [`ErrorCode::Draining`] (not run).
 //!
 //! With the envelope on, a delimited framing with
 //! [`Escaping::Auto`](crate::Escaping::Auto) is escaped whatever the codec:
@@ -73,6 +84,10 @@ pub enum Envelope {
     /// The error reply to the request with this id: an [`ErrorCode`] and a
     /// text follow (see [`decode_error`]), never a message.
     ErrorReply(u64),
+    /// A drain (kind `0x06`, no id): from a server, "I am shutting down:
+    /// send no new request on this connection"; from a client, its answer,
+    /// "no request follows" (see the module docs).
+    Drain,
 }
 
 /// Why a request failed, as its error reply says (the status byte).
@@ -87,6 +102,10 @@ pub enum ErrorCode {
     /// `0x03`: the request was handed to a
     /// [`Replier`](crate::Replier) that was dropped without answering.
     Unanswered,
+    /// `0x08`: the server is draining (shutting down gracefully) and did
+    /// not run the request, which came after the client's answer to the
+    /// drain: it is safe to send it again elsewhere.
+    Draining,
     /// Any other status byte (from a later version), kept as it came.
     Other(u8),
 }
@@ -98,6 +117,7 @@ impl ErrorCode {
             ErrorCode::Handler => 0x01,
             ErrorCode::BadRequest => 0x02,
             ErrorCode::Unanswered => 0x03,
+            ErrorCode::Draining => 0x08,
             ErrorCode::Other(byte) => byte,
         }
     }
@@ -108,6 +128,7 @@ impl ErrorCode {
             0x01 => ErrorCode::Handler,
             0x02 => ErrorCode::BadRequest,
             0x03 => ErrorCode::Unanswered,
+            0x08 => ErrorCode::Draining,
             other => ErrorCode::Other(other),
         }
     }
@@ -119,6 +140,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Handler => f.write_str("the handler failed"),
             ErrorCode::BadRequest => f.write_str("bad request"),
             ErrorCode::Unanswered => f.write_str("left unanswered"),
+            ErrorCode::Draining => f.write_str("the server is draining"),
             ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
         }
     }
@@ -131,7 +153,7 @@ pub enum EnvelopeError {
     /// The frame is empty: no kind byte.
     #[error("empty frame: no envelope")]
     Empty,
-    /// The kind byte is none of `0x00` to `0x03`.
+    /// The kind byte is none of `0x00` to `0x03` and `0x06`.
     #[error("unknown envelope kind {0:#04x}")]
     UnknownKind(u8),
     /// The frame ends inside the id.
@@ -153,6 +175,8 @@ const MESSAGE: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const REPLY: u8 = 0x02;
 const ERROR_REPLY: u8 = 0x03;
+/// The kind byte of a drain frame.
+pub(crate) const DRAIN: u8 = 0x06;
 
 /// The longest text of an error reply, in bytes (1 KiB).
 pub const MAX_ERROR_TEXT: usize = 1024;
@@ -176,6 +200,7 @@ pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
             dst.extend([ERROR_REPLY]);
             encode_id(id, dst);
         }
+        Envelope::Drain => dst.extend([DRAIN]),
     }
 }
 
@@ -247,6 +272,7 @@ pub fn decode(frame: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
         REQUEST => decode_id(rest).map(|(id, rest)| (Envelope::Request(id), rest)),
         REPLY => decode_id(rest).map(|(id, rest)| (Envelope::Reply(id), rest)),
         ERROR_REPLY => decode_id(rest).map(|(id, rest)| (Envelope::ErrorReply(id), rest)),
+        DRAIN => Ok((Envelope::Drain, rest)),
         other => Err(EnvelopeError::UnknownKind(other)),
     }
 }
@@ -293,12 +319,19 @@ mod tests {
         assert_eq!(header(Envelope::Reply(127)), [0x02, 0x7f]);
         assert_eq!(header(Envelope::Reply(128)), [0x02, 0x80, 0x01]);
         assert_eq!(header(Envelope::Request(u64::MAX)).len(), MAX_HEADER_LEN);
+        assert_eq!(header(Envelope::Drain), [0x06]);
+        assert_eq!(decode(&[0x06]), Ok((Envelope::Drain, &[][..])));
+        // Bytes after it are left for the caller (later versions).
+        assert_eq!(decode(&[0x06, 0x01]), Ok((Envelope::Drain, &[0x01][..])));
+        assert_eq!(ErrorCode::from_byte(0x08), ErrorCode::Draining);
+        assert_eq!(ErrorCode::Draining.to_byte(), 0x08);
     }
 
     #[test]
     fn malformed_headers_are_errors() {
         assert_eq!(decode(&[]), Err(EnvelopeError::Empty));
         assert_eq!(decode(&[0x04]), Err(EnvelopeError::UnknownKind(4)));
+        assert_eq!(decode(&[0x07]), Err(EnvelopeError::UnknownKind(7)));
         assert_eq!(decode(&[0x03]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01, 0x80]), Err(EnvelopeError::TruncatedId));
@@ -352,12 +385,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_header_round_trips(kind in 0u8..4, id: u64, rest: Vec<u8>) {
+        fn every_header_round_trips(kind in 0u8..5, id: u64, rest: Vec<u8>) {
             let envelope = match kind {
                 0 => Envelope::Message,
                 1 => Envelope::Request(id),
                 2 => Envelope::Reply(id),
-                _ => Envelope::ErrorReply(id),
+                3 => Envelope::ErrorReply(id),
+                _ => Envelope::Drain,
             };
             let mut frame = header(envelope);
             frame.extend_from_slice(&rest);

@@ -134,8 +134,13 @@ pub mod features {
     /// with a typed error frame (envelope kind `0x03`). Every build of
     /// protocol version 1 sets it.
     pub const ERROR_REPLIES: u64 = 1 << 0;
+    /// Drain: a server that shuts down gracefully tells the client first
+    /// (envelope kind `0x06`, see [`envelope`](crate::envelope)); the
+    /// client answers it and sends no new request on that connection. Needs
+    /// request ids (the envelope) on both ends.
+    pub const DRAIN: u64 = 1 << 4;
     /// The bits this build sets in its hello.
-    pub const SUPPORTED: u64 = ERROR_REPLIES;
+    pub const SUPPORTED: u64 = ERROR_REPLIES | DRAIN;
 }
 
 /// How a side matches replies to requests: part of the hello.
