@@ -878,9 +878,6 @@ impl<H: Handler> Supervisor<H> {
                 outage = false;
                 attempts = 0;
                 tracing::debug!(peer = %now.peer_addr(), "the server drains: connecting to the next address");
-                self.starter
-                    .events
-                    .report_quietly(Some(now.peer_addr()), Error::Draining);
                 self.set_down(policy, &now);
                 match self
                     .reconnect(policy, redial, &mut failed, &mut attempts, true)

@@ -25,6 +25,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::conn::events::EventSink;
 use crate::conn::handle::Shared;
 use crate::wire::envelope::{EnvelopeError, ErrorCode};
 use crate::wire::error::Error;
@@ -117,13 +118,14 @@ pub(crate) fn announce(conn: &Shared) -> bool {
     true
 }
 
-/// A drain frame arrived on `conn` (from the read side).
+/// A drain frame arrived on `conn` (from the read side); a client reports
+/// an [`Error::Draining`] event to `events`.
 ///
 /// # Errors
 ///
 /// [`Error::Envelope`] (an unknown kind, as before) if drain was not
 /// agreed on it.
-pub(crate) fn received(conn: &Shared) -> Result<(), Error> {
+pub(crate) fn received(conn: &Shared, events: &EventSink) -> Result<(), Error> {
     if !agreed(conn) {
         return Err(EnvelopeError::UnknownKind(crate::wire::envelope::DRAIN).into());
     }
@@ -147,6 +149,8 @@ pub(crate) fn received(conn: &Shared) -> Result<(), Error> {
             "chitchat-net: the server is draining; no new request goes on this connection"
         );
         drain.told.notify_waiters();
+        // A lifecycle event, not an error: logged at INFO above, once.
+        events.report_logged(Some(conn.peer.clone()), Error::Draining);
         return Ok(());
     }
     if drain.has(SENT) {

@@ -708,7 +708,7 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             }
             Envelope::Drain => {
                 self.buf.advance(found.wire);
-                if let Err(error) = crate::conn::drain::received(conn) {
+                if let Err(error) = crate::conn::drain::received(conn, events) {
                     self.frame_error(conn, events, error);
                 }
                 return None;
