@@ -505,10 +505,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self.reconnect.as_ref().map_or(Ok(()), Reconnect::validate)
     }
 
-    async fn dial_and_start(
-        self,
-        targets: Vec<DialTarget>,
-    ) -> Result<Client<M, R>, ConnectError> {
+    async fn dial_and_start(self, targets: Vec<DialTarget>) -> Result<Client<M, R>, ConnectError> {
         self.dial_and_start_inner(targets)
             .await
             .map_err(ConnectError::from_error)
@@ -1446,8 +1443,7 @@ impl<M: Message, R> Client<M, R> {
                         code: crate::wire::envelope::ErrorCode::Draining,
                         ..
                     }),
-                ) if self.link.reconnect.is_some() =>
-                {
+                ) if self.link.reconnect.is_some() => {
                     let retry = tokio::time::timeout_at(deadline, self.link.retry_after(seen))
                         .await
                         .map_err(timed_out)?;

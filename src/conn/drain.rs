@@ -18,18 +18,35 @@
 //!    follows: it closes the connection gracefully (answers what has
 //!    arrived, waits for the answers owed, flushes, ends its side). A
 //!    request that comes after the answer anyway is refused with
-//!    [`ErrorCode::Draining`], not run.
+//!    [`ErrorCode::Draining`](crate::wire::envelope::ErrorCode::Draining), not run.
 //!
 //! A peer that sends a drain frame on a connection where it was not agreed
 //! gets today's answer to an unknown envelope kind: a frame error.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::base::addr::Addr;
 use crate::conn::events::EventSink;
-use crate::conn::handle::Shared;
-use crate::wire::envelope::{EnvelopeError, ErrorCode};
+use crate::conn::handshake::Outcome;
+use crate::conn::outbox::Outbox;
+use crate::conn::signal::Signal;
+use crate::conn::wire::Wire;
+use crate::wire::envelope::EnvelopeError;
 use crate::wire::error::Error;
 use crate::wire::hello::{features, Role};
+
+/// What the drain needs of a connection (its handle's shared parts).
+pub(crate) struct Parts<'a> {
+    pub(crate) drain: &'a Drain,
+    pub(crate) wire: &'a Wire,
+    pub(crate) outbox: &'a Outbox,
+    pub(crate) signal: &'a Signal,
+    pub(crate) handshake: &'a Outcome,
+    pub(crate) peer: &'a Addr,
+}
+
+/// The text of the error reply to a request refused as the server drains.
+pub(crate) const REFUSED: &str = "the server is draining: the request was not run";
 
 /// This side is a client (set with its hello).
 const CLIENT: u8 = 1 << 0;
@@ -71,6 +88,12 @@ impl Drain {
         }
     }
 
+    /// A server: whether the client answered its drain, so that a request
+    /// that arrives now is refused with [`ErrorCode::Draining`](crate::wire::envelope::ErrorCode::Draining) (not run).
+    pub(crate) fn refuses_requests(&self) -> bool {
+        self.has(ANSWERED)
+    }
+
     /// A client: whether the server announced a drain.
     pub(crate) fn is_told(&self) -> bool {
         self.has(TOLD)
@@ -94,7 +117,7 @@ impl Drain {
 
 /// Whether drain was agreed on `conn`: both hellos set the bit, and the
 /// envelope is on.
-pub(crate) fn agreed(conn: &Shared) -> bool {
+pub(crate) fn agreed(conn: &Parts<'_>) -> bool {
     conn.wire.has_envelope() && conn.handshake.features() & features::DRAIN != 0
 }
 
@@ -102,7 +125,7 @@ pub(crate) fn agreed(conn: &Shared) -> bool {
 /// refuses other tasks' sends, queues the drain frame, and returns `true`
 /// (the connection closes once the client answers); `false` otherwise
 /// (close it as before).
-pub(crate) fn announce(conn: &Shared) -> bool {
+pub(crate) fn announce(conn: &Parts<'_>) -> bool {
     if !agreed(conn) || conn.drain.has(CLIENT) {
         return false;
     }
@@ -125,7 +148,7 @@ pub(crate) fn announce(conn: &Shared) -> bool {
 ///
 /// [`Error::Envelope`] (an unknown kind, as before) if drain was not
 /// agreed on it.
-pub(crate) fn received(conn: &Shared, events: &EventSink) -> Result<(), Error> {
+pub(crate) fn received(conn: &Parts<'_>, events: &EventSink) -> Result<(), Error> {
     if !agreed(conn) {
         return Err(EnvelopeError::UnknownKind(crate::wire::envelope::DRAIN).into());
     }
@@ -162,19 +185,4 @@ pub(crate) fn received(conn: &Shared, events: &EventSink) -> Result<(), Error> {
         tracing::debug!(peer = %conn.peer, "a drain frame from a client, unasked: ignored");
     }
     Ok(())
-}
-
-/// A request `id` arrived on `conn`: refuses it with
-/// [`ErrorCode::Draining`] and returns `true` if it came after the
-/// client's answer to our drain (it is not run).
-pub(crate) fn refuse(conn: &Shared, id: u64) -> bool {
-    if !conn.drain.has(ANSWERED) {
-        return false;
-    }
-    conn.fail_request(
-        id,
-        ErrorCode::Draining,
-        "the server is draining: the request was not run",
-    );
-    true
 }

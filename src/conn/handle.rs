@@ -247,6 +247,18 @@ impl Shared {
         }
     }
 
+    /// What the drain needs of this connection.
+    pub(crate) fn drain_parts(&self) -> crate::conn::drain::Parts<'_> {
+        crate::conn::drain::Parts {
+            drain: &self.drain,
+            wire: &self.wire,
+            outbox: &self.outbox,
+            signal: &self.signal,
+            handshake: &self.handshake,
+            peer: &self.peer,
+        }
+    }
+
     /// Counts and reports a late reply to request `id`.
     fn late_reply(&self, id: u64) {
         Counters::add(&self.counters.late_replies, 1);

@@ -708,13 +708,15 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             }
             Envelope::Drain => {
                 self.buf.advance(found.wire);
-                if let Err(error) = crate::conn::drain::received(conn, events) {
+                if let Err(error) = crate::conn::drain::received(&conn.drain_parts(), events) {
                     self.frame_error(conn, events, error);
                 }
                 return None;
             }
-            Envelope::Request(id) if crate::conn::drain::refuse(conn, id) => {
+            // After the client's answer to our drain: refused, not run.
+            Envelope::Request(id) if conn.drain.refuses_requests() => {
                 self.buf.advance(found.wire);
+                conn.fail_request(id, ErrorCode::Draining, crate::conn::drain::REFUSED);
                 return None;
             }
             Envelope::Request(id) => Some(id),

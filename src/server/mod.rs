@@ -183,7 +183,7 @@ impl Table {
                 Fired::Close => {
                     handle.inner.outbox.hold_for_answers();
                     // With drain agreed, it closes once the client answers.
-                    if !crate::conn::drain::announce(&handle.inner) {
+                    if !crate::conn::drain::announce(&handle.inner.drain_parts()) {
                         handle.close();
                     }
                 }

@@ -117,16 +117,20 @@ fn drain_events(events: &ErrorEvents) -> Vec<Error> {
     std::iter::from_fn(|| events.try_recv().map(|event| event.error)).collect()
 }
 
-/// Waits for an event that matches `want`, keeping the others.
+/// Waits (within [`WAIT`] in all) for an event that matches `want`,
+/// keeping the others.
 async fn event_where(events: &ErrorEvents, seen: &mut Vec<Error>, want: impl Fn(&Error) -> bool) {
-    loop {
-        let event = common::next_event(events).await;
-        let found = want(&event.error);
-        seen.push(event.error);
-        if found {
-            return;
+    within("the event", async {
+        loop {
+            let event = common::next_event(events).await;
+            let found = want(&event.error);
+            seen.push(event.error);
+            if found {
+                return;
+            }
         }
-    }
+    })
+    .await;
 }
 
 fn assert_no_error(side: &str, events: &[Error]) {
@@ -211,7 +215,10 @@ async fn a_drain_answers_every_request_in_flight() {
     let report = within("the shutdown", shutdown).await.unwrap();
     assert!(report.finished, "{report:?}");
     assert_eq!((report.connections_cut, report.unanswered_requests), (0, 0));
-    assert_eq!(within("the end", client.closed()).await, CloseReason::ByPeer);
+    assert_eq!(
+        within("the end", client.closed()).await,
+        CloseReason::ByPeer
+    );
     // Both ways: the server's notes came too.
     assert_eq!(notes.notes.load(Ordering::SeqCst), 20);
     assert_eq!(notes.opened.load(Ordering::SeqCst), 1);
@@ -307,7 +314,9 @@ async fn a_reconnecting_client_moves_to_the_second_server_at_once() {
         "{events:?}"
     );
     assert!(
-        !events.iter().any(|e| matches!(e, Error::Disconnected { .. })),
+        !events
+            .iter()
+            .any(|e| matches!(e, Error::Disconnected { .. })),
         "{events:?}"
     );
     assert_no_error("the client", &events);
@@ -330,7 +339,9 @@ async fn connect_any_skips_an_address_that_refuses() {
         .unwrap();
     assert_eq!(client.peer_addr(), b.local_addr());
     assert_eq!(
-        within("a reply", client.request(&"x".into())).await.unwrap(),
+        within("a reply", client.request(&"x".into()))
+            .await
+            .unwrap(),
         "b:x"
     );
     let none = Client::<String>::builder()
@@ -359,11 +370,18 @@ async fn a_reconnecting_client_fails_over_when_its_server_goes_away() {
         .request_ids()
         .handshake_timeout(Duration::from_millis(300))
         .reconnect(fast_backoff())
-        .connect_any([a.local_addr(), gone.into(), never_addr.into(), c.local_addr()])
+        .connect_any([
+            a.local_addr(),
+            gone.into(),
+            never_addr.into(),
+            c.local_addr(),
+        ])
         .await
         .unwrap();
     assert_eq!(
-        within("a reply", client.request(&"x".into())).await.unwrap(),
+        within("a reply", client.request(&"x".into()))
+            .await
+            .unwrap(),
         "a:x"
     );
     let events = client.errors();
