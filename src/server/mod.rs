@@ -908,6 +908,12 @@ impl<H: Handler> Server<H> {
     /// while a connection waits for its peer to close, but cannot be
     /// answered.
     ///
+    /// A connection whose client agreed to drain (both hellos set the
+    /// [`DRAIN`](crate::handshake::features::DRAIN) bit) is told first,
+    /// and served until the client answers that no request follows: the
+    /// requests that crossed the drain are answered too (README, "Drain
+    /// and failover").
+    ///
     /// # Examples
     ///
     /// ```

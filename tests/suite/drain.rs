@@ -202,6 +202,11 @@ async fn a_drain_answers_every_request_in_flight() {
     let events = client.errors();
     let mut seen_events = Vec::new();
     event_where(&events, &mut seen_events, |e| matches!(e, Error::Draining)).await;
+    // The server's other tasks' sends are refused from the drain on.
+    let sent = server
+        .send_to(client.local_addr(), &"more".to_string())
+        .await;
+    assert!(matches!(sent, Err(Error::Closed)), "{sent:?}");
     let refused = within("a request after the drain", client.request(&"late".into())).await;
     assert!(
         matches!(refused, Err(RequestError::Draining)),
@@ -615,4 +620,58 @@ fn the_draining_code_has_its_byte() {
     assert_eq!(ErrorCode::from_byte(0x08), ErrorCode::Draining);
     assert_eq!(ErrorCode::Draining.to_byte(), 0x08);
     assert_eq!(ErrorCode::from_byte(0x7e), ErrorCode::Other(0x7e));
+}
+
+/// A client that sends a request after its answer to the drain (this
+/// build never does; a raw peer speaking a client's hello does here) gets
+/// it refused with `ErrorCode::Draining` (`0x08`), not run; the request
+/// before the answer is answered.
+#[tokio::test]
+async fn a_request_after_the_answer_is_refused_with_draining() {
+    let (server, seen) = open_server("a").await;
+    // A client's hello, as this build writes it: taken from a client that
+    // connects to a raw listener (it waits there for a hello that never
+    // comes, and is dropped).
+    let (listener, addr) = common::raw_listener().await;
+    let connecting = tokio::spawn(async move {
+        Client::<String>::builder()
+            .handshake()
+            .request_ids()
+            .connect(addr)
+            .await
+    });
+    let (socket, _) = within("the client", listener.accept()).await.unwrap();
+    let mut first = common::RawPeer::from_stream(socket);
+    let hello = first.read_line().await;
+    connecting.abort();
+    let mut raw = common::RawPeer::connect(server.local_addr()).await;
+    raw.write(&hello).await;
+    let server_hello = raw.read_line().await;
+    assert!(
+        server_hello.starts_with(b"chitchat-hello/"),
+        "{server_hello:?}"
+    );
+    // Request 5, "x": answered.
+    raw.write(&[0x01, 0x05, b'x', b'\n']).await;
+    // Its note (a one-way message, kind 0x00) comes first.
+    assert_eq!(raw.read_line().await, b"\x00note x\n");
+    assert_eq!(raw.read_line().await, [0x02, 0x05, b'a', b':', b'x', b'\n']);
+    let shutdown = {
+        let server = server.clone();
+        tokio::spawn(async move { server.shutdown(WAIT).await })
+    };
+    assert_eq!(raw.read_line().await, [0x06, b'\n']);
+    // The answer, then request 6: refused, not run.
+    raw.write(&[0x06, b'\n', 0x01, 0x06, b'y', b'\n']).await;
+    let refused = raw.read_line().await;
+    assert_eq!(refused[..3], [0x03, 0x06, 0x08], "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused).contains("draining"),
+        "{refused:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    raw.expect_end().await;
+    drop(raw);
+    let report = within("the shutdown", shutdown).await.unwrap();
+    assert!(report.finished, "{report:?}");
 }
