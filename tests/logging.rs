@@ -291,3 +291,69 @@ async fn one_sided_variants_are_said_at_info_by_the_client() {
     client.close().await;
     server.cut().await;
 }
+
+/// A reconnecting client whose server drains moves to its second server
+/// and logs one INFO line for it, and nothing at WARN or ERROR (README,
+/// "Drain and failover"): a drain is announced, not an outage.
+#[tokio::test(flavor = "current_thread")]
+async fn a_drain_logs_one_info_and_no_warn() {
+    use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Reconnect};
+    use std::time::Duration;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let answer = || {
+        handler_fn(
+            |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+                ctx.reply(&line)?;
+                Ok(())
+            },
+        )
+    };
+    let first = Server::builder(answer())
+        .handshake::<String>()
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let second = Server::builder(answer())
+        .handshake::<String>()
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<String>::builder()
+        .handshake()
+        .request_ids()
+        .reconnect(Reconnect::new().initial_delay(Duration::from_secs(3600)))
+        .connect_any([first.local_addr(), second.local_addr()])
+        .await
+        .unwrap();
+    let events = client.errors();
+    common::within("the drain", first.shutdown(common::WAIT)).await;
+    loop {
+        if let Error::Reconnected { .. } = common::next_event(&events).await.error {
+            break;
+        }
+    }
+    let reply = common::within("a reply", client.request(&"x".to_string())).await;
+    assert_eq!(reply.unwrap(), "x");
+    let logged = logged(&captured);
+    assert!(
+        !logged
+            .lines()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{logged}"
+    );
+    let infos: Vec<&str> = logged.lines().filter(|l| l.contains("INFO")).collect();
+    assert_eq!(infos.len(), 1, "{logged}");
+    assert!(infos[0].contains("draining"), "{logged}");
+    client.close().await;
+    second.cut().await;
+}

@@ -73,6 +73,9 @@ pub(crate) struct Link {
     /// down still reconnects, to deliver what it kept.
     pub(crate) closing: CancellationToken,
     counters: Arc<Counters>,
+    /// Connections a reconnecting client left because their server drains:
+    /// they end once their requests in flight are answered.
+    draining: Mutex<Vec<ConnectionHandle>>,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,36 @@ impl Link {
             stop: CancellationToken::new(),
             closing: CancellationToken::new(),
             counters,
+            draining: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keeps `conn`, a connection left because its server drains, to
+    /// close or abort it with the client (forgets those that have ended).
+    pub(crate) fn add_draining(&self, conn: ConnectionHandle) {
+        let mut draining = self
+            .draining
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        draining.retain(|old| old.inner.end.get().is_none());
+        draining.push(conn);
+    }
+
+    /// Closes (`abort`: aborts) the connections left because their server
+    /// drains.
+    pub(crate) fn end_draining(&self, abort: bool) {
+        let draining = std::mem::take(
+            &mut *self
+                .draining
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for conn in draining {
+            if abort {
+                conn.inner.signal.abort();
+            } else {
+                conn.close();
+            }
         }
     }
 

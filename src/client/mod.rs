@@ -420,7 +420,53 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
     /// settings that cannot work (or no tokio runtime);
     /// [`ConnectError::Hello`] if the `on_connect` hook fails.
     pub async fn connect(self, addr: impl ConnectAddr) -> Result<Client<M, R>, ConnectError> {
-        self.dial_and_start(addr.target()).await
+        self.dial_and_start(vec![addr.target()]).await
+    }
+
+    /// Connects to the first of `addrs` that accepts, trying them in order
+    /// (one try each, without a delay between them), and starts reading in
+    /// the background. A [reconnecting](Self::reconnect) client fails over
+    /// between them: after its connection drops, and at once when its
+    /// server drains (README, "Drain and failover"), it connects to the
+    /// next address of the list, going round it, one address per try. The
+    /// backoff counts the failed tries in a row over the whole list, not
+    /// per address: the delay before each try, and
+    /// [`max_tries`](Reconnect::max_tries), are as with one address (see
+    /// [`Reconnect`]); only the try after a drain is made without a delay.
+    /// `connect(addr)` is `connect_any([addr])`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), with the last address's error when
+    /// none connects; [`ConnectError::Config`] for an empty list. A failed
+    /// handshake or `on_connect` on the address that connected is returned
+    /// at once (the other addresses are not tried).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use chitchat_net::{Client, Reconnect, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Nothing listens on the first address any more.
+    /// let gone = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    /// let server = Server::listen("127.0.0.1:0", ()).await?;
+    /// let client = Client::<String>::builder()
+    ///     .reconnect(Reconnect::new())
+    ///     .connect_any([gone.into(), server.local_addr()])
+    ///     .await?;
+    /// assert_eq!(client.peer_addr(), server.local_addr());
+    /// # client.close().await;
+    /// # server.cut().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_any<A: ConnectAddr>(
+        self,
+        addrs: impl IntoIterator<Item = A>,
+    ) -> Result<Client<M, R>, ConnectError> {
+        let targets = addrs.into_iter().map(|addr| addr.target()).collect();
+        self.dial_and_start(targets).await
     }
 
     /// Connects to the Unix-domain socket at `path` (a server started with
@@ -439,7 +485,7 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<Client<M, R>, ConnectError> {
-        self.dial_and_start(DialTarget::Unix(path.as_ref().to_path_buf()))
+        self.dial_and_start(vec![DialTarget::Unix(path.as_ref().to_path_buf())])
             .await
     }
 
@@ -460,18 +506,27 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         self.reconnect.as_ref().map_or(Ok(()), Reconnect::validate)
     }
 
-    async fn dial_and_start(self, target: DialTarget) -> Result<Client<M, R>, ConnectError> {
-        self.dial_and_start_inner(target)
+    async fn dial_and_start(self, targets: Vec<DialTarget>) -> Result<Client<M, R>, ConnectError> {
+        self.dial_and_start_inner(targets)
             .await
             .map_err(ConnectError::from_error)
     }
 
-    async fn dial_and_start_inner(self, target: DialTarget) -> Result<Client<M, R>, Error> {
+    async fn dial_and_start_inner(self, targets: Vec<DialTarget>) -> Result<Client<M, R>, Error> {
         self.validate()?;
-        let (stream, peer, local) =
-            dial_within(self.connect_timeout, target.clone(), self.tls.as_ref()).await?;
+        let mut dialled = Err(Error::Config("connect_any needs at least one address"));
+        let mut next = 0;
+        for target in &targets {
+            next += 1;
+            dialled = dial_within(self.connect_timeout, target.clone(), self.tls.as_ref()).await;
+            if dialled.is_ok() {
+                break;
+            }
+        }
+        let (stream, peer, local) = dialled?;
         let redial = Redial {
-            target,
+            targets,
+            next: std::sync::atomic::AtomicUsize::new(next),
             tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
         };
@@ -680,9 +735,21 @@ async fn dial_within(
 /// How to connect again.
 #[derive(Debug)]
 struct Redial {
-    target: DialTarget,
+    /// The server's addresses, tried in turn.
+    targets: Vec<DialTarget>,
+    /// The index (modulo their number) of the next one to try.
+    next: std::sync::atomic::AtomicUsize,
     tls: Option<ClientTls>,
     connect_timeout: Duration,
+}
+
+impl Redial {
+    /// The address to try next: the one after the last tried, round the
+    /// list.
+    fn next_target(&self) -> DialTarget {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.targets[n % self.targets.len()].clone()
+    }
 }
 
 /// A connection task, boxed: a reconnecting client runs one after another.
@@ -767,17 +834,68 @@ impl<H: Handler> Supervisor<H> {
         // Tries in the outage now (since the last healthy connection).
         let mut attempts: u32 = 0;
         let mut outage = false;
+        // The tasks of connections left because their server drains: they
+        // end by themselves, and the client ends after them.
+        let mut left: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let reason = loop {
-            task.await;
-            let last = self.link.current().handle().clone();
-            let reason = last.inner.end.get().unwrap_or(CloseReason::Aborted);
-            let peer = Some(last.peer_addr());
+            let now = self.link.current().handle().clone();
+            let drained = match &self.policy {
+                // A reconnecting client moves on when its server drains.
+                Some(_) => tokio::select! {
+                    () = &mut task => false,
+                    () = now.inner.drain.told() => true,
+                },
+                None => {
+                    (&mut task).await;
+                    false
+                }
+            };
             let Some((policy, redial)) = &self.policy else {
+                let reason = now.inner.end.get().unwrap_or(CloseReason::Aborted);
                 if reason == CloseReason::ByPeer {
-                    self.starter.events.report(peer, Error::ClosedByPeer);
+                    self.starter
+                        .events
+                        .report(Some(now.peer_addr()), Error::ClosedByPeer);
                 }
                 break reason;
             };
+            if drained && !(self.link.stop.is_cancelled() || self.link.closing.is_cancelled()) {
+                // The server drains: the requests in flight are answered on
+                // this connection, which then ends by itself; new ones wait
+                // for the next. No backoff: the first try is made at once.
+                self.link.add_draining(now.clone());
+                if self.link.stop.is_cancelled() || self.link.closing.is_cancelled() {
+                    // Closed just now: it may not have seen this one.
+                    now.close();
+                }
+                left.push(tokio::spawn(task));
+                let (started, frames_in) = since;
+                if policy.healthy(started.elapsed(), self.frames_in() > frames_in) {
+                    failed = 0;
+                }
+                outage = false;
+                attempts = 0;
+                tracing::debug!(peer = %now.peer_addr(), "the server drains: connecting to the next address");
+                self.set_down(policy, &now);
+                match self
+                    .reconnect(policy, redial, &mut failed, &mut attempts, true)
+                    .await
+                {
+                    Ok((next, started)) => {
+                        task = next;
+                        since = started;
+                        continue;
+                    }
+                    Err(gave_up) => break self.give_up(gave_up, &now),
+                }
+            }
+            if drained {
+                // Closing anyway: the connection ends with the client.
+                (&mut task).await;
+            }
+            let last = now;
+            let reason = last.inner.end.get().unwrap_or(CloseReason::Aborted);
+            let peer = Some(last.peer_addr());
             if self.link.stop.is_cancelled() || self.link.closing.is_cancelled() {
                 break reason;
             }
@@ -808,49 +926,63 @@ impl<H: Handler> Supervisor<H> {
             self.starter
                 .events
                 .report_quietly(peer, Error::Disconnected { reason });
-            self.link.set(match policy.while_down {
-                crate::client::link::WhileDown::Keep => {
-                    Current::Holding(self.starter.holding(last.peer_addr(), last.local_addr()))
-                }
-                _ => Current::Down(last.clone()),
-            });
+            self.set_down(policy, &last);
             match self
-                .reconnect(policy, redial, &mut failed, &mut attempts)
+                .reconnect(policy, redial, &mut failed, &mut attempts, false)
                 .await
             {
                 Ok((next, started)) => {
                     task = next;
                     since = started;
                 }
-                Err(gave_up) => {
-                    if let Some(tries) = gave_up {
-                        tracing::warn!(
-                            peer = %last.peer_addr(),
-                            tries,
-                            "chitchat-net client gave up reconnecting"
-                        );
-                        self.starter.events.report_quietly(
-                            Some(last.peer_addr()),
-                            Error::ReconnectGaveUp { attempts: tries },
-                        );
-                    }
-                    let counters = &self.starter.counters;
-                    self.link.update(|current| {
-                        if let Current::Holding(held) = current {
-                            drop_kept(held, counters);
-                        }
-                        Current::Ended(last.clone())
-                    });
-                    break if gave_up.is_some() {
-                        CloseReason::Failed
-                    } else {
-                        CloseReason::ByUs
-                    };
-                }
+                Err(gave_up) => break self.give_up(gave_up, &last),
             }
         };
+        // The connections left draining end by themselves (their server
+        // closes them); closing or dropping the client ends them too.
+        for task in left {
+            let _ = task.await;
+        }
         let _ = self.outcome.set(reason);
         self.ended.cancel();
+    }
+
+    /// The link while down after `last`: holding or dropping what is sent.
+    fn set_down(&self, policy: &Reconnect, last: &ConnectionHandle) {
+        self.link.set(match policy.while_down {
+            crate::client::link::WhileDown::Keep => {
+                Current::Holding(self.starter.holding(last.peer_addr(), last.local_addr()))
+            }
+            _ => Current::Down(last.clone()),
+        });
+    }
+
+    /// Ends the client after reconnecting stopped (`None`: closed) or gave
+    /// up (`Some(tries)`); `last` was its last connection.
+    fn give_up(&self, gave_up: Option<u32>, last: &ConnectionHandle) -> CloseReason {
+        if let Some(tries) = gave_up {
+            tracing::warn!(
+                peer = %last.peer_addr(),
+                tries,
+                "chitchat-net client gave up reconnecting"
+            );
+            self.starter.events.report_quietly(
+                Some(last.peer_addr()),
+                Error::ReconnectGaveUp { attempts: tries },
+            );
+        }
+        let counters = &self.starter.counters;
+        self.link.update(|current| {
+            if let Current::Holding(held) = current {
+                drop_kept(held, counters);
+            }
+            Current::Ended(last.clone())
+        });
+        if gave_up.is_some() {
+            CloseReason::Failed
+        } else {
+            CloseReason::ByUs
+        }
     }
 
     /// Frames read by the client so far.
@@ -876,12 +1008,19 @@ impl<H: Handler> Supervisor<H> {
         redial: &Redial,
         failed: &mut u32,
         attempts: &mut u32,
+        drained: bool,
     ) -> Result<(Task, (Instant, u64)), Option<u32>> {
+        // After a drain the first try is made at once.
+        let mut at_once = drained;
         loop {
-            if policy.exhausted(*failed) {
+            if policy.exhausted(*failed) && !at_once {
                 return Err(Some(*failed));
             }
-            let delay = policy.delay(*failed, jitter());
+            let delay = if std::mem::take(&mut at_once) {
+                Duration::ZERO
+            } else {
+                policy.delay(*failed, jitter())
+            };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.link.stop.cancelled() => return Err(None),
@@ -889,11 +1028,17 @@ impl<H: Handler> Supervisor<H> {
             *attempts = attempts.saturating_add(1);
             match self.try_connect(redial).await {
                 Ok(launched) => {
-                    tracing::info!(
-                        peer = %self.link.current().handle().peer_addr(),
-                        attempts = *attempts,
-                        "chitchat-net client reconnected"
-                    );
+                    let peer = self.link.current().handle().peer_addr();
+                    if drained && *attempts == 1 {
+                        // The drain was logged at INFO already: no more.
+                        tracing::debug!(%peer, "chitchat-net client moved on after a drain");
+                    } else {
+                        tracing::info!(
+                            %peer,
+                            attempts = *attempts,
+                            "chitchat-net client reconnected"
+                        );
+                    }
                     self.starter.events.report_quietly(
                         Some(self.link.current().handle().peer_addr()),
                         Error::Reconnected {
@@ -929,7 +1074,7 @@ impl<H: Handler> Supervisor<H> {
     async fn try_connect(&self, redial: &Redial) -> Result<(Task, (Instant, u64)), Error> {
         let dial = dial_within(
             redial.connect_timeout,
-            redial.target.clone(),
+            redial.next_target(),
             redial.tls.as_ref(),
         );
         let (stream, peer, local) = tokio::select! {
@@ -1287,9 +1432,19 @@ impl<M: Message, R> Client<M, R> {
                 // The connection ended before the request went out (it
                 // may be in its `on_close` still): a reconnecting client
                 // sends it on the next one.
-                Err(Attempt::NotSent(RequestError::Closed | RequestError::ConnectionLost))
-                    if self.link.reconnect.is_some() =>
-                {
+                // Or its server drains (it was not sent), or refused it
+                // as it drained (it was not run): on the next one too.
+                Err(
+                    Attempt::NotSent(
+                        RequestError::Closed
+                        | RequestError::ConnectionLost
+                        | RequestError::Draining,
+                    )
+                    | Attempt::Failed(RequestError::Remote {
+                        code: crate::wire::envelope::ErrorCode::Draining,
+                        ..
+                    }),
+                ) if self.link.reconnect.is_some() => {
                     let retry = tokio::time::timeout_at(deadline, self.link.retry_after(seen))
                         .await
                         .map_err(timed_out)?;
@@ -1423,6 +1578,7 @@ impl<M: Message, R> Client<M, R> {
     /// it after the end returns at once).
     pub async fn close(&self) {
         self.link.stop.cancel();
+        self.link.end_draining(false);
         match self.link.current() {
             Current::Up(conn) => conn.close(),
             Current::Holding(held) => drop_kept(&held, self.link.counters()),
@@ -1474,6 +1630,7 @@ impl<M: Message, R> Client<M, R> {
         };
         let before = unsent();
         self.link.closing.cancel();
+        self.link.end_draining(false);
         match self.link.current() {
             Current::Up(conn) => conn.close(),
             // What it kept goes out on the next connection, which closes.
@@ -1487,6 +1644,7 @@ impl<M: Message, R> Client<M, R> {
             .is_ok();
         if !in_time {
             self.link.stop.cancel();
+            self.link.end_draining(true);
             match self.link.current() {
                 Current::Holding(held) => drop_kept(&held, counters),
                 current => current.handle().inner.signal.abort(),
@@ -1622,6 +1780,7 @@ impl<M, R> Drop for Client<M, R> {
     /// Ends the connection at once.
     fn drop(&mut self) {
         self.link.stop.cancel();
+        self.link.end_draining(true);
         match self.link.current() {
             Current::Holding(held) => drop_kept(&held, self.link.counters()),
             current => current.handle().inner.signal.abort(),

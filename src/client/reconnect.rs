@@ -35,6 +35,13 @@ pub const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// growing backoff and `max_tries`, not a client that redials without
 /// pause. Only a healthy connection starts the count of tries over.
 ///
+/// With several addresses
+/// ([`connect_any`](crate::ClientBuilder::connect_any)) each try goes to
+/// the next address of the list, round it; the failed tries in a row are
+/// counted over the whole list, so the delays and `max_tries` are those of
+/// one address. When the server drains (README, "Drain and failover") the
+/// next try is made at once, without a delay.
+///
 /// Requests in flight when a connection drops fail with
 /// [`Error::ConnectionLost`](crate::Error::ConnectionLost); they are never
 /// retried (the server may have handled them). Messages sent while down

@@ -60,6 +60,8 @@ pub(crate) struct ConnectionConfig {
     /// still an event): a reconnecting client logs one WARN per outage
     /// itself.
     pub(crate) quiet_ends: bool,
+    /// The hello sets the drain feature bit (see `no_drain`).
+    pub(crate) drain: bool,
 }
 
 /// Fails with a clear error outside a tokio runtime (where tokio itself
@@ -149,6 +151,7 @@ impl Default for ConnectionConfig {
             handshake: Default::default(),
             hello: None,
             quiet_ends: false,
+            drain: true,
         }
     }
 }

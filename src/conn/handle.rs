@@ -205,6 +205,8 @@ pub(crate) struct Shared {
     pub(crate) requests: Option<Box<Requests>>,
     /// Reply streams, served and subscribed (made on first use).
     pub(crate) streams: StreamsSlot,
+    /// Whether a graceful shutdown's drain was announced or answered.
+    pub(crate) drain: crate::conn::drain::Drain,
 }
 
 impl Shared {
@@ -248,6 +250,18 @@ impl Shared {
         }
     }
 
+    /// What the drain needs of this connection.
+    pub(crate) fn drain_parts(&self) -> crate::conn::drain::Parts<'_> {
+        crate::conn::drain::Parts {
+            drain: &self.drain,
+            wire: &self.wire,
+            outbox: &self.outbox,
+            signal: &self.signal,
+            handshake: &self.handshake,
+            peer: &self.peer,
+        }
+    }
+
     /// Counts and reports a late reply to request `id`.
     fn late_reply(&self, id: u64) {
         Counters::add(&self.counters.late_replies, 1);
@@ -276,6 +290,7 @@ impl ConnectionHandle {
                 handshake: Default::default(),
                 requests: Requests::of(&wire),
                 streams: StreamsSlot::default(),
+                drain: Default::default(),
                 wire,
                 counters,
             }),
@@ -288,6 +303,7 @@ impl ConnectionHandle {
         if let Some(plan) = plan {
             let inner = &*self.inner;
             inner.handshake.plan();
+            inner.drain.plan(plan.role);
             // The plan was checked when it was made: its hello encodes.
             if let Err(error) = inner
                 .outbox
@@ -553,6 +569,7 @@ impl ConnectionHandle {
             .requests
             .as_deref()
             .ok_or(Attempt::Failed(RequestError::NotEnabled))?;
+        inner.drain.check_open().map_err(not_sent)?;
         // A free slot, the usual case, needs no timer.
         let slot = match requests.try_slot() {
             Some(slot) => slot,
@@ -577,6 +594,8 @@ impl ConnectionHandle {
                 let id = line.by_id(waiting);
                 forget = Some(Forget { requests, id });
                 let queue = |buf: &mut _| {
+                    // Under the queue's lock, where a drain is answered.
+                    inner.drain.check_open()?;
                     inner
                         .wire
                         .encode_encoded(Envelope::Request(id), encoded, buf)

@@ -4,7 +4,8 @@
 //! that sends and the write side ([`outbox`]), the close/abort signal
 //! ([`signal`], both on the primitives of [`sync`] so that `loom-models/`
 //! can check them), the handle other tasks send with ([`handle`]), the
-//! requests waiting for replies ([`requests`]), what a connection speaks
+//! requests waiting for replies ([`requests`]), a graceful shutdown's
+//! drain ([`drain`]), what a connection speaks
 //! (framing, codecs, envelope: [`wire`]), the handler and its context
 //! ([`handler`]), reply streams (the table of each connection's streams,
 //! [`streams`]; the serving side, [`reply_stream`]; the subscribing side,
@@ -18,6 +19,7 @@
 
 pub(crate) mod config;
 pub(crate) mod connection;
+pub(crate) mod drain;
 pub(crate) mod events;
 pub(crate) mod frame_deadline;
 pub(crate) mod handle;

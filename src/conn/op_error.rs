@@ -61,6 +61,12 @@ pub enum RequestError {
     /// The connection is closing or has ended (nothing was sent).
     #[error("connection closed")]
     Closed,
+    /// The server announced a drain on this connection (it is shutting
+    /// down gracefully): the request was not sent. A reconnecting client's
+    /// [`Client::request`](crate::Client::request) never fails with it: it
+    /// sends the request on its next connection.
+    #[error("the server is draining: the request was not sent")]
+    Draining,
     /// Requests are not on: `request_ids()` (both ends) or
     /// `ordered_replies()` on the builder.
     #[error("requests need `request_ids()` (or `ordered_replies()`) on the builder")]
@@ -142,6 +148,7 @@ impl From<RequestError> for Error {
             RequestError::Timeout(timeout) => Error::RequestTimeout(timeout),
             RequestError::ConnectionLost => Error::ConnectionLost,
             RequestError::Closed => Error::Closed,
+            RequestError::Draining => Error::Draining,
             RequestError::NotEnabled => Error::Config(
                 "requests need `request_ids()` (or `ordered_replies()`) on the builder",
             ),
@@ -199,6 +206,7 @@ impl RequestError {
         match error {
             Error::ConnectionLost => RequestError::ConnectionLost,
             Error::Closed => RequestError::Closed,
+            Error::Draining => RequestError::Draining,
             other => RequestError::Unsendable(other),
         }
     }

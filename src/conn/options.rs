@@ -163,6 +163,17 @@ macro_rules! connection_options {
             self
         }
 
+        /// Leaves the drain out of the [handshake](crate::handshake)'s
+        /// feature bits ([`DRAIN`](crate::handshake::features::DRAIN)), as
+        /// a build without it: a server then shuts down without telling its
+        /// clients first, and a client is never told (README, "Drain and
+        /// failover"). On by default wherever it can be: with the handshake
+        /// and request ids on both ends.
+        pub fn no_drain(mut self) -> Self {
+            self.config.drain = false;
+            self
+        }
+
         /// How long a client's `request` waits for a reply (default 30 s).
         pub fn request_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.config.request_timeout = timeout;

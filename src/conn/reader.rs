@@ -719,6 +719,19 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
                 }
                 None
             }
+            Envelope::Drain => {
+                self.buf.advance(found.wire);
+                if let Err(error) = crate::conn::drain::received(&conn.drain_parts(), events) {
+                    self.frame_error(conn, events, error);
+                }
+                return None;
+            }
+            // After the client's answer to our drain: refused, not run.
+            Envelope::Request(id) if conn.drain.refuses_requests() => {
+                self.buf.advance(found.wire);
+                conn.fail_request(id, ErrorCode::Draining, crate::conn::drain::REFUSED);
+                return None;
+            }
             Envelope::Request(id) => Some(id),
             Envelope::Message => None,
             Envelope::StreamItem(_) | Envelope::StreamEnd(_) | Envelope::Credit(_) => {

@@ -336,6 +336,18 @@ impl Wire {
         self.spec.envelope
     }
 
+    /// Appends one framed drain frame (envelope kind `0x06`) to `dst`;
+    /// nothing without the envelope, which it needs.
+    pub(crate) fn encode_drain(&self, dst: &mut BytesMut) -> Result<(), Error> {
+        if !self.spec.envelope {
+            return Ok(());
+        }
+        self.spec.escaped.encode_with(dst, |d| {
+            envelope::encode(Envelope::Drain, d);
+            Ok(())
+        })
+    }
+
     /// Appends one framed error reply to request `id` to `dst` (see
     /// [`envelope::encode_error`]); nothing without the envelope, which an
     /// error reply needs.
@@ -616,7 +628,13 @@ fn plan(
         requests: wire.request_mode(),
         send_framing,
         receive_framing: framing_name(wire.decoder().framing()),
-        features: features::SUPPORTED & !settings.features_off,
+        features: {
+            let mut bits = features::SUPPORTED & !settings.features_off;
+            if !config.drain {
+                bits &= !features::DRAIN;
+            }
+            bits
+        },
         sends,
         accepts,
     };

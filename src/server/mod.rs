@@ -182,7 +182,10 @@ impl Table {
             match how {
                 Fired::Close => {
                     handle.inner.outbox.hold_for_answers();
-                    handle.close();
+                    // With drain agreed, it closes once the client answers.
+                    if !crate::conn::drain::announce(&handle.inner.drain_parts()) {
+                        handle.close();
+                    }
                 }
                 Fired::Abort => handle.inner.signal.abort(),
             }
@@ -904,6 +907,12 @@ impl<H: Handler> Server<H> {
     /// Frames that arrive after the shutdown began still reach the handler
     /// while a connection waits for its peer to close, but cannot be
     /// answered.
+    ///
+    /// A connection whose client agreed to drain (both hellos set the
+    /// [`DRAIN`](crate::handshake::features::DRAIN) bit) is told first,
+    /// and served until the client answers that no request follows: the
+    /// requests that crossed the drain are answered too (README, "Drain
+    /// and failover").
     ///
     /// # Examples
     ///

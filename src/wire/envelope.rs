@@ -19,6 +19,7 @@
 //! | `0x01` | id, message | a request |
 //! | `0x02` | id, message | the reply to the request with that id |
 //! | `0x03` | id, code, text | the error reply to the request with that id |
+//! | `0x06` | nothing | drain: see below |
 //! | `0x07` | id, message | one item of the reply stream of request `id` |
 //! | `0x08` | id [, code, text] | the end of the reply stream of request `id` |
 //! | `0x09` | id, n | credit: the subscriber takes `n` more items of stream `id` |
@@ -32,14 +33,26 @@
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
 //! did not decode, `0x03` it was left unanswered, `0x04` it is a variant
-//! the peer does not know, `0x09` a reply stream refused or stopped by
-//! its server; others are kept as
-//! [`ErrorCode::Other`]) and a UTF-8 text of at most
+//! the peer does not know, `0x08` the server drains and did not run it,
+//! `0x09` a reply stream refused or stopped by its server; others are
+//! kept as [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
 //! It is a kind of its own so that it can never be decoded as a reply: the
 //! waiting request fails with
 //! [`RequestError::Remote`](crate::RequestError::Remote) at once.
+//!
+//! # Drain
+//!
+//! A drain frame is the kind byte `0x06` alone (no id, no message; bytes
+//! after it are ignored, for later versions). It is sent only on a
+//! connection where both hellos set the
+//! [`DRAIN`](crate::handshake::features::DRAIN) feature bit. The server
+//! sends it when it starts a graceful shutdown: "send no new request on
+//! this connection". The client answers with the same frame, after every
+//! request it sent before it: "no request follows". The server answers
+//! what arrived before that answer, then closes; a request that comes
+//! after it anyway is refused with [`ErrorCode::Draining`] (not run).
 //!
 //! # Reply streams
 //!
@@ -123,6 +136,10 @@ pub enum Envelope {
     /// The error reply to the request with this id: an [`ErrorCode`] and a
     /// text follow (see [`decode_error`]), never a message.
     ErrorReply(u64),
+    /// A drain (kind `0x06`, no id): from a server, "I am shutting down:
+    /// send no new request on this connection"; from a client, its answer,
+    /// "no request follows" (see the module docs).
+    Drain,
     /// One item of the reply stream of the request with this id (`0x07`).
     StreamItem(u64),
     /// The end of the reply stream of the request with this id (`0x08`):
@@ -152,6 +169,10 @@ pub enum ErrorCode {
     /// type lacks: it is of an older version); the text names the type and
     /// the tag. See the README, "Evolving your messages".
     UnknownVariant,
+    /// `0x08`: the server is draining (shutting down gracefully) and did
+    /// not run the request, which came after the client's answer to the
+    /// drain: it is safe to send it again elsewhere.
+    Draining,
     /// `0x09`: the peer does not serve this reply stream (any more): the
     /// request asked for a stream on a connection where reply streams are
     /// off, or the peer's connection closed (a graceful shutdown) while
@@ -170,6 +191,7 @@ impl ErrorCode {
             ErrorCode::Unanswered => 0x03,
             ErrorCode::UnknownVariant => 0x04,
             ErrorCode::StreamRefused => 0x09,
+            ErrorCode::Draining => 0x08,
             ErrorCode::Other(byte) => byte,
         }
     }
@@ -182,6 +204,7 @@ impl ErrorCode {
             0x03 => ErrorCode::Unanswered,
             0x04 => ErrorCode::UnknownVariant,
             0x09 => ErrorCode::StreamRefused,
+            0x08 => ErrorCode::Draining,
             other => ErrorCode::Other(other),
         }
     }
@@ -195,6 +218,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Unanswered => f.write_str("left unanswered"),
             ErrorCode::UnknownVariant => f.write_str("unknown variant"),
             ErrorCode::StreamRefused => f.write_str("stream refused"),
+            ErrorCode::Draining => f.write_str("the server is draining"),
             ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
         }
     }
@@ -207,7 +231,7 @@ pub enum EnvelopeError {
     /// The frame is empty: no kind byte.
     #[error("empty frame: no envelope")]
     Empty,
-    /// The kind byte is none of `0x00` to `0x03` and `0x07` to `0x09`.
+    /// The kind byte is none of `0x00` to `0x03` and `0x06` to `0x09`.
     #[error("unknown envelope kind {0:#04x}")]
     UnknownKind(u8),
     /// The frame ends inside the id.
@@ -232,6 +256,8 @@ const MESSAGE: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const REPLY: u8 = 0x02;
 const ERROR_REPLY: u8 = 0x03;
+/// The kind byte of a drain frame.
+pub(crate) const DRAIN: u8 = 0x06;
 const STREAM_ITEM: u8 = 0x07;
 const STREAM_END: u8 = 0x08;
 const CREDIT: u8 = 0x09;
@@ -258,6 +284,7 @@ pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
             dst.extend([ERROR_REPLY]);
             encode_id(id, dst);
         }
+        Envelope::Drain => dst.extend([DRAIN]),
         Envelope::StreamItem(id) => {
             dst.extend([STREAM_ITEM]);
             encode_id(id, dst);
@@ -386,6 +413,7 @@ pub fn decode(frame: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
         REQUEST => decode_id(rest).map(|(id, rest)| (Envelope::Request(id), rest)),
         REPLY => decode_id(rest).map(|(id, rest)| (Envelope::Reply(id), rest)),
         ERROR_REPLY => decode_id(rest).map(|(id, rest)| (Envelope::ErrorReply(id), rest)),
+        DRAIN => Ok((Envelope::Drain, rest)),
         STREAM_ITEM => decode_id(rest).map(|(id, rest)| (Envelope::StreamItem(id), rest)),
         STREAM_END => decode_id(rest).map(|(id, rest)| (Envelope::StreamEnd(id), rest)),
         CREDIT => decode_id(rest).map(|(id, rest)| (Envelope::Credit(id), rest)),
@@ -435,6 +463,12 @@ mod tests {
         assert_eq!(header(Envelope::Reply(127)), [0x02, 0x7f]);
         assert_eq!(header(Envelope::Reply(128)), [0x02, 0x80, 0x01]);
         assert_eq!(header(Envelope::Request(u64::MAX)).len(), MAX_HEADER_LEN);
+        assert_eq!(header(Envelope::Drain), [0x06]);
+        assert_eq!(decode(&[0x06]), Ok((Envelope::Drain, &[][..])));
+        // Bytes after it are left for the caller (later versions).
+        assert_eq!(decode(&[0x06, 0x01]), Ok((Envelope::Drain, &[0x01][..])));
+        assert_eq!(ErrorCode::from_byte(0x08), ErrorCode::Draining);
+        assert_eq!(ErrorCode::Draining.to_byte(), 0x08);
     }
 
     #[test]
@@ -531,7 +565,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_header_round_trips(kind in 0u8..7, id: u64, rest: Vec<u8>) {
+        fn every_header_round_trips(kind in 0u8..8, id: u64, rest: Vec<u8>) {
             let envelope = match kind {
                 0 => Envelope::Message,
                 1 => Envelope::Request(id),
@@ -539,7 +573,8 @@ mod tests {
                 3 => Envelope::ErrorReply(id),
                 4 => Envelope::StreamItem(id),
                 5 => Envelope::StreamEnd(id),
-                _ => Envelope::Credit(id),
+                6 => Envelope::Credit(id),
+                _ => Envelope::Drain,
             };
             let mut frame = header(envelope);
             frame.extend_from_slice(&rest);

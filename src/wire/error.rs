@@ -233,6 +233,15 @@ pub enum Error {
     #[error("handshake failed")]
     Handshake(#[from] crate::wire::hello::HandshakeError),
 
+    /// The server announced a drain (it is shutting down gracefully: see
+    /// README, "Drain and failover"). As an event of a client, a lifecycle
+    /// event, not an error: the client sends no new request on that
+    /// connection (a reconnecting client moves to another one at once). As
+    /// the error of a request: it was not sent, since its connection
+    /// drains.
+    #[error("the server is draining: no new request on this connection")]
+    Draining,
+
     /// A reconnecting client used up its tries: it has ended.
     #[error("gave up reconnecting after {attempts} attempt(s)")]
     ReconnectGaveUp {
@@ -307,13 +316,15 @@ impl Error {
     }
 
     /// Whether this is a lifecycle event rather than an error: a peer's
-    /// normal end of stream ([`Error::ClosedByPeer`]), a reconnecting
-    /// client's [`Error::Disconnected`] and [`Error::Reconnected`], and
+    /// normal end of stream ([`Error::ClosedByPeer`]), a server's announced
+    /// [`Error::Draining`], a reconnecting client's [`Error::Disconnected`]
+    /// and [`Error::Reconnected`], and
     /// [`Error::LateReply`]. See [`ErrorEvent`](crate::ErrorEvent).
     pub fn is_lifecycle(&self) -> bool {
         matches!(
             self,
             Error::ClosedByPeer
+                | Error::Draining
                 | Error::Disconnected { .. }
                 | Error::Reconnected { .. }
                 | Error::LateReply { .. }
@@ -335,6 +346,7 @@ impl Error {
                 | Error::RequestTimeout(_)
                 | Error::Reconnected { .. }
                 | Error::Disconnected { .. }
+                | Error::Draining
                 | Error::EmptyFrame
         )
     }

@@ -134,14 +134,19 @@ pub mod features {
     /// with a typed error frame (envelope kind `0x03`). Every build of
     /// protocol version 1 sets it.
     pub const ERROR_REPLIES: u64 = 1 << 0;
+    /// Drain: a server that shuts down gracefully tells the client first
+    /// (envelope kind `0x06`, see [`envelope`](crate::envelope)); the
+    /// client answers it and sends no new request on that connection. Needs
+    /// request ids (the envelope) on both ends.
+    pub const DRAIN: u64 = 1 << 4;
     /// Reply streams: a request may be answered with a stream of items
     /// under credit-based flow control (envelope kinds `0x07` to `0x09`;
     /// see [`envelope`](crate::envelope)). Without it on both sides,
     /// `subscribe` fails at once and no stream frame is sent.
     pub const REPLY_STREAMS: u64 = 1 << 5;
     /// The bits this build sets in its hello (unless a builder turns one
-    /// off, as `no_reply_streams()` does).
-    pub const SUPPORTED: u64 = ERROR_REPLIES | REPLY_STREAMS;
+    /// off, as `no_drain()` and `no_reply_streams()` do).
+    pub const SUPPORTED: u64 = ERROR_REPLIES | DRAIN | REPLY_STREAMS;
 }
 
 /// How a side matches replies to requests: part of the hello.

@@ -22,6 +22,7 @@ mod codec_text;
 mod conversations;
 mod decode_slice;
 mod derive;
+mod drain;
 mod duplex;
 mod errors;
 mod evolve;
