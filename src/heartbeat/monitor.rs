@@ -53,6 +53,18 @@ pub enum PeerState {
         /// Misses in a row.
         misses: u32,
     },
+    /// The detector found it dead, and it has that long (the
+    /// [`suspicion`](super::HeartbeatConfigBuilder::suspicion) window) to
+    /// answer before it is declared dead: an answer makes it
+    /// [`PeerState::Alive`] again (a [`Responder`](super::Responder)
+    /// refutes with a higher incarnation). Only with a suspicion window.
+    Suspect {
+        /// Misses in a row.
+        misses: u32,
+        /// The incarnation it is suspected at: the highest it answered
+        /// with before (0 if none).
+        incarnation: u64,
+    },
     /// The detector declared it dead. Checks go on: an answer makes it
     /// [`PeerState::Alive`] again.
     Dead {
@@ -78,6 +90,13 @@ impl fmt::Display for PeerState {
         match self {
             PeerState::Alive => write!(f, "alive"),
             PeerState::Missed { misses } => write!(f, "missed {misses} in a row"),
+            PeerState::Suspect {
+                misses,
+                incarnation,
+            } => write!(
+                f,
+                "suspect after {misses} misses (incarnation {incarnation})"
+            ),
             PeerState::Dead { misses } => write!(f, "DEAD after {misses} misses"),
             PeerState::Forgotten => write!(f, "forgotten"),
             PeerState::Replaced { by } => write!(f, "replaced by {by}"),
@@ -114,9 +133,14 @@ pub struct PeerInfo {
     /// When the detector will declare it dead if no answer comes from now
     /// on: the latest end of the check that would decide it, given the
     /// answers and misses so far, as long as checks run on time (an
-    /// overloaded monitor checks late). `None` before its first check and
-    /// once dead. It moves later with every answer.
+    /// overloaded monitor checks late, and a monitor in poor
+    /// [local health](super::HeartbeatConfigBuilder::local_health) widens
+    /// its limits). `None` before its first check and once dead. It moves
+    /// later with every answer.
     pub deadline: Option<Instant>,
+    /// The highest incarnation the node answered with (0 until it refuted
+    /// a suspicion).
+    pub incarnation: u64,
 }
 
 /// A change in a peer's state.
@@ -221,6 +245,16 @@ pub struct MonitorStats {
     pub deaths: u64,
     /// Peer events dropped because nobody read them.
     pub dropped_events: u64,
+    /// Peers found [`Suspect`](PeerState::Suspect) (each time).
+    pub suspicions: u64,
+    /// Suspicions refuted: a suspect peer answered in time.
+    pub refuted: u64,
+    /// Checks that started more than half an interval late (an overloaded
+    /// monitor).
+    pub late_checks: u64,
+    /// The monitor's local health multiplier now (0: healthy; see
+    /// [`local_health`](super::HeartbeatConfigBuilder::local_health)).
+    pub local_health: u64,
 }
 
 #[derive(Debug, Default)]
@@ -239,6 +273,9 @@ struct Counters {
     misses: AtomicU64,
     deaths: AtomicU64,
     dropped_events: AtomicU64,
+    suspicions: AtomicU64,
+    refuted: AtomicU64,
+    late_checks: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -309,6 +346,40 @@ struct Shared<P> {
     /// Stops every check task.
     stop: CancellationToken,
     counters: Counters,
+    /// Lifeguard's local health multiplier: 0 (healthy) to
+    /// `config.local_health()`.
+    health: Health,
+}
+
+/// A monitor's local health score (Lifeguard): raised by failed and late
+/// checks, lowered by answered ones, within `0..=max`.
+#[derive(Debug, Default)]
+struct Health {
+    score: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+impl Health {
+    fn raise(&self) {
+        if self.max > 0 {
+            let _ = self
+                .score
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    (s < self.max).then_some(s + 1)
+                });
+        }
+    }
+
+    fn lower(&self) {
+        let _ = self
+            .score
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1));
+    }
+
+    /// What limits are multiplied by now.
+    fn widen(&self) -> u32 {
+        1 + self.score.load(Ordering::Acquire)
+    }
 }
 
 /// Watched peers, by address and by name (a name is at one address).
@@ -324,6 +395,7 @@ struct Watched {
     kind: PeerKind,
     state: Option<PeerState>,
     deadline: Option<Instant>,
+    incarnation: u64,
     stop: CancellationToken,
 }
 
@@ -433,6 +505,10 @@ impl<P: Probe> MonitorBuilder<P> {
             tasks: TaskTracker::new(),
             stop: stop.clone(),
             counters: Counters::default(),
+            health: Health {
+                score: Default::default(),
+                max: self.config.local_health(),
+            },
         });
         let monitor = Monitor {
             shared,
@@ -539,6 +615,7 @@ impl<P: Probe> Monitor<P> {
             kind: watched.kind,
             state: watched.state,
             deadline: watched.deadline,
+            incarnation: watched.incarnation,
         })
     }
 
@@ -562,6 +639,10 @@ impl<P: Probe> Monitor<P> {
             misses: get(&c.misses),
             deaths: get(&c.deaths),
             dropped_events: get(&c.dropped_events),
+            suspicions: get(&c.suspicions),
+            refuted: get(&c.refuted),
+            late_checks: get(&c.late_checks),
+            local_health: u64::from(self.shared.health.widen() - 1),
         }
     }
 
@@ -694,6 +775,7 @@ impl<P: Probe> Shared<P> {
                 kind,
                 state: None,
                 deadline: None,
+                incarnation: 0,
                 stop: stop.clone(),
             },
         );
@@ -735,19 +817,36 @@ impl<P: Probe> Shared<P> {
 
     /// Records `verdict` for `addr` (and the detector's deadline), and
     /// reports it if the state changed.
-    fn record(&self, addr: SocketAddr, verdict: Verdict, deadline: Option<Instant>) {
+    fn record(
+        &self,
+        addr: SocketAddr,
+        verdict: Verdict,
+        deadline: Option<Instant>,
+        incarnation: u64,
+    ) {
         let mut peers = self.lock();
         let Some(watched) = peers.by_addr.get_mut(&addr) else {
             return;
         };
         watched.deadline = deadline;
+        watched.incarnation = incarnation;
         let state = verdict.state;
         let previous = watched.state.replace(state);
-        if previous == Some(state) {
+        let same = match (previous, state) {
+            // One suspicion, whatever the misses during it.
+            (Some(PeerState::Suspect { .. }), PeerState::Suspect { .. }) => true,
+            (previous, state) => previous == Some(state),
+        };
+        if same {
             return;
         }
-        if matches!(state, PeerState::Dead { .. }) {
-            bump(&self.counters.deaths);
+        match state {
+            PeerState::Dead { .. } => bump(&self.counters.deaths),
+            PeerState::Suspect { .. } => bump(&self.counters.suspicions),
+            PeerState::Alive if matches!(previous, Some(PeerState::Suspect { .. })) => {
+                bump(&self.counters.refuted)
+            }
+            _ => {}
         }
         let event = PeerEvent {
             name: watched.name.clone(),
@@ -827,6 +926,12 @@ async fn check_with<P: Probe, Q: Probe>(
     let mut judge = Judge::new(&config, Instant::now());
     let mut dead_since: Option<Instant> = None;
     let mut seq = 0u64;
+    // Checks made while suspect: they alternate between asking the peer to
+    // refute and a plain ping (a node from before `Suspect` answers only
+    // that).
+    let mut suspect_checks = 0u32;
+    // When the last check ended: a check due before it is not late.
+    let mut ready_at = Instant::now();
     loop {
         let started = tokio::select! {
             _ = stop.cancelled() => break,
@@ -834,15 +939,36 @@ async fn check_with<P: Probe, Q: Probe>(
         };
         seq += 1;
         bump(&shared.counters.checks);
+        let late = Instant::now().saturating_duration_since(started.max(ready_at));
+        if late > config.interval() / 2 {
+            // An overloaded monitor: its own timers fire late.
+            bump(&shared.counters.late_checks);
+            shared.health.raise();
+        }
+        let message = match judge.suspected() {
+            Some(incarnation) => {
+                suspect_checks += 1;
+                match probe.suspect(seq, incarnation) {
+                    Some(message) if suspect_checks % 2 == 1 => message,
+                    _ => probe.ping(seq),
+                }
+            }
+            None => {
+                suspect_checks = 0;
+                probe.ping(seq)
+            }
+        };
         let check = tokio::select! {
             _ = stop.cancelled() => break,
-            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq)) => check,
+            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq, &message)) => check,
         };
         let now = Instant::now();
+        ready_at = now;
         let verdict = match check {
-            Ok(Ok(())) => {
+            Ok(Ok(incarnation)) => {
                 dead_since = None;
-                judge.answered(now)
+                shared.health.lower();
+                judge.answered_at(now, incarnation)
             }
             failed => {
                 let why = match failed {
@@ -860,10 +986,16 @@ async fn check_with<P: Probe, Q: Probe>(
                     // It may have restarted with the other way.
                     link.request_ids = None;
                 }
-                judge.missed(now)
+                shared.health.raise();
+                judge.missed_widened(now, shared.health.widen())
             }
         };
-        shared.record(addr, verdict, judge.deadline(started, config.timeout()));
+        shared.record(
+            addr,
+            verdict,
+            judge.deadline(started, config.timeout()),
+            judge.incarnation(),
+        );
         if matches!(verdict.state, PeerState::Dead { .. }) {
             let since = *dead_since.get_or_insert(now);
             if config
@@ -889,18 +1021,19 @@ async fn ping<P: Probe, Q: Probe>(
     link: &mut Link<Q>,
     addr: SocketAddr,
     seq: u64,
-) -> Result<(), Error> {
+    message: &Q::Ping,
+) -> Result<Option<u64>, Error> {
     if let Some(client) = link.client.as_ref() {
-        return ask(probe, client, seq).await;
+        return ask(probe, client, seq, message).await;
     }
-    let (client, request_ids) = match link.request_ids {
+    let ((client, incarnation), request_ids) = match link.request_ids {
         Some(request_ids) => (
-            first_check(shared, probe, addr, seq, request_ids).await?,
+            first_check(shared, probe, addr, seq, message, request_ids).await?,
             request_ids,
         ),
         None => {
-            let plain = first_check(shared, probe, addr, seq, false);
-            let with_ids = first_check(shared, probe, addr, seq, true);
+            let plain = first_check(shared, probe, addr, seq, message, false);
+            let with_ids = first_check(shared, probe, addr, seq, message, true);
             tokio::pin!(plain, with_ids);
             let (mut plain_failed, mut ids_failed) = (None, None);
             loop {
@@ -923,7 +1056,7 @@ async fn ping<P: Probe, Q: Probe>(
     };
     link.client = Some(client);
     link.request_ids = Some(request_ids);
-    Ok(())
+    Ok(incarnation)
 }
 
 /// Connects (with or without request ids) and makes the check on the new
@@ -933,8 +1066,9 @@ async fn first_check<P: Probe, Q: Probe>(
     probe: &Q,
     addr: SocketAddr,
     seq: u64,
+    message: &Q::Ping,
     request_ids: bool,
-) -> Result<Client<Q::Ping>, Error> {
+) -> Result<(Client<Q::Ping>, Option<u64>), Error> {
     let timeout = shared.config.timeout();
     let mut builder = probe
         .client()
@@ -952,17 +1086,23 @@ async fn first_check<P: Probe, Q: Probe>(
             builder.connect_io(io, Addr::from(addr)).await?
         }
     };
-    ask(probe, &client, seq).await?;
-    Ok(client)
+    let incarnation = ask(probe, &client, seq, message).await?;
+    Ok((client, incarnation))
 }
 
-/// One ping on `client`, and its answer checked.
-async fn ask<Q: Probe>(probe: &Q, client: &Client<Q::Ping>, seq: u64) -> Result<(), Error> {
+/// One ping on `client`, and its answer checked: the incarnation it
+/// carries, if any.
+async fn ask<Q: Probe>(
+    probe: &Q,
+    client: &Client<Q::Ping>,
+    seq: u64,
+    message: &Q::Ping,
+) -> Result<Option<u64>, Error> {
     // The probe pairs its ping and pong types itself (a Go peer's text
     // included), and checks the answer: untyped.
-    let pong: Q::Pong = client.request_untyped::<Q::Pong>(&probe.ping(seq)).await?;
+    let pong: Q::Pong = client.request_untyped::<Q::Pong>(message).await?;
     if probe.is_answer(seq, &pong) {
-        Ok(())
+        Ok(probe.incarnation(&pong))
     } else {
         Err(Error::Handler(format!("wrong answer to ping {seq}").into()))
     }

@@ -40,6 +40,7 @@ mod session;
 mod settings;
 mod shutdown;
 mod sim_heartbeat;
+mod sim_suspect;
 mod switching;
 mod tls;
 mod typed_codec;
