@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::cluster::{
+    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Local, Member,
+};
 use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
 use super::probe::{BeatProbe, Dialer, Probe, TextProbe};
@@ -255,6 +258,12 @@ pub struct MonitorStats {
     /// The monitor's local health multiplier now (0: healthy; see
     /// [`local_health`](super::HeartbeatConfigBuilder::local_health)).
     pub local_health: u64,
+    /// Indirect probes asked of another monitor (in a cluster).
+    pub indirect_probes: u64,
+    /// Indirect probes the node answered: misses not counted.
+    pub indirect_answered: u64,
+    /// Cluster messages dropped because a monitor's queue was full.
+    pub cluster_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -349,6 +358,8 @@ struct Shared<P> {
     /// Lifeguard's local health multiplier: 0 (healthy) to
     /// `config.local_health()`.
     health: Health,
+    /// The cluster of monitors this one is part of.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A monitor's local health score (Lifeguard): raised by failed and late
@@ -419,6 +430,7 @@ pub struct MonitorBuilder<P = BeatProbe> {
     filter: Option<Filter>,
     registration_deadline: Duration,
     max_registration_connections: usize,
+    cluster: Option<ClusterConfig>,
 }
 
 impl<P: fmt::Debug> fmt::Debug for MonitorBuilder<P> {
@@ -451,7 +463,22 @@ impl<P: Probe> MonitorBuilder<P> {
             filter: self.filter,
             registration_deadline: self.registration_deadline,
             max_registration_connections: self.max_registration_connections,
+            cluster: self.cluster,
         }
+    }
+
+    /// Makes this monitor one of a cluster of monitors that share the
+    /// watch (see [`ClusterConfig`]): every node registered with (or
+    /// watched by) any of them is known to all; each is checked by `k` of
+    /// the live monitors (rendezvous hashing over their names), which share
+    /// their verdicts; the node is declared dead when a majority of its
+    /// watchers find it dead. Every monitor's event stream then reports the
+    /// cluster's verdicts. Serve [`Monitor::cluster_server`] at the address
+    /// the others are given. [`build`](Self::build) must then run inside a
+    /// tokio runtime (it starts the links to the other monitors).
+    pub fn cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// How long a registration connection may stay open (default 5 s): one
@@ -493,6 +520,13 @@ impl<P: Probe> MonitorBuilder<P> {
     pub fn build(self) -> (Monitor<P>, PeerEvents) {
         let (events, rx) = mpsc::channel(EVENT_CAPACITY);
         let stop = CancellationToken::new();
+        let (cluster, queues) = match &self.cluster {
+            Some(config) => {
+                let (cluster, queues) = Cluster::new(config, self.config.interval());
+                (Some(Arc::new(cluster)), queues)
+            }
+            None => (None, Vec::new()),
+        };
         let shared = Arc::new(Shared {
             config: self.config,
             probe: self.probe,
@@ -509,7 +543,25 @@ impl<P: Probe> MonitorBuilder<P> {
                 score: Default::default(),
                 max: self.config.local_health(),
             },
+            cluster,
         });
+        if let Some(cluster) = shared.cluster.clone() {
+            let epoch = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ Arc::as_ptr(&shared) as usize as u64;
+            for (member, queue) in cluster.members.iter().zip(queues) {
+                let link = cluster_link(
+                    shared.clone(),
+                    cluster.clone(),
+                    member.clone(),
+                    queue,
+                    epoch,
+                );
+                shared.tasks.spawn(link);
+            }
+            shared.tasks.spawn(cluster_tick(shared.clone(), cluster));
+        }
         let monitor = Monitor {
             shared,
             _owner: Arc::new(Owner { stop: stop.clone() }),
@@ -534,6 +586,7 @@ impl Monitor {
             filter: None,
             registration_deadline: DEFAULT_REGISTRATION_DEADLINE,
             max_registration_connections: DEFAULT_MAX_REGISTRATION_CONNECTIONS,
+            cluster: None,
         }
     }
 }
@@ -561,7 +614,7 @@ impl<P: Probe> Monitor<P> {
     /// already (counted in [`MonitorStats::refused_full`]),
     /// [`WatchError::Stopped`] once stopped.
     pub fn watch(&self, name: impl Into<String>, addr: SocketAddr) -> Result<(), WatchError> {
-        self.shared.watch(name.into(), addr, PeerKind::Typed)
+        self.shared.watch(name.into(), addr, PeerKind::Typed, true)
     }
 
     /// As [`watch`](Self::watch), checking the peer as `kind` says: a Go
@@ -576,7 +629,7 @@ impl<P: Probe> Monitor<P> {
         addr: SocketAddr,
         kind: PeerKind,
     ) -> Result<(), WatchError> {
-        self.shared.watch(name.into(), addr, kind)
+        self.shared.watch(name.into(), addr, kind, true)
     }
 
     /// Stops checking `addr`; returns whether it was watched.
@@ -643,6 +696,21 @@ impl<P: Probe> Monitor<P> {
             refuted: get(&c.refuted),
             late_checks: get(&c.late_checks),
             local_health: u64::from(self.shared.health.widen() - 1),
+            indirect_probes: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.indirect_probes.load(Ordering::Relaxed)),
+            indirect_answered: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.indirect_answered.load(Ordering::Relaxed)),
+            cluster_dropped: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.dropped.load(Ordering::Relaxed)),
         }
     }
 
@@ -702,6 +770,24 @@ impl<P: Probe> Monitor<P> {
             })
     }
 
+    /// The server other monitors of the cluster connect to (request ids,
+    /// bincode [`ClusterMessage`]s), configured but not started: start it
+    /// with [`listen`](ServerBuilder::listen) or
+    /// [`serve`](ServerBuilder::serve) at the address the other monitors
+    /// are given. `None` if the monitor is not in a cluster.
+    pub fn cluster_server(&self) -> Option<ServerBuilder<ClusterHandler>> {
+        let cluster = self.shared.cluster.clone()?;
+        let handler = ClusterHandler {
+            local: Arc::new(self.shared.clone()),
+            cluster,
+        };
+        Some(
+            Server::builder(handler)
+                .request_ids()
+                .idle_timeout(self.shared.config.interval() * 10),
+        )
+    }
+
     /// Serves registrations on `addr` over TCP: see
     /// [`registration_server`](Self::registration_server).
     ///
@@ -732,13 +818,22 @@ impl<P: Probe> Shared<P> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Watches a node; `share`: tell the other monitors of the cluster.
     fn watch(
         self: &Arc<Self>,
         name: String,
         addr: SocketAddr,
         kind: PeerKind,
+        share: bool,
     ) -> Result<(), WatchError> {
         let addr = canonical(addr);
+        if let (true, Some(cluster)) = (share, &self.cluster) {
+            cluster.broadcast(&ClusterMessage::Node {
+                name: name.clone(),
+                addr,
+                go: kind == PeerKind::Go,
+            });
+        }
         let mut peers = self.lock();
         if self.stop.is_cancelled() {
             return Err(WatchError::Stopped);
@@ -818,7 +913,7 @@ impl<P: Probe> Shared<P> {
     /// Records `verdict` for `addr` (and the detector's deadline), and
     /// reports it if the state changed.
     fn record(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         verdict: Verdict,
         deadline: Option<Instant>,
@@ -857,7 +952,11 @@ impl<P: Probe> Shared<P> {
             at: SystemTime::now(),
         };
         drop(peers);
-        self.emit(event);
+        match &self.cluster {
+            // The cluster's verdict is reported, from every watcher's.
+            Some(cluster) => cluster.local_verdict(self, &event.name, state),
+            None => Shared::emit(self, event),
+        }
     }
 
     fn emit(&self, event: PeerEvent) {
@@ -897,8 +996,8 @@ async fn check_peer<P: Probe>(
     stop: CancellationToken,
 ) {
     match kind {
-        PeerKind::Typed => check_with(&shared, &shared.probe, addr, stop).await,
-        PeerKind::Go => check_with(&shared, &TextProbe, addr, stop).await,
+        PeerKind::Typed => check_with(&shared, &shared.probe, addr, kind, stop).await,
+        PeerKind::Go => check_with(&shared, &TextProbe, addr, kind, stop).await,
     }
 }
 
@@ -914,6 +1013,7 @@ async fn check_with<P: Probe, Q: Probe>(
     shared: &Arc<Shared<P>>,
     probe: &Q,
     addr: SocketAddr,
+    kind: PeerKind,
     stop: CancellationToken,
 ) {
     let config = shared.config;
@@ -932,11 +1032,28 @@ async fn check_with<P: Probe, Q: Probe>(
     let mut suspect_checks = 0u32;
     // When the last check ended: a check due before it is not late.
     let mut ready_at = Instant::now();
+    // In a cluster: whether this monitor watched the peer at the last tick.
+    let mut watching = false;
     loop {
         let started = tokio::select! {
             _ = stop.cancelled() => break,
             started = ticker.tick() => started,
         };
+        let name = shared.lock().by_addr.get(&addr).map(|w| w.name.clone());
+        if let (Some(cluster), Some(name)) = (&shared.cluster, &name) {
+            if !cluster.watches(name) {
+                // Another monitor's share: start afresh if it comes back.
+                if watching {
+                    watching = false;
+                    judge = Judge::new(&config, Instant::now());
+                    link.client = None;
+                    cluster.withdraw(shared, name);
+                }
+                ready_at = Instant::now();
+                continue;
+            }
+            watching = true;
+        }
         seq += 1;
         bump(&shared.counters.checks);
         let late = Instant::now().saturating_duration_since(started.max(ready_at));
@@ -963,7 +1080,6 @@ async fn check_with<P: Probe, Q: Probe>(
             check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq, &message)) => check,
         };
         let now = Instant::now();
-        ready_at = now;
         let verdict = match check {
             Ok(Ok(incarnation)) => {
                 dead_since = None;
@@ -987,9 +1103,15 @@ async fn check_with<P: Probe, Q: Probe>(
                     link.request_ids = None;
                 }
                 shared.health.raise();
-                judge.missed_widened(now, shared.health.widen())
+                if indirect(shared, addr, kind, name.as_deref()).await {
+                    // Another monitor reached it: this one may be cut off.
+                    judge.answered_at(Instant::now(), None)
+                } else {
+                    judge.missed_widened(now, shared.health.widen())
+                }
             }
         };
+        ready_at = Instant::now();
         shared.record(
             addr,
             verdict,
@@ -1010,6 +1132,212 @@ async fn check_with<P: Probe, Q: Probe>(
     }
     if let Some(client) = link.client {
         client.close().await;
+    }
+}
+
+/// Asks another live monitor to probe the peer (in a cluster, with
+/// indirect probes on): whether it answered it.
+async fn indirect<P: Probe>(
+    shared: &Arc<Shared<P>>,
+    addr: SocketAddr,
+    kind: PeerKind,
+    name: Option<&str>,
+) -> bool {
+    let (Some(cluster), Some(name)) = (&shared.cluster, name) else {
+        return false;
+    };
+    if !cluster.indirect {
+        return false;
+    }
+    let Some(client) = cluster
+        .helpers(name)
+        .iter()
+        .find_map(|member| member.client.lock().ok()?.clone())
+    else {
+        return false;
+    };
+    bump(&cluster.counters.indirect_probes);
+    let ask = ClusterMessage::Probe {
+        addr,
+        go: kind == PeerKind::Go,
+    };
+    // Its probe takes at most a timeout; the way there and back, a little
+    // more.
+    let within = shared.config.timeout() + shared.config.timeout() / 2;
+    match client.request_within(&ask, within).await {
+        Ok(ClusterMessage::ProbeResult { ok: true }) => {
+            bump(&cluster.counters.indirect_answered);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One probe of `addr` for another monitor, on a connection of its own.
+async fn probe_once<P: Probe, Q: Probe>(shared: &Shared<P>, probe: &Q, addr: SocketAddr) -> bool {
+    let mut link = Link::<Q> {
+        client: None,
+        request_ids: (!probe.request_ids_fallback()).then_some(false),
+    };
+    let message = probe.ping(0);
+    let checked = tokio::time::timeout(
+        shared.config.timeout(),
+        ping(shared, probe, &mut link, addr, 0, &message),
+    )
+    .await;
+    if let Some(client) = link.client.take() {
+        client.close().await;
+    }
+    matches!(checked, Ok(Ok(_)))
+}
+
+impl<P: Probe> Local for Arc<Shared<P>> {
+    fn learn(&self, name: String, addr: SocketAddr, go: bool) {
+        let kind = if go { PeerKind::Go } else { PeerKind::Typed };
+        if let Err(error) = self.watch(name, addr, kind, false) {
+            tracing::warn!(%addr, %error, "node learned from another monitor not watched");
+        }
+    }
+
+    fn probe_once(&self, addr: SocketAddr, go: bool) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            if go {
+                probe_once(self, &TextProbe, addr).await
+            } else {
+                probe_once(self, &self.probe, addr).await
+            }
+        })
+    }
+
+    fn nodes(&self) -> Vec<(String, SocketAddr, bool)> {
+        self.lock()
+            .by_addr
+            .iter()
+            .map(|(addr, w)| (w.name.clone(), *addr, w.kind == PeerKind::Go))
+            .collect()
+    }
+
+    fn emit(&self, node: &str, state: PeerState, previous: Option<PeerState>) {
+        let Some(addr) = self.lock().by_name.get(node).copied() else {
+            return;
+        };
+        if matches!(state, PeerState::Dead { .. }) {
+            bump(&self.counters.deaths);
+        }
+        Shared::emit(
+            self,
+            PeerEvent {
+                name: node.to_owned(),
+                addr,
+                state,
+                previous,
+                suspicion: 0.0,
+                at: SystemTime::now(),
+            },
+        );
+    }
+}
+
+/// Connects to another monitor's cluster server.
+async fn connect_cluster<P: Probe>(
+    shared: &Shared<P>,
+    addr: SocketAddr,
+) -> Result<Client<ClusterMessage>, Error> {
+    let timeout = shared.config.interval();
+    let builder = Client::<ClusterMessage>::builder()
+        .request_ids()
+        .connect_timeout(timeout)
+        .write_stall_timeout(Some(timeout * 3))
+        .close_timeout(timeout);
+    Ok(match &shared.dialer {
+        None => builder.connect(addr).await?,
+        Some(dialer) => {
+            let io = dialer.dial(addr).await?;
+            builder.connect_io(io, Addr::from(addr)).await?
+        }
+    })
+}
+
+/// Keeps a connection to one other monitor: on each connect, sends it
+/// every node and this monitor's votes; then a heartbeat every interval
+/// and every queued message. Connects again after a failure, when it has
+/// not been heard from for 3 intervals, or when it restarted.
+async fn cluster_link<P: Probe>(
+    shared: Arc<Shared<P>>,
+    cluster: Arc<Cluster>,
+    member: Arc<Member>,
+    mut queue: mpsc::Receiver<ClusterMessage>,
+    epoch: u64,
+) {
+    let interval = shared.config.interval();
+    let stop = shared.stop.clone();
+    let heartbeat = ClusterMessage::Heartbeat {
+        from: cluster.me.clone(),
+        epoch,
+    };
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = connect_cluster(&shared, member.addr) => connected,
+        };
+        if let Ok(client) = connected {
+            let client = Arc::new(client);
+            *member.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+            let mut sync = vec![heartbeat.clone()];
+            sync.extend(
+                shared
+                    .nodes()
+                    .into_iter()
+                    .map(|(name, addr, go)| ClusterMessage::Node { name, addr, go }),
+            );
+            sync.extend(cluster.my_votes());
+            // What was queued before is in the sync.
+            while queue.try_recv().is_ok() {}
+            let mut ok = client.send_all(sync.iter()).await.is_ok();
+            let connected_at = Instant::now();
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while ok {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = member.reset.notified() => ok = false,
+                    _ = ticker.tick() => {
+                        // Silent for 3 intervals since well after the
+                        // connect: the connection may be dead one way.
+                        let silent = connected_at.elapsed() > interval * 4
+                            && !cluster.is_live(&member);
+                        ok = !silent && client.send(&heartbeat).await.is_ok();
+                    }
+                    message = queue.recv() => match message {
+                        Some(message) => {
+                            bump(&cluster.counters.sent);
+                            ok = client.send(&message).await.is_ok();
+                        }
+                        None => return,
+                    },
+                }
+            }
+            *member.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if let Ok(client) = Arc::try_unwrap(client) {
+                drop(client);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Every interval: the cluster's verdicts again (its membership may have
+/// changed).
+async fn cluster_tick<P: Probe>(shared: Arc<Shared<P>>, cluster: Arc<Cluster>) {
+    let mut ticker = tokio::time::interval(shared.config.interval());
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = ticker.tick() => cluster.combine_all(&shared),
+        }
     }
 }
 
@@ -1176,7 +1504,7 @@ impl<P: Probe> Registry for Arc<Shared<P>> {
             }
             (registration.name, addr, PeerKind::Typed)
         };
-        self.watch(name, addr, kind)?;
+        self.watch(name, addr, kind, true)?;
         bump(&counters.registrations);
         // A Go node closes at once and expects nothing back.
         Ok((kind == PeerKind::Typed).then_some(Registered {

@@ -39,6 +39,7 @@ mod server;
 mod session;
 mod settings;
 mod shutdown;
+mod sim_cluster;
 mod sim_heartbeat;
 mod sim_suspect;
 mod switching;
