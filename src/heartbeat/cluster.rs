@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::monitor::PeerState;
 use crate::codec::{Bincode, Message, Request};
 use crate::conn::handler::{Context, Handler};
 use crate::wire::error::BoxError;
@@ -134,6 +133,14 @@ impl Request for ClusterMessage {
     type Reply = ClusterMessage;
 }
 
+/// The cluster's verdict on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combined {
+    Alive,
+    Suspect { misses: u32, incarnation: u64 },
+    Dead { misses: u32 },
+}
+
 /// A future, boxed.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -146,7 +153,7 @@ pub(crate) trait Local: Send + Sync + 'static {
     /// Every node watched: name, address, Go.
     fn nodes(&self) -> Vec<(String, SocketAddr, bool)>;
     /// Reports the cluster's verdict on a node.
-    fn emit(&self, node: &str, state: PeerState, previous: Option<PeerState>);
+    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>);
 }
 
 /// One vote: a monitor's verdict on a node.
@@ -181,7 +188,7 @@ pub(crate) struct Cluster {
     /// Votes by node, then by monitor.
     votes: Mutex<HashMap<String, HashMap<String, Vote>>>,
     /// The combined verdict last reported, by node.
-    combined: Mutex<HashMap<String, PeerState>>,
+    combined: Mutex<HashMap<String, Combined>>,
     pub(crate) counters: ClusterCounters,
 }
 
@@ -228,19 +235,6 @@ pub(crate) fn watchers<'a>(live: &[&'a str], node: &str, k: usize) -> Vec<&'a st
     let mut ranked: Vec<(u64, &str)> = live.iter().map(|m| (score(m, node), *m)).collect();
     ranked.sort_unstable_by(|a, b| b.cmp(a));
     ranked.into_iter().take(k).map(|(_, m)| m).collect()
-}
-
-fn encode(state: PeerState) -> Option<(u8, u32, u64)> {
-    match state {
-        PeerState::Alive => Some((0, 0, 0)),
-        PeerState::Missed { misses } => Some((0, misses, 0)),
-        PeerState::Suspect {
-            misses,
-            incarnation,
-        } => Some((1, misses, incarnation)),
-        PeerState::Dead { misses } => Some((2, misses, 0)),
-        _ => None,
-    }
 }
 
 impl Cluster {
@@ -334,10 +328,13 @@ impl Cluster {
     }
 
     /// This monitor's own verdict on `node`: shared, and counted.
-    pub(crate) fn local_verdict(&self, local: &dyn Local, node: &str, state: PeerState) {
-        let Some((code, misses, incarnation)) = encode(state) else {
-            return;
-        };
+    /// `code`: 0 alive, 1 suspect, 2 dead.
+    pub(crate) fn local_verdict(
+        &self,
+        local: &dyn Local,
+        node: &str,
+        (code, misses, incarnation): (u8, u32, u64),
+    ) {
         let vote = Vote {
             state: code,
             misses,
@@ -494,22 +491,22 @@ impl Cluster {
             }
             let quorum = watching.len() / 2 + 1;
             if dead >= quorum {
-                PeerState::Dead { misses }
+                Combined::Dead { misses }
             } else if let Some(vote) = suspect {
-                PeerState::Suspect {
+                Combined::Suspect {
                     misses: vote.misses,
                     incarnation: vote.incarnation,
                 }
             } else {
-                PeerState::Alive
+                Combined::Alive
             }
         };
         let previous = {
             let mut combined = lock(&self.combined);
             let previous = combined.insert(node.to_owned(), state);
             let same = match (previous, state) {
-                (Some(PeerState::Suspect { .. }), PeerState::Suspect { .. }) => true,
-                (Some(PeerState::Dead { .. }), PeerState::Dead { .. }) => true,
+                (Some(Combined::Suspect { .. }), Combined::Suspect { .. }) => true,
+                (Some(Combined::Dead { .. }), Combined::Dead { .. }) => true,
                 (previous, state) => previous == Some(state),
             };
             if same {

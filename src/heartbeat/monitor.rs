@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::cluster::{
-    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Local, Member,
+    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Combined, Local, Member,
 };
 use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
@@ -954,7 +954,21 @@ impl<P: Probe> Shared<P> {
         drop(peers);
         match &self.cluster {
             // The cluster's verdict is reported, from every watcher's.
-            Some(cluster) => cluster.local_verdict(self, &event.name, state),
+            Some(cluster) => {
+                let vote = match state {
+                    PeerState::Alive => Some((0, 0, 0)),
+                    PeerState::Missed { misses } => Some((0, misses, 0)),
+                    PeerState::Suspect {
+                        misses,
+                        incarnation,
+                    } => Some((1, misses, incarnation)),
+                    PeerState::Dead { misses } => Some((2, misses, 0)),
+                    _ => None,
+                };
+                if let Some(vote) = vote {
+                    cluster.local_verdict(self, &event.name, vote);
+                }
+            }
             None => Shared::emit(self, event),
         }
     }
@@ -1217,7 +1231,19 @@ impl<P: Probe> Local for Arc<Shared<P>> {
             .collect()
     }
 
-    fn emit(&self, node: &str, state: PeerState, previous: Option<PeerState>) {
+    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>) {
+        let state_of = |c: Combined| match c {
+            Combined::Alive => PeerState::Alive,
+            Combined::Suspect {
+                misses,
+                incarnation,
+            } => PeerState::Suspect {
+                misses,
+                incarnation,
+            },
+            Combined::Dead { misses } => PeerState::Dead { misses },
+        };
+        let (state, previous) = (state_of(state), previous.map(state_of));
         let Some(addr) = self.lock().by_name.get(node).copied() else {
             return;
         };
