@@ -166,6 +166,9 @@ pub enum ConfigError {
     /// The phi accrual minimum standard deviation is zero.
     #[error("phi accrual minimum standard deviation is zero")]
     ZeroMinStdDev,
+    /// The suspicion window is zero.
+    #[error("suspicion window is zero")]
+    ZeroSuspicion,
     /// The Go port is zero: no Go node can be checked on it.
     #[error("Go port is zero: Go nodes could not be checked")]
     ZeroGoPort,
@@ -184,6 +187,8 @@ pub struct HeartbeatConfig {
     forget_dead_after: Option<Duration>,
     registered_ip: RegisteredIp,
     go_port: Option<u16>,
+    suspicion: Option<Duration>,
+    local_health: u32,
 }
 
 impl Default for HeartbeatConfig {
@@ -196,6 +201,8 @@ impl Default for HeartbeatConfig {
             forget_dead_after: Some(DEFAULT_FORGET_DEAD_AFTER),
             registered_ip: RegisteredIp::SameAsConnection,
             go_port: None,
+            suspicion: None,
+            local_health: 0,
         }
     }
 }
@@ -253,6 +260,18 @@ impl HeartbeatConfig {
     /// are accepted.
     pub fn go_port(&self) -> Option<u16> {
         self.go_port
+    }
+
+    /// How long a peer stays [`Suspect`](super::PeerState::Suspect)
+    /// before it is declared dead (`None`, the default: no suspect state).
+    pub fn suspicion(&self) -> Option<Duration> {
+        self.suspicion
+    }
+
+    /// The largest local health multiplier (0, the default: local health
+    /// is not watched).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
     }
 }
 
@@ -325,6 +344,34 @@ impl HeartbeatConfigBuilder {
         self
     }
 
+    /// Suspect before dead (SWIM): once the detector finds a peer dead it
+    /// is first [`Suspect`](super::PeerState::Suspect) for `window`
+    /// (checks go on, and a [`Responder`](super::Responder) is asked to
+    /// refute the suspicion with a higher incarnation, see
+    /// [`Beat::Suspect`](super::Beat::Suspect)); an answer within it makes
+    /// it alive again, none makes it dead at the first check ending
+    /// `window` after the suspicion began. Default: off, a peer is dead as
+    /// soon as the detector says so (as before). Zero is refused when built.
+    pub fn suspicion(mut self, window: Duration) -> Self {
+        self.config.suspicion = Some(window);
+        self
+    }
+
+    /// Watches the monitor's own health (Lifeguard's local health
+    /// multiplier, at most `max`; default 0: off). Every check that fails
+    /// raises it by one, every check answered lowers it by one, and a check
+    /// that starts more than half an interval late (an overloaded process)
+    /// raises it by one too. While it is `m`, every limit is widened by
+    /// `1 + m`: the misses it takes to find a peer dead (the miss limit
+    /// plus one), the φ threshold and the suspicion. A monitor
+    /// whose own probes all fail at once (it is the one cut off) or whose
+    /// timers fire late then declares no deaths until it has recovered;
+    /// one dead peer among many answering ones keeps it at 0.
+    pub fn local_health(mut self, max: u32) -> Self {
+        self.config.local_health = max;
+        self
+    }
+
     /// The configuration, if it can work.
     ///
     /// # Errors
@@ -345,6 +392,9 @@ impl HeartbeatConfigBuilder {
         }
         if config.go_port == Some(0) {
             return Err(ConfigError::ZeroGoPort);
+        }
+        if config.suspicion.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::ZeroSuspicion);
         }
         if config.forget_dead_after.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroForgetDeadAfter);

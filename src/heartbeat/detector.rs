@@ -25,6 +25,13 @@ pub(crate) struct Judge {
     samples: VecDeque<f64>,
     sum: f64,
     sum_sq: f64,
+    /// How long a peer stays suspect before it is declared dead (`None`:
+    /// no suspect state, dead at once).
+    suspicion: Option<Duration>,
+    /// Since when the peer is suspect.
+    suspect_since: Option<Instant>,
+    /// The highest incarnation the peer answered with.
+    incarnation: u64,
 }
 
 /// What a check's outcome made of a peer.
@@ -47,7 +54,30 @@ impl Judge {
             samples: VecDeque::new(),
             sum: 0.0,
             sum_sq: 0.0,
+            suspicion: config.suspicion(),
+            suspect_since: None,
+            incarnation: 0,
         }
+    }
+
+    /// The incarnation the peer is suspected at, if it is suspect.
+    pub(crate) fn suspected(&self) -> Option<u64> {
+        self.suspect_since.map(|_| self.incarnation)
+    }
+
+    /// The highest incarnation the peer answered with.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// A check was answered at `now`, with the peer's incarnation if the
+    /// answer carries one.
+    pub(crate) fn answered_at(&mut self, now: Instant, incarnation: Option<u64>) -> Verdict {
+        if let Some(incarnation) = incarnation {
+            self.incarnation = self.incarnation.max(incarnation);
+        }
+        self.suspect_since = None;
+        self.answered(now)
     }
 
     /// A check was answered at `now`.
@@ -79,22 +109,48 @@ impl Judge {
     }
 
     /// A check failed at `now`.
+    #[cfg(test)]
     pub(crate) fn missed(&mut self, now: Instant) -> Verdict {
+        self.missed_widened(now, 1)
+    }
+
+    /// A check failed at `now`, with every limit (the miss limit, the φ
+    /// threshold, the suspicion's length) multiplied by `widen` (at least
+    /// 1): the monitor's own health says it may be the one at fault.
+    pub(crate) fn missed_widened(&mut self, now: Instant, widen: u32) -> Verdict {
+        let widen = widen.max(1);
         self.misses = self.misses.saturating_add(1);
         let (dead, suspicion) = match self.detector {
-            Detector::MissLimit(limit) => (self.misses > limit, f64::from(self.misses)),
+            // The misses it takes (limit + 1) times `widen`.
+            Detector::MissLimit(limit) => (
+                self.misses >= limit.saturating_add(1).saturating_mul(widen),
+                f64::from(self.misses),
+            ),
             Detector::PhiAccrual(params) => {
                 let phi = self.phi(now, params.min_std_dev_for(self.interval));
-                (phi >= params.threshold(), phi)
+                (phi >= params.threshold() * f64::from(widen), phi)
             }
         };
         let state = match self.dead_at {
             // Stays dead with the count it was declared dead with.
             Some(misses) => PeerState::Dead { misses },
             None if dead => {
-                self.dead_at = Some(self.misses);
-                PeerState::Dead {
-                    misses: self.misses,
+                let suspect_for = self.suspicion.map(|window| {
+                    let since = *self.suspect_since.get_or_insert(now);
+                    (now.saturating_duration_since(since), window * widen)
+                });
+                match suspect_for {
+                    Some((suspect_for, window)) if suspect_for < window => PeerState::Suspect {
+                        misses: self.misses,
+                        incarnation: self.incarnation,
+                    },
+                    _ => {
+                        self.dead_at = Some(self.misses);
+                        self.suspect_since = None;
+                        PeerState::Dead {
+                            misses: self.misses,
+                        }
+                    }
                 }
             }
             None => PeerState::Missed {
@@ -112,6 +168,35 @@ impl Judge {
         if self.dead_at.is_some() {
             return None;
         }
+        if let Some(window) = self.suspicion {
+            // Suspect from the end of the check that finds it dead (at most
+            // `timeout` after it starts) for `window`: the first check
+            // starting after that decides.
+            let interval = self.interval.as_secs_f64();
+            let (from, after) = match self.suspect_since {
+                Some(since) => (last_check, since.checked_add(window)?),
+                None => {
+                    let decides = self.detector_deadline(last_check, Duration::ZERO)?;
+                    (decides, decides.checked_add(timeout + window)?)
+                }
+            };
+            let checks = (after.saturating_duration_since(from).as_secs_f64() / interval)
+                .ceil()
+                .max(if self.suspect_since.is_some() {
+                    1.0
+                } else {
+                    0.0
+                });
+            let checks = u32::try_from(checks as u64).ok()?;
+            return from
+                .checked_add(self.interval.checked_mul(checks)?)?
+                .checked_add(timeout);
+        }
+        self.detector_deadline(last_check, timeout)
+    }
+
+    /// When the detector alone decides (the suspicion aside).
+    fn detector_deadline(&self, last_check: Instant, timeout: Duration) -> Option<Instant> {
         let checks = match self.detector {
             Detector::MissLimit(limit) => {
                 limit.saturating_add(1).saturating_sub(self.misses).max(1)
@@ -286,6 +371,59 @@ mod tests {
         assert!(matches!(
             judge.missed(t + 4 * s).state,
             PeerState::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn suspect_for_the_window_then_dead_and_an_answer_refutes() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let config = HeartbeatConfig::builder()
+            .interval(s)
+            .miss_limit(0)
+            .suspicion(2 * s)
+            .build()
+            .unwrap();
+        let mut judge = Judge::new(&config, start);
+        judge.answered_at(start, None);
+        let suspect = |v: Verdict| matches!(v.state, PeerState::Suspect { .. });
+        assert!(suspect(judge.missed(start + s)));
+        assert_eq!(judge.suspected(), Some(0));
+        assert!(suspect(judge.missed(start + 2 * s)));
+        // An answer with a higher incarnation refutes.
+        assert_eq!(
+            judge.answered_at(start + 3 * s, Some(1)).state,
+            PeerState::Alive
+        );
+        assert_eq!((judge.suspected(), judge.incarnation()), (None, 1));
+        assert_eq!(
+            judge.missed(start + 4 * s).state,
+            PeerState::Suspect {
+                misses: 1,
+                incarnation: 1
+            }
+        );
+        assert!(suspect(judge.missed(start + 5 * s)));
+        // Suspect for the whole window: dead.
+        assert_eq!(
+            judge.missed(start + 6 * s).state,
+            PeerState::Dead { misses: 3 }
+        );
+    }
+
+    #[test]
+    fn widened_limits_take_more_misses() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut judge = Judge::new(&config(Detector::MissLimit(1)), start);
+        // Dead after 2 misses normally; widened by 3: after 6.
+        for k in 1..=5 {
+            let v = judge.missed_widened(start + k * s, 3);
+            assert!(matches!(v.state, PeerState::Missed { .. }), "{k}: {v:?}");
+        }
+        assert!(matches!(
+            judge.missed_widened(start + 6 * s, 3).state,
+            PeerState::Dead { misses: 6 }
         ));
     }
 

@@ -10,7 +10,11 @@ use crate::codec::{SerdeFormat, Tagged, TaggedEnum, UnknownTag};
 use crate::wire::error::Error;
 
 /// A heartbeat: the monitor sends `Ping`, the node answers `Pong` with the
-/// same sequence number. Tags are pinned: `Ping` is 0, `Pong` is 1.
+/// same sequence number. A monitor that suspects the node sends `Suspect`
+/// instead, and the node refutes the suspicion with `Alive` at a higher
+/// incarnation (SWIM's refutation). Tags are pinned: `Ping` is 0, `Pong`
+/// is 1, `Suspect` is 2, `Alive` is 3. A node from before `Suspect` does
+/// not answer it; a monitor then falls back to `Ping` on the next check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Beat {
     /// Are you there? (monitor → node)
@@ -22,6 +26,23 @@ pub enum Beat {
     Pong {
         /// The sequence number of the ping answered.
         seq: u64,
+    },
+    /// Are you there? I suspect you are dead at `incarnation`. (monitor →
+    /// node)
+    Suspect {
+        /// Sequence number, echoed in the answer.
+        seq: u64,
+        /// The node's incarnation the suspicion is about: the highest the
+        /// monitor has seen (0 before any).
+        incarnation: u64,
+    },
+    /// I am, at `incarnation`: an answer to `Suspect` that refutes it
+    /// (`incarnation` is above the suspected one). (node → monitor)
+    Alive {
+        /// The sequence number of the `Suspect` answered.
+        seq: u64,
+        /// The node's incarnation now.
+        incarnation: u64,
     },
 }
 
@@ -39,12 +60,17 @@ impl TaggedEnum for Beat {
         match self {
             Beat::Ping { .. } => 0,
             Beat::Pong { .. } => 1,
+            Beat::Suspect { .. } => 2,
+            Beat::Alive { .. } => 3,
         }
     }
 
     fn encode_fields<F: SerdeFormat>(&self, format: &F, dst: &mut BytesMut) -> Result<(), Error> {
         match self {
             Beat::Ping { seq } | Beat::Pong { seq } => format.encode_value(&(seq,), dst),
+            Beat::Suspect { seq, incarnation } | Beat::Alive { seq, incarnation } => {
+                format.encode_value(&(seq, incarnation), dst)
+            }
         }
     }
 
@@ -53,16 +79,27 @@ impl TaggedEnum for Beat {
         tag: u32,
         bytes: &[u8],
     ) -> Result<(Self, usize), Error> {
-        let ((seq,), used) = match tag {
-            0 | 1 => format.decode_prefix::<(u64,)>(bytes)?,
-            _ => return Err(Error::decode(format.name(), UnknownTag { tag })),
-        };
-        let beat = if tag == 0 {
-            Beat::Ping { seq }
-        } else {
-            Beat::Pong { seq }
-        };
-        Ok((beat, used))
+        match tag {
+            0 | 1 => {
+                let ((seq,), used) = format.decode_prefix::<(u64,)>(bytes)?;
+                let beat = if tag == 0 {
+                    Beat::Ping { seq }
+                } else {
+                    Beat::Pong { seq }
+                };
+                Ok((beat, used))
+            }
+            2 | 3 => {
+                let ((seq, incarnation), used) = format.decode_prefix::<(u64, u64)>(bytes)?;
+                let beat = if tag == 2 {
+                    Beat::Suspect { seq, incarnation }
+                } else {
+                    Beat::Alive { seq, incarnation }
+                };
+                Ok((beat, used))
+            }
+            _ => Err(Error::decode(format.name(), UnknownTag { tag })),
+        }
     }
 }
 

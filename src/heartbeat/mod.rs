@@ -50,6 +50,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod config;
 mod detector;
 mod messages;
@@ -57,6 +58,7 @@ mod monitor;
 mod probe;
 mod responder;
 
+pub use self::cluster::{ClusterConfig, ClusterHandler, ClusterMessage};
 pub use self::config::{
     ConfigError, Detector, HeartbeatConfig, HeartbeatConfigBuilder, PhiAccrual, RegisteredIp,
     DEFAULT_FORGET_DEAD_AFTER, DEFAULT_INTERVAL, DEFAULT_MAX_PEERS, DEFAULT_MISS_LIMIT,

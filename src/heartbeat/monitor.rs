@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::cluster::{
+    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Combined, Local, Member,
+};
 use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
 use super::probe::{BeatProbe, Dialer, Probe, TextProbe};
@@ -53,6 +56,18 @@ pub enum PeerState {
         /// Misses in a row.
         misses: u32,
     },
+    /// The detector found it dead, and it has that long (the
+    /// [`suspicion`](super::HeartbeatConfigBuilder::suspicion) window) to
+    /// answer before it is declared dead: an answer makes it
+    /// [`PeerState::Alive`] again (a [`Responder`](super::Responder)
+    /// refutes with a higher incarnation). Only with a suspicion window.
+    Suspect {
+        /// Misses in a row.
+        misses: u32,
+        /// The incarnation it is suspected at: the highest it answered
+        /// with before (0 if none).
+        incarnation: u64,
+    },
     /// The detector declared it dead. Checks go on: an answer makes it
     /// [`PeerState::Alive`] again.
     Dead {
@@ -78,6 +93,13 @@ impl fmt::Display for PeerState {
         match self {
             PeerState::Alive => write!(f, "alive"),
             PeerState::Missed { misses } => write!(f, "missed {misses} in a row"),
+            PeerState::Suspect {
+                misses,
+                incarnation,
+            } => write!(
+                f,
+                "suspect after {misses} misses (incarnation {incarnation})"
+            ),
             PeerState::Dead { misses } => write!(f, "DEAD after {misses} misses"),
             PeerState::Forgotten => write!(f, "forgotten"),
             PeerState::Replaced { by } => write!(f, "replaced by {by}"),
@@ -114,9 +136,14 @@ pub struct PeerInfo {
     /// When the detector will declare it dead if no answer comes from now
     /// on: the latest end of the check that would decide it, given the
     /// answers and misses so far, as long as checks run on time (an
-    /// overloaded monitor checks late). `None` before its first check and
-    /// once dead. It moves later with every answer.
+    /// overloaded monitor checks late, and a monitor in poor
+    /// [local health](super::HeartbeatConfigBuilder::local_health) widens
+    /// its limits). `None` before its first check and once dead. It moves
+    /// later with every answer.
     pub deadline: Option<Instant>,
+    /// The highest incarnation the node answered with (0 until it refuted
+    /// a suspicion).
+    pub incarnation: u64,
 }
 
 /// A change in a peer's state.
@@ -221,6 +248,22 @@ pub struct MonitorStats {
     pub deaths: u64,
     /// Peer events dropped because nobody read them.
     pub dropped_events: u64,
+    /// Peers found [`Suspect`](PeerState::Suspect) (each time).
+    pub suspicions: u64,
+    /// Suspicions refuted: a suspect peer answered in time.
+    pub refuted: u64,
+    /// Checks that started more than half an interval late (an overloaded
+    /// monitor).
+    pub late_checks: u64,
+    /// The monitor's local health multiplier now (0: healthy; see
+    /// [`local_health`](super::HeartbeatConfigBuilder::local_health)).
+    pub local_health: u64,
+    /// Indirect probes asked of another monitor (in a cluster).
+    pub indirect_probes: u64,
+    /// Indirect probes the node answered: misses not counted.
+    pub indirect_answered: u64,
+    /// Cluster messages dropped because a monitor's queue was full.
+    pub cluster_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -239,6 +282,9 @@ struct Counters {
     misses: AtomicU64,
     deaths: AtomicU64,
     dropped_events: AtomicU64,
+    suspicions: AtomicU64,
+    refuted: AtomicU64,
+    late_checks: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -309,6 +355,42 @@ struct Shared<P> {
     /// Stops every check task.
     stop: CancellationToken,
     counters: Counters,
+    /// Lifeguard's local health multiplier: 0 (healthy) to
+    /// `config.local_health()`.
+    health: Health,
+    /// The cluster of monitors this one is part of.
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// A monitor's local health score (Lifeguard): raised by failed and late
+/// checks, lowered by answered ones, within `0..=max`.
+#[derive(Debug, Default)]
+struct Health {
+    score: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+impl Health {
+    fn raise(&self) {
+        if self.max > 0 {
+            let _ = self
+                .score
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    (s < self.max).then_some(s + 1)
+                });
+        }
+    }
+
+    fn lower(&self) {
+        let _ = self
+            .score
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1));
+    }
+
+    /// What limits are multiplied by now.
+    fn widen(&self) -> u32 {
+        1 + self.score.load(Ordering::Acquire)
+    }
 }
 
 /// Watched peers, by address and by name (a name is at one address).
@@ -324,6 +406,7 @@ struct Watched {
     kind: PeerKind,
     state: Option<PeerState>,
     deadline: Option<Instant>,
+    incarnation: u64,
     stop: CancellationToken,
 }
 
@@ -347,6 +430,7 @@ pub struct MonitorBuilder<P = BeatProbe> {
     filter: Option<Filter>,
     registration_deadline: Duration,
     max_registration_connections: usize,
+    cluster: Option<ClusterConfig>,
 }
 
 impl<P: fmt::Debug> fmt::Debug for MonitorBuilder<P> {
@@ -379,7 +463,22 @@ impl<P: Probe> MonitorBuilder<P> {
             filter: self.filter,
             registration_deadline: self.registration_deadline,
             max_registration_connections: self.max_registration_connections,
+            cluster: self.cluster,
         }
+    }
+
+    /// Makes this monitor one of a cluster of monitors that share the
+    /// watch (see [`ClusterConfig`]): every node registered with (or
+    /// watched by) any of them is known to all; each is checked by `k` of
+    /// the live monitors (rendezvous hashing over their names), which share
+    /// their verdicts; the node is declared dead when a majority of its
+    /// watchers find it dead. Every monitor's event stream then reports the
+    /// cluster's verdicts. Serve [`Monitor::cluster_server`] at the address
+    /// the others are given. [`build`](Self::build) must then run inside a
+    /// tokio runtime (it starts the links to the other monitors).
+    pub fn cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// How long a registration connection may stay open (default 5 s): one
@@ -421,6 +520,13 @@ impl<P: Probe> MonitorBuilder<P> {
     pub fn build(self) -> (Monitor<P>, PeerEvents) {
         let (events, rx) = mpsc::channel(EVENT_CAPACITY);
         let stop = CancellationToken::new();
+        let (cluster, queues) = match &self.cluster {
+            Some(config) => {
+                let (cluster, queues) = Cluster::new(config, self.config.interval());
+                (Some(Arc::new(cluster)), queues)
+            }
+            None => (None, Vec::new()),
+        };
         let shared = Arc::new(Shared {
             config: self.config,
             probe: self.probe,
@@ -433,7 +539,29 @@ impl<P: Probe> MonitorBuilder<P> {
             tasks: TaskTracker::new(),
             stop: stop.clone(),
             counters: Counters::default(),
+            health: Health {
+                score: Default::default(),
+                max: self.config.local_health(),
+            },
+            cluster,
         });
+        if let Some(cluster) = shared.cluster.clone() {
+            let epoch = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ Arc::as_ptr(&shared) as usize as u64;
+            for (member, queue) in cluster.members.iter().zip(queues) {
+                let link = cluster_link(
+                    shared.clone(),
+                    cluster.clone(),
+                    member.clone(),
+                    queue,
+                    epoch,
+                );
+                shared.tasks.spawn(link);
+            }
+            shared.tasks.spawn(cluster_tick(shared.clone(), cluster));
+        }
         let monitor = Monitor {
             shared,
             _owner: Arc::new(Owner { stop: stop.clone() }),
@@ -458,6 +586,7 @@ impl Monitor {
             filter: None,
             registration_deadline: DEFAULT_REGISTRATION_DEADLINE,
             max_registration_connections: DEFAULT_MAX_REGISTRATION_CONNECTIONS,
+            cluster: None,
         }
     }
 }
@@ -485,7 +614,7 @@ impl<P: Probe> Monitor<P> {
     /// already (counted in [`MonitorStats::refused_full`]),
     /// [`WatchError::Stopped`] once stopped.
     pub fn watch(&self, name: impl Into<String>, addr: SocketAddr) -> Result<(), WatchError> {
-        self.shared.watch(name.into(), addr, PeerKind::Typed)
+        self.shared.watch(name.into(), addr, PeerKind::Typed, true)
     }
 
     /// As [`watch`](Self::watch), checking the peer as `kind` says: a Go
@@ -500,7 +629,7 @@ impl<P: Probe> Monitor<P> {
         addr: SocketAddr,
         kind: PeerKind,
     ) -> Result<(), WatchError> {
-        self.shared.watch(name.into(), addr, kind)
+        self.shared.watch(name.into(), addr, kind, true)
     }
 
     /// Stops checking `addr`; returns whether it was watched.
@@ -539,6 +668,7 @@ impl<P: Probe> Monitor<P> {
             kind: watched.kind,
             state: watched.state,
             deadline: watched.deadline,
+            incarnation: watched.incarnation,
         })
     }
 
@@ -562,6 +692,25 @@ impl<P: Probe> Monitor<P> {
             misses: get(&c.misses),
             deaths: get(&c.deaths),
             dropped_events: get(&c.dropped_events),
+            suspicions: get(&c.suspicions),
+            refuted: get(&c.refuted),
+            late_checks: get(&c.late_checks),
+            local_health: u64::from(self.shared.health.widen() - 1),
+            indirect_probes: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.indirect_probes.load(Ordering::Relaxed)),
+            indirect_answered: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.indirect_answered.load(Ordering::Relaxed)),
+            cluster_dropped: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.dropped.load(Ordering::Relaxed)),
         }
     }
 
@@ -621,6 +770,24 @@ impl<P: Probe> Monitor<P> {
             })
     }
 
+    /// The server other monitors of the cluster connect to (request ids,
+    /// bincode [`ClusterMessage`]s), configured but not started: start it
+    /// with [`listen`](ServerBuilder::listen) or
+    /// [`serve`](ServerBuilder::serve) at the address the other monitors
+    /// are given. `None` if the monitor is not in a cluster.
+    pub fn cluster_server(&self) -> Option<ServerBuilder<ClusterHandler>> {
+        let cluster = self.shared.cluster.clone()?;
+        let handler = ClusterHandler {
+            local: Arc::new(self.shared.clone()),
+            cluster,
+        };
+        Some(
+            Server::builder(handler)
+                .request_ids()
+                .idle_timeout(self.shared.config.interval() * 10),
+        )
+    }
+
     /// Serves registrations on `addr` over TCP: see
     /// [`registration_server`](Self::registration_server).
     ///
@@ -651,13 +818,22 @@ impl<P: Probe> Shared<P> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Watches a node; `share`: tell the other monitors of the cluster.
     fn watch(
         self: &Arc<Self>,
         name: String,
         addr: SocketAddr,
         kind: PeerKind,
+        share: bool,
     ) -> Result<(), WatchError> {
         let addr = canonical(addr);
+        if let (true, Some(cluster)) = (share, &self.cluster) {
+            cluster.broadcast(&ClusterMessage::Node {
+                name: name.clone(),
+                addr,
+                go: kind == PeerKind::Go,
+            });
+        }
         let mut peers = self.lock();
         if self.stop.is_cancelled() {
             return Err(WatchError::Stopped);
@@ -694,6 +870,7 @@ impl<P: Probe> Shared<P> {
                 kind,
                 state: None,
                 deadline: None,
+                incarnation: 0,
                 stop: stop.clone(),
             },
         );
@@ -735,19 +912,36 @@ impl<P: Probe> Shared<P> {
 
     /// Records `verdict` for `addr` (and the detector's deadline), and
     /// reports it if the state changed.
-    fn record(&self, addr: SocketAddr, verdict: Verdict, deadline: Option<Instant>) {
+    fn record(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        verdict: Verdict,
+        deadline: Option<Instant>,
+        incarnation: u64,
+    ) {
         let mut peers = self.lock();
         let Some(watched) = peers.by_addr.get_mut(&addr) else {
             return;
         };
         watched.deadline = deadline;
+        watched.incarnation = incarnation;
         let state = verdict.state;
         let previous = watched.state.replace(state);
-        if previous == Some(state) {
+        let same = match (previous, state) {
+            // One suspicion, whatever the misses during it.
+            (Some(PeerState::Suspect { .. }), PeerState::Suspect { .. }) => true,
+            (previous, state) => previous == Some(state),
+        };
+        if same {
             return;
         }
-        if matches!(state, PeerState::Dead { .. }) {
-            bump(&self.counters.deaths);
+        match state {
+            PeerState::Dead { .. } => bump(&self.counters.deaths),
+            PeerState::Suspect { .. } => bump(&self.counters.suspicions),
+            PeerState::Alive if matches!(previous, Some(PeerState::Suspect { .. })) => {
+                bump(&self.counters.refuted)
+            }
+            _ => {}
         }
         let event = PeerEvent {
             name: watched.name.clone(),
@@ -758,7 +952,25 @@ impl<P: Probe> Shared<P> {
             at: SystemTime::now(),
         };
         drop(peers);
-        self.emit(event);
+        match &self.cluster {
+            // The cluster's verdict is reported, from every watcher's.
+            Some(cluster) => {
+                let vote = match state {
+                    PeerState::Alive => Some((0, 0, 0)),
+                    PeerState::Missed { misses } => Some((0, misses, 0)),
+                    PeerState::Suspect {
+                        misses,
+                        incarnation,
+                    } => Some((1, misses, incarnation)),
+                    PeerState::Dead { misses } => Some((2, misses, 0)),
+                    _ => None,
+                };
+                if let Some(vote) = vote {
+                    cluster.local_verdict(self, &event.name, vote);
+                }
+            }
+            None => Shared::emit(self, event),
+        }
     }
 
     fn emit(&self, event: PeerEvent) {
@@ -798,8 +1010,8 @@ async fn check_peer<P: Probe>(
     stop: CancellationToken,
 ) {
     match kind {
-        PeerKind::Typed => check_with(&shared, &shared.probe, addr, stop).await,
-        PeerKind::Go => check_with(&shared, &TextProbe, addr, stop).await,
+        PeerKind::Typed => check_with(&shared, &shared.probe, addr, kind, stop).await,
+        PeerKind::Go => check_with(&shared, &TextProbe, addr, kind, stop).await,
     }
 }
 
@@ -815,6 +1027,7 @@ async fn check_with<P: Probe, Q: Probe>(
     shared: &Arc<Shared<P>>,
     probe: &Q,
     addr: SocketAddr,
+    kind: PeerKind,
     stop: CancellationToken,
 ) {
     let config = shared.config;
@@ -827,22 +1040,65 @@ async fn check_with<P: Probe, Q: Probe>(
     let mut judge = Judge::new(&config, Instant::now());
     let mut dead_since: Option<Instant> = None;
     let mut seq = 0u64;
+    // Checks made while suspect: they alternate between asking the peer to
+    // refute and a plain ping (a node from before `Suspect` answers only
+    // that).
+    let mut suspect_checks = 0u32;
+    // When the last check ended: a check due before it is not late.
+    let mut ready_at = Instant::now();
+    // In a cluster: whether this monitor watched the peer at the last tick.
+    let mut watching = false;
     loop {
         let started = tokio::select! {
             _ = stop.cancelled() => break,
             started = ticker.tick() => started,
         };
+        let name = shared.lock().by_addr.get(&addr).map(|w| w.name.clone());
+        if let (Some(cluster), Some(name)) = (&shared.cluster, &name) {
+            if !cluster.watches(name) {
+                // Another monitor's share: start afresh if it comes back.
+                if watching {
+                    watching = false;
+                    judge = Judge::new(&config, Instant::now());
+                    link.client = None;
+                    cluster.withdraw(shared, name);
+                }
+                ready_at = Instant::now();
+                continue;
+            }
+            watching = true;
+        }
         seq += 1;
         bump(&shared.counters.checks);
+        let late = Instant::now().saturating_duration_since(started.max(ready_at));
+        if late > config.interval() / 2 {
+            // An overloaded monitor: its own timers fire late.
+            bump(&shared.counters.late_checks);
+            shared.health.raise();
+        }
+        let message = match judge.suspected() {
+            Some(incarnation) => {
+                suspect_checks += 1;
+                match probe.suspect(seq, incarnation) {
+                    Some(message) if suspect_checks % 2 == 1 => message,
+                    _ => probe.ping(seq),
+                }
+            }
+            None => {
+                suspect_checks = 0;
+                probe.ping(seq)
+            }
+        };
         let check = tokio::select! {
             _ = stop.cancelled() => break,
-            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq)) => check,
+            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq, &message)) => check,
         };
         let now = Instant::now();
         let verdict = match check {
-            Ok(Ok(())) => {
+            Ok(Ok(incarnation)) => {
                 dead_since = None;
-                judge.answered(now)
+                shared.health.lower();
+                judge.answered_at(now, incarnation)
             }
             failed => {
                 let why = match failed {
@@ -860,10 +1116,22 @@ async fn check_with<P: Probe, Q: Probe>(
                     // It may have restarted with the other way.
                     link.request_ids = None;
                 }
-                judge.missed(now)
+                shared.health.raise();
+                if indirect(shared, addr, kind, name.as_deref()).await {
+                    // Another monitor reached it: this one may be cut off.
+                    judge.answered_at(Instant::now(), None)
+                } else {
+                    judge.missed_widened(now, shared.health.widen())
+                }
             }
         };
-        shared.record(addr, verdict, judge.deadline(started, config.timeout()));
+        ready_at = Instant::now();
+        shared.record(
+            addr,
+            verdict,
+            judge.deadline(started, config.timeout()),
+            judge.incarnation(),
+        );
         if matches!(verdict.state, PeerState::Dead { .. }) {
             let since = *dead_since.get_or_insert(now);
             if config
@@ -881,6 +1149,224 @@ async fn check_with<P: Probe, Q: Probe>(
     }
 }
 
+/// Asks another live monitor to probe the peer (in a cluster, with
+/// indirect probes on): whether it answered it.
+async fn indirect<P: Probe>(
+    shared: &Arc<Shared<P>>,
+    addr: SocketAddr,
+    kind: PeerKind,
+    name: Option<&str>,
+) -> bool {
+    let (Some(cluster), Some(name)) = (&shared.cluster, name) else {
+        return false;
+    };
+    if !cluster.indirect {
+        return false;
+    }
+    let Some(client) = cluster
+        .helpers(name)
+        .iter()
+        .find_map(|member| member.client.lock().ok()?.clone())
+    else {
+        return false;
+    };
+    bump(&cluster.counters.indirect_probes);
+    let ask = ClusterMessage::Probe {
+        addr,
+        go: kind == PeerKind::Go,
+    };
+    // Its probe takes at most a timeout; the way there and back, a little
+    // more.
+    let within = shared.config.timeout() + shared.config.timeout() / 2;
+    match client.request_within(&ask, within).await {
+        Ok(ClusterMessage::ProbeResult { ok: true }) => {
+            bump(&cluster.counters.indirect_answered);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One probe of `addr` for another monitor, on a connection of its own.
+async fn probe_once<P: Probe, Q: Probe>(shared: &Shared<P>, probe: &Q, addr: SocketAddr) -> bool {
+    let mut link = Link::<Q> {
+        client: None,
+        request_ids: (!probe.request_ids_fallback()).then_some(false),
+    };
+    let message = probe.ping(0);
+    let checked = tokio::time::timeout(
+        shared.config.timeout(),
+        ping(shared, probe, &mut link, addr, 0, &message),
+    )
+    .await;
+    if let Some(client) = link.client.take() {
+        client.close().await;
+    }
+    matches!(checked, Ok(Ok(_)))
+}
+
+impl<P: Probe> Local for Arc<Shared<P>> {
+    fn learn(&self, name: String, addr: SocketAddr, go: bool) {
+        let kind = if go { PeerKind::Go } else { PeerKind::Typed };
+        if let Err(error) = self.watch(name, addr, kind, false) {
+            tracing::warn!(%addr, %error, "node learned from another monitor not watched");
+        }
+    }
+
+    fn probe_once(&self, addr: SocketAddr, go: bool) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            if go {
+                probe_once(self, &TextProbe, addr).await
+            } else {
+                probe_once(self, &self.probe, addr).await
+            }
+        })
+    }
+
+    fn nodes(&self) -> Vec<(String, SocketAddr, bool)> {
+        self.lock()
+            .by_addr
+            .iter()
+            .map(|(addr, w)| (w.name.clone(), *addr, w.kind == PeerKind::Go))
+            .collect()
+    }
+
+    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>) {
+        let state_of = |c: Combined| match c {
+            Combined::Alive => PeerState::Alive,
+            Combined::Suspect {
+                misses,
+                incarnation,
+            } => PeerState::Suspect {
+                misses,
+                incarnation,
+            },
+            Combined::Dead { misses } => PeerState::Dead { misses },
+        };
+        let (state, previous) = (state_of(state), previous.map(state_of));
+        let Some(addr) = self.lock().by_name.get(node).copied() else {
+            return;
+        };
+        if matches!(state, PeerState::Dead { .. }) {
+            bump(&self.counters.deaths);
+        }
+        Shared::emit(
+            self,
+            PeerEvent {
+                name: node.to_owned(),
+                addr,
+                state,
+                previous,
+                suspicion: 0.0,
+                at: SystemTime::now(),
+            },
+        );
+    }
+}
+
+/// Connects to another monitor's cluster server.
+async fn connect_cluster<P: Probe>(
+    shared: &Shared<P>,
+    addr: SocketAddr,
+) -> Result<Client<ClusterMessage>, Error> {
+    let timeout = shared.config.interval();
+    let builder = Client::<ClusterMessage>::builder()
+        .request_ids()
+        .connect_timeout(timeout)
+        .write_stall_timeout(Some(timeout * 3))
+        .close_timeout(timeout);
+    Ok(match &shared.dialer {
+        None => builder.connect(addr).await?,
+        Some(dialer) => {
+            let io = dialer.dial(addr).await?;
+            builder.connect_io(io, Addr::from(addr)).await?
+        }
+    })
+}
+
+/// Keeps a connection to one other monitor: on each connect, sends it
+/// every node and this monitor's votes; then a heartbeat every interval
+/// and every queued message. Connects again after a failure, when it has
+/// not been heard from for 3 intervals, or when it restarted.
+async fn cluster_link<P: Probe>(
+    shared: Arc<Shared<P>>,
+    cluster: Arc<Cluster>,
+    member: Arc<Member>,
+    mut queue: mpsc::Receiver<ClusterMessage>,
+    epoch: u64,
+) {
+    let interval = shared.config.interval();
+    let stop = shared.stop.clone();
+    let heartbeat = ClusterMessage::Heartbeat {
+        from: cluster.me.clone(),
+        epoch,
+    };
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = connect_cluster(&shared, member.addr) => connected,
+        };
+        if let Ok(client) = connected {
+            let client = Arc::new(client);
+            *member.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+            let mut sync = vec![heartbeat.clone()];
+            sync.extend(
+                shared
+                    .nodes()
+                    .into_iter()
+                    .map(|(name, addr, go)| ClusterMessage::Node { name, addr, go }),
+            );
+            sync.extend(cluster.my_votes());
+            // What was queued before is in the sync.
+            while queue.try_recv().is_ok() {}
+            let mut ok = client.send_all(sync.iter()).await.is_ok();
+            let connected_at = Instant::now();
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while ok {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = member.reset.notified() => ok = false,
+                    _ = ticker.tick() => {
+                        // Silent for 3 intervals since well after the
+                        // connect: the connection may be dead one way.
+                        let silent = connected_at.elapsed() > interval * 4
+                            && !cluster.is_live(&member);
+                        ok = !silent && client.send(&heartbeat).await.is_ok();
+                    }
+                    message = queue.recv() => match message {
+                        Some(message) => {
+                            bump(&cluster.counters.sent);
+                            ok = client.send(&message).await.is_ok();
+                        }
+                        None => return,
+                    },
+                }
+            }
+            *member.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if let Ok(client) = Arc::try_unwrap(client) {
+                drop(client);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Every interval: the cluster's verdicts again (its membership may have
+/// changed).
+async fn cluster_tick<P: Probe>(shared: Arc<Shared<P>>, cluster: Arc<Cluster>) {
+    let mut ticker = tokio::time::interval(shared.config.interval());
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = ticker.tick() => cluster.combine_all(&shared),
+        }
+    }
+}
+
 /// Sends one ping and waits for its answer, connecting first if needed
 /// (both ways at once if the peer may answer with or without request ids).
 async fn ping<P: Probe, Q: Probe>(
@@ -889,18 +1375,19 @@ async fn ping<P: Probe, Q: Probe>(
     link: &mut Link<Q>,
     addr: SocketAddr,
     seq: u64,
-) -> Result<(), Error> {
+    message: &Q::Ping,
+) -> Result<Option<u64>, Error> {
     if let Some(client) = link.client.as_ref() {
-        return ask(probe, client, seq).await;
+        return ask(probe, client, seq, message).await;
     }
-    let (client, request_ids) = match link.request_ids {
+    let ((client, incarnation), request_ids) = match link.request_ids {
         Some(request_ids) => (
-            first_check(shared, probe, addr, seq, request_ids).await?,
+            first_check(shared, probe, addr, seq, message, request_ids).await?,
             request_ids,
         ),
         None => {
-            let plain = first_check(shared, probe, addr, seq, false);
-            let with_ids = first_check(shared, probe, addr, seq, true);
+            let plain = first_check(shared, probe, addr, seq, message, false);
+            let with_ids = first_check(shared, probe, addr, seq, message, true);
             tokio::pin!(plain, with_ids);
             let (mut plain_failed, mut ids_failed) = (None, None);
             loop {
@@ -923,7 +1410,7 @@ async fn ping<P: Probe, Q: Probe>(
     };
     link.client = Some(client);
     link.request_ids = Some(request_ids);
-    Ok(())
+    Ok(incarnation)
 }
 
 /// Connects (with or without request ids) and makes the check on the new
@@ -933,8 +1420,9 @@ async fn first_check<P: Probe, Q: Probe>(
     probe: &Q,
     addr: SocketAddr,
     seq: u64,
+    message: &Q::Ping,
     request_ids: bool,
-) -> Result<Client<Q::Ping>, Error> {
+) -> Result<(Client<Q::Ping>, Option<u64>), Error> {
     let timeout = shared.config.timeout();
     let mut builder = probe
         .client()
@@ -952,17 +1440,23 @@ async fn first_check<P: Probe, Q: Probe>(
             builder.connect_io(io, Addr::from(addr)).await?
         }
     };
-    ask(probe, &client, seq).await?;
-    Ok(client)
+    let incarnation = ask(probe, &client, seq, message).await?;
+    Ok((client, incarnation))
 }
 
-/// One ping on `client`, and its answer checked.
-async fn ask<Q: Probe>(probe: &Q, client: &Client<Q::Ping>, seq: u64) -> Result<(), Error> {
+/// One ping on `client`, and its answer checked: the incarnation it
+/// carries, if any.
+async fn ask<Q: Probe>(
+    probe: &Q,
+    client: &Client<Q::Ping>,
+    seq: u64,
+    message: &Q::Ping,
+) -> Result<Option<u64>, Error> {
     // The probe pairs its ping and pong types itself (a Go peer's text
     // included), and checks the answer: untyped.
-    let pong: Q::Pong = client.request_untyped::<Q::Pong>(&probe.ping(seq)).await?;
+    let pong: Q::Pong = client.request_untyped::<Q::Pong>(message).await?;
     if probe.is_answer(seq, &pong) {
-        Ok(())
+        Ok(probe.incarnation(&pong))
     } else {
         Err(Error::Handler(format!("wrong answer to ping {seq}").into()))
     }
@@ -1036,7 +1530,7 @@ impl<P: Probe> Registry for Arc<Shared<P>> {
             }
             (registration.name, addr, PeerKind::Typed)
         };
-        self.watch(name, addr, kind)?;
+        self.watch(name, addr, kind, true)?;
         bump(&counters.registrations);
         // A Go node closes at once and expects nothing back.
         Ok((kind == PeerKind::Typed).then_some(Registered {

@@ -82,6 +82,20 @@ pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
     fn request_ids_fallback(&self) -> bool {
         false
     }
+
+    /// The ping to send a peer suspected dead at `incarnation`, asking it
+    /// to refute the suspicion (SWIM); `None` (the default): the plain
+    /// [`ping`](Self::ping), for peers that cannot refute.
+    fn suspect(&self, seq: u64, incarnation: u64) -> Option<Self::Ping> {
+        let _ = (seq, incarnation);
+        None
+    }
+
+    /// The incarnation a valid answer carries, if any (the default: none).
+    fn incarnation(&self, pong: &Self::Pong) -> Option<u64> {
+        let _ = pong;
+        None
+    }
 }
 
 /// The typed probe, the default: [`Beat::Ping`] answered by [`Beat::Pong`]
@@ -106,11 +120,25 @@ impl Probe for BeatProbe {
     }
 
     fn is_answer(&self, seq: u64, pong: &Beat) -> bool {
-        *pong == Beat::Pong { seq }
+        match *pong {
+            Beat::Pong { seq: answered } | Beat::Alive { seq: answered, .. } => answered == seq,
+            _ => false,
+        }
     }
 
     fn request_ids_fallback(&self) -> bool {
         true
+    }
+
+    fn suspect(&self, seq: u64, incarnation: u64) -> Option<Beat> {
+        Some(Beat::Suspect { seq, incarnation })
+    }
+
+    fn incarnation(&self, pong: &Beat) -> Option<u64> {
+        match *pong {
+            Beat::Alive { incarnation, .. } => Some(incarnation),
+            _ => None,
+        }
     }
 }
 

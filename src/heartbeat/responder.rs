@@ -28,6 +28,8 @@ const GAPS: usize = 5;
 #[derive(Debug, Default)]
 struct Answered {
     count: AtomicU64,
+    /// The node's incarnation: raised above every suspicion it refutes.
+    incarnation: AtomicU64,
     pings: Mutex<Pings>,
 }
 
@@ -80,7 +82,9 @@ pub trait LastPing: Send + Sync + 'static {
 }
 
 /// Answers every [`Beat::Ping`] with a [`Beat::Pong`] of the same sequence
-/// number (as a reply: it works with or without request ids on its
+/// number, and every [`Beat::Suspect`] with a [`Beat::Alive`] at an
+/// incarnation above the suspected one (SWIM's refutation; see
+/// [`incarnation`](Responder::incarnation)) (as a reply: it works with or without request ids on its
 /// server). Serve it with [`Server`](crate::Server) on the node's address.
 /// Clones share their counters: keep one to watch them (or give it to
 /// [`KeepRegistered`]).
@@ -104,6 +108,13 @@ impl Responder {
     pub fn last_ping(&self) -> Option<Instant> {
         self.answered.last()
     }
+
+    /// The node's incarnation: 0 until a monitor suspected it, then one
+    /// above the highest incarnation it was suspected at (each
+    /// [`Beat::Suspect`] answered with a [`Beat::Alive`] refutes it).
+    pub fn incarnation(&self) -> u64 {
+        self.answered.incarnation.load(Ordering::Relaxed)
+    }
 }
 
 impl LastPing for Responder {
@@ -126,7 +137,23 @@ impl Handler for Responder {
                 self.answered.tick();
                 Ok(())
             }
-            Beat::Pong { seq } => Err(format!("unexpected pong {seq} at a responder").into()),
+            Beat::Suspect { seq, incarnation } => {
+                // Above the suspected incarnation, and never lower than
+                // ours: the refutation wins over the suspicion.
+                let suspected = incarnation.saturating_add(1);
+                let previous = self
+                    .answered
+                    .incarnation
+                    .fetch_max(suspected, Ordering::AcqRel);
+                let incarnation = previous.max(suspected);
+                tracing::debug!(seq, incarnation, "suspected: refuted");
+                ctx.reply(&Beat::Alive { seq, incarnation })?;
+                self.answered.tick();
+                Ok(())
+            }
+            Beat::Pong { seq } | Beat::Alive { seq, .. } => {
+                Err(format!("unexpected answer {seq} at a responder").into())
+            }
         }
     }
 }
