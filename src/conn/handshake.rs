@@ -218,6 +218,8 @@ pub(crate) struct Settings {
     pub(crate) switch: Switch,
     /// The cluster label.
     pub(crate) cluster: Option<Arc<str>>,
+    /// The feature bits announced, if fewer than every one supported.
+    pub(crate) features: Option<u64>,
 }
 
 impl Settings {
@@ -270,6 +272,15 @@ impl Outcome {
     pub(crate) fn set(&self, result: Result<u64, HandshakeError>) {
         let _ = self.result.set(result);
         self.waiters.notify_waiters();
+    }
+
+    /// The feature bits both hellos set (0 without a handshake, or before
+    /// it is done).
+    pub(crate) fn features(&self) -> u64 {
+        match self.result.get() {
+            Some(Ok(features)) => *features,
+            _ => 0,
+        }
     }
 
     /// Wakes the waiters without an outcome: the connection has ended.

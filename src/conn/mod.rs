@@ -4,7 +4,8 @@
 //! that sends and the write side ([`outbox`]), the close/abort signal
 //! ([`signal`], both on the primitives of [`sync`] so that `loom-models/`
 //! can check them), the handle other tasks send with ([`handle`]), the
-//! requests waiting for replies ([`requests`]), what a connection speaks
+//! requests waiting for replies ([`requests`]), the requests of the peer
+//! being handled ([`inflight`]), what a connection speaks
 //! (framing, codecs, envelope: [`wire`]), the handler and its context
 //! ([`handler`]), a receiving client's inbox ([`receive`]), the handshake
 //! ([`handshake`], the public module), and what configures and reports on a
@@ -20,6 +21,7 @@ pub(crate) mod events;
 pub(crate) mod handle;
 pub(crate) mod handler;
 pub mod handshake;
+pub(crate) mod inflight;
 pub(crate) mod op_error;
 pub(crate) mod options;
 pub(crate) mod outbox;
