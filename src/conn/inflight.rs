@@ -29,10 +29,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::base::stats::Counters;
-use crate::conn::handle::Shared;
-use crate::wire::envelope::ErrorCode;
-
 tokio::task_local! {
     /// The deadline of the request whose handler runs in this task, if it
     /// has one: requests made while it runs inherit it.
@@ -198,14 +194,15 @@ impl State {
         self.slots.clone().acquire_owned().await.ok()
     }
 
-    /// A request task starts: counted until the guard is dropped.
-    pub(crate) fn start(self: &State, conn: &Arc<Shared>, id: u64) -> Running {
+    /// A request task starts: counted until [`stopped`](Self::stopped).
+    pub(crate) fn started(&self) {
         self.running.fetch_add(1, Ordering::AcqRel);
-        Running {
-            conn: conn.clone(),
-            id,
-            owed: conn.outbox.owe(),
-            handed_off: false,
+    }
+
+    /// A request task has ended.
+    pub(crate) fn stopped(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 
@@ -233,61 +230,6 @@ impl State {
         if let Ok(mut panicked) = self.panicked.lock() {
             panicked.get_or_insert(message);
         }
-    }
-}
-
-/// A running request task: ends its count, its entry and the answer it
-/// owed when dropped (its handler returned, or was dropped).
-#[derive(Debug)]
-pub(crate) struct Running {
-    conn: Arc<Shared>,
-    id: u64,
-    owed: bool,
-    /// The request was handed to a replier: its entry (its cancellation)
-    /// stays until the replier is gone.
-    handed_off: bool,
-}
-
-impl Running {
-    /// The request was handed to a replier, which forgets it when it goes.
-    pub(crate) fn handed_off(&mut self) {
-        self.handed_off = true;
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.owed {
-            self.conn.outbox.paid();
-        }
-        if let Some(state) = self.conn.inflight.get() {
-            if !self.handed_off {
-                state.ended(self.id);
-            }
-            if state.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                state.idle.notify_waiters();
-            }
-        }
-    }
-}
-
-/// Why a request is not started: answered at once with an error reply
-/// (counted), or dropped (cancelled before it started).
-pub(crate) fn refuse(conn: &Shared, id: u64, code: ErrorCode) {
-    let (counter, text) = match code {
-        ErrorCode::Overloaded => (
-            &conn.counters.requests_overloaded,
-            "the server handles as many requests as it takes: try again later",
-        ),
-        _ => (
-            &conn.counters.requests_deadline_exceeded,
-            "the request's deadline passed before its handler started",
-        ),
-    };
-    Counters::add(counter, 1);
-    conn.fail_request(id, code, text);
-    if let Some(state) = conn.inflight.get() {
-        state.ended(id);
     }
 }
 

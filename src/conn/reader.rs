@@ -41,7 +41,7 @@ use crate::conn::handle::{ConnectionHandle, Shared};
 use crate::conn::handler::Session;
 use crate::conn::handler::{AnswerState, Context, Handler};
 use crate::conn::handshake::Plan;
-use crate::conn::inflight::{self, Call, Running};
+use crate::conn::inflight::{self, Call};
 use crate::conn::requests::Waiting;
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
@@ -547,9 +547,9 @@ where
             .deadline
             .is_some_and(|deadline| deadline <= Instant::now())
         {
-            return inflight::refuse(&conn, id, ErrorCode::DeadlineExceeded);
+            return refuse(&conn, id, ErrorCode::DeadlineExceeded);
         }
-        let running = state.start(&conn, id);
+        let running = Running::start(&conn, id);
         let errors = self.input.shared_errors(&conn);
         tokio::spawn(run_request(
             self.handler.clone(),
@@ -577,7 +577,7 @@ where
             Some(slots) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 Err(_) if refuses => {
-                    inflight::refuse(conn, id, ErrorCode::Overloaded);
+                    refuse(conn, id, ErrorCode::Overloaded);
                     return Slots::Refused;
                 }
                 Err(_) => return Slots::Wait,
@@ -586,7 +586,7 @@ where
         match state.try_slot() {
             Some(slot) => Slots::Got((slot, in_all)),
             None if refuses => {
-                inflight::refuse(conn, id, ErrorCode::Overloaded);
+                refuse(conn, id, ErrorCode::Overloaded);
                 Slots::Refused
             }
             None => Slots::Wait,
@@ -655,7 +655,7 @@ where
             .deadline
             .is_some_and(|deadline| deadline <= Instant::now())
         {
-            return inflight::refuse(&conn, id, ErrorCode::DeadlineExceeded);
+            return refuse(&conn, id, ErrorCode::DeadlineExceeded);
         }
         let mut ctx = Context {
             handle: &self.handle,
@@ -1121,6 +1121,71 @@ async fn run_request<H: Handler>(
         );
     }
     drop((running, slot, in_all));
+}
+
+/// A running request task: ends its count, its entry and the answer it
+/// owed when dropped (its handler returned, or was dropped).
+struct Running {
+    conn: Arc<Shared>,
+    id: u64,
+    owed: bool,
+    /// The request was handed to a replier: its entry (its cancellation)
+    /// stays until the replier is gone.
+    handed_off: bool,
+}
+
+impl Running {
+    /// Request `id` starts on `conn`.
+    fn start(conn: &Arc<Shared>, id: u64) -> Running {
+        if let Some(state) = conn.inflight.get() {
+            state.started();
+        }
+        Running {
+            conn: conn.clone(),
+            id,
+            owed: conn.outbox.owe(),
+            handed_off: false,
+        }
+    }
+
+    /// The request was handed to a replier, which forgets it when it goes.
+    fn handed_off(&mut self) {
+        self.handed_off = true;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.owed {
+            self.conn.outbox.paid();
+        }
+        if let Some(state) = self.conn.inflight.get() {
+            if !self.handed_off {
+                state.ended(self.id);
+            }
+            state.stopped();
+        }
+    }
+}
+
+/// A request not started: answered at once with an error reply (`code`:
+/// `Overloaded` or `DeadlineExceeded`), and counted.
+fn refuse(conn: &Shared, id: u64, code: ErrorCode) {
+    let (counter, text) = match code {
+        ErrorCode::Overloaded => (
+            &conn.counters.requests_overloaded,
+            "the server handles as many requests as it takes: try again later",
+        ),
+        _ => (
+            &conn.counters.requests_deadline_exceeded,
+            "the request's deadline passed before its handler started",
+        ),
+    };
+    Counters::add(counter, 1);
+    conn.fail_request(id, code, text);
+    if let Some(state) = conn.inflight.get() {
+        state.ended(id);
+    }
 }
 
 /// How often a connection logs its per-frame errors at WARN: the first of
