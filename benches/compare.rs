@@ -5,6 +5,7 @@
 //! cargo bench -p chitchat-net-benches --bench compare                            # full run (a few minutes)
 //! cargo bench -p chitchat-net-benches --bench compare -- --quick                 # under a minute
 //! cargo bench -p chitchat-net-benches --bench compare -- --only pingpong,decode
+//! cargo bench -p chitchat-net-benches --bench compare -- --only inflight,deadline
 //! ```
 //!
 //! It prints a table, then one line per target, `ratio <name> <value> <goal>`,
@@ -14,6 +15,7 @@
 //! It exits non-zero only if a scenario loses messages or fails to run:
 //! speed is reported, not judged.
 
+mod inflight;
 mod support;
 
 use std::future::Future;
@@ -1597,6 +1599,12 @@ fn main() {
     }
     if plan.wants("scale") {
         target_scale(&plan, &rt, &mut report);
+    }
+    if plan.wants("inflight") {
+        inflight::target_inflight(&plan, &mut report);
+    }
+    if plan.wants("deadline") {
+        inflight::target_deadline(&plan, &mut report);
     }
     report.print();
     println!("finished in {}", fmt_duration(started.elapsed()));

@@ -148,7 +148,9 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         if self.requests.forget(self.id) {
-            if let Some(conn) = self.cancel {
+            // Not once the connection can send nothing more (nor counted
+            // lost then: nobody accepted it for sending).
+            if let Some(conn) = self.cancel.filter(|conn| conn.outbox.takes_replies()) {
                 let id = self.id;
                 let queued = conn
                     .outbox
