@@ -6,6 +6,7 @@
 //! cargo bench -p chitchat-net-benches --bench compare -- --quick                 # under a minute
 //! cargo bench -p chitchat-net-benches --bench compare -- --only pingpong,decode
 //! cargo bench -p chitchat-net-benches --bench compare -- --quick --only streams  # reply streams
+//! cargo bench -p chitchat-net-benches --bench compare -- --only inflight,deadline
 //! ```
 //!
 //! It prints a table, then one line per target, `ratio <name> <value> <goal>`,
@@ -15,6 +16,7 @@
 //! It exits non-zero only if a scenario loses messages or fails to run:
 //! speed is reported, not judged.
 
+mod inflight;
 mod support;
 
 use std::future::Future;
@@ -1723,6 +1725,12 @@ fn main() {
     }
     if plan.wants("streams") {
         target_streams(&plan, &rt, &mut report);
+    }
+    if plan.wants("inflight") {
+        inflight::target_inflight(&plan, &mut report);
+    }
+    if plan.wants("deadline") {
+        inflight::target_deadline(&plan, &mut report);
     }
     report.print();
     println!("finished in {}", fmt_duration(started.elapsed()));

@@ -3,7 +3,9 @@
 //!
 //! Checks: no panic; a header is never longer than `MAX_HEADER_LEN`; what
 //! decodes re-encodes to the very same bytes (one encoding per id, so two
-//! peers can never disagree on which request a reply answers); and what the
+//! peers can never disagree on which request a reply answers; one per
+//! remaining time of a request with a deadline, kind `0x04`; a cancel,
+//! kind `0x05`, is its id alone); and what the
 //! encoder writes for the decoded envelope decodes back to it. For an error
 //! reply (kind `0x03`), its body (`envelope::decode_error`) too: no panic,
 //! a text of at most `MAX_ERROR_TEXT` bytes, and a body that decodes

@@ -63,6 +63,15 @@ pub struct Stats {
     /// [`Client::close_within`](crate::Client::close_within) past its
     /// deadline), dropped, or out of tries.
     pub kept_frames_dropped_at_end: u64,
+    /// Requests from peers refused at once with an `Overloaded` error
+    /// reply: past a server's overload bounds (README "Overload").
+    pub requests_overloaded: u64,
+    /// Requests from peers not run because their deadline had passed
+    /// before their handler started (answered with `DeadlineExceeded`).
+    pub requests_deadline_exceeded: u64,
+    /// Requests from peers that their callers cancelled while they waited
+    /// to start or ran (their handlers were stopped).
+    pub requests_cancelled: u64,
 }
 
 /// The live counters behind [`Stats`], shared by every task.
@@ -83,6 +92,9 @@ pub(crate) struct Counters {
     pub(crate) dropped_at_close: AtomicU64,
     pub(crate) frames_lost_with_connection: AtomicU64,
     pub(crate) kept_frames_dropped_at_end: AtomicU64,
+    pub(crate) requests_overloaded: AtomicU64,
+    pub(crate) requests_deadline_exceeded: AtomicU64,
+    pub(crate) requests_cancelled: AtomicU64,
 }
 
 impl Counters {
@@ -119,6 +131,9 @@ impl Counters {
             dropped_at_close: get(&self.dropped_at_close),
             frames_lost_with_connection: get(&self.frames_lost_with_connection),
             kept_frames_dropped_at_end: get(&self.kept_frames_dropped_at_end),
+            requests_overloaded: get(&self.requests_overloaded),
+            requests_deadline_exceeded: get(&self.requests_deadline_exceeded),
+            requests_cancelled: get(&self.requests_cancelled),
         }
     }
 }

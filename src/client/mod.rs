@@ -1390,7 +1390,7 @@ impl<M: Message, R> Client<M, R> {
         msg: &M,
         timeout: Duration,
     ) -> impl Future<Output = Result<T, RequestError>> + '_ {
-        let deadline = Instant::now() + timeout;
+        let (deadline, timeout) = crate::conn::handle::effective_deadline(timeout);
         // Encoded now, so that the future does not borrow `msg`: every
         // connection of a client speaks the same wire.
         let encoded = match &self.fixed {

@@ -21,6 +21,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// for a slot beyond that.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
+/// Requests from the peer handled at once on one connection, by default
+/// (tarpc's default too): past it the connection stops reading until one
+/// ends.
+pub const DEFAULT_CONCURRENT_REQUESTS: usize = 100;
+
 /// What each connection of a server or client is configured with.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionConfig {
@@ -45,6 +50,13 @@ pub(crate) struct ConnectionConfig {
     pub(crate) ordered_replies: bool,
     /// Requests in flight at most per connection.
     pub(crate) max_in_flight: usize,
+    /// Requests from the peer handled at once per connection.
+    pub(crate) concurrent_requests: usize,
+    /// A server's overload bounds: requests handled at once per connection
+    /// and in all, past which a request is refused (`Overloaded`).
+    pub(crate) overload: Option<(usize, usize)>,
+    /// The server-wide slots of its overload bound (made when it starts).
+    pub(crate) overload_slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// How long a request waits for its reply by default.
     pub(crate) request_timeout: Duration,
     /// The serde format of every derived message, if switched.
@@ -121,6 +133,14 @@ impl ConnectionConfig {
                 "max_requests_in_flight must be at least 1: 0 makes every request wait forever",
             ),
             (
+                self.concurrent_requests == 0,
+                "concurrent_requests must be at least 1: 0 handles no request",
+            ),
+            (
+                self.overload.is_some_and(|(one, all)| one == 0 || all == 0),
+                "overload bounds must be at least 1: 0 refuses every request",
+            ),
+            (
                 self.request_timeout.is_zero(),
                 "request_timeout must not be zero: every request would time out",
             ),
@@ -145,6 +165,9 @@ impl Default for ConnectionConfig {
             request_ids: false,
             ordered_replies: false,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            concurrent_requests: DEFAULT_CONCURRENT_REQUESTS,
+            overload: None,
+            overload_slots: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             serde_format: None,
             refuse_empty_frames: false,

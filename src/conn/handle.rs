@@ -21,6 +21,7 @@ use crate::conn::wire::Matching;
 use crate::conn::wire::{Encoded, Wire};
 use crate::wire::envelope::{Envelope, ErrorCode};
 use crate::wire::error::Error;
+use crate::wire::hello::features;
 
 /// A connection's number: unique among every connection of the process
 /// (servers' and clients'), never reused.
@@ -96,6 +97,18 @@ impl End {
     }
 }
 
+/// The deadline of a request made now with `timeout`, and the timeout it
+/// amounts to: made from a handler whose request has a deadline, no later
+/// than that one (the remaining time is passed on).
+pub(crate) fn effective_deadline(timeout: Duration) -> (Instant, Duration) {
+    let now = Instant::now();
+    let own = now + timeout;
+    match crate::conn::inflight::inherited_deadline() {
+        Some(inherited) if inherited < own => (inherited, inherited.saturating_duration_since(now)),
+        _ => (own, timeout),
+    }
+}
+
 /// Counts what becomes of a queue's frames in `counters`.
 fn tally(counters: Arc<Counters>) -> Tally {
     Tally::new(move |frames| match frames {
@@ -123,15 +136,31 @@ impl Attempt {
     }
 }
 
-/// Forgets a request by id when its caller stops waiting.
+/// Forgets a request by id when its caller stops waiting; a request still
+/// waiting for its reply is cancelled at the peer if it takes cancels
+/// ([`features::CANCELLATION`]).
 struct Forget<'a> {
     requests: &'a Requests,
     id: u64,
+    /// The connection, if its peer takes cancels.
+    cancel: Option<&'a Shared>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.requests.forget(self.id);
+        if self.requests.forget(self.id) {
+            // Not once the connection can send nothing more (nor counted
+            // lost then: nobody accepted it for sending).
+            if let Some(conn) = self.cancel.filter(|conn| conn.outbox.takes_replies()) {
+                let id = self.id;
+                let queued = conn
+                    .outbox
+                    .push_reply(|buf| conn.wire.encode_cancel(id, buf));
+                if let Err(error) = queued {
+                    tracing::debug!(%error, id, "a cancel could not be queued");
+                }
+            }
+        }
     }
 }
 
@@ -207,6 +236,8 @@ pub(crate) struct Shared {
     pub(crate) streams: StreamsSlot,
     /// Whether a graceful shutdown's drain was announced or answered.
     pub(crate) drain: crate::conn::drain::Drain,
+    /// The peer's requests being handled.
+    pub(crate) inflight: crate::conn::inflight::Inflight,
 }
 
 impl Shared {
@@ -291,6 +322,7 @@ impl ConnectionHandle {
                 requests: Requests::of(&wire),
                 streams: StreamsSlot::default(),
                 drain: Default::default(),
+                inflight: Default::default(),
                 wire,
                 counters,
             }),
@@ -536,7 +568,7 @@ impl ConnectionHandle {
         msg: &Q,
         timeout: Duration,
     ) -> impl Future<Output = Result<R, RequestError>> + Send + '_ {
-        let deadline = Instant::now() + timeout;
+        let (deadline, timeout) = effective_deadline(timeout);
         let encoded = self.inner.wire.encode_body(msg);
         async move {
             let encoded = encoded.map_err(RequestError::from_error)?;
@@ -592,13 +624,29 @@ impl ConnectionHandle {
             Matching::Ids => {
                 let line = requests.register().map_err(not_sent)?;
                 let id = line.by_id(waiting);
-                forget = Some(Forget { requests, id });
+                let features = inner.handshake.features();
+                forget = Some(Forget {
+                    requests,
+                    id,
+                    cancel: (features & features::CANCELLATION != 0).then_some(inner),
+                });
+                let deadlines = features & features::DEADLINES != 0;
                 let queue = |buf: &mut _| {
                     // Under the queue's lock, where a drain is answered.
                     inner.drain.check_open()?;
-                    inner
-                        .wire
-                        .encode_encoded(Envelope::Request(id), encoded, buf)
+                    let kind = if deadlines {
+                        // Whole milliseconds, rounded up: the time left
+                        // when the frame is queued.
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let remaining_ms = left.as_micros().div_ceil(1000);
+                        Envelope::DeadlineRequest {
+                            id,
+                            remaining_ms: u64::try_from(remaining_ms).unwrap_or(u64::MAX),
+                        }
+                    } else {
+                        Envelope::Request(id)
+                    };
+                    inner.wire.encode_encoded(kind, encoded, buf)
                 };
                 // Room in the queue, the usual case, needs no timer.
                 let pushed = match inner.outbox.try_push(queue) {

@@ -12,6 +12,7 @@ use crate::base::addr::Addr;
 use crate::base::close::CloseReason;
 use crate::codec::Message;
 use crate::conn::handle::{ConnectionHandle, ConnectionId};
+use crate::conn::inflight::Call;
 use crate::conn::op_error::{SendError, TrySendError};
 use crate::conn::outbox::PushError;
 use crate::wire::envelope::{Envelope, ErrorCode};
@@ -21,8 +22,12 @@ use crate::wire::error::{BoxError, Error};
 ///
 /// Each frame is decoded into [`Handler::Message`] with that type's codec (or
 /// the server's or client's override) and handed to [`handle`](Handler::handle).
-/// Frames of one connection reach it one at a time, in order; connections run
-/// concurrently. One handler value serves every connection, so it is also the
+/// A connection's one-way messages reach it one at a time, in order; its
+/// requests (frames with a request id) run concurrently, each as a task of
+/// its own, up to [`concurrent_requests`](crate::Options::concurrent_requests)
+/// at once (in order, one at a time, on a connection with a
+/// [session](Context::set_session)); connections run concurrently. See
+/// README "Conversations" for the order a handler can rely on. One handler value serves every connection, so it is also the
 /// shared state the Go original passed as `additional` / `Addon()`: keep
 /// counters in atomics and maps behind a `Mutex`.
 ///
@@ -69,13 +74,16 @@ pub trait Handler: Send + Sync + 'static {
     /// while this call runs or waits: a handler may await anything,
     /// including a send to another connection or to its own.
     ///
-    /// While the call waits, the connection goes on reading: replies reach
-    /// the requests waiting for them at once, so a handler may await a
+    /// While a call handled in order (a one-way message) waits, the
+    /// connection goes on reading: replies reach the requests waiting for
+    /// them at once, so a handler may await a
     /// [request](ConnectionHandle::request) on its own connection; other
     /// frames are decoded and kept (at most 1,024 frames and the queue
-    /// bound in bytes) and handled, in order, after this call. If the
-    /// connection is cut meanwhile, this call's future is dropped before
-    /// [`on_close`](Self::on_close) runs.
+    /// bound in bytes) and handled, in order, after this call (a request
+    /// among them starts at once). If the connection is cut meanwhile, this
+    /// call's future is dropped before [`on_close`](Self::on_close) runs;
+    /// so is a request's whose caller cancels it (see
+    /// [`Context::cancelled`]).
     fn handle(
         &self,
         msg: Self::Message,
@@ -140,6 +148,8 @@ pub struct Context<'a> {
     /// What became of the request being handled: answered, or handed to a
     /// replier (see [`Context::answer`]).
     pub(crate) answer: AnswerState,
+    /// The request's deadline and cancellation (a request with an id).
+    pub(crate) call: Option<&'a Call>,
 }
 
 /// What became of the request a handler call handles.
@@ -416,6 +426,7 @@ impl Context<'_> {
                 answered: AtomicBool::new(self.answer.answered),
             }),
             request: self.request,
+            cancel: self.call.map(|call| call.token.clone()),
         };
         if self.request.is_some() {
             self.answer.handed_off = Some(replier.clone());
@@ -441,6 +452,51 @@ impl Context<'_> {
     /// further frame of this connection reaches the handler.
     pub fn close(&mut self) {
         *self.closing = true;
+        if self.call.is_some_and(|call| call.concurrent) {
+            // From a request task: the read side learns it at its next frame.
+            if let Some(state) = self.handle.inner.inflight.get() {
+                state.ask_close();
+            }
+            self.handle.inner.signal.close();
+        }
+    }
+
+    /// When the caller of the request being handled stops waiting for its
+    /// answer, if it said (a peer that announces
+    /// [`DEADLINES`](crate::handshake::features::DEADLINES) sends the time
+    /// it still waits with each request; `None` for other peers and for
+    /// one-way messages). Requests the handler makes meanwhile inherit it:
+    /// see README "Deadlines and cancellation".
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.call.and_then(|call| call.deadline)
+    }
+
+    /// Completes once the request being handled is cancelled: its caller
+    /// gave it up (a peer that announces
+    /// [`CANCELLATION`](crate::handshake::features::CANCELLATION) says so)
+    /// or the connection ended. By then the handler future is being
+    /// dropped; it is for work the handler started elsewhere (see
+    /// [`cancellation_token`](Self::cancellation_token)). Never completes
+    /// for a one-way message.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cancellation_token().cancelled_owned()
+    }
+
+    /// Whether the request being handled has been cancelled (see
+    /// [`cancelled`](Self::cancelled)).
+    pub fn is_cancelled(&self) -> bool {
+        self.call.is_some_and(|call| call.token.is_cancelled())
+    }
+
+    /// A token that fires when the request being handled is cancelled
+    /// (see [`cancelled`](Self::cancelled)): hand it to work spawned for
+    /// the request, so that it stops too. One that never fires for a
+    /// one-way message.
+    pub fn cancellation_token(&self) -> tokio_util::sync::CancellationToken {
+        match self.call {
+            Some(call) => call.token.clone(),
+            None => tokio_util::sync::CancellationToken::new(),
+        }
     }
 
     /// A handle to send on this connection from another task later.
@@ -495,6 +551,8 @@ pub struct Replier {
     /// Shared by the clones: the request is answered once.
     owed: Arc<Owed>,
     request: Option<u64>,
+    /// Fires when the request is cancelled.
+    cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// The answer a replier and its clones owe (see [`Replier`]).
@@ -528,6 +586,10 @@ impl Drop for Owed {
     /// request still unanswered gets an error reply.
     fn drop(&mut self) {
         if let Some(id) = self.request {
+            // Its cancellation is no longer watched.
+            if let Some(state) = self.handle.inner.inflight.get() {
+                state.ended(id);
+            }
             if !self.answered.swap(true, Ordering::AcqRel) {
                 self.handle.inner.fail_owed_request(
                     id,
@@ -626,6 +688,24 @@ impl Replier {
     /// The id of the request it answers (with request ids on).
     pub fn request_id(&self) -> Option<u64> {
         self.request
+    }
+
+    /// Completes once its request is cancelled: the caller gave it up (a
+    /// peer that announces
+    /// [`CANCELLATION`](crate::handshake::features::CANCELLATION) says so)
+    /// or the connection ended. The answer is then no longer awaited (one
+    /// sent anyway is a late reply at the caller). Never completes for a
+    /// one-way message.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cancel.clone().unwrap_or_default().cancelled_owned()
+    }
+
+    /// Whether its request has been cancelled (see
+    /// [`cancelled`](Self::cancelled)).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(tokio_util::sync::CancellationToken::is_cancelled)
     }
 
     fn kind(&self) -> Envelope {

@@ -245,6 +245,8 @@ pub(crate) struct Settings {
     pub(crate) cluster: Option<Arc<str>>,
     /// Feature bits this side does not announce (`no_reply_streams()`).
     pub(crate) features_off: u64,
+    /// The feature bits announced, if fewer than every one supported.
+    pub(crate) features: Option<u64>,
 }
 
 impl Settings {

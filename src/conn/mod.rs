@@ -4,8 +4,9 @@
 //! that sends and the write side ([`outbox`]), the close/abort signal
 //! ([`signal`], both on the primitives of [`sync`] so that `loom-models/`
 //! can check them), the handle other tasks send with ([`handle`]), the
-//! requests waiting for replies ([`requests`]), a graceful shutdown's
-//! drain ([`drain`]), what a connection speaks
+//! requests waiting for replies ([`requests`]), the requests of the peer
+//! being handled ([`inflight`]), a graceful shutdown's drain ([`drain`]),
+//! what a connection speaks
 //! (framing, codecs, envelope: [`wire`]), the handler and its context
 //! ([`handler`]), reply streams (the table of each connection's streams,
 //! [`streams`]; the serving side, [`reply_stream`]; the subscribing side,
@@ -25,6 +26,7 @@ pub(crate) mod frame_deadline;
 pub(crate) mod handle;
 pub(crate) mod handler;
 pub mod handshake;
+pub(crate) mod inflight;
 pub(crate) mod op_error;
 pub(crate) mod options;
 pub(crate) mod outbox;

@@ -247,6 +247,32 @@ macro_rules! connection_options {
             self.config.max_in_flight = max;
             self
         }
+
+        /// Requests from the peer this side handles at once on one
+        /// connection (default
+        /// [`DEFAULT_CONCURRENT_REQUESTS`](crate::DEFAULT_CONCURRENT_REQUESTS),
+        /// 100). Each request (a frame with a request id) runs as a task of
+        /// its own; past this many the connection stops reading until one
+        /// ends (backpressure: the peer's requests wait in its socket).
+        /// `1` handles them one at a time, though still beside one-way
+        /// messages. See README "Conversations" for the order a handler
+        /// can rely on.
+        pub fn concurrent_requests(mut self, max: usize) -> Self {
+            self.config.concurrent_requests = max;
+            self
+        }
+
+        /// The optional protocol features this side announces in its
+        /// hello (default: every one this build speaks,
+        /// [`features::SUPPORTED`](crate::handshake::features::SUPPORTED));
+        /// bits outside `SUPPORTED` are ignored. A feature is used on a
+        /// connection only when both hellos announce it: announcing fewer
+        /// makes this side behave toward its peers as a build without them
+        /// would (for tests, and for a staged rollout).
+        pub fn announce_features(mut self, bits: u64) -> Self {
+            self.config.handshake.features = Some(bits);
+            self
+        }
     };
 }
 pub(crate) use connection_options;

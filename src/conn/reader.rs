@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -41,13 +41,14 @@ use crate::conn::handle::{ConnectionHandle, Shared};
 use crate::conn::handler::Session;
 use crate::conn::handler::{AnswerState, Context, Handler};
 use crate::conn::handshake::Plan;
+use crate::conn::inflight::{self, Call};
 use crate::conn::requests::Waiting;
 use crate::conn::signal::Signal;
 use crate::conn::wire::Matching;
 use crate::wire::envelope::{self, Envelope, ErrorCode};
-use crate::wire::error::Error;
+use crate::wire::error::{BoxError, Error};
 use crate::wire::frame::FrameCodec;
-use crate::wire::hello::{cut_hello, HandshakeError, Hello, Role};
+use crate::wire::hello::{cut_hello, features, HandshakeError, Hello, Role};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -110,10 +111,14 @@ struct Input<R, M> {
     /// What was read while a handler call waited (boxed, and only once a
     /// call has waited: no room in a task whose handler never waits).
     ahead: Option<Box<Ahead<M>>>,
-    /// The per-frame errors logged so far (boxed, and only once there is
-    /// one).
-    errors: Option<Box<FrameErrors>>,
+    /// The per-frame errors logged so far (only once there is one, or a
+    /// request task that may report one: shared with them).
+    errors: Option<SharedErrors>,
 }
+
+/// A connection's [`FrameErrors`], shared by its read side and its request
+/// tasks.
+type SharedErrors = Arc<Mutex<FrameErrors>>;
 
 /// What a read side read while a handler call waited.
 struct Ahead<M> {
@@ -132,6 +137,29 @@ impl<M> Ahead<M> {
     fn is_full(&self, limit: usize) -> bool {
         self.queue.len() >= MAX_AHEAD_FRAMES || self.bytes >= limit
     }
+}
+
+/// The slots a started request holds: one of the connection's, and one
+/// of the server's in all (with overload bounds).
+type Held = (
+    tokio::sync::OwnedSemaphorePermit,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// Where a message goes (see `ReadSide::route`).
+enum Route {
+    Drop,
+    Task(u64),
+    InOrder,
+    InOrderRequest(u64),
+}
+
+/// Whether a request's slots are free now.
+enum Slots {
+    Got(Held),
+    /// Refused (answered `Overloaded`).
+    Refused,
+    Wait,
 }
 
 /// Why serving stopped without an error.
@@ -194,8 +222,35 @@ where
     /// first) or this side (a close was asked).
     pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
         let result = self.serve_then_close().await;
+        if result.is_ok() && self.handle.inner.inflight.get().is_some() {
+            // Requests still running are answered before our side ends
+            // (boxed: no room for the wait in the task's future).
+            Box::pin(self.wait_for_requests()).await;
+        }
         self.handle.inner.outbox.finish();
         result
+    }
+
+    /// Waits until no request task runs, reading ahead meanwhile (their
+    /// handlers may wait for replies on this connection).
+    async fn wait_for_requests(&mut self) {
+        let conn = self.handle.inner.clone();
+        let Some(state) = conn.inflight.get() else {
+            return;
+        };
+        let idle = pin!(state.wait_idle());
+        let ahead_limit = self.config.queue_bytes;
+        self.input
+            .while_pending(idle, &conn, &self.events, ahead_limit)
+            .await;
+    }
+
+    /// Whether a close was asked (by the handler, or by a request task).
+    fn is_closing(&mut self) -> bool {
+        if !self.closing && self.handle.inner.inflight.close_asked() {
+            self.closing = true;
+        }
+        self.closing
     }
 
     async fn serve_then_close(&mut self) -> Result<CloseReason, Error> {
@@ -210,6 +265,9 @@ where
         conn.streams.closing(&conn.outbox, &conn.wire);
         if self.answer_what_has_arrived().await? {
             return Ok(CloseReason::ByUs);
+        }
+        if self.handle.inner.inflight.get().is_some() {
+            Box::pin(self.wait_for_requests()).await;
         }
         // Our side ends once the queue is written; the peer may still send
         // until it has read everything and ends its side.
@@ -251,6 +309,7 @@ where
                 request: None,
                 session: &mut *self.session,
                 answer: AnswerState::default(),
+                call: None,
             };
             let call = pin!(self.handler.on_open(&mut ctx));
             let ahead_limit = self.config.queue_bytes;
@@ -322,7 +381,7 @@ where
         let conn = self.handle.inner.clone();
         let mut frame_deadline = crate::conn::frame_deadline::FrameDeadline::default();
         loop {
-            if self.closing {
+            if self.is_closing() {
                 return Ok(Stop::Close);
             }
             // Backpressure: while our unsent output is over its bound, the
@@ -400,8 +459,20 @@ where
             };
             *frames += 1;
             if let Some((msg, request)) = next {
-                if !self.closing {
-                    self.call_handler(msg, request).await;
+                match self.route(request) {
+                    Route::Drop => {}
+                    Route::Task(id) => {
+                        if let Some(wait) = self.start_request(msg, id) {
+                            wait.await;
+                        }
+                    }
+                    Route::InOrder => self.call_handler(msg, request).await,
+                    // Boxed: no room for its deadline and cancellation in
+                    // the task's future, for connections that never need
+                    // them.
+                    Route::InOrderRequest(id) => {
+                        Box::pin(self.call_request_handler(msg, id)).await;
+                    }
                 }
             }
             // A peer flooding tiny frames must not starve other connections:
@@ -422,12 +493,142 @@ where
         &mut self,
         found: crate::wire::frame::Found,
     ) -> Option<(H::Message, Option<u64>)> {
-        if self.closing {
+        if self.is_closing() {
             self.input.buf.advance(found.wire);
             return None;
         }
         self.input
             .take_message(found, &self.handle.inner, &self.events)
+    }
+
+    /// Where a message goes: a request (with an id) on a connection
+    /// without a session starts as a task of its own (see
+    /// [`crate::conn::inflight`]); anything else is handled by the read
+    /// side, in order. After a close, it is dropped.
+    fn route(&mut self, request: Option<u64>) -> Route {
+        if self.is_closing() {
+            if let (Some(id), Some(state)) = (request, self.handle.inner.inflight.get()) {
+                state.ended(id);
+            }
+            return Route::Drop;
+        }
+        match (request, self.handle.inner.wire.matching()) {
+            (Some(id), Matching::Ids) if self.session.is_none() => Route::Task(id),
+            (Some(id), Matching::Ids) => Route::InOrderRequest(id),
+            _ => Route::InOrder,
+        }
+    }
+
+    /// Starts request `id` as a task of its own, once a slot is free
+    /// (reading ahead while it waits for one), unless it was cancelled
+    /// meanwhile, its deadline has passed, or (a peer that takes it) the
+    /// overload bounds refuse it. Waits only if it must.
+    fn start_request(
+        &mut self,
+        msg: H::Message,
+        id: u64,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + use<'_, 's, R, H>>>> {
+        match self.try_slots(id) {
+            Slots::Got(held) => {
+                self.spawn_request(msg, id, held);
+                None
+            }
+            Slots::Refused => None,
+            // Boxed: no room for the wait in the task's future.
+            Slots::Wait => Some(Box::pin(async move {
+                match self.wait_for_slots().await {
+                    Some(held) => self.spawn_request(msg, id, held),
+                    None => {
+                        if let Some(state) = self.handle.inner.inflight.get() {
+                            state.ended(id);
+                        }
+                    }
+                }
+            })),
+        }
+    }
+
+    /// Spawns the task of request `id`, which holds `held`.
+    fn spawn_request(&mut self, msg: H::Message, id: u64, held: Held) {
+        let conn = self.handle.inner.clone();
+        let state = conn.inflight.state(conn.wire.concurrent_requests());
+        let call = state.call(id, true);
+        if call.token.is_cancelled() {
+            return state.ended(id);
+        }
+        if call
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            return refuse(&conn, id, ErrorCode::DeadlineExceeded);
+        }
+        let running = Running::start(&conn, id);
+        let errors = self.input.shared_errors(&conn);
+        tokio::spawn(run_request(
+            self.handler.clone(),
+            self.handle.clone(),
+            msg,
+            id,
+            call,
+            (running, held.0, held.1),
+            self.events.clone(),
+            errors,
+        ));
+    }
+
+    /// The slots request `id` needs (one of the connection's, and one of
+    /// the server's in all if it has overload bounds), if free now; past
+    /// the bounds, toward a peer that takes it, the request is refused
+    /// (`Overloaded`).
+    fn try_slots(&mut self, id: u64) -> Slots {
+        let conn = &self.handle.inner;
+        let state = conn.inflight.state(conn.wire.concurrent_requests());
+        let refuses =
+            self.config.overload.is_some() && conn.handshake.features() & features::OVERLOAD != 0;
+        let in_all = match &self.config.overload_slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) if refuses => {
+                    refuse(conn, id, ErrorCode::Overloaded);
+                    return Slots::Refused;
+                }
+                Err(_) => return Slots::Wait,
+            },
+        };
+        match state.try_slot() {
+            Some(slot) => Slots::Got((slot, in_all)),
+            None if refuses => {
+                refuse(conn, id, ErrorCode::Overloaded);
+                Slots::Refused
+            }
+            None => Slots::Wait,
+        }
+    }
+
+    /// Waits for the slots a request needs, reading ahead meanwhile;
+    /// `None` if they can no longer be had.
+    async fn wait_for_slots(&mut self) -> Option<Held> {
+        let conn = self.handle.inner.clone();
+        let ahead_limit = self.config.queue_bytes;
+        let in_all = match self.config.overload_slots.clone() {
+            None => None,
+            Some(slots) => {
+                let wait = pin!(slots.acquire_owned());
+                let slot = self
+                    .input
+                    .while_pending(wait, &conn, &self.events, ahead_limit)
+                    .await;
+                Some(slot.ok()?)
+            }
+        };
+        let state = conn.inflight.state(conn.wire.concurrent_requests());
+        let wait = pin!(state.slot());
+        let slot = self
+            .input
+            .while_pending(wait, &conn, &self.events, ahead_limit)
+            .await?;
+        Some((slot, in_all))
     }
 
     /// Hands one message to the handler; its error is reported. While the
@@ -439,6 +640,7 @@ where
             request,
             session: &mut *self.session,
             answer: AnswerState::default(),
+            call: None,
         };
         let handled = {
             let call = pin!(self.handler.handle(msg, &mut ctx));
@@ -448,6 +650,67 @@ where
                 .await
         };
         let answer = std::mem::take(&mut ctx.answer);
+        self.handled(request, answer, handled);
+    }
+
+    /// [`call_handler`](Self::call_handler) for request `id` (on a
+    /// connection with a session: in order): not run if it was cancelled
+    /// or its deadline has passed; its handler future is dropped if it is
+    /// cancelled meanwhile.
+    async fn call_request_handler(&mut self, msg: H::Message, id: u64) {
+        let conn = self.handle.inner.clone();
+        let state = conn.inflight.state(conn.wire.concurrent_requests());
+        let call = state.call(id, false);
+        if call.token.is_cancelled() {
+            return state.ended(id);
+        }
+        if call
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            return refuse(&conn, id, ErrorCode::DeadlineExceeded);
+        }
+        let mut ctx = Context {
+            handle: &self.handle,
+            closing: &mut self.closing,
+            request: Some(id),
+            session: &mut *self.session,
+            answer: AnswerState::default(),
+            call: Some(&call),
+        };
+        let handled = {
+            let handle = inflight::with_deadline(call.deadline, self.handler.handle(msg, &mut ctx));
+            let call = pin!(async {
+                tokio::select! {
+                    biased;
+                    handled = handle => Some(handled),
+                    () = call.token.cancelled() => None,
+                }
+            });
+            let ahead_limit = self.config.queue_bytes;
+            self.input
+                .while_pending(call, &conn, &self.events, ahead_limit)
+                .await
+        };
+        let answer = std::mem::take(&mut ctx.answer);
+        if answer.handed_off.is_none() {
+            // (A replier it was handed to forgets it when it goes.)
+            state.ended(id);
+        }
+        // Cancelled: nobody waits for an answer.
+        if let Some(handled) = handled {
+            self.handled(Some(id), answer, handled);
+        }
+    }
+
+    /// After a handler call: an error answers its request (if it is one
+    /// still unanswered) and is reported.
+    fn handled(
+        &mut self,
+        request: Option<u64>,
+        answer: AnswerState,
+        handled: Result<(), BoxError>,
+    ) {
         if let Err(error) = handled {
             // A request it failed on is answered with the error.
             answer.failed(&self.handle, request, &error);
@@ -464,7 +727,21 @@ where
         while let Some(found) = self.input.decoder.next_frame_eof(&mut self.input.buf)? {
             Counters::add(&self.handle.inner.counters.frames_in, 1);
             if let Some((msg, request)) = self.take_found(found) {
-                self.call_handler(msg, request).await;
+                match self.route(request) {
+                    Route::Drop => {}
+                    Route::Task(id) => {
+                        if let Some(wait) = self.start_request(msg, id) {
+                            wait.await;
+                        }
+                    }
+                    Route::InOrder => self.call_handler(msg, request).await,
+                    // Boxed: no room for its deadline and cancellation in
+                    // the task's future, for connections that never need
+                    // them.
+                    Route::InOrderRequest(id) => {
+                        Box::pin(self.call_request_handler(msg, id)).await;
+                    }
+                }
             }
             // What a call read ahead comes first, and the buffer's rest
             // after it.
@@ -727,12 +1004,25 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
                 return None;
             }
             // After the client's answer to our drain: refused, not run.
-            Envelope::Request(id) if conn.drain.refuses_requests() => {
+            Envelope::Request(id) | Envelope::DeadlineRequest { id, .. }
+                if conn.drain.refuses_requests() =>
+            {
                 self.buf.advance(found.wire);
                 conn.fail_request(id, ErrorCode::Draining, crate::conn::drain::REFUSED);
                 return None;
             }
-            Envelope::Request(id) => Some(id),
+            Envelope::Cancel(id) => {
+                self.buf.advance(found.wire);
+                if conn.inflight.cancel(id) {
+                    Counters::add(&conn.counters.requests_cancelled, 1);
+                }
+                return None;
+            }
+            Envelope::Request(id) => Some((id, None)),
+            Envelope::DeadlineRequest { id, remaining_ms } => {
+                let deadline = Instant::now().checked_add(Duration::from_millis(remaining_ms));
+                Some((id, deadline))
+            }
             Envelope::Message => None,
             Envelope::StreamItem(_) | Envelope::StreamEnd(_) | Envelope::Credit(_) => {
                 let body = found.split(&mut self.buf, body);
@@ -755,13 +1045,20 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             conn.wire.decode::<M>(frame)
         };
         match decoded {
-            Ok(msg) => Some((msg, request)),
+            Ok(msg) => {
+                let request = request.map(|(id, deadline)| {
+                    let state = conn.inflight.state(conn.wire.concurrent_requests());
+                    state.arrived(id, deadline);
+                    id
+                });
+                Some((msg, request))
+            }
             Err(error) => {
                 let unknown = matches!(error, Error::UnknownVariant { .. });
                 if unknown {
                     Counters::add(&conn.counters.unknown_variants, 1);
                 }
-                if let Some(id) = request {
+                if let Some((id, _)) = request {
                     // The caller learns at once why, instead of waiting
                     // for its timeout.
                     let text = crate::wire::error::Report(&error).to_string();
@@ -781,11 +1078,161 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
     /// Reports a per-frame error (a decode or handler error): logged at
     /// WARN at a bounded rate (see [`FrameErrors`]), and an event.
     fn frame_error(&mut self, conn: &Shared, events: &EventSink, error: Error) {
-        let errors = self
-            .errors
-            .get_or_insert_with(|| Box::new(FrameErrors::new(conn.peer.clone())));
+        let errors = self.shared_errors(conn);
+        report_frame_error(&errors, conn, events, error);
+    }
+
+    /// The connection's frame errors, made if there are none yet.
+    fn shared_errors(&mut self, conn: &Shared) -> SharedErrors {
+        self.errors
+            .get_or_insert_with(|| Arc::new(Mutex::new(FrameErrors::new(conn.peer.clone()))))
+            .clone()
+    }
+}
+
+/// Reports a per-frame error through `errors` (see [`FrameErrors`]).
+fn report_frame_error(errors: &SharedErrors, conn: &Shared, events: &EventSink, error: Error) {
+    if let Ok(mut errors) = errors.lock() {
         errors.log(&error);
-        events.report_logged(Some(conn.peer.clone()), error);
+    }
+    events.report_logged(Some(conn.peer.clone()), error);
+}
+
+/// One request's task (see [`crate::conn::inflight`]): runs its handler
+/// until it returns or the request is cancelled; a handler error answers
+/// it with an error reply and is reported, a panic fails the connection.
+#[allow(clippy::too_many_arguments)]
+async fn run_request<H: Handler>(
+    handler: Arc<H>,
+    handle: ConnectionHandle,
+    msg: H::Message,
+    id: u64,
+    call: Call,
+    held: (
+        Running,
+        tokio::sync::OwnedSemaphorePermit,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    events: EventSink,
+    errors: SharedErrors,
+) {
+    let mut closing = false;
+    let mut session: Session = None;
+    let token = call.token.clone();
+    let mut ctx = Context {
+        handle: &handle,
+        closing: &mut closing,
+        request: Some(id),
+        session: &mut session,
+        answer: AnswerState::default(),
+        call: Some(&call),
+    };
+    let handled = {
+        let run = std::panic::AssertUnwindSafe(inflight::with_deadline(
+            call.deadline,
+            handler.handle(msg, &mut ctx),
+        ))
+        .catch_unwind();
+        tokio::select! {
+            biased;
+            handled = run => Some(handled),
+            () = token.cancelled() => None,
+        }
+    };
+    let answer = std::mem::take(&mut ctx.answer);
+    let conn = &handle.inner;
+    let (mut running, slot, in_all) = held;
+    if answer.handed_off.is_some() {
+        running.handed_off();
+    }
+    match handled {
+        // Cancelled: nobody waits for an answer.
+        None | Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(error))) => {
+            answer.failed(&handle, Some(id), &error);
+            report_frame_error(&errors, conn, &events, Error::Handler(error));
+        }
+        Some(Err(panic)) => {
+            let message = inflight::panic_message(&*panic);
+            conn.fail_request(id, ErrorCode::Handler, "the handler panicked");
+            if let Some(state) = conn.inflight.get() {
+                state.panicked(message);
+            }
+            conn.signal.abort();
+        }
+    }
+    if session.is_some() {
+        tracing::warn!(
+            peer = %conn.peer,
+            "a request handled concurrently set a session: it is dropped \
+             (set the session in on_open: then requests are handled in order, with it)"
+        );
+    }
+    drop((running, slot, in_all));
+}
+
+/// A running request task: ends its count, its entry and the answer it
+/// owed when dropped (its handler returned, or was dropped).
+struct Running {
+    conn: Arc<Shared>,
+    id: u64,
+    owed: bool,
+    /// The request was handed to a replier: its entry (its cancellation)
+    /// stays until the replier is gone.
+    handed_off: bool,
+}
+
+impl Running {
+    /// Request `id` starts on `conn`.
+    fn start(conn: &Arc<Shared>, id: u64) -> Running {
+        if let Some(state) = conn.inflight.get() {
+            state.started();
+        }
+        Running {
+            conn: conn.clone(),
+            id,
+            owed: conn.outbox.owe(),
+            handed_off: false,
+        }
+    }
+
+    /// The request was handed to a replier, which forgets it when it goes.
+    fn handed_off(&mut self) {
+        self.handed_off = true;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.owed {
+            self.conn.outbox.paid();
+        }
+        if let Some(state) = self.conn.inflight.get() {
+            if !self.handed_off {
+                state.ended(self.id);
+            }
+            state.stopped();
+        }
+    }
+}
+
+/// A request not started: answered at once with an error reply (`code`:
+/// `Overloaded` or `DeadlineExceeded`), and counted.
+fn refuse(conn: &Shared, id: u64, code: ErrorCode) {
+    let (counter, text) = match code {
+        ErrorCode::Overloaded => (
+            &conn.counters.requests_overloaded,
+            "the server handles as many requests as it takes: try again later",
+        ),
+        _ => (
+            &conn.counters.requests_deadline_exceeded,
+            "the request's deadline passed before its handler started",
+        ),
+    };
+    Counters::add(counter, 1);
+    conn.fail_request(id, code, text);
+    if let Some(state) = conn.inflight.get() {
+        state.ended(id);
     }
 }
 

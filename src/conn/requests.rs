@@ -235,10 +235,10 @@ impl Requests {
     }
 
     /// Forgets the request with `id` (its caller gave up), if it still
-    /// waits.
-    pub(crate) fn forget(&self, id: u64) {
+    /// waits; whether it did.
+    pub(crate) fn forget(&self, id: u64) -> bool {
         let waiting = self.lock().by_id.remove(&id);
-        drop(waiting);
+        waiting.is_some()
     }
 
     /// The request the reply with `id` answers, if it still waits.

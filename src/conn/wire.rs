@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Codec, Message};
-use crate::conn::config::{ConnectionConfig, DEFAULT_MAX_IN_FLIGHT};
+use crate::conn::config::{ConnectionConfig, DEFAULT_CONCURRENT_REQUESTS, DEFAULT_MAX_IN_FLIGHT};
 use crate::conn::handshake::{framing_name, short_name, Plan, Switch};
 use crate::wire::envelope::{self, Envelope};
 use crate::wire::error::Error;
@@ -64,6 +64,8 @@ struct Spec {
     matching: Matching,
     /// Requests in flight at most, per connection.
     max_in_flight: usize,
+    /// Requests from the peer handled at once, per connection.
+    concurrent_requests: usize,
     /// The next request id, shared by every connection made with this wire
     /// (every connection of a reconnecting client): ids never repeat
     /// within a client.
@@ -100,6 +102,7 @@ impl Wire {
                 envelope: false,
                 matching: Matching::Off,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                concurrent_requests: DEFAULT_CONCURRENT_REQUESTS,
                 format: None,
                 refuse_empty: false,
             }),
@@ -134,6 +137,10 @@ impl Wire {
             spec.matching = Matching::Ordered;
         }
         spec.max_in_flight = config.max_in_flight;
+        spec.concurrent_requests = match config.overload {
+            Some((per_connection, _)) => config.concurrent_requests.min(per_connection),
+            None => config.concurrent_requests,
+        };
         spec.format = config.serde_format;
         spec.refuse_empty = config.refuse_empty_frames;
         Ok(wire)
@@ -198,6 +205,23 @@ impl Wire {
     /// Requests in flight at most, per connection.
     pub(crate) fn max_in_flight(&self) -> usize {
         self.spec.max_in_flight
+    }
+
+    /// Requests from the peer handled at once, per connection.
+    pub(crate) fn concurrent_requests(&self) -> usize {
+        self.spec.concurrent_requests
+    }
+
+    /// Appends one framed cancel of request `id` to `dst` (nothing without
+    /// the envelope).
+    pub(crate) fn encode_cancel(&self, id: u64, dst: &mut BytesMut) -> Result<(), Error> {
+        if !self.spec.envelope {
+            return Ok(());
+        }
+        self.spec.escaped.encode_with(dst, |d| {
+            envelope::encode(Envelope::Cancel(id), d);
+            Ok(())
+        })
     }
 
     /// Where request ids come from: one counter shared by every connection
@@ -629,7 +653,10 @@ fn plan(
         send_framing,
         receive_framing: framing_name(wire.decoder().framing()),
         features: {
-            let mut bits = features::SUPPORTED & !settings.features_off;
+            let announced = settings
+                .features
+                .map_or(features::SUPPORTED, |bits| bits & features::SUPPORTED);
+            let mut bits = announced & !settings.features_off;
             if !config.drain {
                 bits &= !features::DRAIN;
             }

@@ -270,6 +270,22 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Overload is an answer: the server handles at most `per_connection`
+    /// requests at once on one connection and `in_all` across its
+    /// connections; past either bound a request from a peer that announces
+    /// [`OVERLOAD`](crate::handshake::features::OVERLOAD) is refused at
+    /// once with an error reply, [`ErrorCode::Overloaded`](crate::envelope::ErrorCode::Overloaded)
+    /// (counted in [`Stats::requests_overloaded`]), so that its caller can
+    /// go elsewhere instead of waiting for its timeout. Toward other peers
+    /// the bounds make the connection wait (stop reading) instead, as
+    /// [`concurrent_requests`](Self::concurrent_requests) does. Default: no
+    /// bound in all, and `concurrent_requests` per connection, waiting. See
+    /// README "Overload".
+    pub fn overload_bounds(mut self, per_connection: usize, in_all: usize) -> Self {
+        self.config.overload = Some((per_connection, in_all));
+        self
+    }
+
     /// Accepts a connection only if `allow(peer)` returns true, decided
     /// before any byte is read (an allow list, for example). A refused
     /// connection is closed at once with an [`Error::Refused`] event. On a
@@ -571,6 +587,11 @@ impl<H: Handler> ServerBuilder<H> {
         let wire = Wire::build(&self.config, binary, overrides)?;
         let mut config = self.config;
         config.hello = crate::conn::wire::server_plan::<H::Message>(&config, &wire, self.sends)?;
+        config.overload_slots = config.overload.map(|(_, in_all)| {
+            Arc::new(tokio::sync::Semaphore::new(
+                in_all.min(tokio::sync::Semaphore::MAX_PERMITS),
+            ))
+        });
         let ended = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let (events, errors) =

@@ -19,6 +19,8 @@
 //! | `0x01` | id, message | a request |
 //! | `0x02` | id, message | the reply to the request with that id |
 //! | `0x03` | id, code, text | the error reply to the request with that id |
+//! | `0x04` | id, remaining ms, message | a request with a deadline |
+//! | `0x05` | id | cancel: the caller gave up the request with that id |
 //! | `0x06` | nothing | drain: see below |
 //! | `0x07` | id, message | one item of the reply stream of request `id` |
 //! | `0x08` | id [, code, text] | the end of the reply stream of request `id` |
@@ -30,12 +32,26 @@
 //! adds nothing) and values over `u64::MAX` are refused, so each id has one
 //! encoding. Any other first byte is an error.
 //!
+//! A request with a deadline (`0x04`) carries, after its id, the time its
+//! caller still waits for the answer, in whole milliseconds, as a second
+//! varint (the same encoding): relative, so that the two clocks need not
+//! agree. The receiver's deadline is the moment it read the frame plus that
+//! time. It is sent only to a peer whose hello announces
+//! [`DEADLINES`](crate::handshake::features::DEADLINES); otherwise a request
+//! is `0x01`. A cancel (`0x05`) has nothing after its id; it is sent only to a
+//! peer that announces
+//! [`CANCELLATION`](crate::handshake::features::CANCELLATION), and a cancel
+//! for a request the receiver does not know (answered already, or never
+//! seen) is ignored.
+//!
 //! An error reply carries no message of the codec: after the id come one
 //! status byte ([`ErrorCode`]: `0x01` the handler failed, `0x02` the request
 //! did not decode, `0x03` it was left unanswered, `0x04` it is a variant
-//! the peer does not know, `0x08` the server drains and did not run it,
-//! `0x09` a reply stream refused or stopped by its server; others are
-//! kept as [`ErrorCode::Other`]) and a UTF-8 text of at most
+//! the peer does not know, `0x05` its deadline passed before its handler
+//! started, `0x06` the server is overloaded, `0x07` it was cancelled,
+//! `0x08` the server drains and did not run it, `0x09` a reply stream
+//! refused or stopped by its server; others are kept as
+//! [`ErrorCode::Other`]) and a UTF-8 text of at most
 //! [`MAX_ERROR_TEXT`] bytes (1 KiB; longer texts are cut at a character
 //! boundary when encoded, and refused when decoded), like a gRPC status.
 //! It is a kind of its own so that it can never be decoded as a reply: the
@@ -136,6 +152,17 @@ pub enum Envelope {
     /// The error reply to the request with this id: an [`ErrorCode`] and a
     /// text follow (see [`decode_error`]), never a message.
     ErrorReply(u64),
+    /// A request (with this id) whose caller waits for its answer at most
+    /// `remaining_ms` more milliseconds.
+    DeadlineRequest {
+        /// The request's id.
+        id: u64,
+        /// Milliseconds its caller still waits, counted from when the frame
+        /// is read.
+        remaining_ms: u64,
+    },
+    /// The caller gave up the request with this id (nothing follows).
+    Cancel(u64),
     /// A drain (kind `0x06`, no id): from a server, "I am shutting down:
     /// send no new request on this connection"; from a client, its answer,
     /// "no request follows" (see the module docs).
@@ -169,6 +196,15 @@ pub enum ErrorCode {
     /// type lacks: it is of an older version); the text names the type and
     /// the tag. See the README, "Evolving your messages".
     UnknownVariant,
+    /// `0x05`: the request's deadline passed before its handler started,
+    /// so it was not run.
+    DeadlineExceeded,
+    /// `0x06`: the server handles as many requests as it takes (on this
+    /// connection, or in all) and refused this one at once: try again
+    /// later, or elsewhere.
+    Overloaded,
+    /// `0x07`: the request was cancelled.
+    Cancelled,
     /// `0x08`: the server is draining (shutting down gracefully) and did
     /// not run the request, which came after the client's answer to the
     /// drain: it is safe to send it again elsewhere.
@@ -192,6 +228,9 @@ impl ErrorCode {
             ErrorCode::UnknownVariant => 0x04,
             ErrorCode::StreamRefused => 0x09,
             ErrorCode::Draining => 0x08,
+            ErrorCode::DeadlineExceeded => 0x05,
+            ErrorCode::Overloaded => 0x06,
+            ErrorCode::Cancelled => 0x07,
             ErrorCode::Other(byte) => byte,
         }
     }
@@ -205,6 +244,9 @@ impl ErrorCode {
             0x04 => ErrorCode::UnknownVariant,
             0x09 => ErrorCode::StreamRefused,
             0x08 => ErrorCode::Draining,
+            0x05 => ErrorCode::DeadlineExceeded,
+            0x06 => ErrorCode::Overloaded,
+            0x07 => ErrorCode::Cancelled,
             other => ErrorCode::Other(other),
         }
     }
@@ -219,6 +261,9 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::UnknownVariant => f.write_str("unknown variant"),
             ErrorCode::StreamRefused => f.write_str("stream refused"),
             ErrorCode::Draining => f.write_str("the server is draining"),
+            ErrorCode::DeadlineExceeded => f.write_str("deadline exceeded before it was handled"),
+            ErrorCode::Overloaded => f.write_str("the server is overloaded"),
+            ErrorCode::Cancelled => f.write_str("cancelled"),
             ErrorCode::Other(byte) => write!(f, "error code {byte:#04x}"),
         }
     }
@@ -231,7 +276,7 @@ pub enum EnvelopeError {
     /// The frame is empty: no kind byte.
     #[error("empty frame: no envelope")]
     Empty,
-    /// The kind byte is none of `0x00` to `0x03` and `0x06` to `0x09`.
+    /// The kind byte is none of `0x00` to `0x09`.
     #[error("unknown envelope kind {0:#04x}")]
     UnknownKind(u8),
     /// The frame ends inside the id.
@@ -256,6 +301,8 @@ const MESSAGE: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const REPLY: u8 = 0x02;
 const ERROR_REPLY: u8 = 0x03;
+const DEADLINE_REQUEST: u8 = 0x04;
+const CANCEL: u8 = 0x05;
 /// The kind byte of a drain frame.
 pub(crate) const DRAIN: u8 = 0x06;
 const STREAM_ITEM: u8 = 0x07;
@@ -265,8 +312,9 @@ const CREDIT: u8 = 0x09;
 /// The longest text of an error reply, in bytes (1 KiB).
 pub const MAX_ERROR_TEXT: usize = 1024;
 
-/// The longest header: a kind byte and a 10-byte id.
-pub const MAX_HEADER_LEN: usize = 11;
+/// The longest header: a kind byte, a 10-byte id and (a request with a
+/// deadline) a 10-byte time.
+pub const MAX_HEADER_LEN: usize = 21;
 
 /// Appends the header for `envelope` to `dst`.
 pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
@@ -282,6 +330,15 @@ pub fn encode(envelope: Envelope, dst: &mut impl Extend<u8>) {
         }
         Envelope::ErrorReply(id) => {
             dst.extend([ERROR_REPLY]);
+            encode_id(id, dst);
+        }
+        Envelope::DeadlineRequest { id, remaining_ms } => {
+            dst.extend([DEADLINE_REQUEST]);
+            encode_id(id, dst);
+            encode_id(remaining_ms, dst);
+        }
+        Envelope::Cancel(id) => {
+            dst.extend([CANCEL]);
             encode_id(id, dst);
         }
         Envelope::Drain => dst.extend([DRAIN]),
@@ -413,6 +470,12 @@ pub fn decode(frame: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeError> {
         REQUEST => decode_id(rest).map(|(id, rest)| (Envelope::Request(id), rest)),
         REPLY => decode_id(rest).map(|(id, rest)| (Envelope::Reply(id), rest)),
         ERROR_REPLY => decode_id(rest).map(|(id, rest)| (Envelope::ErrorReply(id), rest)),
+        DEADLINE_REQUEST => {
+            let (id, rest) = decode_id(rest)?;
+            let (remaining_ms, rest) = decode_id(rest)?;
+            Ok((Envelope::DeadlineRequest { id, remaining_ms }, rest))
+        }
+        CANCEL => decode_id(rest).map(|(id, rest)| (Envelope::Cancel(id), rest)),
         DRAIN => Ok((Envelope::Drain, rest)),
         STREAM_ITEM => decode_id(rest).map(|(id, rest)| (Envelope::StreamItem(id), rest)),
         STREAM_END => decode_id(rest).map(|(id, rest)| (Envelope::StreamEnd(id), rest)),
@@ -462,7 +525,23 @@ mod tests {
         assert_eq!(header(Envelope::Request(0)), [0x01, 0x00]);
         assert_eq!(header(Envelope::Reply(127)), [0x02, 0x7f]);
         assert_eq!(header(Envelope::Reply(128)), [0x02, 0x80, 0x01]);
-        assert_eq!(header(Envelope::Request(u64::MAX)).len(), MAX_HEADER_LEN);
+        assert_eq!(header(Envelope::Request(u64::MAX)).len(), 11);
+        assert_eq!(
+            header(Envelope::DeadlineRequest {
+                id: 300,
+                remaining_ms: 1500
+            }),
+            [0x04, 0xac, 0x02, 0xdc, 0x0b]
+        );
+        assert_eq!(header(Envelope::Cancel(300)), [0x05, 0xac, 0x02]);
+        assert_eq!(
+            header(Envelope::DeadlineRequest {
+                id: u64::MAX,
+                remaining_ms: u64::MAX
+            })
+            .len(),
+            MAX_HEADER_LEN
+        );
         assert_eq!(header(Envelope::Drain), [0x06]);
         assert_eq!(decode(&[0x06]), Ok((Envelope::Drain, &[][..])));
         // Bytes after it are left for the caller (later versions).
@@ -474,10 +553,12 @@ mod tests {
     #[test]
     fn malformed_headers_are_errors() {
         assert_eq!(decode(&[]), Err(EnvelopeError::Empty));
-        assert_eq!(decode(&[0x04]), Err(EnvelopeError::UnknownKind(4)));
         assert_eq!(decode(&[0x0a]), Err(EnvelopeError::UnknownKind(0x0a)));
         assert_eq!(decode(&[0x07]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x09, 0x80]), Err(EnvelopeError::TruncatedId));
+        assert_eq!(decode(&[0x04, 0x07]), Err(EnvelopeError::TruncatedId));
+        assert_eq!(decode(&[0x04, 0x07, 0x80, 0x00]), Err(EnvelopeError::BadId));
+        assert_eq!(decode(&[0x05]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x03]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01]), Err(EnvelopeError::TruncatedId));
         assert_eq!(decode(&[0x01, 0x80]), Err(EnvelopeError::TruncatedId));
@@ -565,15 +646,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_header_round_trips(kind in 0u8..8, id: u64, rest: Vec<u8>) {
+        fn every_header_round_trips(kind in 0u8..10, id: u64, ms: u64, rest: Vec<u8>) {
             let envelope = match kind {
                 0 => Envelope::Message,
                 1 => Envelope::Request(id),
                 2 => Envelope::Reply(id),
                 3 => Envelope::ErrorReply(id),
-                4 => Envelope::StreamItem(id),
-                5 => Envelope::StreamEnd(id),
-                6 => Envelope::Credit(id),
+                4 => Envelope::DeadlineRequest { id, remaining_ms: ms },
+                5 => Envelope::Cancel(id),
+                6 => Envelope::StreamItem(id),
+                7 => Envelope::StreamEnd(id),
+                8 => Envelope::Credit(id),
                 _ => Envelope::Drain,
             };
             let mut frame = header(envelope);

@@ -134,6 +134,17 @@ pub mod features {
     /// with a typed error frame (envelope kind `0x03`). Every build of
     /// protocol version 1 sets it.
     pub const ERROR_REPLIES: u64 = 1 << 0;
+    /// Deadlines travel: a request carries the time its caller still waits
+    /// (envelope kind `0x04`), and one whose deadline passed before its
+    /// handler started is answered with `DeadlineExceeded` instead of run.
+    pub const DEADLINES: u64 = 1 << 1;
+    /// Cancellation travels: a request its caller gives up (dropped, or
+    /// timed out) is cancelled at the peer (envelope kind `0x05`), which
+    /// stops its handler.
+    pub const CANCELLATION: u64 = 1 << 2;
+    /// Overload is an answer: past its bounds a server refuses a request
+    /// at once with an `Overloaded` error reply instead of making it wait.
+    pub const OVERLOAD: u64 = 1 << 3;
     /// Drain: a server that shuts down gracefully tells the client first
     /// (envelope kind `0x06`, see [`envelope`](crate::envelope)); the
     /// client answers it and sends no new request on that connection. Needs
@@ -144,9 +155,10 @@ pub mod features {
     /// see [`envelope`](crate::envelope)). Without it on both sides,
     /// `subscribe` fails at once and no stream frame is sent.
     pub const REPLY_STREAMS: u64 = 1 << 5;
-    /// The bits this build sets in its hello (unless a builder turns one
-    /// off, as `no_drain()` and `no_reply_streams()` do).
-    pub const SUPPORTED: u64 = ERROR_REPLIES | DRAIN | REPLY_STREAMS;
+    /// The bits this build sets in its hello (unless a builder announces
+    /// fewer: `announce_features(..)`, `no_drain()`, `no_reply_streams()`).
+    pub const SUPPORTED: u64 =
+        ERROR_REPLIES | DEADLINES | CANCELLATION | OVERLOAD | DRAIN | REPLY_STREAMS;
 }
 
 /// How a side matches replies to requests: part of the hello.

@@ -19,6 +19,7 @@ mod codec_bincode;
 mod codec_pod;
 mod codec_postcard;
 mod codec_text;
+mod concur;
 mod conversations;
 mod decode_slice;
 mod derive;
