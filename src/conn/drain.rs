@@ -30,6 +30,7 @@ use crate::conn::events::EventSink;
 use crate::conn::handshake::Outcome;
 use crate::conn::outbox::Outbox;
 use crate::conn::signal::Signal;
+use crate::conn::streams::StreamsSlot;
 use crate::conn::wire::Wire;
 use crate::wire::envelope::EnvelopeError;
 use crate::wire::error::Error;
@@ -43,6 +44,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) signal: &'a Signal,
     pub(crate) handshake: &'a Outcome,
     pub(crate) peer: &'a Addr,
+    pub(crate) streams: &'a StreamsSlot,
 }
 
 /// The text of the error reply to a request refused as the server drains.
@@ -133,6 +135,9 @@ pub(crate) fn announce(conn: &Parts<'_>) -> bool {
         return true;
     }
     conn.outbox.close();
+    // The reply streams it serves end now, as in a close (`StreamRefused`):
+    // their subscribers move on with the requests.
+    conn.streams.closing(conn.outbox, conn.wire);
     if let Err(error) = conn.outbox.push_reply(|buf| conn.wire.encode_drain(buf)) {
         tracing::debug!(%error, "the drain frame could not be queued");
         return false;

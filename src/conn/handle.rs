@@ -290,6 +290,7 @@ impl Shared {
             signal: &self.signal,
             handshake: &self.handshake,
             peer: &self.peer,
+            streams: &self.streams,
         }
     }
 

@@ -71,8 +71,9 @@ const DROPPED_TEXT: &str = "the stream's ReplySink was dropped without ending it
 
 /// Sends the items of one reply stream: made by [`Context::reply_stream`]
 /// for the request being handled. Move it into a task of its own and send
-/// from there: the handler call can return at once (frames of a connection
-/// reach its handler one at a time).
+/// from there: the handler call can return at once (a running handler
+/// holds one of the connection's concurrent-request slots, or the whole
+/// connection where requests run in order).
 ///
 /// [`send`](Self::send) waits for credit: the subscriber grants a window
 /// of items and more as it takes them, so a slow subscriber holds back

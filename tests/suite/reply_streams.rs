@@ -12,13 +12,6 @@
 //! `common::STALL` without one item moving). Request timeouts are
 //! [`NEVER`], longer than every wait, so nothing passes by a timeout.
 //!
-//! Not here: "a stream cancelled while the server drains" needs drain
-//! (issue 23 item 3), which this branch does not have. The nearest case,
-//! a graceful shutdown with streams open, is
-//! [`graceful_shutdown_ends_open_streams_at_once`]; once drain lands, a
-//! test should cancel a stream (drop it) while its server drains and check
-//! that the sink sees `Cancelled` and the drain does not wait for it.
-
 use crate::common;
 
 use std::collections::HashMap;
@@ -33,7 +26,7 @@ use chitchat_net::{
 };
 use common::{with_progress, within};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Longer than any wait of these tests.
 const NEVER: Duration = Duration::from_secs(60);
@@ -62,6 +55,9 @@ enum Command {
     /// The sink is dropped without an end.
     #[message(tag = 6, stream)]
     Forget,
+    /// One reply, once the test opens the gate (a request in flight).
+    #[message(tag = 7)]
+    Wait,
 }
 
 #[derive(Debug, Clone, PartialEq, Message)]
@@ -96,23 +92,38 @@ struct Streamer {
     stopped: mpsc::UnboundedSender<(String, SinkError)>,
     /// The sinks of `Hold`.
     held: mpsc::UnboundedSender<(String, ReplySink<Event>)>,
+    /// `Wait` says it started, then waits for the gate.
+    waiting: mpsc::UnboundedSender<()>,
+    gate: watch::Receiver<bool>,
 }
 
 struct Observed {
     stopped: mpsc::UnboundedReceiver<(String, SinkError)>,
     held: mpsc::UnboundedReceiver<(String, ReplySink<Event>)>,
+    waiting: mpsc::UnboundedReceiver<()>,
+    gate: watch::Sender<bool>,
 }
 
 impl Streamer {
     fn new() -> (Streamer, Observed) {
         let (stopped_tx, stopped) = mpsc::unbounded_channel();
         let (held_tx, held) = mpsc::unbounded_channel();
+        let (waiting_tx, waiting) = mpsc::unbounded_channel();
+        let (gate, gate_rx) = watch::channel(false);
         let streamer = Streamer {
             sent: Mutex::default(),
             stopped: stopped_tx,
             held: held_tx,
+            waiting: waiting_tx,
+            gate: gate_rx,
         };
-        (streamer, Observed { stopped, held })
+        let observed = Observed {
+            stopped,
+            held,
+            waiting,
+            gate,
+        };
+        (streamer, observed)
     }
 
     fn counter(&self, name: &str) -> Arc<AtomicU64> {
@@ -208,6 +219,13 @@ impl CommandHandler for Streamer {
     async fn forget(&self, sink: ReplySink<Event>, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
         drop(sink);
         Ok(())
+    }
+
+    async fn wait(&self, _ctx: &mut Context<'_>) -> Result<Reply, BoxError> {
+        let _ = self.waiting.send(());
+        let mut gate = self.gate.clone();
+        gate.wait_for(|open| *open).await?;
+        Ok(Reply::Pong { n: 0 })
     }
 }
 
@@ -633,4 +651,99 @@ async fn read_all(stream: &mut chitchat_net::ReplyStream<Event>, moved: &AtomicU
         moved.fetch_add(1, Ordering::SeqCst);
     }
     expected
+}
+
+/// A stream cancelled while its server drains (issue 23: "a stream
+/// cancelled while the server drains"). A request in flight holds the
+/// drain open. The drain ends the streams the server serves at once, as a
+/// close does (`StreamRefused`: the subscribers move on with the
+/// requests), so the subscriber's cancel during the drain meets a sink
+/// already closed: each sink stops once (`Closed`), nothing hangs, new
+/// requests fail with `Draining`, the request in flight is answered, and
+/// the shutdown finishes.
+#[tokio::test]
+async fn a_stream_cancelled_while_the_server_drains() {
+    let (server, mut observed) = serve().await;
+    let server = Arc::new(server);
+    let client = Arc::new(connect(&server).await);
+    let mut dropped = client
+        .subscribe(&Command::Watch {
+            name: "dropped".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(item(&mut dropped).await, 0);
+    let mut kept = client
+        .subscribe(&Command::Watch {
+            name: "kept".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(item(&mut kept).await, 0);
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(&Command::Wait).await }
+    });
+    within("the request in flight", observed.waiting.recv())
+        .await
+        .unwrap();
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown(NEVER).await }
+    });
+    // The drain reached the client: a new request fails at once.
+    within("the drain reaches the client", async {
+        loop {
+            match client.request(&Command::Ping { n: 1 }).await {
+                Err(RequestError::Draining) => return,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(other) => panic!("expected Draining, got {other:?}"),
+            }
+        }
+    })
+    .await;
+
+    // Cancelled while draining.
+    drop(dropped);
+    // The other stream ends with `StreamRefused`, after its items.
+    let end = within("the kept stream's end", async {
+        loop {
+            match kept.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match end {
+        Some(Err(StreamError::Remote { code, .. })) => assert_eq!(code, ErrorCode::StreamRefused),
+        other => panic!("expected StreamRefused, got {other:?}"),
+    }
+    assert!(kept.next().await.is_none(), "ended once");
+    // Each sink stops once, closed by the drain.
+    let mut stopped = Vec::new();
+    for _ in 0..2 {
+        let (name, why) = within("a sink stops", observed.stopped.recv())
+            .await
+            .unwrap();
+        assert!(matches!(why, SinkError::Closed), "{name}: {why:?}");
+        stopped.push(name);
+    }
+    stopped.sort();
+    assert_eq!(stopped, ["dropped", "kept"]);
+    assert!(
+        !shutdown.is_finished(),
+        "the request in flight holds the drain open"
+    );
+
+    observed.gate.send(true).unwrap();
+    let answer = within("the request in flight", in_flight).await.unwrap();
+    assert_eq!(answer.unwrap(), Reply::Pong { n: 0 });
+    let report = within("the shutdown", shutdown).await.unwrap();
+    assert!(report.finished, "{report:?}");
+    assert!(
+        observed.stopped.try_recv().is_err(),
+        "no sink stopped twice"
+    );
 }
