@@ -161,9 +161,9 @@ async fn expect_unknown_variant(events: &ErrorEvents, type_name: &str, tag: u32)
     let event = next_event(events).await;
     match event.error {
         Error::UnknownVariant {
-            type_name: ref name,
+            type_name: name,
             tag: got,
-        } if *name == type_name && got == tag => {}
+        } if name == type_name && got == tag => {}
         ref other => panic!("expected UnknownVariant {{ {type_name}, {tag} }}, got {other:?}"),
     }
     assert!(event.is_error(), "{event}");
