@@ -20,9 +20,10 @@ use crate::conn::handler::{Context, Handler};
 use crate::wire::error::BoxError;
 
 /// Monitors heard from within this many intervals are live.
-const LIVE_INTERVALS: u32 = 3;
-/// Messages queued toward one monitor before new ones are dropped (the
-/// next sync repairs what was lost).
+const LIVE_INTERVALS: u32 = 2;
+/// Messages queued toward one monitor before new ones are dropped and
+/// counted (`cluster_dropped`): every node and vote is sent again each time
+/// the link to that monitor connects.
 const QUEUE: usize = 16 * 1024;
 
 /// How a monitor takes part in a cluster of monitors: see
@@ -288,7 +289,7 @@ impl Cluster {
         live
     }
 
-    /// Whether `member` was heard from within 3 intervals.
+    /// Whether `member` was heard from within 2 intervals.
     pub(crate) fn is_live(&self, member: &Member) -> bool {
         let heard = *lock(&member.heard);
         heard.is_some_and(|at| {
@@ -551,6 +552,24 @@ impl Handler for ClusterHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_past_a_full_queue_are_dropped_and_counted() {
+        let config = ClusterConfig::new("m1").monitor("m2", ([127, 0, 0, 1], 7100).into());
+        let (cluster, _queues) = Cluster::new(&config, Duration::from_secs(1));
+        let heartbeat = ClusterMessage::Heartbeat {
+            from: "m1".into(),
+            epoch: 1,
+        };
+        for _ in 0..QUEUE {
+            cluster.broadcast(&heartbeat);
+        }
+        assert_eq!(cluster.counters.dropped.load(Ordering::Relaxed), 0);
+        for _ in 0..3 {
+            cluster.broadcast(&heartbeat);
+        }
+        assert_eq!(cluster.counters.dropped.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn rendezvous_moves_only_the_lost_monitors_share() {

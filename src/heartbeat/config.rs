@@ -363,10 +363,12 @@ impl HeartbeatConfigBuilder {
     /// that starts more than half an interval late (an overloaded process)
     /// raises it by one too. While it is `m`, every limit is widened by
     /// `1 + m`: the misses it takes to find a peer dead (the miss limit
-    /// plus one), the φ threshold and the suspicion. A monitor
-    /// whose own probes all fail at once (it is the one cut off) or whose
-    /// timers fire late then declares no deaths until it has recovered;
-    /// one dead peer among many answering ones keeps it at 0.
+    /// plus one), the φ threshold and the suspicion; a failed check is
+    /// judged with the score the other checks made (its own miss aside).
+    /// A monitor whose own probes all fail at once (it is the one cut off)
+    /// or whose timers fire late then declares no deaths until it has
+    /// recovered; one dead peer among many answering ones is judged with
+    /// unwidened limits.
     pub fn local_health(mut self, max: u32) -> Self {
         self.config.local_health = max;
         self

@@ -144,6 +144,11 @@ pub struct PeerInfo {
     /// The highest incarnation the node answered with (0 until it refuted
     /// a suspicion).
     pub incarnation: u64,
+    /// Whether this monitor checks it now: from its first check on, alone;
+    /// in a [cluster](super::MonitorBuilder::cluster), while this monitor
+    /// is one of its `k` watchers among the live monitors (as of its last
+    /// check's turn). `false` before its first turn.
+    pub checking: bool,
 }
 
 /// A change in a peer's state.
@@ -407,6 +412,8 @@ struct Watched {
     state: Option<PeerState>,
     deadline: Option<Instant>,
     incarnation: u64,
+    /// Whether this monitor checks it now (see [`PeerInfo::checking`]).
+    checking: bool,
     stop: CancellationToken,
 }
 
@@ -669,6 +676,7 @@ impl<P: Probe> Monitor<P> {
             state: watched.state,
             deadline: watched.deadline,
             incarnation: watched.incarnation,
+            checking: watched.checking,
         })
     }
 
@@ -871,6 +879,7 @@ impl<P: Probe> Shared<P> {
                 state: None,
                 deadline: None,
                 incarnation: 0,
+                checking: false,
                 stop: stop.clone(),
             },
         );
@@ -1048,14 +1057,26 @@ async fn check_with<P: Probe, Q: Probe>(
     let mut ready_at = Instant::now();
     // In a cluster: whether this monitor watched the peer at the last tick.
     let mut watching = false;
+    // What `PeerInfo::checking` says.
+    let mut checking = false;
     loop {
         let started = tokio::select! {
             _ = stop.cancelled() => break,
             started = ticker.tick() => started,
         };
         let name = shared.lock().by_addr.get(&addr).map(|w| w.name.clone());
+        let mine = match (&shared.cluster, &name) {
+            (Some(cluster), Some(name)) => cluster.watches(name),
+            _ => true,
+        };
+        if mine != checking {
+            checking = mine;
+            if let Some(watched) = shared.lock().by_addr.get_mut(&addr) {
+                watched.checking = mine;
+            }
+        }
         if let (Some(cluster), Some(name)) = (&shared.cluster, &name) {
-            if !cluster.watches(name) {
+            if !mine {
                 // Another monitor's share: start afresh if it comes back.
                 if watching {
                     watching = false;
@@ -1116,12 +1137,16 @@ async fn check_with<P: Probe, Q: Probe>(
                     // It may have restarted with the other way.
                     link.request_ids = None;
                 }
+                // Judged with the score other checks made (its own miss
+                // aside): one dead peer among answering ones is not
+                // widened, a monitor whose probes all fail is.
+                let widen = shared.health.widen();
                 shared.health.raise();
                 if indirect(shared, addr, kind, name.as_deref()).await {
                     // Another monitor reached it: this one may be cut off.
                     judge.answered_at(Instant::now(), None)
                 } else {
-                    judge.missed_widened(now, shared.health.widen())
+                    judge.missed_widened(now, widen.max(shared.health.widen() - 1))
                 }
             }
         };
@@ -1287,7 +1312,7 @@ async fn connect_cluster<P: Probe>(
 /// Keeps a connection to one other monitor: on each connect, sends it
 /// every node and this monitor's votes; then a heartbeat every interval
 /// and every queued message. Connects again after a failure, when it has
-/// not been heard from for 3 intervals, or when it restarted.
+/// not been heard from for 2 intervals, or when it restarted.
 async fn cluster_link<P: Probe>(
     shared: Arc<Shared<P>>,
     cluster: Arc<Cluster>,
@@ -1328,7 +1353,7 @@ async fn cluster_link<P: Probe>(
                     _ = stop.cancelled() => return,
                     _ = member.reset.notified() => ok = false,
                     _ = ticker.tick() => {
-                        // Silent for 3 intervals since well after the
+                        // Silent for 2 intervals since well after the
                         // connect: the connection may be dead one way.
                         let silent = connected_at.elapsed() > interval * 4
                             && !cluster.is_live(&member);

@@ -40,12 +40,23 @@ struct Pings {
     gaps: std::collections::VecDeque<Duration>,
 }
 
+/// When the last ping came on one connection (a [`Responder`]'s session).
+#[derive(Debug, Default)]
+struct PingedHere(Option<Instant>);
+
 impl Answered {
-    fn tick(&self) {
+    /// A ping answered now; `here`: when the last one came on the same
+    /// connection, if pings are told apart by connection (`None`: the last
+    /// one on any).
+    fn tick(&self, here: Option<&mut PingedHere>) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut pings = self.pings.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = pings.last {
+        let previous = match here {
+            Some(here) => here.0.replace(now),
+            None => pings.last,
+        };
+        if let Some(last) = previous {
             if pings.gaps.len() == GAPS {
                 pings.gaps.pop_front();
             }
@@ -74,7 +85,11 @@ pub trait LastPing: Send + Sync + 'static {
     fn last_ping(&self) -> Option<Instant>;
 
     /// The pinger's real period, as seen: the median of the last times
-    /// between two pings (`None` before two pings; the default). With it,
+    /// between two pings (`None` before two pings; the default); a
+    /// [`Responder`] counts the time between two pings on one connection,
+    /// so that a node watched by several monitors (each pinging on its
+    /// own connection, at its own phase) learns their period, not the
+    /// time between two monitors' pings. With it,
     /// [`KeepRegistered`] waits for pings at the pace they really come.
     fn ping_period(&self) -> Option<Duration> {
         None
@@ -134,7 +149,10 @@ impl Handler for Responder {
         match beat {
             Beat::Ping { seq } => {
                 ctx.reply(&Beat::Pong { seq })?;
-                self.answered.tick();
+                // Each monitor watching the node pings on its own
+                // connection: the period is learned per connection.
+                self.answered
+                    .tick(Some(ctx.session_or_default::<PingedHere>()));
                 Ok(())
             }
             Beat::Suspect { seq, incarnation } => {
@@ -148,7 +166,8 @@ impl Handler for Responder {
                 let incarnation = previous.max(suspected);
                 tracing::debug!(seq, incarnation, "suspected: refuted");
                 ctx.reply(&Beat::Alive { seq, incarnation })?;
-                self.answered.tick();
+                self.answered
+                    .tick(Some(ctx.session_or_default::<PingedHere>()));
                 Ok(())
             }
             Beat::Pong { seq } | Beat::Alive { seq, .. } => {
@@ -202,7 +221,7 @@ impl Handler for TextResponder {
             return Err(format!("expected {TEXT_PING:?}, got {line:?}").into());
         }
         ctx.reply(&TEXT_PONG.to_string())?;
-        self.answered.tick();
+        self.answered.tick(None);
         Ok(())
     }
 }
