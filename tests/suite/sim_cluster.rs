@@ -298,7 +298,7 @@ fn run(setup: Setup, seed: u64, plan: Plan) -> Run {
                 let nodes: Vec<SocketAddr> = (0..NODES)
                     .map(|i| SocketAddr::new(turmoil::lookup(node_name(i)), NODE_PORT))
                     .collect();
-                let mut was = vec![false; NODES];
+                let mut was = [false; NODES];
                 loop {
                     let event = tokio::select! {
                         event = events.recv() => event,
@@ -371,7 +371,7 @@ fn run(setup: Setup, seed: u64, plan: Plan) -> Run {
             .map(|h| bytes[*h].load(Ordering::Relaxed))
             .collect()
     };
-    let hosts: Vec<&str> = monitors.iter().copied().collect();
+    let hosts: Vec<&str> = monitors.to_vec();
     let node_hosts: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let mut quiet_start = None;
     let mut quiet_bytes = (Vec::new(), Vec::new());
@@ -571,8 +571,8 @@ fn checkers(run: &Run, node: usize, at: Duration) -> Vec<usize> {
                 && run
                     .checking
                     .iter()
-                    .filter(|c| c.monitor == m && c.node == node && c.at <= at)
-                    .last()
+                    .rev()
+                    .find(|c| c.monitor == m && c.node == node && c.at <= at)
                     .is_some_and(|c| c.checking)
         })
         .collect()
