@@ -1515,8 +1515,10 @@ impl<M: Message, R> Client<M, R> {
             };
             match conn.subscribe_with(msg, window).await {
                 // Nothing was sent: a reconnecting client tries the next
-                // connection.
-                Err(StreamError::Closed) if self.link.reconnect.is_some() => {
+                // connection (after a drain, the one it moves on to).
+                Err(StreamError::Closed | StreamError::Draining)
+                    if self.link.reconnect.is_some() =>
+                {
                     let retry = tokio::time::timeout_at(deadline, self.link.retry_after(seen))
                         .await
                         .map_err(|_| StreamError::Timeout(timeout))?;

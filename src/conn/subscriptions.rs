@@ -44,6 +44,12 @@ pub enum StreamError {
     /// sent.
     #[error("connection closed")]
     Closed,
+    /// The server is draining this connection (a graceful shutdown: see
+    /// README, "Drain and failover"): nothing was sent. Subscribe
+    /// elsewhere; a reconnecting client does so by itself, on its next
+    /// connection.
+    #[error("the server is draining this connection: subscribe elsewhere")]
+    Draining,
     /// No connection within the request timeout (a reconnecting client
     /// that is down): nothing was sent.
     #[error("not connected within {0:?}")]
@@ -99,6 +105,7 @@ impl From<StreamError> for Error {
             StreamError::Unsupported => Error::Config("the peer does not support reply streams"),
             StreamError::NotEnabled => Error::Config("reply streams need `request_ids()`"),
             StreamError::Closed => Error::Closed,
+            StreamError::Draining => Error::Draining,
             StreamError::Timeout(timeout) => Error::RequestTimeout(timeout),
             StreamError::ConnectionLost => Error::ConnectionLost,
             StreamError::Remote { code, message } => Error::Remote { code, message },
@@ -300,6 +307,9 @@ impl ConnectionHandle {
         if features & features::REPLY_STREAMS == 0 {
             return Err(StreamError::Unsupported);
         }
+        if inner.drain.check_open().is_err() {
+            return Err(StreamError::Draining);
+        }
         let encoded = inner
             .wire
             .encode_body(msg)
@@ -318,6 +328,9 @@ impl ConnectionHandle {
         let pushed = inner
             .outbox
             .push(|buf| {
+                // Under the queue's lock, where a drain is answered: no
+                // subscription follows the answer.
+                inner.drain.check_open()?;
                 inner
                     .wire
                     .encode_encoded(Envelope::Request(id), &encoded, buf)
@@ -325,6 +338,7 @@ impl ConnectionHandle {
             .await;
         match pushed {
             Ok(()) => {}
+            Err(PushError::Write(Error::Draining)) => return Err(StreamError::Draining),
             Err(PushError::Write(error)) => return Err(StreamError::Unsendable(error)),
             Err(PushError::Closed | PushError::Full) => return Err(StreamError::Closed),
         }

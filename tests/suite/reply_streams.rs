@@ -704,6 +704,17 @@ async fn a_stream_cancelled_while_the_server_drains() {
     })
     .await;
 
+    // A new subscription on the draining connection: refused at once,
+    // nothing sent (a reconnecting client subscribes on its next one).
+    assert!(matches!(
+        within(
+            "a subscription while draining",
+            client.subscribe(&Command::Count { n: 1 })
+        )
+        .await,
+        Err(StreamError::Draining)
+    ));
+
     // Cancelled while draining.
     drop(dropped);
     // The other stream ends with `StreamRefused`, after its items.
