@@ -1,31 +1,50 @@
-//! One monitor watching thousands of real loopback nodes: the CPU per check
+//! Monitors watching thousands of real loopback nodes: the CPU per check
 //! and the memory per watched peer.
 //!
-//! The nodes run in a child process (this executable again, with
-//! `HEARTBEAT_SCALE_NODES` set), because each node holds two descriptors
-//! (its listener and the monitor's connection) and the open-file limit is
-//! per process. The parent starts them, watches every one with the typed
-//! probe, waits until all are alive, then measures its own CPU time and
-//! resident memory over a number of check rounds.
+//! The nodes run in child processes (this executable again, with
+//! `HEARTBEAT_SCALE_NODES` set), at most 5,000 per process, because each
+//! node holds two descriptors (its listener and the monitor's connection)
+//! and the open-file limit is per process. The parent runs the monitors:
+//! one alone, or several in a cluster where each node is checked by `k` of
+//! them. It watches every node (spread over the monitors, as nodes would
+//! register with any of them, in batches so that connecting stays
+//! bounded), waits until all are alive, then measures its own CPU time,
+//! heap and resident memory over a number of check rounds.
 //!
 //! ```text
-//! cargo run --release --example heartbeat_scale -- 9000     # nodes (default 9000)
+//! cargo run --release --example heartbeat_scale -- 9000                  # one monitor
+//! cargo run --release --example heartbeat_scale -- 10000 --monitors 3 --watchers 1
 //! ```
 //!
-//! It prints one row: nodes, checks per second, CPU per check, memory per
-//! watched peer.
+//! The parent holds one descriptor per node and watcher: `nodes × k` must
+//! stay under the open-file limit (10,000 nodes with `k = 2` need 20,000).
+//!
+//! It prints one row: nodes, monitors, watchers per node, checks per
+//! second, CPU per check, heap and RSS per watched peer (the monitors'
+//! growth from before the first watch to after every node is alive,
+//! divided by `nodes × k`: one watcher's share of a node).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chitchat_net::heartbeat::{HeartbeatConfig, Monitor, PeerState, Responder};
-use chitchat_net::Server;
+use chitchat_net::heartbeat::{ClusterConfig, HeartbeatConfig, Monitor, PeerState, Responder};
+use chitchat_net::{Addr, Server};
+
+/// Counts the heap in use, so that the heap can be reported beside the RSS
+/// (which also holds what the allocator keeps after `free`).
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 const NODES_ENV: &str = "HEARTBEAT_SCALE_NODES";
+const FIRST_ENV: &str = "HEARTBEAT_SCALE_FIRST";
+const NODES_PER_PROCESS: usize = 5000;
+/// Nodes watched before waiting for them to be alive: each first check
+/// may open two connections at once (with and without request ids).
+const BATCH: usize = 1000;
 const INTERVAL: Duration = Duration::from_secs(1);
-const ROUNDS: u32 = 10;
 
 /// The process's CPU time (user + system), from `/proc/self/stat`.
 fn cpu_time() -> Duration {
@@ -53,12 +72,12 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The child: `n` responders on loopback, their addresses on stdout, until
-/// stdin closes.
-async fn nodes(n: usize) -> Result<(), Box<dyn std::error::Error>> {
+/// The child: `n` responders on loopback (the `first`-th node onwards),
+/// their addresses on stdout, until stdin closes.
+async fn nodes(n: usize, first: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut servers = Vec::with_capacity(n);
     let mut out = std::io::stdout().lock();
-    for i in 0..n {
+    for i in first..first + n {
         // Spread over 127.0.0.x so no address runs short of ports.
         let ip = format!("127.0.0.{}", 2 + i % 200);
         let server = Server::listen((ip.as_str(), 0), Responder::new()).await?;
@@ -77,84 +96,207 @@ async fn nodes(n: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn monitor(n: usize) -> Result<(), Box<dyn std::error::Error>> {
+/// Starts the node processes; their children and the nodes' addresses.
+fn start_nodes(n: usize) -> Result<(Vec<Child>, Vec<SocketAddr>), Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .env(NODES_ENV, n.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut children = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(n);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if line == "ready" {
-            break;
+    let mut first = 0;
+    while first < n {
+        let count = NODES_PER_PROCESS.min(n - first);
+        let mut child = Command::new(&exe)
+            .env(NODES_ENV, count.to_string())
+            .env(FIRST_ENV, first.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        children.push(child);
+        let before = addrs.len();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if line == "ready" {
+                break;
+            }
+            addrs.push(line.parse()?);
         }
-        addrs.push(line.parse()?);
+        if addrs.len() - before != count {
+            let started = addrs.len() - before;
+            return Err(format!("a node process started {started} of {count} nodes").into());
+        }
+        first += count;
     }
-    if addrs.len() != n {
-        return Err(format!("the node process started {} of {n} nodes", addrs.len()).into());
+    Ok((children, addrs))
+}
+
+/// The settings from the command line.
+struct Options {
+    nodes: usize,
+    monitors: usize,
+    watchers: usize,
+    rounds: u32,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        nodes: 9000,
+        monitors: 1,
+        watchers: 2,
+        rounds: 10,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or(format!("{name} takes a number"))
+        };
+        match arg.as_str() {
+            "--monitors" => options.monitors = value("--monitors")?.max(1),
+            "--watchers" => options.watchers = value("--watchers")?.max(1),
+            "--rounds" => options.rounds = value("--rounds")?.max(1) as u32,
+            n => {
+                options.nodes = n.parse().map_err(|_| {
+                    "usage: heartbeat_scale [NODES] [--monitors M] [--watchers K] [--rounds R]"
+                        .to_string()
+                })?
+            }
+        }
     }
+    options.watchers = options.watchers.min(options.monitors);
+    Ok(options)
+}
+
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let Options {
+        nodes: n,
+        monitors: m,
+        watchers: k,
+        rounds,
+    } = options;
+    let (mut children, addrs) = start_nodes(n)?;
     let config = HeartbeatConfig::builder()
         .interval(INTERVAL)
         .timeout(Duration::from_secs(5))
         .max_peers(n)
         .build()?;
-    let (monitor, mut events) = Monitor::new(config);
+    let heap_before = ALLOCATOR.allocated();
     let rss_before = rss_kib();
-    for (i, addr) in addrs.iter().enumerate() {
-        monitor.watch(format!("n{i}"), *addr)?;
+    // The monitors (and, in a cluster, the servers they reach each other
+    // on, bound first so that each knows the others' addresses).
+    let mut listeners = Vec::new();
+    for _ in 0..m {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
     }
-    let mut alive = 0;
-    let deadline = tokio::time::sleep(Duration::from_secs(120));
-    tokio::pin!(deadline);
-    while alive < n {
-        tokio::select! {
-            _ = &mut deadline => return Err(format!("only {alive} of {n} alive after 120 s").into()),
-            event = events.recv() => match event {
-                Some(e) if e.state == PeerState::Alive => alive += 1,
+    let cluster_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
+    let mut monitors = Vec::new();
+    let mut events = Vec::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut builder = Monitor::builder(config);
+        if m > 1 {
+            let mut cluster = ClusterConfig::new(format!("m{i}")).watchers(k);
+            for (j, addr) in cluster_addrs.iter().enumerate().filter(|(j, _)| *j != i) {
+                cluster = cluster.monitor(format!("m{j}"), *addr);
+            }
+            builder = builder.cluster(cluster);
+        }
+        let (monitor, stream) = builder.build();
+        if let Some(server) = monitor.cluster_server() {
+            let incoming = futures_util::stream::unfold(listener, |listener| async move {
+                let accepted = listener
+                    .accept()
+                    .await
+                    .map(|(io, peer)| (io, Addr::from(peer)));
+                Some((accepted, listener))
+            });
+            servers.push(server.serve(cluster_addrs[i], incoming)?);
+        }
+        monitors.push(monitor);
+        events.push(stream);
+    }
+    // The first monitor's events count the nodes alive (every monitor of a
+    // cluster reports the cluster's verdicts); the others' are read and
+    // dropped.
+    let mut counted = events.remove(0);
+    for mut other in events {
+        tokio::spawn(async move { while other.recv().await.is_some() {} });
+    }
+    let mut alive = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        for &i in batch {
+            monitors[i % m].watch(format!("n{i}"), addrs[i])?;
+        }
+        let want = batch[batch.len() - 1] + 1;
+        while alive.len() < want {
+            let event = tokio::time::timeout_at(deadline, counted.recv())
+                .await
+                .map_err(|_| format!("only {} of {n} alive after 300 s", alive.len()))?;
+            match event {
+                Some(e) if e.state == PeerState::Alive => {
+                    alive.insert(e.name);
+                }
                 Some(e) => return Err(format!("{} is {}", e.addr, e.state).into()),
                 None => return Err("monitor stopped".into()),
-            },
+            }
         }
     }
     // Two rounds more, so that every connection is open and warm.
     tokio::time::sleep(INTERVAL * 2).await;
+    let heap_watching = ALLOCATOR.allocated();
     let rss_watching = rss_kib();
-    let (cpu0, checks0, wall0) = (cpu_time(), monitor.stats().checks, Instant::now());
-    tokio::time::sleep(INTERVAL * ROUNDS).await;
-    let (cpu1, checks1, wall) = (cpu_time(), monitor.stats().checks, wall0.elapsed());
-    let stats = monitor.stats();
+    let checks = || monitors.iter().map(|m| m.stats().checks).sum::<u64>();
+    let (cpu0, checks0, wall0) = (cpu_time(), checks(), Instant::now());
+    tokio::time::sleep(INTERVAL * rounds).await;
+    let (cpu1, checks1, wall) = (cpu_time(), checks(), wall0.elapsed());
+    let misses: u64 = monitors.iter().map(|m| m.stats().misses).sum();
     let checks = checks1 - checks0;
     let per_check = (cpu1 - cpu0).as_secs_f64() / checks.max(1) as f64;
-    let per_peer = (rss_watching.saturating_sub(rss_before)) as f64 * 1024.0 / n as f64;
-    println!("| watched nodes | checks/s | CPU per check | memory per watched peer | misses |");
-    println!("|---|---|---|---|---|");
+    let watched = (n * k) as f64;
+    let heap = heap_watching.saturating_sub(heap_before) as f64 / watched;
+    let rss = rss_watching.saturating_sub(rss_before) as f64 * 1024.0 / watched;
+    println!("| watched nodes | monitors | watchers per node | checks/s | CPU per check | heap per watched peer | RSS per watched peer | misses |");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | {:.0} | {:.1} µs | {:.1} KB | {} |",
+        "| {n} | {m} | {k} | {:.0} | {:.1} µs | {:.2} KB | {:.2} KB | {misses} |",
         checks as f64 / wall.as_secs_f64(),
         per_check * 1e6,
-        per_peer / 1000.0,
-        stats.misses,
+        heap / 1000.0,
+        rss / 1000.0,
     );
-    monitor.stop().await;
-    drop(child.stdin.take());
-    child.wait()?;
+    for monitor in &monitors {
+        monitor.stop().await;
+    }
+    for server in &servers {
+        server.cut().await;
+    }
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for child in &mut children {
+        child.wait()?;
+    }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let outcome = match std::env::var(NODES_ENV) {
-        Ok(n) => nodes(n.parse().unwrap_or(0)).await,
-        Err(_) => {
-            let n = std::env::args()
-                .nth(1)
+        Ok(n) => {
+            let first = std::env::var(FIRST_ENV)
+                .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(9000);
-            monitor(n).await
+                .unwrap_or(0);
+            nodes(n.parse().unwrap_or(0), first).await
         }
+        Err(_) => match options() {
+            Ok(options) => run(options).await,
+            Err(usage) => Err(usage.into()),
+        },
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -683,7 +683,20 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
             ended: ended.clone(),
             outcome: outcome.clone(),
         };
-        tokio::spawn(supervisor.run(task));
+        match supervisor.policy {
+            Some(_) => drop(tokio::spawn(supervisor.run(task))),
+            // One connection for the client's life: a small task (what it
+            // holds is the client's memory for as long as it is open).
+            None => drop(tokio::spawn(
+                Ended {
+                    link: supervisor.link,
+                    events: supervisor.starter.events,
+                    ended: supervisor.ended,
+                    outcome: supervisor.outcome,
+                }
+                .after(task),
+            )),
+        }
         let fixed = link.reconnect.is_none().then(|| conn.clone());
         let client = Client {
             link,
@@ -821,6 +834,31 @@ struct Supervisor<H> {
     on_connect: Option<OnConnect>,
     ended: CancellationToken,
     outcome: Arc<OnceLock<CloseReason>>,
+}
+
+/// What a client that does not reconnect does when its connection ends:
+/// the part of [`Supervisor`] it needs.
+struct Ended {
+    link: Arc<Link>,
+    events: EventSink,
+    ended: CancellationToken,
+    outcome: Arc<OnceLock<CloseReason>>,
+}
+
+impl Ended {
+    /// Runs the connection's task, then ends the client (as
+    /// [`Supervisor::run`] does without a policy).
+    async fn after(self, task: Task) {
+        task.await;
+        let now = self.link.current().handle().clone();
+        let reason = now.inner.end.get().unwrap_or(CloseReason::Aborted);
+        if reason == CloseReason::ByPeer {
+            self.events
+                .report(Some(now.peer_addr()), Error::ClosedByPeer);
+        }
+        let _ = self.outcome.set(reason);
+        self.ended.cancel();
+    }
 }
 
 impl<H: Handler> Supervisor<H> {

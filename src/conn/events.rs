@@ -1,10 +1,10 @@
 //! Error events: a bounded stream of what went wrong, and with whom.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::base::addr::Addr;
@@ -55,7 +55,7 @@ impl std::fmt::Display for ErrorEvent {
 /// waits: an event that does not fit is dropped and counted.
 #[derive(Debug, Clone)]
 pub(crate) struct EventSink {
-    tx: mpsc::Sender<ErrorEvent>,
+    tx: Arc<Sender>,
     counters: Arc<Counters>,
     /// The peers a WARN was logged for once already (see
     /// [`warn_once_per_peer`](Self::warn_once_per_peer)).
@@ -129,9 +129,13 @@ impl EventSink {
         if !error.is_lifecycle() {
             Counters::add(&self.counters.errors, 1);
         }
-        if let Err(e) = self.tx.try_send(ErrorEvent { peer, error }) {
+        let queue = &self.tx.0;
+        // Nobody can read it once every `ErrorEvents` handle is gone (the
+        // senders hold one reference between them).
+        let unread = Arc::strong_count(queue) <= 1;
+        if unread || !queue.push(ErrorEvent { peer, error }) {
             let n = self.counters.dropped_events.fetch_add(1, Ordering::Relaxed) + 1;
-            if matches!(e, mpsc::error::TrySendError::Full(_)) && n.is_power_of_two() {
+            if !unread && n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
                     "error events are not being read: dropping them"
@@ -160,7 +164,7 @@ impl EventSink {
 /// task and fan it out.
 #[derive(Debug, Clone)]
 pub struct ErrorEvents {
-    rx: Arc<Mutex<mpsc::Receiver<ErrorEvent>>>,
+    queue: Arc<Queue>,
     ended: CancellationToken,
 }
 
@@ -172,17 +176,81 @@ impl ErrorEvents {
     ///
     /// Cancel safe: no event is lost if the future is dropped.
     pub async fn recv(&self) -> Option<ErrorEvent> {
-        let mut rx = self.rx.lock().await;
-        tokio::select! {
-            biased;
-            event = rx.recv() => event,
-            _ = self.ended.cancelled() => rx.try_recv().ok(),
+        loop {
+            let pushed = self.queue.pushed.notified();
+            tokio::pin!(pushed);
+            // Registered before looking, so that a push in between wakes it.
+            pushed.as_mut().enable();
+            let (event, closed) = self.queue.pop();
+            if event.is_some() || closed {
+                return event;
+            }
+            tokio::select! {
+                biased;
+                () = pushed => {}
+                () = self.ended.cancelled() => return self.queue.pop().0,
+            }
         }
     }
 
     /// The next event if one is buffered now.
     pub fn try_recv(&self) -> Option<ErrorEvent> {
-        self.rx.try_lock().ok()?.try_recv().ok()
+        self.queue.pop().0
+    }
+}
+
+/// The events waiting for a reader: a bounded queue that allocates nothing
+/// until its first event (a client that never fails costs no buffer).
+#[derive(Debug)]
+struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    capacity: usize,
+    /// Woken at every push, and when the last sender goes.
+    pushed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    events: VecDeque<ErrorEvent>,
+    /// Every sender is gone: no event will come.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `event`; `false` (and drops it) if the queue is full.
+    fn push(&self, event: ErrorEvent) -> bool {
+        let mut state = self.lock();
+        if state.events.len() >= self.capacity {
+            return false;
+        }
+        state.events.push_back(event);
+        drop(state);
+        self.pushed.notify_waiters();
+        true
+    }
+
+    /// The oldest event, and whether every sender is gone.
+    fn pop(&self) -> (Option<ErrorEvent>, bool) {
+        let mut state = self.lock();
+        (state.events.pop_front(), state.closed)
+    }
+}
+
+/// The sending side's share of the queue: when the last sink goes, the
+/// reader sees the end once it has read what is queued.
+#[derive(Debug)]
+struct Sender(Arc<Queue>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.pushed.notify_waiters();
     }
 }
 
@@ -192,16 +260,17 @@ pub(crate) fn event_channel(
     ended: CancellationToken,
     counters: Arc<Counters>,
 ) -> (EventSink, ErrorEvents) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let queue = Arc::new(Queue {
+        state: std::sync::Mutex::default(),
+        capacity: capacity.max(1),
+        pushed: Notify::new(),
+    });
     let sink = EventSink {
-        tx,
+        tx: Arc::new(Sender(queue.clone())),
         counters,
         warned: Arc::default(),
     };
-    let events = ErrorEvents {
-        rx: Arc::new(Mutex::new(rx)),
-        ended,
-    };
+    let events = ErrorEvents { queue, ended };
     (sink, events)
 }
 

@@ -1064,7 +1064,11 @@ async fn check_with<P: Probe, Q: Probe>(
             _ = stop.cancelled() => break,
             started = ticker.tick() => started,
         };
-        let name = shared.lock().by_addr.get(&addr).map(|w| w.name.clone());
+        // The name is needed in a cluster only (no copy per check alone).
+        let name = match &shared.cluster {
+            Some(_) => shared.lock().by_addr.get(&addr).map(|w| w.name.clone()),
+            None => None,
+        };
         let mine = match (&shared.cluster, &name) {
             (Some(cluster), Some(name)) => cluster.watches(name),
             _ => true,
@@ -1112,21 +1116,17 @@ async fn check_with<P: Probe, Q: Probe>(
         };
         let check = tokio::select! {
             _ = stop.cancelled() => break,
-            check = tokio::time::timeout(config.timeout(), ping(shared, probe, &mut link, addr, seq, &message)) => check,
+            check = ping(shared, probe, &mut link, addr, seq, &message) => check,
         };
         let now = Instant::now();
         let verdict = match check {
-            Ok(Ok(incarnation)) => {
+            Ok(incarnation) => {
                 dead_since = None;
                 shared.health.lower();
                 judge.answered_at(now, incarnation)
             }
-            failed => {
-                let why = match failed {
-                    Ok(Err(error)) => crate::wire::error::Report(&error).to_string(),
-                    _ => format!("no answer within {:?}", config.timeout()),
-                };
-                tracing::debug!(seq, %why, "heartbeat missed");
+            Err(error) => {
+                tracing::debug!(seq, why = %crate::wire::error::Report(&error), "heartbeat missed");
                 bump(&shared.counters.misses);
                 // A fresh connection next time: a late answer never shifts
                 // the next ones.
@@ -1142,7 +1142,8 @@ async fn check_with<P: Probe, Q: Probe>(
                 // widened, a monitor whose probes all fail is.
                 let widen = shared.health.widen();
                 shared.health.raise();
-                if indirect(shared, addr, kind, name.as_deref()).await {
+                // Boxed, as connecting is (see `ping`): rare, and large.
+                if Box::pin(indirect(shared, addr, kind, name.as_deref())).await {
                     // Another monitor reached it: this one may be cut off.
                     judge.answered_at(Instant::now(), None)
                 } else {
@@ -1170,7 +1171,7 @@ async fn check_with<P: Probe, Q: Probe>(
         }
     }
     if let Some(client) = link.client {
-        client.close().await;
+        Box::pin(client.close()).await;
     }
 }
 
@@ -1219,15 +1220,11 @@ async fn probe_once<P: Probe, Q: Probe>(shared: &Shared<P>, probe: &Q, addr: Soc
         request_ids: (!probe.request_ids_fallback()).then_some(false),
     };
     let message = probe.ping(0);
-    let checked = tokio::time::timeout(
-        shared.config.timeout(),
-        ping(shared, probe, &mut link, addr, 0, &message),
-    )
-    .await;
+    let checked = ping(shared, probe, &mut link, addr, 0, &message).await;
     if let Some(client) = link.client.take() {
         client.close().await;
     }
-    matches!(checked, Ok(Ok(_)))
+    checked.is_ok()
 }
 
 impl<P: Probe> Local for Arc<Shared<P>> {
@@ -1392,8 +1389,9 @@ async fn cluster_tick<P: Probe>(shared: Arc<Shared<P>>, cluster: Arc<Cluster>) {
     }
 }
 
-/// Sends one ping and waits for its answer, connecting first if needed
-/// (both ways at once if the peer may answer with or without request ids).
+/// Sends one ping and waits for its answer, within the timeout,
+/// connecting first if needed (both ways at once if the peer may answer
+/// with or without request ids).
 async fn ping<P: Probe, Q: Probe>(
     shared: &Shared<P>,
     probe: &Q,
@@ -1403,8 +1401,32 @@ async fn ping<P: Probe, Q: Probe>(
     message: &Q::Ping,
 ) -> Result<Option<u64>, Error> {
     if let Some(client) = link.client.as_ref() {
-        return ask(probe, client, seq, message).await;
+        // The client's request timeout is the check's timeout (see
+        // `first_check`): no timer of our own. Boxed: a request's future
+        // is held only while the check is in flight, not for the peer's
+        // whole life in its task (one allocation per check is cheaper
+        // than the memory).
+        return Box::pin(ask(probe, client, seq, message)).await;
     }
+    // Boxed: connecting is rare, and its future (two connects at once) is
+    // several times the size of a check on an open connection, which every
+    // peer's task would otherwise carry for its whole life.
+    let timeout = shared.config.timeout();
+    let connect = connect_and_ask(shared, probe, link, addr, seq, message);
+    Box::pin(tokio::time::timeout(timeout, connect))
+        .await
+        .unwrap_or(Err(Error::RequestTimeout(timeout)))
+}
+
+/// [`ping`] with no connection open: connects and makes the check.
+async fn connect_and_ask<P: Probe, Q: Probe>(
+    shared: &Shared<P>,
+    probe: &Q,
+    link: &mut Link<Q>,
+    addr: SocketAddr,
+    seq: u64,
+    message: &Q::Ping,
+) -> Result<Option<u64>, Error> {
     let ((client, incarnation), request_ids) = match link.request_ids {
         Some(request_ids) => (
             first_check(shared, probe, addr, seq, message, request_ids).await?,
