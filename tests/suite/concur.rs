@@ -347,6 +347,46 @@ async fn past_the_bound_requests_wait_for_a_slot() {
     server.cut().await;
 }
 
+/// By default (README: 200, `DEFAULT_CONCURRENT_REQUESTS`) 200 requests
+/// run at once on one connection, and the 201st waits for a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_200_requests_run_at_once_and_the_next_waits() {
+    assert_eq!(chitchat_net::DEFAULT_CONCURRENT_REQUESTS, 200);
+    let (server, _) = Peer::new(1);
+    let (client, _) = Peer::new(1);
+    let (server, client, _) = pair_with(server, |b| b, client, features::SUPPORTED).await;
+    let requests = async {
+        futures_util::future::join_all((0..201).map(|n| client.request(&Ask::Gated { n }))).await
+    };
+    let gate = async {
+        wait_until("200 requests in their handlers", || {
+            server.handler().in_gated.load(Ordering::SeqCst) == 200
+        })
+        .await;
+        // The 201st stays out: 200 ms without a change, many times what
+        // starting it takes.
+        let started = settled(Duration::from_millis(200), || {
+            server.handler().started.load(Ordering::SeqCst)
+        })
+        .await;
+        assert_eq!(started, 200);
+        while server.handler().started.load(Ordering::SeqCst) < 201
+            || server.handler().in_gated.load(Ordering::SeqCst) > 0
+        {
+            server.handler().open_gate();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (answers, ()) = within("201 requests", async { tokio::join!(requests, gate) }).await;
+    assert_eq!(
+        answers.into_iter().map(value).collect::<Vec<_>>(),
+        (0..201).collect::<Vec<u64>>()
+    );
+    assert_eq!(server.handler().most_gated.load(Ordering::SeqCst), 200);
+    client.close().await;
+    server.cut().await;
+}
+
 /// A request running concurrently sees no session, and one it sets is not
 /// kept; a panic in one fails the connection as a panic always did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
