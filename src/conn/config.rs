@@ -22,9 +22,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 /// Requests from the peer handled at once on one connection, by default
-/// (tarpc's default too): past it the connection stops reading until one
-/// ends.
-pub const DEFAULT_CONCURRENT_REQUESTS: usize = 100;
+/// (hyper's default bound of concurrent HTTP/2 streams; tarpc's server
+/// has no bound unless asked, its client 1,000 requests in flight): past
+/// it the connection stops reading until one ends.
+pub const DEFAULT_CONCURRENT_REQUESTS: usize = 200;
 
 /// What each connection of a server or client is configured with.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! The requests a connection's peer made of it that are being handled:
-//! each runs as a task of its own, concurrently, up to a bound per
+//! each runs as a future of its own, concurrently, up to a bound per
 //! connection; their deadlines and cancellation.
 //!
 //! A request (a frame with a request id) is registered when it is read,
@@ -13,7 +13,10 @@
 //! [`features::OVERLOAD`](crate::wire::hello::features::OVERLOAD)
 //! ([`ErrorCode::Overloaded`]).
 //!
-//! A started request runs as a tokio task. Its handler future is dropped
+//! A started request runs as a future of its own: the read side polls it
+//! once, and if it does not complete at once it goes on as a tokio task
+//! (a handler that answers without waiting costs no task, and its reply
+//! leaves with the others of the read). Its handler future is dropped
 //! when its cancellation token fires: a cancel from the peer, or the
 //! connection's end (an abort: the connection task waits for every
 //! request task to end before `on_close`). While it runs its answer is

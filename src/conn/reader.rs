@@ -564,7 +564,7 @@ where
         }
         let running = Running::start(&conn, id);
         let errors = self.input.shared_errors(&conn);
-        tokio::spawn(run_request(
+        let mut task = Box::pin(run_request(
             self.handler.clone(),
             self.handle.clone(),
             msg,
@@ -574,6 +574,15 @@ where
             self.events.clone(),
             errors,
         ));
+        // Polled once here first: a handler that answers without waiting
+        // (most do) costs no task, no wake-up of another worker, and its
+        // reply leaves with the others of this read. One that waits goes on
+        // as a task of its own, which polls it again at once (so the no-op
+        // waker of this first poll loses nothing).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(task);
+        }
     }
 
     /// The slots request `id` needs (one of the connection's, and one of

@@ -17,10 +17,14 @@
 //! stalled.
 
 use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -43,6 +47,60 @@ pub(crate) struct WriteSide<W> {
     conn: Arc<Shared>,
     /// End the connection when no byte could be written for this long.
     stall_timeout: Option<Duration>,
+    /// How it was woken: see [`Wakes`].
+    wakes: Wakes,
+}
+
+/// The wakers the write side waits with, to tell who woke it: a sender that
+/// queued bytes while it had nothing to take, or the runtime once it has
+/// run the other tasks that were ready (a deferred wake-up, as
+/// `tokio::task::yield_now` makes).
+///
+/// Bytes queued by other tasks (requests from many tasks, replies of
+/// request handlers that ran as tasks) come in bursts: a reply read wakes
+/// several requesters at once, a timer several handlers. Taken at once, the
+/// first frame of a burst would go out alone (the runtime runs a task just
+/// woken before the others ready: tokio's LIFO slot), then the next, one
+/// system call per frame. So the write side, woken by a sender, first lets
+/// the tasks ready now run, then takes what they all queued: one write.
+/// Bytes queued by its own connection task (replies of handlers that
+/// answer at once) are taken without this wait, and so is what was queued
+/// while it wrote.
+///
+/// Each is made when first needed (no memory for a connection that never
+/// waits, or never defers).
+#[derive(Default)]
+struct Wakes {
+    /// Registered with the outgoing queue.
+    sender: Option<Arc<Flagged>>,
+    /// Deferred with the runtime.
+    later: Option<Arc<Flagged>>,
+}
+
+/// A waker that records that it was woken, then wakes the task.
+#[derive(Default)]
+struct Flagged {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flagged {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Flagged {
+    /// Whether it was woken since the last call; registers `cx`'s waker.
+    fn poll_woken(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.woken.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl<W: AsyncWrite + Unpin> WriteSide<W> {
@@ -52,7 +110,46 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
             buf: BytesMut::new(),
             conn,
             stall_timeout,
+            wakes: Wakes::default(),
         }
+    }
+
+    /// Takes what is queued (see [`Wakes`]): at once if there is something
+    /// now; else, woken by a sender, once the tasks ready then have run.
+    async fn take(&mut self) -> Take {
+        let conn = &*self.conn;
+        let buf = &mut self.buf;
+        let wakes = &mut self.wakes;
+        let sender = wakes.sender.get_or_insert_with(Arc::default).clone();
+        let sender_waker = Waker::from(sender.clone());
+        // What is there already goes at once.
+        let mut first = true;
+        let mut deferred = false;
+        std::future::poll_fn(|cx| {
+            if first {
+                first = false;
+            } else if deferred {
+                let later = wakes.later.get_or_insert_with(Arc::default);
+                if !later.poll_woken(cx) {
+                    return Poll::Pending;
+                }
+                deferred = false;
+            } else if sender.poll_woken(cx) {
+                // Let the tasks ready now queue theirs too.
+                let later = wakes.later.get_or_insert_with(Arc::default);
+                later.poll_woken(cx);
+                let later = Waker::from(later.clone());
+                let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&later));
+                deferred = true;
+                return Poll::Pending;
+            }
+            // Woken for something else (its own task's replies), or the
+            // tasks ready have run.
+            sender.poll_woken(cx);
+            conn.outbox
+                .poll_take(buf, &mut Context::from_waker(&sender_waker))
+        })
+        .await
     }
 
     /// Writes until the queue finishes, then ends our side of the stream.
@@ -63,9 +160,7 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
     /// takes nothing for the stall timeout.
     pub(crate) async fn run(mut self) -> Result<(), Error> {
         loop {
-            let conn = &*self.conn;
-            let buf = &mut self.buf;
-            match std::future::poll_fn(|cx| conn.outbox.poll_take(buf, cx)).await {
+            match self.take().await {
                 Take::Bytes => self.write_taken().await?,
                 Take::Finished => {
                     let stream = &mut self.stream;

@@ -347,6 +347,46 @@ async fn past_the_bound_requests_wait_for_a_slot() {
     server.cut().await;
 }
 
+/// By default (README: 200, `DEFAULT_CONCURRENT_REQUESTS`) 200 requests
+/// run at once on one connection, and the 201st waits for a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_200_requests_run_at_once_and_the_next_waits() {
+    assert_eq!(chitchat_net::DEFAULT_CONCURRENT_REQUESTS, 200);
+    let (server, _) = Peer::new(1);
+    let (client, _) = Peer::new(1);
+    let (server, client, _) = pair_with(server, |b| b, client, features::SUPPORTED).await;
+    let requests = async {
+        futures_util::future::join_all((0..201).map(|n| client.request(&Ask::Gated { n }))).await
+    };
+    let gate = async {
+        wait_until("200 requests in their handlers", || {
+            server.handler().in_gated.load(Ordering::SeqCst) == 200
+        })
+        .await;
+        // The 201st stays out: 200 ms without a change, many times what
+        // starting it takes.
+        let started = settled(Duration::from_millis(200), || {
+            server.handler().started.load(Ordering::SeqCst)
+        })
+        .await;
+        assert_eq!(started, 200);
+        while server.handler().started.load(Ordering::SeqCst) < 201
+            || server.handler().in_gated.load(Ordering::SeqCst) > 0
+        {
+            server.handler().open_gate();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (answers, ()) = within("201 requests", async { tokio::join!(requests, gate) }).await;
+    assert_eq!(
+        answers.into_iter().map(value).collect::<Vec<_>>(),
+        (0..201).collect::<Vec<u64>>()
+    );
+    assert_eq!(server.handler().most_gated.load(Ordering::SeqCst), 200);
+    client.close().await;
+    server.cut().await;
+}
+
 /// A request running concurrently sees no session, and one it sets is not
 /// kept; a panic in one fails the connection as a panic always did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -800,6 +840,98 @@ async fn without_overload_a_request_past_the_bound_waits() {
     let ((a, b), ()) = within("both", async { tokio::join!(both, gate) }).await;
     assert_eq!((value(a), value(b)), (1, 2));
     assert_eq!(server.stats().requests_overloaded, 0);
+    client.close().await;
+    server.cut().await;
+}
+
+// ----------------------------------- 0: requests that answer at once --
+
+/// Asks which task ran the handler call.
+#[derive(Debug, Clone, PartialEq, Message)]
+#[message(codec = "bincode", reply = Ran)]
+enum Which {
+    /// Answers at once.
+    #[message(tag = 1)]
+    Now,
+    /// Answers after one yield to the runtime.
+    #[message(tag = 2)]
+    AfterAWait,
+}
+
+#[derive(Debug, Clone, PartialEq, Message)]
+#[message(codec = "bincode")]
+enum Ran {
+    /// The id of the tokio task the handler ran in (`on_open`'s for
+    /// `on_open`).
+    #[message(tag = 1)]
+    In { task: String },
+}
+
+/// Records the task `on_open` ran in (the connection's task).
+#[derive(Default)]
+struct Tasks {
+    on_open: Mutex<Option<String>>,
+}
+
+impl Handler for Tasks {
+    type Message = Which;
+
+    async fn on_open(&self, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        *self.on_open.lock().unwrap() = Some(tokio::task::id().to_string());
+        Ok(())
+    }
+
+    async fn handle(&self, which: Which, ctx: &mut Context<'_>) -> Result<(), BoxError> {
+        if which == Which::AfterAWait {
+            tokio::task::yield_now().await;
+        }
+        let task = tokio::task::id().to_string();
+        ctx.reply(&Ran::In { task })?;
+        Ok(())
+    }
+}
+
+/// README "What order a handler can rely on": the read side polls a
+/// request's handler first, so one that answers at once runs in the
+/// connection's task (no task of its own); one that waits goes on as a task
+/// of its own, and is answered all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_answers_at_once_runs_in_the_connections_task() {
+    let server = Server::builder(Tasks::default())
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::<Which>::builder()
+        .request_ids()
+        .request_timeout(NEVER)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let ask = |which| {
+        let client = &client;
+        async move {
+            match within("an answer", client.request(&which)).await {
+                Ok(Ran::In { task }) => task,
+                Err(error) => panic!("the request failed: {error:?}"),
+            }
+        }
+    };
+    let mut now = Vec::new();
+    for _ in 0..5 {
+        now.push(ask(Which::Now).await);
+    }
+    let later = [ask(Which::AfterAWait).await, ask(Which::AfterAWait).await];
+    let conn_task = server.handler().on_open.lock().unwrap().clone();
+    let conn_task = conn_task.expect("on_open ran");
+    assert!(
+        now.iter().all(|task| *task == conn_task),
+        "requests answered at once ran in tasks {now:?}, not the connection's ({conn_task})"
+    );
+    assert!(
+        later.iter().all(|task| *task != conn_task) && later[0] != later[1],
+        "requests that waited ran in tasks {later:?} (the connection's: {conn_task})"
+    );
     client.close().await;
     server.cut().await;
 }

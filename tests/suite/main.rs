@@ -53,6 +53,7 @@ mod typed_codec;
 mod typed_requests;
 mod unix;
 mod wire_fixtures;
+mod write_bursts;
 mod write_through;
 
 use std::alloc::System;
