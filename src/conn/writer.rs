@@ -67,12 +67,12 @@ pub(crate) struct WriteSide<W> {
 /// answer at once) are taken without this wait, and so is what was queued
 /// while it wrote.
 ///
-/// Each is made when first needed: the first at the write side's first
-/// take, the second at its first deferral.
+/// Each is made when first needed (no memory for a connection that never
+/// waits, or never defers).
 #[derive(Default)]
 struct Wakes {
-    /// Registered with the outgoing queue (and the waker made of it).
-    sender: Option<(Arc<Flagged>, Waker)>,
+    /// Registered with the outgoing queue.
+    sender: Option<Arc<Flagged>>,
     /// Deferred with the runtime.
     later: Option<Arc<Flagged>>,
 }
@@ -120,26 +120,23 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
         let conn = &*self.conn;
         let buf = &mut self.buf;
         let wakes = &mut self.wakes;
-        let (sender, sender_waker) = wakes.sender.get_or_insert_with(|| {
-            let sender = Arc::<Flagged>::default();
-            (sender.clone(), Waker::from(sender))
-        });
+        let sender = wakes.sender.get_or_insert_with(Arc::default).clone();
+        let sender_waker = Waker::from(sender.clone());
         // What is there already goes at once.
         let mut first = true;
         let mut deferred = false;
-        let later = &mut wakes.later;
         std::future::poll_fn(|cx| {
             if first {
                 first = false;
             } else if deferred {
-                let later = later.get_or_insert_with(Arc::default);
+                let later = wakes.later.get_or_insert_with(Arc::default);
                 if !later.poll_woken(cx) {
                     return Poll::Pending;
                 }
                 deferred = false;
             } else if sender.poll_woken(cx) {
                 // Let the tasks ready now queue theirs too.
-                let later = later.get_or_insert_with(Arc::default);
+                let later = wakes.later.get_or_insert_with(Arc::default);
                 later.poll_woken(cx);
                 let later = Waker::from(later.clone());
                 let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&later));
@@ -150,7 +147,7 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
             // tasks ready have run.
             sender.poll_woken(cx);
             conn.outbox
-                .poll_take(buf, &mut Context::from_waker(sender_waker))
+                .poll_take(buf, &mut Context::from_waker(&sender_waker))
         })
         .await
     }
