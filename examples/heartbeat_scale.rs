@@ -167,6 +167,30 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
+/// Stderr: what each monitor knows of the nodes not yet reported alive.
+fn diagnose(monitors: &[Monitor], alive: &HashSet<String>, addrs: &[SocketAddr]) {
+    eprintln!("-- {} alive of {} watched so far", alive.len(), addrs.len());
+    for (i, monitor) in monitors.iter().enumerate() {
+        let stats = monitor.stats();
+        let (mut known, mut checking, mut alive_here, mut none) = (0, 0, 0, 0);
+        for (j, addr) in addrs.iter().enumerate() {
+            if alive.contains(&format!("n{j}")) {
+                continue;
+            }
+            if let Some(info) = monitor.peer(*addr) {
+                known += 1;
+                checking += usize::from(info.checking);
+                alive_here += usize::from(info.state == Some(PeerState::Alive));
+                none += usize::from(info.state.is_none());
+            }
+        }
+        eprintln!(
+            "m{i}: watched {} checks {} misses {} cluster_dropped {} dropped_events {} deaths {} | of the missing: known {known} checking {checking} alive {alive_here} unchecked {none}",
+            stats.watched, stats.checks, stats.misses, stats.cluster_dropped, stats.dropped_events, stats.deaths
+        );
+    }
+}
+
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let Options {
         nodes: n,
@@ -233,9 +257,14 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
         let want = batch[batch.len() - 1] + 1;
         while alive.len() < want {
-            let event = tokio::time::timeout_at(deadline, counted.recv())
-                .await
-                .map_err(|_| format!("only {} of {n} alive after 300 s", alive.len()))?;
+            let wait = deadline.min(tokio::time::Instant::now() + Duration::from_secs(10));
+            let Ok(event) = tokio::time::timeout_at(wait, counted.recv()).await else {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("only {} of {n} alive after 300 s", alive.len()).into());
+                }
+                diagnose(&monitors, &alive, &addrs[..want]);
+                continue;
+            };
             match event {
                 Some(e) if e.state == PeerState::Alive => {
                     alive.insert(e.name);

@@ -22,8 +22,7 @@ use crate::wire::error::BoxError;
 /// Monitors heard from within this many intervals are live.
 const LIVE_INTERVALS: u32 = 2;
 /// Messages queued toward one monitor before new ones are dropped and
-/// counted (`cluster_dropped`): every node and vote is sent again each time
-/// the link to that monitor connects.
+/// counted (`cluster_dropped`), by default: see [`ClusterConfig::queue`].
 const QUEUE: usize = 16 * 1024;
 
 /// How a monitor takes part in a cluster of monitors: see
@@ -34,6 +33,7 @@ pub struct ClusterConfig {
     others: Vec<(String, SocketAddr)>,
     watchers: usize,
     indirect: bool,
+    queue: usize,
 }
 
 impl ClusterConfig {
@@ -45,6 +45,7 @@ impl ClusterConfig {
             others: Vec::new(),
             watchers: 2,
             indirect: true,
+            queue: QUEUE,
         }
     }
 
@@ -67,6 +68,17 @@ impl ClusterConfig {
     /// the node before counting the miss (default on).
     pub fn indirect_probes(mut self, on: bool) -> Self {
         self.indirect = on;
+        self
+    }
+
+    /// How many messages (nodes and votes) may wait toward one other
+    /// monitor (default 16,384, at least 1). Past it they are dropped and
+    /// counted in
+    /// [`MonitorStats::cluster_dropped`](super::MonitorStats::cluster_dropped),
+    /// and that monitor is sent every node and this monitor's every vote
+    /// again, so nothing dropped is lost.
+    pub fn queue(mut self, messages: usize) -> Self {
+        self.queue = messages.max(1);
         self
     }
 
@@ -249,7 +261,7 @@ impl Cluster {
             .iter()
             .filter(|(name, _)| *name != config.me)
             .map(|(name, addr)| {
-                let (queue, rx) = mpsc::channel(QUEUE);
+                let (queue, rx) = mpsc::channel(config.queue);
                 queues.push(rx);
                 Arc::new(Member {
                     name: name.clone(),

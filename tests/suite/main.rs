@@ -32,6 +32,7 @@ mod guards;
 mod handshake_protocol;
 mod heartbeat;
 mod heartbeat_fleet;
+mod heartbeat_cluster;
 mod heartbeat_health;
 mod hostile;
 mod interop;
