@@ -165,8 +165,9 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn probe_once(&self, addr: SocketAddr, go: bool) -> BoxFuture<'_, bool>;
     /// Every node watched: name, address, Go.
     fn nodes(&self) -> Vec<(String, SocketAddr, bool)>;
-    /// Reports the cluster's verdict on a node.
-    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>);
+    /// Reports the cluster's verdict on a node: `false` if the node is not
+    /// watched here (not reported).
+    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>) -> bool;
 }
 
 /// One vote: a monitor's verdict on a node.
@@ -189,6 +190,9 @@ pub(crate) struct Member {
     epoch: Mutex<Option<u64>>,
     /// Tells its link to connect again (it restarted).
     pub(crate) reset: tokio::sync::Notify,
+    /// Tells its link to send it everything again (a message toward it was
+    /// dropped).
+    pub(crate) resync: tokio::sync::Notify,
 }
 
 /// A monitor's view of its cluster.
@@ -271,6 +275,7 @@ impl Cluster {
                     client: Mutex::new(None),
                     epoch: Mutex::new(None),
                     reset: tokio::sync::Notify::new(),
+                    resync: tokio::sync::Notify::new(),
                 })
             })
             .collect();
@@ -324,12 +329,15 @@ impl Cluster {
             .collect()
     }
 
-    /// Sends `message` to every other monitor (dropped toward one whose
-    /// queue is full).
+    /// Sends `message` to every other monitor. Toward one whose queue is
+    /// full it is dropped, counted, and that monitor is sent everything
+    /// again ([`sync`](Self::sync)) once its link has room: a drop delays
+    /// what it carried, never loses it.
     pub(crate) fn broadcast(&self, message: &ClusterMessage) {
         for member in &self.members {
             if member.queue.try_send(message.clone()).is_err() {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                member.resync.notify_one();
             }
         }
     }
@@ -388,20 +396,51 @@ impl Cluster {
         }
     }
 
-    /// Every vote of this monitor's, for a monitor that (re)connects.
-    pub(crate) fn my_votes(&self) -> Vec<ClusterMessage> {
-        lock(&self.votes)
+    /// Everything this monitor tells another, for one that (re)connects
+    /// or missed a message: every node watched here, then this monitor's
+    /// vote on each (a withdrawal, state 3, where it has none, so that a
+    /// withdrawal dropped is repaired too), then its votes on nodes it no
+    /// longer watches.
+    pub(crate) fn sync(&self, local: &dyn Local) -> Vec<ClusterMessage> {
+        let nodes = local.nodes();
+        let votes = lock(&self.votes);
+        let verdict = |node: &str, vote: Option<&Vote>| {
+            let vote = vote.copied().unwrap_or(Vote {
+                state: 3,
+                misses: 0,
+                incarnation: 0,
+            });
+            ClusterMessage::Verdict {
+                node: node.to_owned(),
+                from: self.me.clone(),
+                state: vote.state,
+                misses: vote.misses,
+                incarnation: vote.incarnation,
+            }
+        };
+        let mut sync = Vec::with_capacity(nodes.len() * 2);
+        let mut verdicts = Vec::with_capacity(nodes.len());
+        for (name, addr, go) in nodes {
+            let mine = votes.get(&name).and_then(|by| by.get(&self.me));
+            verdicts.push(verdict(&name, mine));
+            sync.push(ClusterMessage::Node { name, addr, go });
+        }
+        sync.extend(verdicts);
+        let known: std::collections::HashSet<&str> = sync
             .iter()
-            .filter_map(|(node, by)| {
-                by.get(&self.me).map(|v| ClusterMessage::Verdict {
-                    node: node.clone(),
-                    from: self.me.clone(),
-                    state: v.state,
-                    misses: v.misses,
-                    incarnation: v.incarnation,
-                })
+            .filter_map(|m| match m {
+                ClusterMessage::Node { name, .. } => Some(name.as_str()),
+                _ => None,
             })
-            .collect()
+            .collect();
+        let rest: Vec<ClusterMessage> = votes
+            .iter()
+            .filter(|(node, _)| !known.contains(node.as_str()))
+            .filter_map(|(node, by)| by.get(&self.me).map(|v| verdict(node, Some(v))))
+            .collect();
+        drop(known);
+        sync.extend(rest);
+        sync
     }
 
     /// A message from another monitor.
@@ -417,7 +456,11 @@ impl Cluster {
                     }
                 }
             }
-            ClusterMessage::Node { name, addr, go } => local.learn(name, addr, go),
+            ClusterMessage::Node { name, addr, go } => {
+                local.learn(name.clone(), addr, go);
+                // Votes on it that came first are reported now.
+                self.combine(local, &name);
+            }
             ClusterMessage::Verdict {
                 node,
                 from,
@@ -527,7 +570,15 @@ impl Cluster {
             }
             previous
         };
-        local.emit(node, state, previous);
+        if !local.emit(node, state, previous) {
+            // Not watched here yet (another watcher's vote came before the
+            // node did): not recorded, so that it is reported once the
+            // node is learned.
+            let mut combined = lock(&self.combined);
+            if combined.get(node) == Some(&state) {
+                combined.remove(node);
+            }
+        }
     }
 }
 

@@ -1253,7 +1253,7 @@ impl<P: Probe> Local for Arc<Shared<P>> {
             .collect()
     }
 
-    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>) {
+    fn emit(&self, node: &str, state: Combined, previous: Option<Combined>) -> bool {
         let state_of = |c: Combined| match c {
             Combined::Alive => PeerState::Alive,
             Combined::Suspect {
@@ -1267,7 +1267,7 @@ impl<P: Probe> Local for Arc<Shared<P>> {
         };
         let (state, previous) = (state_of(state), previous.map(state_of));
         let Some(addr) = self.lock().by_name.get(node).copied() else {
-            return;
+            return false;
         };
         if matches!(state, PeerState::Dead { .. }) {
             bump(&self.counters.deaths);
@@ -1283,6 +1283,7 @@ impl<P: Probe> Local for Arc<Shared<P>> {
                 at: SystemTime::now(),
             },
         );
+        true
     }
 }
 
@@ -1331,16 +1332,10 @@ async fn cluster_link<P: Probe>(
         if let Ok(client) = connected {
             let client = Arc::new(client);
             *member.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
-            let mut sync = vec![heartbeat.clone()];
-            sync.extend(
-                shared
-                    .nodes()
-                    .into_iter()
-                    .map(|(name, addr, go)| ClusterMessage::Node { name, addr, go }),
-            );
-            sync.extend(cluster.my_votes());
             // What was queued before is in the sync.
             while queue.try_recv().is_ok() {}
+            let mut sync = vec![heartbeat.clone()];
+            sync.extend(cluster.sync(&shared));
             let mut ok = client.send_all(sync.iter()).await.is_ok();
             let connected_at = Instant::now();
             let mut ticker = tokio::time::interval(interval);
@@ -1349,6 +1344,13 @@ async fn cluster_link<P: Probe>(
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = member.reset.notified() => ok = false,
+                    _ = member.resync.notified() => {
+                        // A message toward it was dropped: everything
+                        // again (what is queued is in it).
+                        while queue.try_recv().is_ok() {}
+                        let sync = cluster.sync(&shared);
+                        ok = client.send_all(sync.iter()).await.is_ok();
+                    }
                     _ = ticker.tick() => {
                         // Silent for 2 intervals since well after the
                         // connect: the connection may be dead one way.

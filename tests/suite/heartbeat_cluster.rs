@@ -168,7 +168,14 @@ async fn verdict_before_the_node_is_reported_once_the_node_is_known() {
     // m0 reaches m2 only after 10 intervals: m1 has learned of every node
     // (from m0), checked it and told m2 by then.
     let late = INTERVAL * 10;
-    let mut cluster = cluster(3, 2, 100, |c| c, |i, addrs| (i == 0).then(|| (addrs[2], late))).await;
+    let mut cluster = cluster(
+        3,
+        2,
+        100,
+        |c| c,
+        |i, addrs| (i == 0).then(|| (addrs[2], late)),
+    )
+    .await;
     let names: Vec<String> = (0..addrs.len()).map(|i| format!("n{i}")).collect();
     for (name, addr) in names.iter().zip(&addrs) {
         cluster.monitors[0].watch(name.clone(), *addr).unwrap();
@@ -188,7 +195,9 @@ async fn burst_past_the_cluster_queue_is_resynchronised() {
     let names: Vec<String> = (0..addrs.len()).map(|i| format!("n{i}")).collect();
     // One node first, so that the links between monitors are up (it is
     // alive at every monitor once they share).
-    cluster.monitors[0].watch(names[0].clone(), addrs[0]).unwrap();
+    cluster.monitors[0]
+        .watch(names[0].clone(), addrs[0])
+        .unwrap();
     all_alive_everywhere(&mut cluster.events, &names[..1]).await;
     for (name, addr) in names.iter().zip(&addrs).skip(1) {
         cluster.monitors[0].watch(name.clone(), *addr).unwrap();
