@@ -16,8 +16,18 @@
 //! cargo run --release --example heartbeat_scale -- 10000 --monitors 3 --watchers 1
 //! ```
 //!
-//! The parent holds one descriptor per node and watcher: `nodes × k` must
-//! stay under the open-file limit (10,000 nodes with `k = 2` need 20,000).
+//! The monitors hold one descriptor per node and watcher: `nodes × k` in
+//! all, over the open-file limit of one process past 10,000 nodes with
+//! `k = 2`. With `--processes` each monitor runs in a child process of its
+//! own (this executable again, with `HEARTBEAT_SCALE_MONITOR` set, driven
+//! over its stdin and stdout), so each holds only its share:
+//!
+//! ```text
+//! cargo run --release --example heartbeat_scale -- 10000 --monitors 3 --watchers 2 --processes
+//! ```
+//!
+//! A run stops by itself: it fails if not every node is alive within
+//! 300 s, printing what each monitor knows every 10 s without progress.
 //!
 //! It prints one row: nodes, monitors, watchers per node, checks per
 //! second, CPU per check, heap and RSS per watched peer (the monitors'
@@ -30,7 +40,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chitchat_net::heartbeat::{ClusterConfig, HeartbeatConfig, Monitor, PeerState, Responder};
+use chitchat_net::heartbeat::{
+    ClusterConfig, ClusterHandler, HeartbeatConfig, Monitor, PeerEvents, PeerState, Responder,
+};
 use chitchat_net::{Addr, Server};
 
 /// Counts the heap in use, so that the heap can be reported beside the RSS
@@ -39,6 +51,9 @@ use chitchat_net::{Addr, Server};
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 const NODES_ENV: &str = "HEARTBEAT_SCALE_NODES";
+/// Set in a monitor's process (`--processes`): "i m k n", monitor `i` of
+/// `m`, `k` watchers per node, `n` nodes.
+const MONITOR_ENV: &str = "HEARTBEAT_SCALE_MONITOR";
 const FIRST_ENV: &str = "HEARTBEAT_SCALE_FIRST";
 const NODES_PER_PROCESS: usize = 5000;
 /// Nodes watched before waiting for them to be alive: each first check
@@ -135,6 +150,8 @@ struct Options {
     monitors: usize,
     watchers: usize,
     rounds: u32,
+    /// Each monitor in a process of its own.
+    processes: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -143,6 +160,7 @@ fn options() -> Result<Options, String> {
         monitors: 1,
         watchers: 2,
         rounds: 10,
+        processes: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -155,9 +173,10 @@ fn options() -> Result<Options, String> {
             "--monitors" => options.monitors = value("--monitors")?.max(1),
             "--watchers" => options.watchers = value("--watchers")?.max(1),
             "--rounds" => options.rounds = value("--rounds")?.max(1) as u32,
+            "--processes" => options.processes = true,
             n => {
                 options.nodes = n.parse().map_err(|_| {
-                    "usage: heartbeat_scale [NODES] [--monitors M] [--watchers K] [--rounds R]"
+                    "usage: heartbeat_scale [NODES] [--monitors M] [--watchers K] [--rounds R] [--processes]"
                         .to_string()
                 })?
             }
@@ -191,19 +210,324 @@ fn diagnose(monitors: &[Monitor], alive: &HashSet<String>, addrs: &[SocketAddr])
     }
 }
 
-async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+/// The monitors' configuration.
+fn monitor_config(n: usize) -> Result<HeartbeatConfig, Box<dyn std::error::Error>> {
+    Ok(HeartbeatConfig::builder()
+        .interval(INTERVAL)
+        .timeout(Duration::from_secs(5))
+        .max_peers(n)
+        .build()?)
+}
+
+/// Monitor `i` of `m` (named `m{i}`), in a cluster with the others at
+/// `cluster_addrs` if `m > 1`, its cluster server served on `listener`.
+fn start_monitor(
+    config: HeartbeatConfig,
+    i: usize,
+    k: usize,
+    cluster_addrs: &[SocketAddr],
+    listener: tokio::net::TcpListener,
+) -> Result<(Monitor, PeerEvents, Option<Server<ClusterHandler>>), Box<dyn std::error::Error>> {
+    let m = cluster_addrs.len();
+    let mut builder = Monitor::builder(config);
+    if m > 1 {
+        let mut cluster = ClusterConfig::new(format!("m{i}")).watchers(k);
+        for (j, addr) in cluster_addrs.iter().enumerate().filter(|(j, _)| *j != i) {
+            cluster = cluster.monitor(format!("m{j}"), *addr);
+        }
+        builder = builder.cluster(cluster);
+    }
+    let (monitor, stream) = builder.build();
+    let mut server = None;
+    if let Some(builder) = monitor.cluster_server() {
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            let accepted = listener
+                .accept()
+                .await
+                .map(|(io, peer)| (io, Addr::from(peer)));
+            Some((accepted, listener))
+        });
+        server = Some(builder.serve(cluster_addrs[i], incoming)?);
+    }
+    Ok((monitor, stream, server))
+}
+
+/// A monitor's process (`--processes`). Lines on stdout: `addr A` (its
+/// cluster address), `ready`, then (monitor 0 only) `alive NAME` or
+/// `state NAME STATE` for each event, `marked`, `report ...`. Lines on
+/// stdin: `cluster A0 A1 ...` (every monitor's cluster address), then
+/// `watch NAME ADDR`, `mark` (the baseline, every node alive), `report`
+/// (CPU, checks and memory since the mark), `diagnose` (counters on
+/// stderr), `stop`.
+async fn monitor_process(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let spec: Vec<usize> = spec
+        .split_whitespace()
+        .map(|v| v.parse())
+        .collect::<Result<_, _>>()?;
+    let [i, _m, k, n] = spec[..] else {
+        return Err(format!("{MONITOR_ENV}: want i m k n").into());
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // One writer of stdout, for every task.
+    let (out, mut lines_out) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let writer = std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        while let Some(line) = lines_out.blocking_recv() {
+            if writeln!(stdout, "{line}")
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    out.send(format!("addr {}", listener.local_addr()?))?;
+    let mut stdin =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let line = stdin.next_line().await?.ok_or("no cluster line")?;
+    let cluster_addrs: Vec<SocketAddr> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let heap_before = ALLOCATOR.allocated();
+    let rss_before = rss_kib();
+    let (monitor, mut events, server) =
+        start_monitor(monitor_config(n)?, i, k, &cluster_addrs, listener)?;
+    let reporter = out.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if i == 0 {
+                let line = match e.state {
+                    PeerState::Alive => format!("alive {}", e.name),
+                    state => format!("state {} {state}", e.name),
+                };
+                let _ = reporter.send(line);
+            }
+        }
+    });
+    out.send("ready".into())?;
+    let mut mark = None;
+    while let Some(line) = stdin.next_line().await? {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("watch") => {
+                let name = words.next().ok_or("watch: no name")?;
+                let addr: SocketAddr = words.next().ok_or("watch: no address")?.parse()?;
+                monitor.watch(name, addr)?;
+            }
+            Some("mark") => {
+                mark = Some((
+                    ALLOCATOR.allocated().saturating_sub(heap_before),
+                    rss_kib().saturating_sub(rss_before),
+                    cpu_time(),
+                    monitor.stats().checks,
+                ));
+                out.send("marked".into())?;
+            }
+            Some("report") => {
+                let (heap, rss, cpu0, checks0) = mark.ok_or("report before mark")?;
+                let stats = monitor.stats();
+                out.send(format!(
+                    "report {} {} {heap} {} {} {}",
+                    (cpu_time() - cpu0).as_micros(),
+                    stats.checks - checks0,
+                    rss * 1024,
+                    stats.misses,
+                    stats.cluster_dropped,
+                ))?;
+            }
+            Some("diagnose") => {
+                let stats = monitor.stats();
+                eprintln!(
+                    "m{i}: watched {} checks {} misses {} cluster_dropped {} dropped_events {} deaths {}",
+                    stats.watched, stats.checks, stats.misses, stats.cluster_dropped, stats.dropped_events, stats.deaths
+                );
+            }
+            _ => break,
+        }
+    }
+    monitor.stop().await;
+    if let Some(server) = server {
+        server.cut().await;
+    }
+    drop(out);
+    let _ = writer.join();
+    Ok(())
+}
+
+/// Reads a child's stdout lines into a channel, on a thread of its own.
+fn lines_of(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line of a monitor's process, within `within`.
+async fn next_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    within: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(tokio::time::timeout(within, lines.recv())
+        .await
+        .map_err(|_| "a monitor process is silent")?
+        .ok_or("a monitor process ended")?)
+}
+
+/// As [`run`], each monitor in a process of its own (so that each holds
+/// only its share of the descriptors).
+async fn run_processes(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let Options {
         nodes: n,
         monitors: m,
         watchers: k,
         rounds,
+        ..
     } = options;
     let (mut children, addrs) = start_nodes(n)?;
-    let config = HeartbeatConfig::builder()
-        .interval(INTERVAL)
-        .timeout(Duration::from_secs(5))
-        .max_peers(n)
-        .build()?;
+    let exe = std::env::current_exe()?;
+    let mut monitors = Vec::new();
+    for i in 0..m {
+        let mut child = Command::new(&exe)
+            .env(MONITOR_ENV, format!("{i} {m} {k} {n}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let lines = lines_of(child.stdout.take().ok_or("no stdout")?);
+        let stdin = std::io::BufWriter::new(child.stdin.take().ok_or("no stdin")?);
+        monitors.push((child, stdin, lines));
+    }
+    let startup = Duration::from_secs(30);
+    let mut cluster = String::from("cluster");
+    for (_, _, lines) in &mut monitors {
+        let line = next_line(lines, startup).await?;
+        let addr = line.strip_prefix("addr ").ok_or("no address")?;
+        cluster.push(' ');
+        cluster.push_str(addr);
+    }
+    for (_, stdin, lines) in &mut monitors {
+        writeln!(stdin, "{cluster}")?;
+        stdin.flush()?;
+        if next_line(lines, startup).await? != "ready" {
+            return Err("a monitor process is not ready".into());
+        }
+    }
+    let mut alive = HashSet::new();
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        for &i in batch {
+            writeln!(monitors[i % m].1, "watch n{i} {}", addrs[i])?;
+        }
+        for (_, stdin, _) in &mut monitors {
+            stdin.flush()?;
+        }
+        let want = batch[batch.len() - 1] + 1;
+        while alive.len() < want {
+            let wait = deadline.min(tokio::time::Instant::now() + Duration::from_secs(10));
+            let Ok(line) = tokio::time::timeout_at(wait, monitors[0].2.recv()).await else {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("only {} of {n} alive after 300 s", alive.len()).into());
+                }
+                eprintln!("-- {} alive of {want} watched so far", alive.len());
+                for (_, stdin, _) in &mut monitors {
+                    writeln!(stdin, "diagnose")?;
+                    stdin.flush()?;
+                }
+                continue;
+            };
+            let line = line.ok_or("monitor 0 ended")?;
+            match line.strip_prefix("alive ") {
+                Some(name) => {
+                    alive.insert(name.to_owned());
+                }
+                None => return Err(line.into()),
+            }
+        }
+    }
+    let all_alive = started.elapsed();
+    // Two rounds more, so that every connection is open and warm.
+    tokio::time::sleep(INTERVAL * 2).await;
+    for (_, stdin, _) in &mut monitors {
+        writeln!(stdin, "mark")?;
+        stdin.flush()?;
+    }
+    for (_, _, lines) in &mut monitors {
+        if next_line(lines, startup).await? != "marked" {
+            return Err("a monitor process did not mark".into());
+        }
+    }
+    let wall0 = Instant::now();
+    tokio::time::sleep(INTERVAL * rounds).await;
+    for (_, stdin, _) in &mut monitors {
+        writeln!(stdin, "report")?;
+        stdin.flush()?;
+    }
+    let wall = wall0.elapsed();
+    // CPU µs, checks, heap bytes, RSS bytes, misses, cluster messages
+    // dropped: summed.
+    let mut sums = [0u64; 6];
+    for (_, _, lines) in &mut monitors {
+        let line = next_line(lines, startup).await?;
+        let values: Vec<u64> = line
+            .strip_prefix("report ")
+            .ok_or("no report")?
+            .split_whitespace()
+            .map(|v| v.parse())
+            .collect::<Result<_, _>>()?;
+        for (sum, value) in sums.iter_mut().zip(values) {
+            *sum += value;
+        }
+    }
+    let [cpu_us, checks, heap, rss, misses, dropped] = sums;
+    let watched = (n * k) as f64;
+    println!("| watched nodes | monitors (a process each) | watchers per node | checks/s | CPU per check | heap per watched peer | RSS per watched peer | misses |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {m} | {k} | {:.0} | {:.1} µs | {:.2} KB | {:.2} KB | {misses} |",
+        checks as f64 / wall.as_secs_f64(),
+        cpu_us as f64 / checks.max(1) as f64,
+        heap as f64 / watched / 1000.0,
+        rss as f64 / watched / 1000.0,
+    );
+    println!(
+        "all {n} alive {:.1} s after the first watch; cluster messages dropped: {dropped}",
+        all_alive.as_secs_f64()
+    );
+    for (child, stdin, _) in &mut monitors {
+        writeln!(stdin, "stop")?;
+        stdin.flush()?;
+        child.wait()?;
+    }
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for child in &mut children {
+        child.wait()?;
+    }
+    Ok(())
+}
+
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    if options.processes {
+        return run_processes(options).await;
+    }
+    let Options {
+        nodes: n,
+        monitors: m,
+        watchers: k,
+        rounds,
+        ..
+    } = options;
+    let (mut children, addrs) = start_nodes(n)?;
+    let config = monitor_config(n)?;
     let heap_before = ALLOCATOR.allocated();
     let rss_before = rss_kib();
     // The monitors (and, in a cluster, the servers they reach each other
@@ -220,25 +544,8 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut events = Vec::new();
     let mut servers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let mut builder = Monitor::builder(config);
-        if m > 1 {
-            let mut cluster = ClusterConfig::new(format!("m{i}")).watchers(k);
-            for (j, addr) in cluster_addrs.iter().enumerate().filter(|(j, _)| *j != i) {
-                cluster = cluster.monitor(format!("m{j}"), *addr);
-            }
-            builder = builder.cluster(cluster);
-        }
-        let (monitor, stream) = builder.build();
-        if let Some(server) = monitor.cluster_server() {
-            let incoming = futures_util::stream::unfold(listener, |listener| async move {
-                let accepted = listener
-                    .accept()
-                    .await
-                    .map(|(io, peer)| (io, Addr::from(peer)));
-                Some((accepted, listener))
-            });
-            servers.push(server.serve(cluster_addrs[i], incoming)?);
-        }
+        let (monitor, stream, server) = start_monitor(config, i, k, &cluster_addrs, listener)?;
+        servers.extend(server);
         monitors.push(monitor);
         events.push(stream);
     }
@@ -250,6 +557,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move { while other.recv().await.is_some() {} });
     }
     let mut alive = HashSet::new();
+    let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
         for &i in batch {
@@ -274,6 +582,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    let all_alive = started.elapsed();
     // Two rounds more, so that every connection is open and warm.
     tokio::time::sleep(INTERVAL * 2).await;
     let heap_watching = ALLOCATOR.allocated();
@@ -283,6 +592,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(INTERVAL * rounds).await;
     let (cpu1, checks1, wall) = (cpu_time(), checks(), wall0.elapsed());
     let misses: u64 = monitors.iter().map(|m| m.stats().misses).sum();
+    let dropped: u64 = monitors.iter().map(|m| m.stats().cluster_dropped).sum();
     let checks = checks1 - checks0;
     let per_check = (cpu1 - cpu0).as_secs_f64() / checks.max(1) as f64;
     let watched = (n * k) as f64;
@@ -296,6 +606,10 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         per_check * 1e6,
         heap / 1000.0,
         rss / 1000.0,
+    );
+    println!(
+        "all {n} alive {:.1} s after the first watch; cluster messages dropped: {dropped}",
+        all_alive.as_secs_f64()
     );
     for monitor in &monitors {
         monitor.stop().await;
@@ -315,6 +629,10 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let outcome = match std::env::var(NODES_ENV) {
+        Err(_) if std::env::var(MONITOR_ENV).is_ok() => {
+            let spec = std::env::var(MONITOR_ENV).unwrap_or_default();
+            monitor_process(&spec).await
+        }
         Ok(n) => {
             let first = std::env::var(FIRST_ENV)
                 .ok()
