@@ -628,6 +628,13 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Logs on stderr with RUST_LOG set (e.g. `chitchat_net::heartbeat=debug`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let outcome = match std::env::var(NODES_ENV) {
         Err(_) if std::env::var(MONITOR_ENV).is_ok() => {
             let spec = std::env::var(MONITOR_ENV).unwrap_or_default();

@@ -826,7 +826,9 @@ impl<P: Probe> Shared<P> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Watches a node; `share`: tell the other monitors of the cluster.
+    /// Watches a node; `share`: tell the other monitors of the cluster,
+    /// once it is in the table (a link that syncs empties its queue, then
+    /// reads the table: a node queued first would be in neither).
     fn watch(
         self: &Arc<Self>,
         name: String,
@@ -835,13 +837,28 @@ impl<P: Probe> Shared<P> {
         share: bool,
     ) -> Result<(), WatchError> {
         let addr = canonical(addr);
-        if let (true, Some(cluster)) = (share, &self.cluster) {
-            cluster.broadcast(&ClusterMessage::Node {
+        let node = match (share, &self.cluster) {
+            (true, Some(_)) => Some(ClusterMessage::Node {
                 name: name.clone(),
                 addr,
                 go: kind == PeerKind::Go,
-            });
+            }),
+            _ => None,
+        };
+        let watched = self.watch_here(name, addr, kind);
+        if let (Some(node), Some(cluster)) = (node, &self.cluster) {
+            cluster.broadcast(&node);
         }
+        watched
+    }
+
+    /// Watches a node here.
+    fn watch_here(
+        self: &Arc<Self>,
+        name: String,
+        addr: SocketAddr,
+        kind: PeerKind,
+    ) -> Result<(), WatchError> {
         let mut peers = self.lock();
         if self.stop.is_cancelled() {
             return Err(WatchError::Stopped);
@@ -1332,7 +1349,8 @@ async fn cluster_link<P: Probe>(
         if let Ok(client) = connected {
             let client = Arc::new(client);
             *member.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
-            // What was queued before is in the sync.
+            // What was queued before is in the sync (every message is
+            // queued after its change is made, see `Shared::watch`).
             while queue.try_recv().is_ok() {}
             let mut sync = vec![heartbeat.clone()];
             sync.extend(cluster.sync(&shared));
@@ -1346,7 +1364,7 @@ async fn cluster_link<P: Probe>(
                     _ = member.reset.notified() => ok = false,
                     _ = member.resync.notified() => {
                         // A message toward it was dropped: everything
-                        // again (what is queued is in it).
+                        // again (what is queued is in it, as above).
                         while queue.try_recv().is_ok() {}
                         let sync = cluster.sync(&shared);
                         ok = client.send_all(sync.iter()).await.is_ok();
