@@ -3,8 +3,12 @@
 //!
 //! The nodes run in child processes (this executable again, with
 //! `HEARTBEAT_SCALE_NODES` set), at most 5,000 per process, because each
-//! node holds two descriptors (its listener and the monitor's connection)
-//! and the open-file limit is per process. The parent runs the monitors:
+//! node holds a descriptor for its listener and one per connection of a
+//! monitor (two at a first check, which tries both ways of matching
+//! replies; in a cluster, every monitor may check a node for a while, until
+//! the monitors hear each other), and the open-file limit is per process:
+//! `18,000 / (1 + 2 × monitors)` nodes per process in a cluster. The
+//! parent runs the monitors:
 //! one alone, or several in a cluster where each node is checked by `k` of
 //! them. It watches every node (spread over the monitors, as nodes would
 //! register with any of them, in batches so that connecting stays
@@ -56,6 +60,8 @@ const NODES_ENV: &str = "HEARTBEAT_SCALE_NODES";
 const MONITOR_ENV: &str = "HEARTBEAT_SCALE_MONITOR";
 const FIRST_ENV: &str = "HEARTBEAT_SCALE_FIRST";
 const NODES_PER_PROCESS: usize = 5000;
+/// Descriptors a node process may use, under the limit of 20,000.
+const NODE_DESCRIPTORS: usize = 18_000;
 /// Nodes watched before waiting for them to be alive: each first check
 /// may open two connections at once (with and without request ids).
 const BATCH: usize = 1000;
@@ -112,13 +118,21 @@ async fn nodes(n: usize, first: usize) -> Result<(), Box<dyn std::error::Error>>
 }
 
 /// Starts the node processes; their children and the nodes' addresses.
-fn start_nodes(n: usize) -> Result<(Vec<Child>, Vec<SocketAddr>), Box<dyn std::error::Error>> {
+fn start_nodes(
+    n: usize,
+    monitors: usize,
+) -> Result<(Vec<Child>, Vec<SocketAddr>), Box<dyn std::error::Error>> {
+    let per_process = if monitors > 1 {
+        NODES_PER_PROCESS.min(NODE_DESCRIPTORS / (1 + 2 * monitors))
+    } else {
+        NODES_PER_PROCESS
+    };
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(n);
     let mut first = 0;
     while first < n {
-        let count = NODES_PER_PROCESS.min(n - first);
+        let count = per_process.min(n - first);
         let mut child = Command::new(&exe)
             .env(NODES_ENV, count.to_string())
             .env(FIRST_ENV, first.to_string())
@@ -391,7 +405,7 @@ async fn run_processes(options: Options) -> Result<(), Box<dyn std::error::Error
         rounds,
         ..
     } = options;
-    let (mut children, addrs) = start_nodes(n)?;
+    let (mut children, addrs) = start_nodes(n, m)?;
     let exe = std::env::current_exe()?;
     let mut monitors = Vec::new();
     for i in 0..m {
@@ -526,7 +540,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         rounds,
         ..
     } = options;
-    let (mut children, addrs) = start_nodes(n)?;
+    let (mut children, addrs) = start_nodes(n, m)?;
     let config = monitor_config(n)?;
     let heap_before = ALLOCATOR.allocated();
     let rss_before = rss_kib();
