@@ -233,6 +233,9 @@ fn monitor_config(n: usize) -> Result<HeartbeatConfig, Box<dyn std::error::Error
         .build()?)
 }
 
+/// A monitor, its events, and its cluster server (in a cluster).
+type Started = (Monitor, PeerEvents, Option<Server<ClusterHandler>>);
+
 /// Monitor `i` of `m` (named `m{i}`), in a cluster with the others at
 /// `cluster_addrs` if `m > 1`, its cluster server served on `listener`.
 fn start_monitor(
@@ -241,7 +244,7 @@ fn start_monitor(
     k: usize,
     cluster_addrs: &[SocketAddr],
     listener: tokio::net::TcpListener,
-) -> Result<(Monitor, PeerEvents, Option<Server<ClusterHandler>>), Box<dyn std::error::Error>> {
+) -> Result<Started, Box<dyn std::error::Error>> {
     let m = cluster_addrs.len();
     let mut builder = Monitor::builder(config);
     if m > 1 {
