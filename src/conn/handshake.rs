@@ -169,7 +169,8 @@ use crate::wire::frame::{Escaping, Framing};
 pub use crate::wire::hello::{
     effective_fingerprint, features, fold, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
     Mismatch, RequestMode, Role, Setting, TypeInfo, VariantInfo, HELLO_MAGIC, HELLO_V1_MAGIC,
-    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
+    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, NO_HELLO_MAGIC,
+    PROTOCOL_VERSIONS,
 };
 
 /// What `#[derive(Message)]` uses to find a field type's fingerprint if
