@@ -357,3 +357,60 @@ async fn a_drain_logs_one_info_and_no_warn() {
     client.close().await;
     second.cut().await;
 }
+
+/// A request handled concurrently (no session was set in `on_open`) sees
+/// no session, and one it sets is not kept: a warning says so, with what
+/// to do instead (README, "Requests handled concurrently"); the next
+/// request sees no session either.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_set_by_a_concurrent_request_is_not_kept_and_warned_about() {
+    use chitchat_net::{handler_fn, BoxError, Client, Context};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Says whether it found a session, then sets one.
+    let remember = handler_fn(
+        |_line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            let had = ctx.session::<u64>().is_some();
+            ctx.set_session(7u64);
+            ctx.reply(&format!("had a session: {had}"))?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(remember)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = common::within(
+        "connect",
+        Client::<String>::builder()
+            .request_ids()
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let reply: String = client.request_untyped(&"set".to_string()).await.unwrap();
+        assert_eq!(reply, "had a session: false");
+    }
+    let text = "a request handled concurrently set a session: it is dropped \
+                (set the session in on_open: then requests are handled in order, with it)";
+    // Logged once each request's handler has returned (after its reply).
+    common::wait_until("a warning per request", || {
+        logged(&captured).matches(text).count() >= 2
+    })
+    .await;
+    let logged = logged(&captured);
+    let lines: Vec<&str> = logged.lines().filter(|l| l.contains(text)).collect();
+    assert_eq!(lines.len(), 2, "{logged}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logged}");
+    client.close().await;
+    server.cut().await;
+}

@@ -653,7 +653,8 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         let mut config = self.config;
         config.hello =
             crate::conn::wire::client_plan::<M, H::Message>(&config, &wire, !write_only)?;
-        config.no_hello = crate::conn::wire::no_hello(&config, &wire, crate::wire::hello::Role::Client);
+        config.no_hello =
+            crate::conn::wire::no_hello(&config, &wire, crate::wire::hello::Role::Client);
         let counters = Arc::new(Counters::default());
         let ended = CancellationToken::new();
         let (events, errors) =

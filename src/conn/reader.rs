@@ -48,7 +48,9 @@ use crate::conn::wire::Matching;
 use crate::wire::envelope::{self, Envelope, ErrorCode};
 use crate::wire::error::{BoxError, Error};
 use crate::wire::frame::FrameCodec;
-use crate::wire::hello::{cut_hello, features, first_bytes, FirstBytes, HandshakeError, Hello, Role};
+use crate::wire::hello::{
+    cut_hello, features, first_bytes, FirstBytes, HandshakeError, Hello, Role,
+};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
