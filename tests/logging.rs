@@ -414,3 +414,48 @@ async fn a_session_set_by_a_concurrent_request_is_not_kept_and_warned_about() {
     client.close().await;
     server.cut().await;
 }
+
+/// A side with its handshake off that gets a hello refuses it and says so
+/// at WARN, once per peer address however often it connects (README, "When
+/// it is on").
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_hello_warns_once_per_peer() {
+    use chitchat_net::{Client, Message};
+
+    #[derive(Debug, Message)]
+    #[message(codec = "bincode")]
+    enum Command {
+        Get { key: String },
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // A `String` server: no handshake.
+    let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
+    let events = server.errors();
+    for _ in 0..3 {
+        let refused =
+            common::within("connect", Client::<Command>::connect(server.local_addr())).await;
+        assert!(refused.is_err());
+        common::next_event(&events).await;
+    }
+    let logged = logged(&captured);
+    let refusals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refused a hello"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logged}");
+    assert!(
+        refusals[0].contains(
+            "the client does the handshake (its first frame is a hello), this server does not"
+        ),
+        "{logged}"
+    );
+    server.cut().await;
+}

@@ -29,8 +29,14 @@
 //! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake) and
 //! `ServerBuilder::handshake` on (then a framing that cannot carry it is
 //! refused with [`Error::Config`](crate::Error::Config)). Both ends must
-//! agree: a side with it on meets a side with it off as a timeout or as a
-//! first frame that is not a hello, both errors that say so.
+//! agree, and are told at once when they do not: a side with it off
+//! refuses a hello as its peer's first frame
+//! ([`HandshakeError::UnexpectedHello`], never handed to its handler as a
+//! message) and answers with a refusal ([`NO_HELLO_MAGIC`]), on which the
+//! side with it on fails ([`HandshakeError::NoHandshake`]); a side with
+//! it on whose peer's first frame is not a hello fails too
+//! ([`HandshakeError::NotAHello`]). Only a peer that sends nothing (a Go
+//! peer waiting for a request) is a [`HandshakeError::Timeout`].
 //!
 //! # What a fingerprint covers
 //!
@@ -116,7 +122,8 @@
 //!
 //! Each side checks the peer's hello against its own (see [`Hello::check`]
 //! for the order): the first difference is the error. A frame that is not
-//! a hello ([`HandshakeError::NotAHello`]), a mismatch
+//! a hello ([`HandshakeError::NotAHello`]), a refusal
+//! ([`HandshakeError::NoHandshake`]), a mismatch
 //! ([`HandshakeError::Mismatch`]), no hello within the handshake timeout
 //! ([`HandshakeError::Timeout`]) or an end of stream before it
 //! ([`HandshakeError::Closed`]) ends the connection with an
