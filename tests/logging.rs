@@ -22,8 +22,8 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
+/// What this thread logs at INFO and above, kept (until the guard goes).
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -31,7 +31,12 @@ async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
+    let (captured, _guard) = capture();
     // Nobody reads the server's events.
     let server = Server::builder(())
         .max_frame_length(16)
@@ -59,14 +64,7 @@ async fn an_outage_logs_one_warn_not_one_per_try() {
     use chitchat_net::{Client, Error, Reconnect};
     use std::time::Duration;
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
     let port = server.local_addr().tcp().unwrap().port();
     let client = Client::<String>::builder()
@@ -139,14 +137,7 @@ async fn wait_for_line(captured: &Captured, text: &str) {
 async fn per_frame_errors_are_warn_at_a_bounded_rate() {
     use chitchat_net::{handler_fn, BoxError, Context};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let picky = handler_fn(
         |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
             if line == "fail" {
@@ -203,14 +194,7 @@ async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
         Get { key: String },
     }
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let store = chitchat_net::handler_fn(
         |_cmd: Command,
          _ctx: &mut chitchat_net::Context<'_>|
@@ -266,14 +250,7 @@ async fn one_sided_variants_are_said_at_info_by_the_client() {
         Delete { key: String },
     }
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let server = Server::builder(handler_fn(
         |_cmd: old::Command, _ctx: &mut Context<'_>| -> Result<(), BoxError> { Ok(()) },
     ))
@@ -300,14 +277,7 @@ async fn a_drain_logs_one_info_and_no_warn() {
     use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Reconnect};
     use std::time::Duration;
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let answer = || {
         handler_fn(
             |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
@@ -366,14 +336,7 @@ async fn a_drain_logs_one_info_and_no_warn() {
 async fn a_session_set_by_a_concurrent_request_is_not_kept_and_warned_about() {
     use chitchat_net::{handler_fn, BoxError, Client, Context};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     // Says whether it found a session, then sets one.
     let remember = handler_fn(
         |_line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
@@ -428,14 +391,7 @@ async fn a_refused_hello_warns_once_per_peer() {
         Get { key: String },
     }
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     // A `String` server: no handshake.
     let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
     let events = server.errors();

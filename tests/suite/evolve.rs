@@ -10,19 +10,14 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use chitchat_net::envelope::ErrorCode;
 use chitchat_net::handshake::{HandshakeError, Setting};
 use chitchat_net::{
     handler_fn, BoxError, Client, ConnectError, Context, Error, ErrorEvents, Message, RequestError,
     Server,
 };
-use common::{next_event, within};
+use common::{next_event, within, NEVER};
 use tokio::sync::mpsc;
-
-/// Longer than any wait of these tests (see the module docs).
-const NEVER: Duration = Duration::from_secs(60);
 
 /// The previous wire version, kept as it was.
 mod v1 {

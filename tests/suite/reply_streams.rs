@@ -17,19 +17,15 @@ use crate::common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chitchat_net::envelope::ErrorCode;
 use chitchat_net::{
     BoxError, Client, Context, Handler, Message, ReplySink, RequestError, Server, SinkError,
     StreamError,
 };
-use common::{with_progress, within};
+use common::{with_progress, within, NEVER};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-
-/// Longer than any wait of these tests.
-const NEVER: Duration = Duration::from_secs(60);
 
 /// What the client asks the server: some commands are answered by one
 /// reply, the ones marked `stream` by a stream of `Event`s.
@@ -779,13 +775,8 @@ async fn a_reconnecting_clients_subscription_resumes_on_the_next_server_after_a_
             .request_ids()
             .request_timeout(NEVER)
             .handler(Answerer)
-            // An hour: a client that waited its backoff would time the
-            // test out (after a drain it moves on at once).
-            .reconnect(
-                chitchat_net::Reconnect::new()
-                    .initial_delay(Duration::from_secs(3600))
-                    .max_delay(Duration::from_secs(3600)),
-            )
+            // After a drain it moves on at once, not after the backoff.
+            .reconnect(common::hour_backoff())
             .connect_any([a.local_addr(), b.local_addr()])
             .await
             .unwrap(),
