@@ -131,8 +131,8 @@
 //! client's `connect` with
 //! [`ConnectError::Handshake`](crate::ConnectError::Handshake); frames that
 //! came after the peer's hello never reach the handler then. A
-//! reconnecting client that meets a mismatch gives up instead of dialling
-//! again.
+//! reconnecting client that meets a mismatch, or whose handshake is off and
+//! that refuses its server's hello, gives up instead of dialling again.
 //!
 //! # Examples
 //!
@@ -316,6 +316,12 @@ impl Outcome {
             Some(Ok(bits)) => *bits,
             _ => 0,
         }
+    }
+
+    /// The outcome, once there is one (a side without the handshake has
+    /// one only if it refused a hello).
+    pub(crate) fn outcome(&self) -> Option<&Result<u64, HandshakeError>> {
+        self.result.get()
     }
 
     /// Wakes the waiters without an outcome: the connection has ended.

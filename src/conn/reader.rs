@@ -253,6 +253,8 @@ where
     /// not end first (it would end the connection without the error).
     async fn refuse_hello(&mut self, error: HandshakeError) -> Error {
         let conn = &self.handle.inner;
+        // (A reconnecting client gives up on it.)
+        conn.handshake.set(Err(error.clone()));
         let peer = &conn.peer;
         self.events.warn_once_per_peer(peer, || {
             tracing::warn!(%peer, error = %error, "chitchat-net refused a hello: the handshake is off here");

@@ -278,7 +278,7 @@ async fn a_reply_variant_the_old_client_lacks_is_a_bad_reply_naming_it() {
     let refused = within("the get", client.request(&get)).await;
     match &refused {
         Err(RequestError::BadReply(Error::UnknownVariant { type_name, tag })) => {
-            assert_eq!((type_name.as_ref(), *tag), ("Reply", 3));
+            assert_eq!((*type_name, *tag), ("Reply", 3));
         }
         other => panic!("expected BadReply(UnknownVariant), got {other:?}"),
     }

@@ -641,6 +641,46 @@ async fn an_untyped_client_toward_a_typed_server_is_told_at_once() {
     srv.cut().await;
 }
 
+/// A reconnecting untyped client toward a typed server does not dial
+/// forever either: it refuses the server's hello, and gives up.
+#[tokio::test]
+async fn a_reconnecting_untyped_client_gives_up_on_a_typed_server() {
+    let srv = echo_server::<v2::Command>(BASE).await;
+    let client = within(
+        "connect",
+        Client::<String>::builder()
+            .reconnect(
+                Reconnect::new()
+                    .initial_delay(Duration::from_millis(5))
+                    .max_delay(Duration::from_millis(20)),
+            )
+            .connect(srv.local_addr()),
+    )
+    .await
+    .unwrap();
+    let events = client.errors();
+    assert_eq!(
+        within("the client's end", client.closed()).await,
+        CloseReason::Failed
+    );
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_recv() {
+        seen.push(event.error);
+    }
+    assert!(
+        matches!(
+            seen.first(),
+            Some(Error::Handshake(HandshakeError::UnexpectedHello { .. }))
+        ),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(seen.last(), Some(Error::ReconnectGaveUp { attempts: 1 })),
+        "{seen:?}"
+    );
+    srv.cut().await;
+}
+
 /// A reconnecting client with the wrong types does not dial forever: at
 /// its first connect it is refused at once; when the server it reconnects
 /// to speaks other types, it gives up.
