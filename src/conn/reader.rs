@@ -879,6 +879,9 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             FirstBytes::Undecided => Ok(()),
             FirstBytes::Hello => {
                 self.no_hello = None;
+                // Never cut into frames for the handler (a read ahead
+                // while `on_open` waits leaves them for after it).
+                self.buf.clear();
                 Err(HandshakeError::UnexpectedHello { we }.into())
             }
             FirstBytes::NoHello | FirstBytes::Other => {

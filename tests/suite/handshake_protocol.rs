@@ -573,6 +573,69 @@ async fn a_typed_client_toward_a_server_without_handshake_is_told_at_once() {
     server.cut().await;
 }
 
+/// The same while the server's `on_open` waits (its read side reads
+/// ahead meanwhile): the hello read then is not handed to the handler
+/// once `on_open` returns; it is refused. (Today the first read takes 64
+/// bytes, never a whole hello, so no frame could be cut from it anyway;
+/// the read side drops the bytes of a refused hello all the same.)
+#[tokio::test]
+async fn a_hello_read_while_on_open_waits_is_refused_too() {
+    struct Slow {
+        open: std::sync::Arc<tokio::sync::Notify>,
+        lines: tokio::sync::mpsc::UnboundedSender<String>,
+    }
+    impl chitchat_net::Handler for Slow {
+        type Message = String;
+        async fn on_open(&self, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            self.open.notified().await;
+            Ok(())
+        }
+        async fn handle(&self, line: String, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
+            self.lines.send(line)?;
+            Ok(())
+        }
+    }
+    let open = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::builder(Slow {
+        open: open.clone(),
+        lines: tx,
+    })
+    .listen("127.0.0.1:0")
+    .await
+    .unwrap();
+    let events = server.errors();
+    let connect = tokio::spawn(
+        Client::<v2::Command>::builder()
+            .handshake_timeout(HANDSHAKE_TIMEOUT)
+            .connect(server.local_addr()),
+    );
+    common::wait_until("the server has read the hello", || {
+        server.stats().bytes_in > 0
+    })
+    .await;
+    open.notify_one();
+    let refused = within("connect", connect).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(ConnectError::Handshake(HandshakeError::NoHandshake { .. }))
+        ),
+        "{refused:?}"
+    );
+    let event = next_event(&events).await;
+    assert!(
+        matches!(
+            &event.error,
+            Error::Handshake(HandshakeError::UnexpectedHello { .. })
+        ),
+        "{:?}",
+        event.error
+    );
+    assert!(lines.try_recv().is_err(), "the hello reached the handler");
+    server.cut().await;
+}
+
 /// The reverse: an untyped client (`String`, no hello) toward a typed
 /// server, which sends its hello first. The client does not take the
 /// hello for a line: it reports a handshake event and ends the
