@@ -22,8 +22,8 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
+/// What this thread logs at INFO and above, kept (until the guard goes).
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -31,7 +31,12 @@ async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_error_that_ends_a_connection_is_logged_at_warn_unread() {
+    let (captured, _guard) = capture();
     // Nobody reads the server's events.
     let server = Server::builder(())
         .max_frame_length(16)
@@ -59,14 +64,7 @@ async fn an_outage_logs_one_warn_not_one_per_try() {
     use chitchat_net::{Client, Error, Reconnect};
     use std::time::Duration;
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
     let port = server.local_addr().tcp().unwrap().port();
     let client = Client::<String>::builder()
@@ -139,14 +137,7 @@ async fn wait_for_line(captured: &Captured, text: &str) {
 async fn per_frame_errors_are_warn_at_a_bounded_rate() {
     use chitchat_net::{handler_fn, BoxError, Context};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let picky = handler_fn(
         |line: String, _ctx: &mut Context<'_>| -> Result<(), BoxError> {
             if line == "fail" {
@@ -203,14 +194,7 @@ async fn a_refused_handshake_warns_once_per_peer_on_the_server() {
         Get { key: String },
     }
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let store = chitchat_net::handler_fn(
         |_cmd: Command,
          _ctx: &mut chitchat_net::Context<'_>|
@@ -266,14 +250,7 @@ async fn one_sided_variants_are_said_at_info_by_the_client() {
         Delete { key: String },
     }
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let server = Server::builder(handler_fn(
         |_cmd: old::Command, _ctx: &mut Context<'_>| -> Result<(), BoxError> { Ok(()) },
     ))
@@ -300,14 +277,7 @@ async fn a_drain_logs_one_info_and_no_warn() {
     use chitchat_net::{handler_fn, BoxError, Client, Context, Error, Reconnect};
     use std::time::Duration;
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
     let answer = || {
         handler_fn(
             |line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
@@ -356,4 +326,92 @@ async fn a_drain_logs_one_info_and_no_warn() {
     assert!(infos[0].contains("draining"), "{logged}");
     client.close().await;
     second.cut().await;
+}
+
+/// A request handled concurrently (no session was set in `on_open`) sees
+/// no session, and one it sets is not kept: a warning says so, with what
+/// to do instead (README, "Requests handled concurrently"); the next
+/// request sees no session either.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_set_by_a_concurrent_request_is_not_kept_and_warned_about() {
+    use chitchat_net::{handler_fn, BoxError, Client, Context};
+
+    let (captured, _guard) = capture();
+    // Says whether it found a session, then sets one.
+    let remember = handler_fn(
+        |_line: String, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            let had = ctx.session::<u64>().is_some();
+            ctx.set_session(7u64);
+            ctx.reply(&format!("had a session: {had}"))?;
+            Ok(())
+        },
+    );
+    let server = Server::builder(remember)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = common::within(
+        "connect",
+        Client::<String>::builder()
+            .request_ids()
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let reply: String = client.request_untyped(&"set".to_string()).await.unwrap();
+        assert_eq!(reply, "had a session: false");
+    }
+    let text = "a request handled concurrently set a session: it is dropped \
+                (set the session in on_open: then requests are handled in order, with it)";
+    // Logged once each request's handler has returned (after its reply).
+    common::wait_until("a warning per request", || {
+        logged(&captured).matches(text).count() >= 2
+    })
+    .await;
+    let logged = logged(&captured);
+    let lines: Vec<&str> = logged.lines().filter(|l| l.contains(text)).collect();
+    assert_eq!(lines.len(), 2, "{logged}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logged}");
+    client.close().await;
+    server.cut().await;
+}
+
+/// A side with its handshake off that gets a hello refuses it and says so
+/// at WARN, once per peer address however often it connects (README, "When
+/// it is on").
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_hello_warns_once_per_peer() {
+    use chitchat_net::{Client, Message};
+
+    #[derive(Debug, Message)]
+    #[message(codec = "bincode")]
+    enum Command {
+        Get { key: String },
+    }
+
+    let (captured, _guard) = capture();
+    // A `String` server: no handshake.
+    let server = Server::listen("127.0.0.1:0", ()).await.unwrap();
+    let events = server.errors();
+    for _ in 0..3 {
+        let refused =
+            common::within("connect", Client::<Command>::connect(server.local_addr())).await;
+        assert!(refused.is_err());
+        common::next_event(&events).await;
+    }
+    let logged = logged(&captured);
+    let refusals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refused a hello"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logged}");
+    assert!(
+        refusals[0].contains(
+            "the client does the handshake (its first frame is a hello), this server does not"
+        ),
+        "{logged}"
+    );
+    server.cut().await;
 }

@@ -653,6 +653,8 @@ impl<M: Message, H: Handler, R: Send + 'static> ClientBuilder<M, H, R> {
         let mut config = self.config;
         config.hello =
             crate::conn::wire::client_plan::<M, H::Message>(&config, &wire, !write_only)?;
+        config.no_hello =
+            crate::conn::wire::no_hello(&config, &wire, crate::wire::hello::Role::Client);
         let counters = Arc::new(Counters::default());
         let ended = CancellationToken::new();
         let (events, errors) =
@@ -936,6 +938,16 @@ impl<H: Handler> Supervisor<H> {
             let peer = Some(last.peer_addr());
             if self.link.stop.is_cancelled() || self.link.closing.is_cancelled() {
                 break reason;
+            }
+            // This client has no handshake and refused the server's hello
+            // (the server does the handshake): dialling again cannot help.
+            let refused = last.inner.handshake.outcome();
+            if let Some(Err(error)) = refused.filter(|o| matches!(o, Err(e) if e.is_permanent())) {
+                tracing::warn!(
+                    error = %error,
+                    "chitchat-net client: the server does the handshake, this client not; giving up reconnecting"
+                );
+                break self.give_up(Some(failed.saturating_add(1)), &last);
             }
             let (started, frames_in) = since;
             if policy.healthy(started.elapsed(), self.frames_in() > frames_in) {

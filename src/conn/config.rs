@@ -69,6 +69,10 @@ pub(crate) struct ConnectionConfig {
     /// The handshake of every connection, if it is on: resolved when the
     /// server or client starts (from `handshake` and the message types).
     pub(crate) hello: Option<std::sync::Arc<crate::conn::handshake::Plan>>,
+    /// With the handshake off, in a framing that can carry a hello: the
+    /// side this is. A hello as the peer's first frame is then refused
+    /// (see [`crate::conn::handshake`]).
+    pub(crate) no_hello: Option<crate::wire::hello::Role>,
     /// The error that ends a connection is logged at DEBUG, not WARN (it is
     /// still an event): a reconnecting client logs one WARN per outage
     /// itself.
@@ -174,6 +178,7 @@ impl Default for ConnectionConfig {
             refuse_empty_frames: false,
             handshake: Default::default(),
             hello: None,
+            no_hello: None,
             quiet_ends: false,
             drain: true,
         }

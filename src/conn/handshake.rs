@@ -29,8 +29,14 @@
 //! [`ClientBuilder::handshake`](crate::ClientBuilder::handshake) and
 //! `ServerBuilder::handshake` on (then a framing that cannot carry it is
 //! refused with [`Error::Config`](crate::Error::Config)). Both ends must
-//! agree: a side with it on meets a side with it off as a timeout or as a
-//! first frame that is not a hello, both errors that say so.
+//! agree, and are told at once when they do not: a side with it off
+//! refuses a hello as its peer's first frame
+//! ([`HandshakeError::UnexpectedHello`], never handed to its handler as a
+//! message) and answers with a refusal ([`NO_HELLO_MAGIC`]), on which the
+//! side with it on fails ([`HandshakeError::NoHandshake`]); a side with
+//! it on whose peer's first frame is not a hello fails too
+//! ([`HandshakeError::NotAHello`]). Only a peer that sends nothing (a Go
+//! peer waiting for a request) is a [`HandshakeError::Timeout`].
 //!
 //! # What a fingerprint covers
 //!
@@ -116,7 +122,8 @@
 //!
 //! Each side checks the peer's hello against its own (see [`Hello::check`]
 //! for the order): the first difference is the error. A frame that is not
-//! a hello ([`HandshakeError::NotAHello`]), a mismatch
+//! a hello ([`HandshakeError::NotAHello`]), a refusal
+//! ([`HandshakeError::NoHandshake`]), a mismatch
 //! ([`HandshakeError::Mismatch`]), no hello within the handshake timeout
 //! ([`HandshakeError::Timeout`]) or an end of stream before it
 //! ([`HandshakeError::Closed`]) ends the connection with an
@@ -124,8 +131,8 @@
 //! client's `connect` with
 //! [`ConnectError::Handshake`](crate::ConnectError::Handshake); frames that
 //! came after the peer's hello never reach the handler then. A
-//! reconnecting client that meets a mismatch gives up instead of dialling
-//! again.
+//! reconnecting client that meets a mismatch, or whose handshake is off and
+//! that refuses its server's hello, gives up instead of dialling again.
 //!
 //! # Examples
 //!
@@ -169,7 +176,8 @@ use crate::wire::frame::{Escaping, Framing};
 pub use crate::wire::hello::{
     effective_fingerprint, features, fold, Fingerprint, FingerprintBuilder, HandshakeError, Hello,
     Mismatch, RequestMode, Role, Setting, TypeInfo, VariantInfo, HELLO_MAGIC, HELLO_V1_MAGIC,
-    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, PROTOCOL_VERSIONS,
+    MAX_ALSO_DECODES, MAX_HELLO_LEN, MAX_LISTED_VARIANTS, MAX_NAME_LEN, NO_HELLO_MAGIC,
+    PROTOCOL_VERSIONS,
 };
 
 /// What `#[derive(Message)]` uses to find a field type's fingerprint if
@@ -308,6 +316,12 @@ impl Outcome {
             Some(Ok(bits)) => *bits,
             _ => 0,
         }
+    }
+
+    /// The outcome, once there is one (a side without the handshake has
+    /// one only if it refused a hello).
+    pub(crate) fn outcome(&self) -> Option<&Result<u64, HandshakeError>> {
+        self.result.get()
     }
 
     /// Wakes the waiters without an outcome: the connection has ended.

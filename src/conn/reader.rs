@@ -48,7 +48,9 @@ use crate::conn::wire::Matching;
 use crate::wire::envelope::{self, Envelope, ErrorCode};
 use crate::wire::error::{BoxError, Error};
 use crate::wire::frame::FrameCodec;
-use crate::wire::hello::{cut_hello, features, HandshakeError, Hello, Role};
+use crate::wire::hello::{
+    cut_hello, features, first_bytes, FirstBytes, HandshakeError, Hello, Role,
+};
 
 /// The first read's size: an idle connection holds no read buffer at all,
 /// and one that has read a little holds a small one.
@@ -108,6 +110,9 @@ struct Input<R, M> {
     /// Whether the handler's message type is decoded in place, from the
     /// read buffer ([`Codec::copies_out`](crate::codec::Codec::copies_out)).
     copies_out: bool,
+    /// Until the first bytes are told apart from a hello, on a side with
+    /// its handshake off: the side this is (see `check_first_bytes`).
+    no_hello: Option<Role>,
     /// What was read while a handler call waited (boxed, and only once a
     /// call has waited: no room in a task whose handler never waits).
     ahead: Option<Box<Ahead<M>>>,
@@ -198,6 +203,7 @@ where
                 chunk: 0,
                 decoder: handle.inner.wire.decoder(),
                 copies_out: handle.inner.wire.copies_out::<H::Message>(),
+                no_hello: config.no_hello,
                 ahead: None,
                 errors: None,
             },
@@ -221,7 +227,13 @@ where
     /// Returns who ended the connection: the peer (its end of stream came
     /// first) or this side (a close was asked).
     pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
-        let result = self.serve_then_close().await;
+        let result = match self.serve_then_close().await {
+            // Boxed: no room for it in the task's future.
+            Err(Error::Handshake(error @ HandshakeError::UnexpectedHello { .. })) => {
+                Err(Box::pin(self.refuse_hello(error)).await)
+            }
+            result => result,
+        };
         if result.is_ok() && self.handle.inner.inflight.get().is_some() {
             // Requests still running are answered before our side ends
             // (boxed: no room for the wait in the task's future).
@@ -229,6 +241,41 @@ where
         }
         self.handle.inner.outbox.finish();
         result
+    }
+
+    /// The peer's first frame is a hello, and this side has its handshake
+    /// off: says so (at WARN, once per peer address), answers with a
+    /// refusal so that the peer fails at once rather than wait for a hello
+    /// until its handshake timeout, and ends our side. What the peer sends
+    /// meanwhile is dropped; it closes its side once it has read the
+    /// refusal. Waited for half the close timeout at most: the
+    /// connection's own wait, which starts once our side has ended, must
+    /// not end first (it would end the connection without the error).
+    async fn refuse_hello(&mut self, error: HandshakeError) -> Error {
+        let conn = &self.handle.inner;
+        // (A reconnecting client gives up on it.)
+        conn.handshake.set(Err(error.clone()));
+        let peer = &conn.peer;
+        self.events.warn_once_per_peer(peer, || {
+            tracing::warn!(%peer, error = %error, "chitchat-net refused a hello: the handshake is off here");
+        });
+        if let Err(error) = conn.outbox.push_reply(|buf| conn.wire.encode_no_hello(buf)) {
+            tracing::debug!(%error, "the refusal of a hello could not be queued");
+        }
+        conn.outbox.finish();
+        let until = Instant::now() + self.config.close_timeout / 2;
+        let input = &mut self.input;
+        let _ = tokio::time::timeout_at(until, async {
+            loop {
+                input.buf.clear();
+                input.make_read_room();
+                if !matches!(input.read().await, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        })
+        .await;
+        Error::Handshake(error)
     }
 
     /// Waits until no request task runs, reading ahead meanwhile (their
@@ -335,8 +382,15 @@ where
         // Cut whatever the peer's framing: a peer of another framing is
         // told so by its hello, not waited for.
         let (text, taken) = loop {
-            if let Some(found) = cut_hello(&input.buf)? {
-                break found;
+            match first_bytes(&input.buf) {
+                // The peer has its handshake off, and says so.
+                FirstBytes::NoHello => return Err(HandshakeError::NoHandshake { we: plan.role }),
+                FirstBytes::Undecided => {}
+                FirstBytes::Hello | FirstBytes::Other => {
+                    if let Some(found) = cut_hello(&input.buf)? {
+                        break found;
+                    }
+                }
             }
             input.make_read_room();
             let read = tokio::time::timeout_at(deadline, input.read())
@@ -809,7 +863,32 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             return ended;
         }
         let read = self.stream.read_buf(&mut self.buf).await;
-        Ok(self.end_of_stream_as_zero(read)?)
+        let n = self.end_of_stream_as_zero(read)?;
+        self.check_first_bytes()?;
+        Ok(n)
+    }
+
+    /// On a side with its handshake off, until the first bytes read are
+    /// told apart: [`HandshakeError::UnexpectedHello`] if they are a hello
+    /// (never handed to the handler as a message).
+    fn check_first_bytes(&mut self) -> Result<(), Error> {
+        let Some(we) = self.no_hello else {
+            return Ok(());
+        };
+        match first_bytes(&self.buf) {
+            FirstBytes::Undecided => Ok(()),
+            FirstBytes::Hello => {
+                self.no_hello = None;
+                // Never cut into frames for the handler (a read ahead
+                // while `on_open` waits leaves them for after it).
+                self.buf.clear();
+                Err(HandshakeError::UnexpectedHello { we }.into())
+            }
+            FirstBytes::NoHello | FirstBytes::Other => {
+                self.no_hello = None;
+                Ok(())
+            }
+        }
     }
 
     /// A TLS peer that closes without `close_notify` is read as an
@@ -926,6 +1005,10 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
                 Ok(0) => ahead.ended = Some(Ok(0)),
                 Ok(n) => Counters::add(&conn.counters.bytes_in, n as u64),
                 Err(error) => ahead.ended = Some(Err(error.into())),
+            }
+            if let Err(error) = self.check_first_bytes() {
+                ahead.ended = Some(Err(error));
+                return;
             }
             let mut frames = 0;
             while !ahead.is_full(limit) {

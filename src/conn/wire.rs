@@ -14,7 +14,8 @@ use crate::wire::envelope::{self, Envelope};
 use crate::wire::error::Error;
 use crate::wire::frame::{FrameCodec, Framing};
 use crate::wire::hello::{
-    features, in_hello_alphabet, Hello, RequestMode, Role, TypeInfo, PROTOCOL_VERSIONS,
+    features, in_hello_alphabet, Hello, RequestMode, Role, TypeInfo, NO_HELLO_MAGIC,
+    PROTOCOL_VERSIONS,
 };
 
 /// A codec override for one message type, stored as `Arc<dyn Codec<M>>`
@@ -152,6 +153,15 @@ impl Wire {
     pub(crate) fn encode_hello(&self, hello: &Hello, dst: &mut BytesMut) -> Result<(), Error> {
         self.spec.raw.encode_with(dst, |d| {
             hello.encode(d);
+            Ok(())
+        })
+    }
+
+    /// Appends one framed refusal of a hello ([`NO_HELLO_MAGIC`]), like a
+    /// hello (see [`encode_hello`](Self::encode_hello)).
+    pub(crate) fn encode_no_hello(&self, dst: &mut BytesMut) -> Result<(), Error> {
+        self.spec.raw.encode_with(dst, |d| {
+            d.extend_from_slice(NO_HELLO_MAGIC);
             Ok(())
         })
     }
@@ -625,6 +635,15 @@ pub(crate) fn server_plan<A: Message>(
         send_framing,
         type_info::<A>(wire),
     )
+}
+
+/// `Some(role)` if this side has its handshake off and reads a framing
+/// that can carry a hello (so that one can be told from a message): see
+/// [`ConnectionConfig::no_hello`].
+pub(crate) fn no_hello(config: &ConnectionConfig, wire: &Wire, role: Role) -> Option<Role> {
+    let framing = wire.decoder().framing();
+    let can_carry = !framing.is_eof() && !framing.delimiter().is_some_and(in_hello_alphabet);
+    (config.hello.is_none() && can_carry).then_some(role)
 }
 
 fn plan(

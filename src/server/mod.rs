@@ -587,6 +587,8 @@ impl<H: Handler> ServerBuilder<H> {
         let wire = Wire::build(&self.config, binary, overrides)?;
         let mut config = self.config;
         config.hello = crate::conn::wire::server_plan::<H::Message>(&config, &wire, self.sends)?;
+        config.no_hello =
+            crate::conn::wire::no_hello(&config, &wire, crate::wire::hello::Role::Server);
         config.overload_slots = config.overload.map(|(_, in_all)| {
             Arc::new(tokio::sync::Semaphore::new(
                 in_all.min(tokio::sync::Semaphore::MAX_PERMITS),

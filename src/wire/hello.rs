@@ -110,6 +110,64 @@ pub const HELLO_MAGIC: &[u8; 16] = b"chitchat-hello/2";
 /// older ([`HandshakeError::OldPeer`]).
 pub const HELLO_V1_MAGIC: &[u8; 16] = b"chitchat-hello/1";
 
+/// The payload of the frame a side with its handshake off answers a
+/// hello with ([`HandshakeError::UnexpectedHello`]), before it closes the
+/// connection: the peer fails at once with [`HandshakeError::NoHandshake`]
+/// (a build older than this frame, with [`HandshakeError::NotAHello`],
+/// whose words say the same), instead of waiting for a hello until its
+/// handshake timeout. Sent in the refusing side's framing, like a hello.
+pub const NO_HELLO_MAGIC: &[u8; 18] = b"chitchat-nohello/1";
+
+/// What the first bytes of a connection are, whatever the peer's framing
+/// (delimited, or length-prefixed: a big-endian `u32` length first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstBytes {
+    /// Too few to tell (a start of a hello or a refusal, or of a length
+    /// prefix that could be one's).
+    Undecided,
+    /// A hello (of any version).
+    Hello,
+    /// A refusal: the peer has its handshake off ([`NO_HELLO_MAGIC`]).
+    NoHello,
+    /// Neither.
+    Other,
+}
+
+/// Classifies the first bytes a connection reads (see [`FirstBytes`]).
+pub(crate) fn first_bytes(buf: &[u8]) -> FirstBytes {
+    const HELLO: &[u8] = b"chitchat-hello/";
+    // `Some(true)` if `text` starts with `magic`, `None` while it is a
+    // shorter start of it.
+    let starts = |text: &[u8], magic: &[u8]| {
+        let n = text.len().min(magic.len());
+        (text[..n] == magic[..n]).then_some(n == magic.len())
+    };
+    let classify = |text: &[u8]| match (starts(text, HELLO), starts(text, NO_HELLO_MAGIC)) {
+        (Some(true), _) => FirstBytes::Hello,
+        (_, Some(true)) => FirstBytes::NoHello,
+        (None, None) => FirstBytes::Other,
+        _ => FirstBytes::Undecided,
+    };
+    match classify(buf) {
+        FirstBytes::Other => {}
+        found => return found,
+    }
+    // A length prefix: at most MAX_HELLO_LEN (0x1000), so two zero bytes.
+    let Some(prefix) = buf.get(..4) else {
+        let could = buf.iter().take(2).all(|&b| b == 0) && buf.get(2).is_none_or(|&b| b <= 0x10);
+        return if could {
+            FirstBytes::Undecided
+        } else {
+            FirstBytes::Other
+        };
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if !(NO_HELLO_MAGIC.len().min(HELLO.len())..=MAX_HELLO_LEN).contains(&len) {
+        return FirstBytes::Other;
+    }
+    classify(&buf[4..])
+}
+
 /// A hello frame's payload is at most this long: longer ones are
 /// [`HandshakeError::Malformed`], and a hello whose names would not fit
 /// lists fewer variants.
@@ -1123,12 +1181,40 @@ pub enum HandshakeError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// No hello arrived within the handshake timeout: the peer has its
-    /// handshake off, or is not a chitchat-net peer.
+    /// The peer's first frame is a hello, and this side has its handshake
+    /// off: the peer waits for a hello it will never get. This side
+    /// answers with a refusal ([`NO_HELLO_MAGIC`]), which tells the peer
+    /// at once ([`HandshakeError::NoHandshake`]).
     #[error(
-        "no handshake from the peer within {0:?}: the peer has its handshake off (a Go peer, \
-         message types without a fingerprint, or `.no_handshake()`), or is not a chitchat-net \
-         peer; switch it on there (`.handshake()`) or off here (`.no_handshake()`)"
+        "{} does the handshake (its first frame is a hello), {} does not: declare message \
+         types with a fingerprint on both sides or on neither, or switch the handshake off \
+         there (`.no_handshake()`) or on here (`.handshake()`)",
+        .we.peer(), .we.me()
+    )]
+    UnexpectedHello {
+        /// Which side this is.
+        we: Role,
+    },
+    /// The peer has its handshake off: it answered this side's hello with
+    /// a refusal ([`NO_HELLO_MAGIC`]).
+    #[error(
+        "{} does not do the handshake (it refused {}'s hello): declare message types with a \
+         fingerprint on both sides or on neither, or switch the handshake on there \
+         (`.handshake()`) or off here (`.no_handshake()`)",
+        .we.peer(), .we.me()
+    )]
+    NoHandshake {
+        /// Which side this is.
+        we: Role,
+    },
+    /// No hello arrived within the handshake timeout: the peer is not a
+    /// chitchat-net peer that does the handshake or refuses it (those
+    /// answer a hello at once).
+    #[error(
+        "no handshake from the peer within {0:?}: the peer has its handshake off and does not \
+         say so (a Go peer, or a chitchat-net older than the refusal of hellos), or is not a \
+         chitchat-net peer; switch it on there (`.handshake()`) or off here (`.no_handshake()`, \
+         or message types without a fingerprint)"
     )]
     Timeout(Duration),
     /// The peer ended the stream before its hello.
@@ -1175,6 +1261,40 @@ mod tests {
         let mut buf = BytesMut::new();
         hello.encode(&mut buf);
         buf
+    }
+
+    #[test]
+    fn first_bytes_tell_a_hello_a_refusal_and_anything_else_apart() {
+        let mut framed = BytesMut::new();
+        framed.extend_from_slice(&(NO_HELLO_MAGIC.len() as u32).to_be_bytes());
+        framed.extend_from_slice(NO_HELLO_MAGIC);
+        let hello = encoded(&hello());
+        let mut long = BytesMut::new();
+        long.extend_from_slice(&(hello.len() as u32).to_be_bytes());
+        long.extend_from_slice(&hello);
+        for (bytes, expected) in [
+            (&b""[..], FirstBytes::Undecided),
+            (b"chitchat-", FirstBytes::Undecided),
+            (b"chitchat-hello/", FirstBytes::Hello),
+            (b"chitchat-hello/1 x", FirstBytes::Hello),
+            (&hello[..], FirstBytes::Hello),
+            (b"chitchat-noh", FirstBytes::Undecided),
+            (&NO_HELLO_MAGIC[..], FirstBytes::NoHello),
+            (b"chitchat-nohello/1\n", FirstBytes::NoHello),
+            (&framed[..], FirstBytes::NoHello),
+            (&framed[..9], FirstBytes::Undecided),
+            (&long[..], FirstBytes::Hello),
+            (b"\0\0", FirstBytes::Undecided),
+            (b"\0\0\0\x12", FirstBytes::Undecided),
+            (b"\0\0\0\x12chitchat-x", FirstBytes::Other),
+            (b"\0\0\0\x02hi", FirstBytes::Other),
+            (b"\0\x01", FirstBytes::Other),
+            (b"chitchat\n", FirstBytes::Other),
+            (b"get key\n", FirstBytes::Other),
+            (b"g", FirstBytes::Other),
+        ] {
+            assert_eq!(first_bytes(bytes), expected, "{bytes:?}");
+        }
     }
 
     #[test]

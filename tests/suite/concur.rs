@@ -20,11 +20,8 @@ use chitchat_net::handshake::features;
 use chitchat_net::{
     BoxError, Client, Closed, ConnectionHandle, Context, Handler, Message, RequestError, Server,
 };
-use common::{settled, wait_until, within};
+use common::{settled, wait_until, within, NEVER};
 use tokio::sync::{mpsc, Barrier, Notify};
-
-/// Longer than any wait of these tests.
-const NEVER: Duration = Duration::from_secs(60);
 
 /// What each side asks the other.
 #[derive(Debug, Clone, PartialEq, Message)]

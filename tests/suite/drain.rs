@@ -14,7 +14,7 @@ use chitchat_net::{
     envelope::ErrorCode, BoxError, Client, CloseReason, Closed, Context, Error, ErrorEvents,
     Handler, Reconnect, RequestError, Server,
 };
-use common::{dead_addr, wait_until, within, WAIT};
+use common::{dead_addr, hour_backoff, wait_until, within, WAIT};
 use tokio::sync::watch;
 
 /// A server handler: counts each request, sends the client a note (a
@@ -96,14 +96,6 @@ impl Handler for Noting {
     async fn on_close(&self, _closed: Closed) {
         self.0.closed.fetch_add(1, Ordering::SeqCst);
     }
-}
-
-/// A backoff that a test would notice: an hour before any try after the
-/// first. A client that waited it would time the test out.
-fn hour_backoff() -> Reconnect {
-    Reconnect::new()
-        .initial_delay(Duration::from_secs(3600))
-        .max_delay(Duration::from_secs(3600))
 }
 
 fn fast_backoff() -> Reconnect {

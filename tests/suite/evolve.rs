@@ -10,19 +10,14 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use chitchat_net::envelope::ErrorCode;
 use chitchat_net::handshake::{HandshakeError, Setting};
 use chitchat_net::{
     handler_fn, BoxError, Client, ConnectError, Context, Error, ErrorEvents, Message, RequestError,
     Server,
 };
-use common::{next_event, within};
+use common::{next_event, within, NEVER};
 use tokio::sync::mpsc;
-
-/// Longer than any wait of these tests (see the module docs).
-const NEVER: Duration = Duration::from_secs(60);
 
 /// The previous wire version, kept as it was.
 mod v1 {
@@ -141,6 +136,22 @@ mod v2 {
     }
 }
 
+/// A later `Reply`: one more variant, with a new tag.
+mod v3 {
+    use chitchat_net::Message;
+
+    #[derive(Debug, Clone, PartialEq, Message)]
+    #[message(codec = "bincode")]
+    pub enum Reply {
+        #[message(tag = 1)]
+        Value { key: String, value: Option<String> },
+        #[message(tag = 2)]
+        Stored,
+        #[message(tag = 3)]
+        Gone { key: String },
+    }
+}
+
 /// A client handler that hands every notice to the test.
 fn notices<N: Message>() -> (
     impl chitchat_net::Handler<Message = N>,
@@ -227,6 +238,62 @@ async fn an_old_client_and_a_new_server_understand_the_shared_variants() {
             value: Some("v".into())
         }
     );
+    assert!(!client.is_closed());
+    client.close().await;
+    server.cut().await;
+}
+
+/// A new server answering an old client with a reply variant the client
+/// lacks (its `Reply` gained `Gone`; replies are not in the hello, so the
+/// handshake accepts the client): that request fails at once with
+/// `RequestError::BadReply(Error::UnknownVariant)` naming the type and tag,
+/// not a timeout; the connection goes on, and replies of the shared
+/// variants still arrive.
+#[tokio::test]
+async fn a_reply_variant_the_old_client_lacks_is_a_bad_reply_naming_it() {
+    let store = handler_fn(
+        |cmd: v1::Command, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            match cmd {
+                v1::Command::Get { key } => ctx.reply(&v3::Reply::Gone { key })?,
+                v1::Command::Put { .. } => ctx.reply(&v3::Reply::Stored)?,
+            }
+            Ok(())
+        },
+    );
+    let server = Server::builder(store)
+        .request_ids()
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = within(
+        "connect",
+        Client::<v1::Command>::builder()
+            .request_ids()
+            .request_timeout(NEVER)
+            .connect(server.local_addr()),
+    )
+    .await
+    .expect("replies are not in the hello: the client is accepted");
+    let get = v1::Command::Get { key: "k".into() };
+    let refused = within("the get", client.request(&get)).await;
+    match &refused {
+        Err(RequestError::BadReply(Error::UnknownVariant { type_name, tag })) => {
+            assert_eq!((*type_name, *tag), ("Reply", 3));
+        }
+        other => panic!("expected BadReply(UnknownVariant), got {other:?}"),
+    }
+    let words = refused.unwrap_err().to_string();
+    assert!(
+        words.contains("Reply") && words.contains("tag 3"),
+        "{words}"
+    );
+    // The connection goes on.
+    let put = v1::Command::Put {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let stored = within("the put", client.request(&put)).await.unwrap();
+    assert_eq!(stored, v1::Reply::Stored);
     assert!(!client.is_closed());
     client.close().await;
     server.cut().await;

@@ -17,19 +17,15 @@ use crate::common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chitchat_net::envelope::ErrorCode;
 use chitchat_net::{
     BoxError, Client, Context, Handler, Message, ReplySink, RequestError, Server, SinkError,
     StreamError,
 };
-use common::{with_progress, within};
+use common::{with_progress, within, NEVER};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-
-/// Longer than any wait of these tests.
-const NEVER: Duration = Duration::from_secs(60);
 
 /// What the client asks the server: some commands are answered by one
 /// reply, the ones marked `stream` by a stream of `Event`s.
@@ -757,4 +753,124 @@ async fn a_stream_cancelled_while_the_server_drains() {
         observed.stopped.try_recv().is_err(),
         "no sink stopped twice"
     );
+}
+
+/// A reconnecting client's subscriptions across a drain (README, "Drain
+/// and failover"; `StreamError::Draining`: "a reconnecting client [subscribes
+/// elsewhere] by itself, on its next connection"). Two servers; the first
+/// drains, a request in flight holding its drain open. Its stream ends with
+/// `StreamRefused`; subscribing again gives a stream from the second
+/// server, whose items arrive. Meanwhile tasks subscribe without pause, so
+/// that some subscribe in the moment the old connection refuses them with
+/// `Draining`: none fails, each is served by one server or the other.
+#[tokio::test]
+async fn a_reconnecting_clients_subscription_resumes_on_the_next_server_after_a_drain() {
+    use std::sync::atomic::AtomicBool;
+
+    let (a, mut observed_a) = serve().await;
+    let a = Arc::new(a);
+    let (b, _observed_b) = serve().await;
+    let client = Arc::new(
+        Client::<Command>::builder()
+            .request_ids()
+            .request_timeout(NEVER)
+            .handler(Answerer)
+            // After a drain it moves on at once, not after the backoff.
+            .reconnect(common::hour_backoff())
+            .connect_any([a.local_addr(), b.local_addr()])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(client.peer_addr(), a.local_addr());
+    let mut watch = client
+        .subscribe(&Command::Watch { name: "w".into() })
+        .await
+        .unwrap();
+    assert_eq!(item(&mut watch).await, 0);
+
+    // Subscriptions without pause, each read to its end: every outcome but
+    // the ends a drain gives (`StreamRefused`) is kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let loops: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, stop, served) = (client.clone(), stop.clone(), served.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut stream = client.subscribe(&Command::Count { n: 3 }).await?;
+                    let mut next = 0;
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(Event::Item { i }) if i == next => next += 1,
+                            Err(StreamError::Remote {
+                                code: ErrorCode::StreamRefused,
+                                ..
+                            }) => break,
+                            other => panic!("item {next}: {other:?}"),
+                        }
+                    }
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<(), StreamError>(())
+            })
+        })
+        .collect();
+    common::wait_for_count("subscriptions on a", 100, || served.load(Ordering::SeqCst)).await;
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(&Command::Wait).await }
+    });
+    within("the request in flight", observed_a.waiting.recv())
+        .await
+        .unwrap();
+    let shutdown = tokio::spawn({
+        let a = a.clone();
+        async move { a.shutdown(NEVER).await }
+    });
+    // The stream on the first server ends with `StreamRefused`.
+    let end = within("the stream's end", async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match end {
+        Some(Err(StreamError::Remote { code, .. })) => assert_eq!(code, ErrorCode::StreamRefused),
+        other => panic!("expected StreamRefused, got {other:?}"),
+    }
+    // Subscribed again: served by the second server.
+    let mut again = within(
+        "the subscription again",
+        client.subscribe(&Command::Watch { name: "w".into() }),
+    )
+    .await
+    .unwrap();
+    for expected in 0..3 {
+        assert_eq!(item(&mut again).await, expected);
+    }
+    assert_eq!(client.peer_addr(), b.local_addr());
+    // The loops go on on the second server.
+    let before = served.load(Ordering::SeqCst);
+    common::wait_for_count("subscriptions on b", before + 100, || {
+        served.load(Ordering::SeqCst)
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for task in loops {
+        within("a subscription loop", task).await.unwrap().unwrap();
+    }
+    drop(again);
+
+    // The first server's drain ends once its request is answered.
+    observed_a.gate.send(true).unwrap();
+    let answer = within("the request in flight", in_flight).await.unwrap();
+    assert_eq!(answer.unwrap(), Reply::Pong { n: 0 });
+    let report = within("the shutdown", shutdown).await.unwrap();
+    assert!(report.finished, "{report:?}");
+    client.close().await;
+    b.cut().await;
 }

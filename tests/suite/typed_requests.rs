@@ -20,11 +20,7 @@ use chitchat_net::{
     handler_fn, BoxError, Client, ConnectionHandle, Context, Error, Handler, Message, Replier,
     RequestError, Server,
 };
-use common::{next_event, within};
-
-/// Longer than any wait of these tests: a request that ends in its timeout
-/// fails the test (at `within`) instead of passing by luck.
-const NEVER: Duration = Duration::from_secs(60);
+use common::{next_event, within, NEVER};
 
 /// What the client asks the server. Every command is answered by a
 /// `Reply`.

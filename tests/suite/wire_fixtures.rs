@@ -441,7 +441,26 @@ async fn cases() -> Vec<(&'static str, String, Vec<u8>)> {
          cluster(\"prod-eu\"), lines framing",
         client_hello().await,
     );
+    add(
+        "no_hello_refusal",
+        "the refusal of a hello on the socket: what a Server of String (no handshake, lines \
+         framing) answers a hello with, before it closes",
+        refusal().await,
+    );
     cases
+}
+
+/// What a server without the handshake answers a hello with: read off a
+/// raw peer that sends one, to the end of the stream.
+async fn refusal() -> Vec<u8> {
+    let server = chitchat_net::Server::listen("127.0.0.1:0", ())
+        .await
+        .unwrap();
+    let mut peer = common::RawPeer::connect(server.local_addr()).await;
+    peer.write(&client_hello().await).await;
+    let refusal = peer.read_to_end().await;
+    server.cut().await;
+    refusal
 }
 
 /// The first frame a fixed client writes: read off a raw listener.

@@ -33,6 +33,19 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// work still moves every few milliseconds; a stall this long is a hang.
 pub const STALL: Duration = WAIT;
 
+/// A request timeout longer than any wait of the tests: a request that
+/// would end in its timeout fails the test (at [`within`]) instead of
+/// passing by luck.
+pub const NEVER: Duration = Duration::from_secs(60);
+
+/// A reconnect backoff that a test would notice: an hour before any try
+/// after the first. A client that waited it would time the test out.
+pub fn hour_backoff() -> chitchat_net::Reconnect {
+    chitchat_net::Reconnect::new()
+        .initial_delay(Duration::from_secs(3600))
+        .max_delay(Duration::from_secs(3600))
+}
+
 /// A raw TCP listener on a free loopback port, standing in for a server to
 /// check a client's bytes.
 pub async fn raw_listener() -> (tokio::net::TcpListener, SocketAddr) {
