@@ -98,6 +98,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    #[inline]
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n != 0 {
             counter.fetch_add(n, Ordering::Relaxed);

@@ -113,6 +113,7 @@ impl Inflight {
     }
 
     /// The state, if a request has come.
+    #[inline]
     pub(crate) fn get(&self) -> Option<&State> {
         self.state.get().map(|state| &**state)
     }
@@ -134,6 +135,7 @@ impl Inflight {
     }
 
     /// Whether a request running concurrently asked for a close.
+    #[inline]
     pub(crate) fn close_asked(&self) -> bool {
         self.get()
             .is_some_and(|state| state.close_asked.load(Ordering::Acquire))

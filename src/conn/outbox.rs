@@ -317,6 +317,7 @@ impl Outbox {
     /// otherwise wait for the connection task). In a one-way stream lone
     /// sends stay in the queue, where the write side gathers them into
     /// large writes.
+    #[inline]
     pub(crate) fn read_some(&self) {
         if self.answered.load(Ordering::Relaxed) == 0 {
             self.answered.store(1, Ordering::Relaxed);
@@ -715,10 +716,19 @@ impl Outbox {
     /// For the read side: ready while fewer than twice `limit` bytes are
     /// unsent (or once the outbox has finished); registers `cx` to be woken
     /// when that holds again otherwise.
+    #[inline]
     pub(crate) fn poll_reader_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Checked at every frame: inlined, the usual case is one load.
         if self.hints.load(Ordering::Acquire) & OVER == 0 {
             return Poll::Ready(());
         }
+        self.poll_reader_room_over(cx)
+    }
+
+    /// [`poll_reader_room`](Self::poll_reader_room) once the hint says
+    /// over: checked under the lock.
+    #[inline(never)]
+    fn poll_reader_room_over(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.lock();
         if self.unsent_waiting(&state) < self.limit.saturating_mul(2)
             || state.phase == Phase::Finished

@@ -185,6 +185,7 @@ impl Wire {
     }
 
     /// How replies are matched to requests.
+    #[inline]
     pub(crate) fn matching(&self) -> Matching {
         self.spec.matching
     }
@@ -440,6 +441,7 @@ impl Wire {
     /// # Errors
     ///
     /// [`Error::Envelope`] for a malformed header.
+    #[inline]
     pub(crate) fn open_header(&self, frame: &[u8]) -> Result<(Envelope, usize), Error> {
         if !self.spec.envelope {
             return Ok((Envelope::Message, 0));

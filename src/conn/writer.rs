@@ -68,13 +68,15 @@ pub(crate) struct WriteSide<W> {
 /// while it wrote.
 ///
 /// Each is made when first needed (no memory for a connection that never
-/// waits, or never defers).
+/// waits, or never defers), with its waker, once (not at every take or
+/// deferral); boxed, so that the wakers take no room in the connection
+/// task's future.
 #[derive(Default)]
 struct Wakes {
-    /// Registered with the outgoing queue.
-    sender: Option<Arc<Flagged>>,
-    /// Deferred with the runtime.
-    later: Option<Arc<Flagged>>,
+    /// Registered with the outgoing queue (and the waker made of it).
+    sender: Option<Box<(Arc<Flagged>, Waker)>>,
+    /// Deferred with the runtime (and the waker made of it).
+    later: Option<Box<(Arc<Flagged>, Waker)>>,
 }
 
 /// A waker that records that it was woken, then wakes the task.
@@ -96,6 +98,12 @@ impl Wake for Flagged {
 }
 
 impl Flagged {
+    /// A new one, with the waker made of it.
+    fn with_waker() -> Box<(Arc<Flagged>, Waker)> {
+        let flagged = Arc::<Flagged>::default();
+        Box::new((flagged.clone(), Waker::from(flagged)))
+    }
+
     /// Whether it was woken since the last call; registers `cx`'s waker.
     fn poll_woken(&self, cx: &Context<'_>) -> bool {
         self.task.register(cx.waker());
@@ -119,9 +127,8 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
     async fn take(&mut self) -> Take {
         let conn = &*self.conn;
         let buf = &mut self.buf;
-        let wakes = &mut self.wakes;
-        let sender = wakes.sender.get_or_insert_with(Arc::default).clone();
-        let sender_waker = Waker::from(sender.clone());
+        let Wakes { sender, later } = &mut self.wakes;
+        let (sender, sender_waker) = &**sender.get_or_insert_with(Flagged::with_waker);
         // What is there already goes at once.
         let mut first = true;
         let mut deferred = false;
@@ -129,17 +136,16 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
             if first {
                 first = false;
             } else if deferred {
-                let later = wakes.later.get_or_insert_with(Arc::default);
+                let (later, _) = &**later.get_or_insert_with(Flagged::with_waker);
                 if !later.poll_woken(cx) {
                     return Poll::Pending;
                 }
                 deferred = false;
             } else if sender.poll_woken(cx) {
                 // Let the tasks ready now queue theirs too.
-                let later = wakes.later.get_or_insert_with(Arc::default);
+                let (later, later_waker) = &**later.get_or_insert_with(Flagged::with_waker);
                 later.poll_woken(cx);
-                let later = Waker::from(later.clone());
-                let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&later));
+                let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(later_waker));
                 deferred = true;
                 return Poll::Pending;
             }
@@ -147,7 +153,7 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
             // tasks ready have run.
             sender.poll_woken(cx);
             conn.outbox
-                .poll_take(buf, &mut Context::from_waker(&sender_waker))
+                .poll_take(buf, &mut Context::from_waker(sender_waker))
         })
         .await
     }

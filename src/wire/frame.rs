@@ -761,6 +761,7 @@ pub(crate) struct Found {
 
 impl Found {
     /// The payload's place in the buffer.
+    #[inline]
     pub(crate) fn payload(&self) -> std::ops::Range<usize> {
         self.start..self.start + self.len
     }
