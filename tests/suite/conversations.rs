@@ -308,37 +308,53 @@ async fn both_ends_ask_each_other_at_full_speed() {
     );
     let client = Client::<Ask>::builder()
         .request_ids()
+        // Far above the progress bound below.
+        .request_timeout(Duration::from_secs(600))
         .handler(triple)
         .connect(server.local_addr())
         .await
         .unwrap();
     sees_a_client(&server).await;
     let to_client: ConnectionHandle = server.connection(client.local_addr()).unwrap();
+    // Replies answered so far, both ways: the bound below is about progress
+    // (a busy machine makes the 600 requests and 3 MB slower, never red), so
+    // each request's own timeout is far above it.
+    let answered = Arc::new(AtomicU64::new(0));
+    const PATIENT: Duration = Duration::from_secs(600);
+    let server_answered = answered.clone();
     let server_asks = tokio::spawn(async move {
         let asks = (0..300u64).map(|n| {
             let to_client = to_client.clone();
+            let answered = server_answered.clone();
             async move {
                 let pad = vec![0xff; 20_000 * (n as usize % 2)];
                 let reply: Ask = to_client
-                    .request(&Answer::Push { n, pad }, WAIT)
+                    .request(&Answer::Push { n, pad }, PATIENT)
                     .await
                     .unwrap();
                 assert_eq!(reply, Ask::Note { n: 3 * n });
+                answered.fetch_add(1, Ordering::Relaxed);
             }
         });
         futures_util::future::join_all(asks).await;
     });
     let client_asks = (0..300u64).map(|n| {
         let client = &client;
+        let answered = &answered;
         async move {
             let reply: Answer = client.request(&Ask::Double { n }).await.unwrap();
             assert_eq!(reply, Answer::Doubled { n, twice: 2 * n });
+            answered.fetch_add(1, Ordering::Relaxed);
         }
     });
-    within("300 requests each way", async {
-        futures_util::future::join_all(client_asks).await;
-        server_asks.await.unwrap();
-    })
+    common::with_progress(
+        "300 requests each way",
+        || answered.load(Ordering::Relaxed),
+        async {
+            futures_util::future::join_all(client_asks).await;
+            server_asks.await.unwrap();
+        },
+    )
     .await;
     common::assert_no_event("client", &client.errors());
     common::assert_no_event("server", &server.errors());
