@@ -245,7 +245,7 @@ const OVERLOADED_NODES: usize = 200;
 /// Lifeguard: every message to and from the monitor is held for 2
 /// intervals, every 6 s (what an overloaded monitor sees: all its probes
 /// fail at once, and every answer comes 2 intervals late); node 0 crashes
-/// at 20 s. 200 nodes, stepped every 100 ms (turmoil's cost per step grows
+/// at 20 s. 200 nodes, stepped every 50 ms (turmoil's cost per step grows
 /// with the hosts squared; the holds are 2 s). Returns the run and how many
 /// times the links were held.
 fn overloaded(config: HeartbeatConfig, seed: u64) -> (Run, u32) {
@@ -254,7 +254,7 @@ fn overloaded(config: HeartbeatConfig, seed: u64) -> (Run, u32) {
     let mut holds = 0;
     let mut holding = false;
     let mut crashed = false;
-    let (tick, end) = (Duration::from_millis(100), Duration::from_secs(34));
+    let (tick, end) = (Duration::from_millis(50), Duration::from_secs(34));
     let run = run(seed, tick, NODES, config, end, |sim, now| {
         let phase = now.as_millis() % 6000;
         let in_overload = now >= Duration::from_secs(5) && (500..2500).contains(&phase);
