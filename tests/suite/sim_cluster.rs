@@ -692,11 +692,18 @@ fn secs(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
 
-/// Runs `setup` with seeds 1 and 2 and prints the README table's rows.
+/// Runs `setup` with seeds 1 and 2 (the loss run) or 1 (the partition
+/// run: at a 50 ms tick every message takes one tick whatever its drawn
+/// latency, so seed 2 gave the very same figures) and prints the README
+/// table's rows.
 fn compare(name: &str, setup: Setup, plan: Plan) -> Vec<(Outcome, Run)> {
     let mut rows = String::new();
     let mut outcomes = Vec::new();
-    for seed in [1u64, 2] {
+    let seeds: &[u64] = match plan {
+        Plan::Loss => &[1, 2],
+        Plan::Partition | Plan::Silent => &[1],
+    };
+    for &seed in seeds {
         let run = run(setup, seed, plan);
         let o = judge(&run, plan);
         rows.push_str(&format!(
