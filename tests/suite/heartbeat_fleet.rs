@@ -499,3 +499,37 @@ async fn old_nodes_and_old_monitors_still_register() {
     old_monitor.cut().await;
     node.cut().await;
 }
+
+/// `MonitorStats::cluster_dropped` counts the cluster messages dropped past
+/// a full queue toward another monitor (16,384, README "Several
+/// monitors"), and nothing else: every `watch` sends the node to the other
+/// monitors, and the other monitor here is never reached (its link stays
+/// connecting, so nothing leaves its queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_messages_past_a_full_queue_are_counted_in_the_stats() {
+    const QUEUE: usize = 16 * 1024;
+    // No check ends within the test: nothing else is queued or counted.
+    let config = HeartbeatConfig::builder()
+        .interval(Duration::from_secs(3600))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let m2: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cluster = chitchat_net::heartbeat::ClusterConfig::new("m1").monitor("m2", m2);
+    let (monitor, _events) = Monitor::builder(config)
+        .dialer(|_addr| std::future::pending::<std::io::Result<TcpStream>>())
+        .cluster(cluster)
+        .build();
+    let node: SocketAddr = "127.0.0.1:19".parse().unwrap();
+    for _ in 0..QUEUE {
+        monitor.watch("node", node).unwrap();
+    }
+    let stats = monitor.stats();
+    assert_eq!(stats.cluster_dropped, 0, "{stats:?}");
+    for _ in 0..3 {
+        monitor.watch("node", node).unwrap();
+    }
+    let stats = monitor.stats();
+    assert_eq!(stats.cluster_dropped, 3, "{stats:?}");
+    assert_eq!(stats.indirect_probes, 0, "{stats:?}");
+}
