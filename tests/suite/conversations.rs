@@ -13,7 +13,7 @@ use chitchat_net::{
     handler_fn, BoxError, Client, CloseReason, Codec, ConnectionHandle, Context, Error, Framing,
     Handler, Message, Reconnect, Server, WhileDown,
 };
-use common::{next_event, raw_listener, wait_until, within, WAIT};
+use common::{next_event, raw_listener, wait_until, within};
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
