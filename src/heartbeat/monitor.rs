@@ -1091,9 +1091,13 @@ async fn check_with<P: Probe, Q: Probe>(
     let mut watching = false;
     // What `PeerInfo::checking` says.
     let mut checking = false;
+    // One wait on the token for the peer's whole life, not two per check
+    // (each registers with the token again).
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let started = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             started = ticker.tick() => started,
         };
         // The name is needed in a cluster only (no copy per check alone).
@@ -1147,7 +1151,7 @@ async fn check_with<P: Probe, Q: Probe>(
             }
         };
         let check = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             check = ping(shared, probe, &mut link, addr, seq, &message) => check,
         };
         let now = Instant::now();
