@@ -310,7 +310,7 @@ type Filter = Arc<dyn Fn(&Addr) -> bool + Send + Sync + 'static>;
 /// called) every check ends and the event stream ends once drained.
 pub struct Monitor<P: Probe = BeatProbe> {
     shared: Arc<Shared<P>>,
-    /// Stops the monitor when the last handle goes (check tasks and the
+    /// Stops the monitor when the last handle goes (its scheduler and the
     /// registrar hold `shared` only).
     _owner: Arc<Owner>,
 }
@@ -1231,11 +1231,17 @@ async fn schedule<P: Probe>(
                 } else {
                     started + period
                 };
+                let Some(name) = turn(&shared, &mut check) else {
+                    // Another monitor's share this turn: nothing in flight.
+                    let (id, due) = (check.id, check.due);
+                    slots.insert(id, Slot::Idle(queue.insert_at(check, due)));
+                    continue;
+                };
                 slots.insert(check.id, Slot::Busy);
                 // A root span: the registration connection that may have
                 // started watching it is long closed by now.
                 let span = tracing::info_span!(parent: None, "heartbeat", peer = %check.addr);
-                checks.push(run_check(&shared, check, started).instrument(span));
+                checks.push(run_check(&shared, check, started, name).instrument(span));
             }
             Some((check, flow)) = checks.next(), if !checks.is_empty() => {
                 let id = check.id;
@@ -1273,28 +1279,27 @@ fn run_check<P: Probe>(
     shared: &Arc<Shared<P>>,
     mut check: Box<PeerCheck>,
     started: Instant,
+    name: Option<String>,
 ) -> impl Future<Output = (Box<PeerCheck>, Flow)> + Send + '_ {
     // Made now, not when first polled: it sees every removal from now on.
     let removed = shared.removed.notified();
     async move {
         let flow = match check.kind {
             PeerKind::Typed => {
-                check_once(shared, &shared.probe, &mut check, started, removed).await
+                check_once(shared, &shared.probe, &mut check, started, name, removed).await
             }
-            PeerKind::Go => check_once(shared, &TextProbe, &mut check, started, removed).await,
+            PeerKind::Go => {
+                check_once(shared, &TextProbe, &mut check, started, name, removed).await
+            }
         };
         (check, flow)
     }
 }
 
-/// The check of `peer` due at `started`.
-async fn check_once<'a, P: Probe, Q: Probe>(
-    shared: &'a Arc<Shared<P>>,
-    probe: &Q,
-    peer: &mut PeerCheck,
-    started: Instant,
-    removed: tokio::sync::futures::Notified<'a>,
-) -> Flow {
+/// Whether this monitor checks `peer` at this turn: always alone (`Some(None)`:
+/// no name needed); in a cluster, while it is one of the peer's watchers
+/// (`Some(Some(name))`), `None` otherwise. Keeps `PeerInfo::checking`.
+fn turn<P: Probe>(shared: &Arc<Shared<P>>, peer: &mut PeerCheck) -> Option<Option<String>> {
     let config = shared.config;
     let addr = peer.addr;
     // The name is needed in a cluster only (no copy per check alone).
@@ -1324,10 +1329,24 @@ async fn check_once<'a, P: Probe, Q: Probe>(
                 cluster.withdraw(shared, name);
             }
             peer.ready_at = Instant::now();
-            return Flow::Continue;
+            return None;
         }
         peer.watching = true;
     }
+    Some(name)
+}
+
+/// The check of `peer` due at `started` (`name`: in a cluster).
+async fn check_once<'a, P: Probe, Q: Probe>(
+    shared: &'a Arc<Shared<P>>,
+    probe: &Q,
+    peer: &mut PeerCheck,
+    started: Instant,
+    name: Option<String>,
+    removed: tokio::sync::futures::Notified<'a>,
+) -> Flow {
+    let config = shared.config;
+    let addr = peer.addr;
     peer.seq += 1;
     let seq = peer.seq;
     bump(&shared.counters.checks);
@@ -1936,7 +1955,7 @@ mod tests {
             now,
         ));
         let kept = std::mem::size_of_val(&*peer);
-        let check = run_check(&monitor.shared, peer, now);
+        let check = run_check(&monitor.shared, peer, now, None);
         let size = std::mem::size_of_val(&check);
         assert!(kept <= 320, "a peer takes {kept} B between checks");
         assert!(size <= 832, "a check in flight takes {size} B");
