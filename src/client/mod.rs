@@ -9,6 +9,7 @@
 //! May import: `conn`, `transport`, `codec`, `wire`, `base`; not `server`
 //! beside it, nothing above (`.ci/check-layers` checks it).
 
+pub(crate) mod connector;
 pub(crate) mod link;
 pub(crate) mod reconnect;
 
@@ -786,6 +787,21 @@ impl<H: Handler> Starter<H> {
         Rd: AsyncRead + Send + Unpin + 'static,
         Wr: crate::transport::stream::SocketWrite + Send + 'static,
     {
+        let (conn, task) = self.connection(halves, peer, local);
+        (conn, Box::pin(task))
+    }
+
+    /// A handle on a new connection on `halves`, and its task, unboxed.
+    fn connection<Rd, Wr>(
+        &self,
+        halves: (Rd, Wr),
+        peer: Addr,
+        local: Addr,
+    ) -> (ConnectionHandle, impl Future<Output = ()> + Send + 'static)
+    where
+        Rd: AsyncRead + Send + Unpin + 'static,
+        Wr: crate::transport::stream::SocketWrite + Send + 'static,
+    {
         let conn = self.handle(peer, local);
         conn.greet(self.config.hello.as_deref());
         self.counters.opened();
@@ -800,7 +816,7 @@ impl<H: Handler> Starter<H> {
             self.events.clone(),
             on_end,
         );
-        (conn, Box::pin(task.instrument(span)))
+        (conn, task.instrument(span))
     }
 
     /// A queue for a reconnecting client that is down: it keeps what is
