@@ -19,6 +19,8 @@
 //!
 //! The silent run ([`Plan::Silent`], 30 nodes): at 6 s the connections
 //! between m1 and m2 go silent without closing; the run ends at 16 s.
+//! The one-way run ([`Plan::SilentOneWay`]): the same, but only the
+//! connection m1 dialled to m2 dies, one way (m1's writes swallowed).
 
 use std::collections::HashMap;
 use std::io;
