@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::codec::{Bincode, Message, Request};
+use crate::conn::handle::ConnectionHandle;
 use crate::conn::handler::{Context, Handler};
 use crate::wire::error::BoxError;
 
@@ -146,6 +147,21 @@ impl Request for ClusterMessage {
     type Reply = ClusterMessage;
 }
 
+/// What an indirect probe found (Lifeguard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Indirect {
+    /// Another monitor reached the node: it is alive.
+    Reached,
+    /// Another monitor answered that it could not reach the node (a
+    /// `ProbeResult { ok: false }`, Lifeguard's nack): this monitor's own
+    /// messages get through, so the failure is evidence against the node,
+    /// not against this monitor's health.
+    Nack,
+    /// No answer (or no helper to ask, or indirect probes off): this
+    /// monitor may be the one cut off.
+    Silent,
+}
+
 /// The cluster's verdict on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Combined {
@@ -193,6 +209,22 @@ pub(crate) struct Member {
     /// Tells its link to send it everything again (a message toward it was
     /// dropped).
     pub(crate) resync: tokio::sync::Notify,
+    /// The connection it dialled to this monitor's cluster server (the
+    /// last one a heartbeat came on): what it is heard on.
+    inbound: Mutex<Option<ConnectionHandle>>,
+}
+
+impl Member {
+    /// Closes the connection it dialled to this monitor (it was not heard
+    /// on it): if that connection died one way only, its own side sees the
+    /// close and dials again. Redialling this monitor's own link to it
+    /// would not help: that link may be the healthy one.
+    pub(crate) fn cut_inbound(&self) {
+        if let Some(handle) = lock(&self.inbound).take() {
+            tracing::debug!(monitor = %self.name, peer = %handle.peer_addr(), "silent: closing the connection it dialled");
+            handle.close();
+        }
+    }
 }
 
 /// A monitor's view of its cluster.
@@ -214,6 +246,7 @@ pub(crate) struct Cluster {
 pub(crate) struct ClusterCounters {
     pub(crate) indirect_probes: AtomicU64,
     pub(crate) indirect_answered: AtomicU64,
+    pub(crate) indirect_nacks: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
 }
@@ -276,6 +309,7 @@ impl Cluster {
                     epoch: Mutex::new(None),
                     reset: tokio::sync::Notify::new(),
                     resync: tokio::sync::Notify::new(),
+                    inbound: Mutex::new(None),
                 })
             })
             .collect();
@@ -606,7 +640,22 @@ impl Handler for ClusterHandler {
                 let ok = self.local.probe_once(addr, go).await;
                 ctx.reply(&ClusterMessage::ProbeResult { ok })?;
             }
-            message => self.cluster.receive(&*self.local, message),
+            message => {
+                if let ClusterMessage::Heartbeat { from, .. } = &message {
+                    // The connection `from` dialled: closed if it falls
+                    // silent (see `Member::cut_inbound`).
+                    if let Some(member) = self.cluster.members.iter().find(|m| m.name == *from) {
+                        let mut inbound = lock(&member.inbound);
+                        if inbound
+                            .as_ref()
+                            .is_none_or(|h| h.id() != ctx.connection_id())
+                        {
+                            *inbound = Some(ctx.handle());
+                        }
+                    }
+                }
+                self.cluster.receive(&*self.local, message)
+            }
         }
         Ok(())
     }

@@ -361,7 +361,11 @@ impl HeartbeatConfigBuilder {
     /// multiplier, at most `max`; default 0: off). Every check that fails
     /// raises it by one, every check answered lowers it by one, and a check
     /// that starts more than half an interval late (an overloaded process)
-    /// raises it by one too. While it is `m`, every limit is widened by
+    /// raises it by one too. In a [cluster](super::MonitorBuilder::cluster)
+    /// with indirect probes, a failed check raises it only when the other
+    /// monitor asked to probe the node does not answer at all: one that
+    /// reached the node, or answered that it could not (Lifeguard's nack),
+    /// shows this monitor's own messages get through. While it is `m`, every limit is widened by
     /// `1 + m`: the misses it takes to find a peer dead (the miss limit
     /// plus one), the φ threshold and the suspicion; a failed check is
     /// judged with the score the other checks made (its own miss aside).

@@ -20,7 +20,8 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::Instrument;
 
 use super::cluster::{
-    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Combined, Local, Member,
+    BoxFuture, Cluster, ClusterConfig, ClusterHandler, ClusterMessage, Combined, Indirect, Local,
+    Member,
 };
 use super::config::{HeartbeatConfig, RegisteredIp};
 use super::detector::{Judge, Verdict};
@@ -272,6 +273,10 @@ pub struct MonitorStats {
     pub indirect_probes: u64,
     /// Indirect probes the node answered: misses not counted.
     pub indirect_answered: u64,
+    /// Indirect probes another monitor answered without reaching the node
+    /// (nacks): misses counted, but the monitor's own messages got
+    /// through, so its local health is not raised.
+    pub indirect_nacks: u64,
     /// Cluster messages dropped because a monitor's queue was full.
     pub cluster_dropped: u64,
 }
@@ -736,6 +741,11 @@ impl<P: Probe> Monitor<P> {
                 .cluster
                 .as_ref()
                 .map_or(0, |c| c.counters.indirect_answered.load(Ordering::Relaxed)),
+            indirect_nacks: self
+                .shared
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.counters.indirect_nacks.load(Ordering::Relaxed)),
             cluster_dropped: self
                 .shared
                 .cluster
@@ -1427,13 +1437,19 @@ async fn check_once<'a, P: Probe, Q: Probe>(
             // aside): one dead peer among answering ones is not
             // widened, a monitor whose probes all fail is.
             let widen = shared.health.widen();
-            shared.health.raise();
             // Boxed, as connecting is (see `ping`): rare, and large.
-            if Box::pin(indirect(shared, addr, peer.kind, name.as_deref())).await {
+            match Box::pin(indirect(shared, addr, peer.kind, name.as_deref())).await {
                 // Another monitor reached it: this one may be cut off.
-                judge.answered_at(Instant::now(), None)
-            } else {
-                judge.missed_widened(now, widen.max(shared.health.widen() - 1))
+                Indirect::Reached => judge.answered_at(Instant::now(), None),
+                // Another monitor answered that it could not reach it
+                // either (a nack): this monitor's messages get through,
+                // its health is not raised (Lifeguard).
+                Indirect::Nack => judge.missed_widened(now, widen.max(shared.health.widen())),
+                Indirect::Silent => {
+                    let widen = widen.max(shared.health.widen());
+                    shared.health.raise();
+                    judge.missed_widened(now, widen)
+                }
             }
         }
     };
@@ -1464,25 +1480,26 @@ async fn check_once<'a, P: Probe, Q: Probe>(
 }
 
 /// Asks another live monitor to probe the peer (in a cluster, with
-/// indirect probes on): whether it answered it.
+/// indirect probes on): whether it reached it, answered that it could not
+/// (a nack), or did not answer.
 async fn indirect<P: Probe>(
     shared: &Arc<Shared<P>>,
     addr: SocketAddr,
     kind: PeerKind,
     name: Option<&str>,
-) -> bool {
+) -> Indirect {
     let (Some(cluster), Some(name)) = (&shared.cluster, name) else {
-        return false;
+        return Indirect::Silent;
     };
     if !cluster.indirect {
-        return false;
+        return Indirect::Silent;
     }
     let Some(client) = cluster
         .helpers(name)
         .iter()
         .find_map(|member| member.client.lock().ok()?.clone())
     else {
-        return false;
+        return Indirect::Silent;
     };
     bump(&cluster.counters.indirect_probes);
     let ask = ClusterMessage::Probe {
@@ -1495,9 +1512,13 @@ async fn indirect<P: Probe>(
     match client.request_within(&ask, within).await {
         Ok(ClusterMessage::ProbeResult { ok: true }) => {
             bump(&cluster.counters.indirect_answered);
-            true
+            Indirect::Reached
         }
-        _ => false,
+        Ok(ClusterMessage::ProbeResult { ok: false }) => {
+            bump(&cluster.counters.indirect_nacks);
+            Indirect::Nack
+        }
+        _ => Indirect::Silent,
     }
 }
 
@@ -1645,6 +1666,11 @@ async fn cluster_link<P: Probe>(
                         // connect: the connection may be dead one way.
                         let silent = connected_at.elapsed() > interval * 4
                             && !cluster.is_live(&member);
+                        if silent {
+                            // It may be its connection to this one that
+                            // died (one way): it sees this close, and dials.
+                            member.cut_inbound();
+                        }
                         ok = !silent && client.send(&heartbeat).await.is_ok();
                     }
                     message = queue.recv() => match message {

@@ -62,6 +62,17 @@ async fn cluster(
     tune: impl Fn(ClusterConfig) -> ClusterConfig,
     slow: impl Fn(usize, &[SocketAddr]) -> Option<(SocketAddr, Duration)>,
 ) -> Cluster {
+    cluster_with(config(max_peers), m, k, tune, slow).await
+}
+
+/// [`cluster`] with every monitor on `heartbeat`.
+async fn cluster_with(
+    heartbeat: HeartbeatConfig,
+    m: usize,
+    k: usize,
+    tune: impl Fn(ClusterConfig) -> ClusterConfig,
+    slow: impl Fn(usize, &[SocketAddr]) -> Option<(SocketAddr, Duration)>,
+) -> Cluster {
     let mut listeners = Vec::new();
     for _ in 0..m {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -73,7 +84,7 @@ async fn cluster(
         for (j, addr) in addrs.iter().enumerate().filter(|(j, _)| *j != i) {
             config_m = config_m.monitor(format!("m{j}"), *addr);
         }
-        let (monitor, stream) = Monitor::builder(config(max_peers))
+        let (monitor, stream) = Monitor::builder(heartbeat)
             .cluster(tune(config_m))
             .dialer(dialer(slow(i, &addrs)))
             .build();
@@ -213,5 +224,47 @@ async fn burst_past_the_cluster_queue_is_resynchronised() {
     each_checked_by(&cluster.monitors, &addrs, 2).await;
     for monitor in &cluster.monitors {
         assert_eq!(monitor.stats().watched, addrs.len() as u64);
+    }
+}
+
+/// Lifeguard's nack rule: a node that refuses every connection is missed
+/// by both its watchers, and each one's indirect probe is answered by the
+/// other "could not reach it" (a nack). That proves the asking monitor's
+/// own messages get through, so its local health is not raised by those
+/// misses (only a check starting late may raise it). Before the rule every
+/// failed check raised it: 1 per miss, here at least 3.
+#[tokio::test]
+async fn a_miss_answered_by_a_nack_does_not_raise_local_health() {
+    // Half an interval late is 250 ms: a busy machine rarely delays a
+    // timer that much, and a late check is counted (and allowed for).
+    let heartbeat = HeartbeatConfig::builder()
+        .interval(Duration::from_millis(500))
+        .timeout(CHECK_TIMEOUT)
+        .local_health(8)
+        .build()
+        .unwrap();
+    let cluster = cluster_with(heartbeat, 2, 2, |c| c, |_, _| None).await;
+    // A port nobody listens on: every check is refused at once.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    cluster.monitors[0].watch("gone", addr).unwrap();
+    // 3 nacks at each monitor: 3 checks and their indirect probes, about
+    // 1.5 s; this is over 10× that on a loaded 2-CPU machine.
+    let nacked = tokio::time::timeout(ALL_ALIVE_WITHIN, async {
+        while cluster
+            .monitors
+            .iter()
+            .any(|m| m.stats().indirect_nacks < 3)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let stats: Vec<_> = cluster.monitors.iter().map(Monitor::stats).collect();
+    assert!(nacked.is_ok(), "fewer than 3 nacks: {stats:?}");
+    for (i, s) in stats.iter().enumerate() {
+        assert!(s.misses >= 3, "m{i}: {s:?}");
+        assert!(s.local_health <= s.late_checks, "m{i}: {s:?}");
     }
 }

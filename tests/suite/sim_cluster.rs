@@ -19,6 +19,8 @@
 //!
 //! The silent run ([`Plan::Silent`], 30 nodes): at 6 s the connections
 //! between m1 and m2 go silent without closing; the run ends at 16 s.
+//! The one-way run ([`Plan::SilentOneWay`]): the same, but only the
+//! connection m1 dialled to m2 dies, one way (m1's writes swallowed).
 
 use std::collections::HashMap;
 use std::io;
@@ -66,11 +68,14 @@ fn node_name(i: usize) -> String {
 
 /// A stream whose bytes, both ways, are added to a host's counter. Once
 /// `silent` is set it is a connection dead without a close: what is written
-/// is swallowed (added to `swallowed`), nothing is ever read.
+/// is swallowed (added to `swallowed`), nothing is ever read. Once `mute`
+/// is set it is dead one way: what is written is swallowed, what comes is
+/// read (a close from the other side included).
 struct Counted<S> {
     inner: S,
     bytes: Arc<AtomicU64>,
     silent: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     swallowed: Arc<AtomicU64>,
 }
 
@@ -79,6 +84,7 @@ struct Dialed {
     from: String,
     to: SocketAddr,
     silent: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
 }
 
 /// Every connection dialled in a run, and the bytes silent ones swallowed.
@@ -101,6 +107,16 @@ impl Dials {
         let dialed = all.iter().filter(|d| d.from == from && d.to == to);
         dialed
             .map(|d| d.silent.store(true, Ordering::Relaxed))
+            .count()
+    }
+
+    /// Mutes every connection `from` dialled to `to` so far (writes
+    /// swallowed, reads go on): how many.
+    fn mute(&self, from: &str, to: SocketAddr) -> usize {
+        let all = self.all.lock().unwrap();
+        let dialed = all.iter().filter(|d| d.from == from && d.to == to);
+        dialed
+            .map(|d| d.mute.store(true, Ordering::Relaxed))
             .count()
     }
 }
@@ -128,7 +144,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.silent.load(Ordering::Relaxed) {
+        if self.silent.load(Ordering::Relaxed) || self.mute.load(Ordering::Relaxed) {
             self.swallowed
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(buf.len()));
@@ -141,7 +157,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.silent.load(Ordering::Relaxed) {
+        if self.silent.load(Ordering::Relaxed) || self.mute.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -165,6 +181,7 @@ fn incoming(
                     inner: stream,
                     bytes,
                     silent: Arc::default(),
+                    mute: Arc::default(),
                     swallowed: Arc::default(),
                 };
                 (stream, Addr::from(peer))
@@ -191,15 +208,18 @@ fn dialer(
         Box::pin(async move {
             let inner = turmoil::net::TcpStream::connect(addr).await?;
             let silent = Arc::<AtomicBool>::default();
+            let mute = Arc::<AtomicBool>::default();
             dials.all.lock().unwrap().push(Dialed {
                 from,
                 to: addr,
                 silent: silent.clone(),
+                mute: mute.clone(),
             });
             Ok(Counted {
                 inner,
                 bytes,
                 silent,
+                mute,
                 swallowed: dials.swallowed,
             })
         })
@@ -241,6 +261,10 @@ enum Plan {
     /// The connections between m1 and m2 go silent without closing at
     /// [`SILENT_AT`]; no node crashes; the run ends at 16 s.
     Silent,
+    /// As [`Plan::Silent`], but only the connection m1 dialled to m2 goes
+    /// dead, one way: what m1 writes on it is swallowed, what m2 writes
+    /// still arrives.
+    SilentOneWay,
 }
 
 impl Plan {
@@ -249,7 +273,7 @@ impl Plan {
             Plan::Partition => 27,
             Plan::Loss => 15,
             // Never.
-            Plan::Silent => 3600,
+            Plan::Silent | Plan::SilentOneWay => 3600,
         })
     }
 
@@ -257,7 +281,7 @@ impl Plan {
         Duration::from_secs(match self {
             Plan::Partition => 48,
             Plan::Loss => 36,
-            Plan::Silent => 16,
+            Plan::Silent | Plan::SilentOneWay => 16,
         })
     }
 }
@@ -585,15 +609,19 @@ fn run(setup: Setup, seed: u64, plan: Plan) -> Run {
                     sim.bounce("m3");
                 }
             }
-            Plan::Silent => {
+            Plan::Silent | Plan::SilentOneWay => {
                 if now >= SILENT_AT && !done[0] {
                     done[0] = true;
                     dialled_before = (
                         dials.count("m1", cluster_addr(&sim, "m2")),
                         dials.count("m2", cluster_addr(&sim, "m1")),
                     );
-                    silenced += dials.silence("m1", cluster_addr(&sim, "m2"));
-                    silenced += dials.silence("m2", cluster_addr(&sim, "m1"));
+                    if plan == Plan::Silent {
+                        silenced += dials.silence("m1", cluster_addr(&sim, "m2"));
+                        silenced += dials.silence("m2", cluster_addr(&sim, "m1"));
+                    } else {
+                        silenced += dials.mute("m1", cluster_addr(&sim, "m2"));
+                    }
                 }
             }
             Plan::Loss => {
@@ -659,6 +687,8 @@ struct Outcome {
     misses_m1: u64,
     misses: u64,
     indirect_answered: u64,
+    /// Indirect probes answered "could not reach it" (nacks).
+    indirect_nacks: u64,
     /// Bytes per second per node and per monitor over [`QUIET`].
     node_rate: f64,
     monitor_rate: f64,
@@ -683,6 +713,7 @@ fn judge(run: &Run, plan: Plan) -> Outcome {
         misses_m1: run.stats[0].misses,
         misses: run.stats.iter().map(|s| s.misses).sum(),
         indirect_answered: run.stats.iter().map(|s| s.indirect_answered).sum(),
+        indirect_nacks: run.stats.iter().map(|s| s.indirect_nacks).sum(),
         node_rate: nodes.iter().sum::<u64>() as f64 / nodes.len() as f64 / quiet,
         monitor_rate: monitors.iter().sum::<u64>() as f64 / monitors.len() as f64 / quiet,
     }
@@ -701,7 +732,7 @@ fn compare(name: &str, setup: Setup, plan: Plan) -> Vec<(Outcome, Run)> {
     let mut outcomes = Vec::new();
     let seeds: &[u64] = match plan {
         Plan::Loss => &[1, 2],
-        Plan::Partition | Plan::Silent => &[1],
+        Plan::Partition | Plan::Silent | Plan::SilentOneWay => &[1],
     };
     for &seed in seeds {
         let run = run(setup, seed, plan);
@@ -859,12 +890,13 @@ fn thirty_percent_loss_declares_false_deaths_without_the_adaptive_settings() {
     }
 }
 
-/// The crash during the loss is found within (simulated time): measured
-/// 18.6 and 20.2 s. Not the 15 s issue 24 asks for: while a third of its
-/// checks fail, a monitor's local health widens its miss limit and its
-/// suspicion window (with 200–600 ms windows it was found in 7–8 s, but
-/// the plain detector then declared no false death either).
-const CRASH_FOUND_UNDER_LOSS: Duration = Duration::from_secs(25);
+/// The crash during the loss is found within (simulated time, so a busy
+/// machine does not stretch it; issue 24's goal). Measured 18.6 and 20.2 s
+/// when every failed check raised local health (a third of them failing
+/// under the loss widened the miss limit and the suspicion window); with
+/// Lifeguard's nack rule (a failed check whose indirect probe another
+/// monitor answered "could not reach it" does not raise it): see README.
+const CRASH_FOUND_UNDER_LOSS: Duration = Duration::from_secs(15);
 
 /// 30 % loss on every link for 30 s: no false death with the adaptive
 /// settings, and a node crashed during the loss is found within
@@ -880,6 +912,8 @@ fn thirty_percent_loss_declares_no_false_death_and_finds_a_crash() {
     let name = "3 monitors, 30 % loss, adaptive";
     for (o, run) in compare(name, setup, Plan::Loss) {
         assert_loss_fired(&o, &run);
+        // The nack rule had something to act on.
+        assert!(o.indirect_nacks > 0, "{o:?}");
         assert_eq!(o.false_deaths, 0, "{o:?}");
         let found = o.crash_found_after.expect("crash never found");
         assert!(found <= CRASH_FOUND_UNDER_LOSS, "{o:?}");
@@ -920,6 +954,54 @@ fn a_silent_link_between_monitors_is_dialled_again_and_the_share_recovers() {
         // dial, the sync; simulated, so a busy machine does not stretch it).
         let before = SILENT_AT - Duration::from_millis(100);
         let back = Plan::Silent.end() - INTERVAL;
+        for n in 0..run.nodes {
+            let was = checkers(&run, n, before);
+            assert_eq!(was.len(), 2, "node {n} before: {was:?}");
+            assert_eq!(
+                checkers(&run, n, back),
+                was,
+                "seed {seed}: node {n} at {back:?}"
+            );
+        }
+        assert_eq!(o.false_deaths, 0, "{o:?}");
+    }
+}
+
+/// The same rule when only one direction dies: at 6 s the connection m1
+/// dialled to m2 goes dead one way (what m1 writes is swallowed, what m2
+/// writes arrives; m2's own connection to m1 stays healthy). m2 stops
+/// hearing m1; dialling its own (healthy) link again would not help, so it
+/// also closes the connection m1 dialled: m1 sees the close, dials again,
+/// and the share is back as it was before.
+#[test]
+fn a_link_between_monitors_silent_one_way_is_dialled_again_by_its_own_side() {
+    let setup = Setup {
+        nodes: 30,
+        monitors: 3,
+        indirect: true,
+        adaptive: true,
+    };
+    for seed in [1, 2] {
+        let run = run(setup, seed, Plan::SilentOneWay);
+        let o = judge(&run, Plan::SilentOneWay);
+        // The fault fired: m1's connection to m2 muted, bytes swallowed,
+        // and m2 felt it (checkers changed).
+        assert!(run.silenced >= 1, "{} muted", run.silenced);
+        assert!(run.swallowed > 0, "nothing swallowed");
+        let moved = run.checking.iter().filter(|c| c.at > SILENT_AT).count();
+        assert!(moved > 0, "no checker changed after the silence");
+        // m1, whose connection died, dialled again.
+        assert!(
+            run.redials.0 >= 1,
+            "seed {seed}: m1 never dialled m2 again: {:?}",
+            run.redials
+        );
+        // The share back as before: 9 s of simulated time after the
+        // silence (2 intervals unheard, a tick, the close, an interval
+        // before m1 dials, the sync; simulated, so a busy machine does not
+        // stretch it).
+        let before = SILENT_AT - Duration::from_millis(100);
+        let back = Plan::SilentOneWay.end() - INTERVAL;
         for n in 0..run.nodes {
             let was = checkers(&run, n, before);
             assert_eq!(was.len(), 2, "node {n} before: {was:?}");
