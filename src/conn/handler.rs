@@ -426,7 +426,9 @@ impl Context<'_> {
                 answered: AtomicBool::new(self.answer.answered),
             }),
             request: self.request,
-            cancel: self.call.map(|call| call.token.clone()),
+            cancel: self
+                .call
+                .map(|call| call.token(&self.handle.inner.inflight).clone()),
         };
         if self.request.is_some() {
             self.answer.handed_off = Some(replier.clone());
@@ -485,7 +487,8 @@ impl Context<'_> {
     /// Whether the request being handled has been cancelled (see
     /// [`cancelled`](Self::cancelled)).
     pub fn is_cancelled(&self) -> bool {
-        self.call.is_some_and(|call| call.token.is_cancelled())
+        self.call
+            .is_some_and(|call| call.is_cancelled(&self.handle.inner.inflight))
     }
 
     /// A token that fires when the request being handled is cancelled
@@ -494,7 +497,7 @@ impl Context<'_> {
     /// one-way message.
     pub fn cancellation_token(&self) -> tokio_util::sync::CancellationToken {
         match self.call {
-            Some(call) => call.token.clone(),
+            Some(call) => call.token(&self.handle.inner.inflight).clone(),
             None => tokio_util::sync::CancellationToken::new(),
         }
     }

@@ -3,9 +3,11 @@
 //! connection; their deadlines and cancellation.
 //!
 //! A request (a frame with a request id) is registered when it is read,
-//! with its deadline if it carries one (envelope kind `0x04`) and a
-//! cancellation token, so that a cancel (kind `0x05`) reaches it while it
-//! waits to start as well as while it runs. The read side starts it
+//! with its deadline if it carries one (envelope kind `0x04`), so that a
+//! cancel (kind `0x05`) reaches it while it waits to start as well as
+//! while it runs. Its cancellation token is made only when something
+//! waits on it (its handler did not complete at its first poll, or asked
+//! for it): a request answered at once costs none. The read side starts it
 //! ([`crate::conn::reader`]) once a slot is free (past the bound the read
 //! side waits: backpressure), unless it was cancelled meanwhile or its
 //! deadline has passed ([`ErrorCode::DeadlineExceeded`]); or refuses it at
@@ -55,14 +57,39 @@ pub(crate) async fn with_deadline<F: std::future::Future>(
 
 /// What a handler call knows of the request it handles: its deadline and
 /// its cancellation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Call {
+    /// The request's id.
+    id: u64,
     /// When its caller stops waiting (from the request's envelope).
     pub(crate) deadline: Option<Instant>,
-    /// Fires when the request is cancelled, or the connection ends.
-    pub(crate) token: CancellationToken,
+    /// Fires when the request is cancelled, or the connection ends; made
+    /// when first asked for (see [`token`](Self::token)).
+    token: OnceLock<CancellationToken>,
     /// Whether it runs as a task of its own (with no session).
     pub(crate) concurrent: bool,
+}
+
+impl Call {
+    /// The request's cancellation token (`inflight`: its connection's):
+    /// made and registered the first time, so that a cancel from then on
+    /// fires it.
+    pub(crate) fn token(&self, inflight: &Inflight) -> &CancellationToken {
+        self.token.get_or_init(|| match inflight.get() {
+            Some(state) => state.token(self.id),
+            None => CancellationToken::new(),
+        })
+    }
+
+    /// Whether the request has been cancelled (without making its token).
+    pub(crate) fn is_cancelled(&self, inflight: &Inflight) -> bool {
+        match self.token.get() {
+            Some(token) => token.is_cancelled(),
+            None => inflight
+                .get()
+                .is_some_and(|state| state.is_cancelled(self.id)),
+        }
+    }
 }
 
 /// The requests of one connection being handled; made on the first one.
@@ -75,7 +102,10 @@ pub(crate) struct Inflight {
 #[derive(Debug)]
 struct Entry {
     deadline: Option<Instant>,
-    token: CancellationToken,
+    /// Its cancellation token, once something waits on it.
+    token: Option<CancellationToken>,
+    /// A cancel came before its token was made.
+    cancelled: bool,
 }
 
 #[derive(Debug)]
@@ -88,7 +118,8 @@ pub(crate) struct State {
     running: AtomicUsize,
     /// Woken when `running` drops to 0.
     idle: Notify,
-    /// Fires when the connection ends: every request's token is its child.
+    /// Fires when the connection ends: every request's token is its child
+    /// (made after it fired, a child is born cancelled).
     all: CancellationToken,
     /// A request running concurrently asked the connection to close.
     close_asked: AtomicBool,
@@ -119,19 +150,25 @@ impl Inflight {
     }
 
     /// A cancel from the peer for request `id`: its token fires (it is not
-    /// started, or its handler is dropped). Whether it was known.
+    /// started, or its handler is dropped), or, if none was made yet, the
+    /// request is marked cancelled (its token is made cancelled). Whether
+    /// it was known.
     pub(crate) fn cancel(&self, id: u64) -> bool {
         let Some(state) = self.get() else {
             return false;
         };
-        let token = state.lock().get(&id).map(|entry| entry.token.clone());
-        match token {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
+        let token = {
+            let mut entries = state.lock();
+            let Some(entry) = entries.get_mut(&id) else {
+                return false;
+            };
+            entry.cancelled = true;
+            entry.token.clone()
+        };
+        if let Some(token) = token {
+            token.cancel();
         }
+        true
     }
 
     /// Whether a request running concurrently asked for a close.
@@ -165,21 +202,61 @@ impl State {
 
     /// Request `id` was read, with `deadline`: registers it.
     pub(crate) fn arrived(&self, id: u64, deadline: Option<Instant>) {
-        let token = self.all.child_token();
-        self.lock().insert(id, Entry { deadline, token });
+        let entry = Entry {
+            deadline,
+            token: None,
+            cancelled: false,
+        };
+        let replaced = self.lock().insert(id, entry);
+        drop(replaced);
     }
 
-    /// What request `id` was registered with (a token that never fires,
-    /// for one that was not: an id reused while its first was running).
+    /// What request `id` was registered with (for one that was not, an id
+    /// reused while its first was running: no deadline, and a token that
+    /// fires only with the connection's end).
     pub(crate) fn call(&self, id: u64, concurrent: bool) -> Call {
-        let (deadline, token) = match self.lock().get(&id) {
-            Some(entry) => (entry.deadline, entry.token.clone()),
-            None => (None, self.all.child_token()),
-        };
+        let deadline = self.lock().get(&id).and_then(|entry| entry.deadline);
         Call {
+            id,
             deadline,
-            token,
+            token: OnceLock::new(),
             concurrent,
+        }
+    }
+
+    /// The cancellation token of request `id`, made and registered if it
+    /// has none yet (cancelled if a cancel came before); for a request not
+    /// registered, a token of its own.
+    fn token(&self, id: u64) -> CancellationToken {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&id) else {
+            return self.all.child_token();
+        };
+        if let Some(token) = &entry.token {
+            return token.clone();
+        }
+        let token = self.all.child_token();
+        if entry.cancelled {
+            token.cancel();
+        }
+        entry.token = Some(token.clone());
+        token
+    }
+
+    /// Whether request `id` was cancelled, or the connection has ended.
+    fn is_cancelled(&self, id: u64) -> bool {
+        if self.all.is_cancelled() {
+            return true;
+        }
+        match self.lock().get(&id) {
+            Some(entry) => {
+                entry.cancelled
+                    || entry
+                        .token
+                        .as_ref()
+                        .is_some_and(|token| token.is_cancelled())
+            }
+            None => false,
         }
     }
 

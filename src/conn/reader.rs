@@ -616,7 +616,7 @@ where
         let conn = self.handle.inner.clone();
         let state = conn.inflight.state(conn.wire.concurrent_requests());
         let call = state.call(id, true);
-        if call.token.is_cancelled() {
+        if call.is_cancelled(&conn.inflight) {
             return state.ended(id);
         }
         if call
@@ -733,7 +733,7 @@ where
         let conn = self.handle.inner.clone();
         let state = conn.inflight.state(conn.wire.concurrent_requests());
         let call = state.call(id, false);
-        if call.token.is_cancelled() {
+        if call.is_cancelled(&conn.inflight) {
             return state.ended(id);
         }
         if call
@@ -756,7 +756,7 @@ where
                 tokio::select! {
                     biased;
                     handled = handle => Some(handled),
-                    () = call.token.cancelled() => None,
+                    () = call.token(&conn.inflight).cancelled() => None,
                 }
             });
             let ahead_limit = self.config.queue_bytes;
@@ -1205,7 +1205,7 @@ async fn run_request<H: Handler>(
 ) {
     let mut closing = false;
     let mut session: Session = None;
-    let token = call.token.clone();
+    let requests = &handle.inner.inflight;
     let mut ctx = Context {
         handle: &handle,
         closing: &mut closing,
@@ -1215,16 +1215,27 @@ async fn run_request<H: Handler>(
         call: Some(&call),
     };
     let handled = {
-        let run = std::panic::AssertUnwindSafe(inflight::with_deadline(
+        let mut run = pin!(std::panic::AssertUnwindSafe(inflight::with_deadline(
             call.deadline,
             handler.handle(msg, &mut ctx),
         ))
-        .catch_unwind();
-        tokio::select! {
-            biased;
-            handled = run => Some(handled),
-            () = token.cancelled() => None,
-        }
+        .catch_unwind());
+        // The cancellation token is made (and the cancel waited for) only
+        // once the handler waits: one that answers at once needs none.
+        let mut cancelled = pin!(None);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(handled) = run.as_mut().poll(cx) {
+                return Poll::Ready(Some(handled));
+            }
+            if cancelled.is_none() {
+                cancelled.set(Some(call.token(requests).cancelled()));
+            }
+            match cancelled.as_mut().as_pin_mut() {
+                Some(cancelled) => cancelled.poll(cx).map(|()| None),
+                None => Poll::Pending,
+            }
+        })
+        .await
     };
     let answer = std::mem::take(&mut ctx.answer);
     let conn = &handle.inner;

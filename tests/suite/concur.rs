@@ -650,6 +650,66 @@ async fn dropping_a_request_stops_its_handler_at_the_peer() {
     server.cut().await;
 }
 
+/// A request dropped while it waits for a slot (past
+/// `concurrent_requests`) is never started: the cancel reaches it before
+/// it has a cancellation token of its own (made only once something waits
+/// on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_it_waits_for_a_slot_never_starts() {
+    let (server, _) = Peer::new(1);
+    let (client, _) = Peer::new(1);
+    let (server, client, _) = pair_with(
+        server,
+        |b| b.concurrent_requests(1),
+        client,
+        features::SUPPORTED,
+    )
+    .await;
+    let first = client.request(&Ask::Gated { n: 0 });
+    tokio::pin!(first);
+    within("the first in its handler", async {
+        tokio::select! {
+            _ = &mut first => panic!("answered"),
+            () = wait_until("in the handler", || server.handler().in_gated.load(Ordering::SeqCst) == 1) => {}
+        }
+    })
+    .await;
+    // The second is read and waits for the slot; dropped, its cancel
+    // reaches the server.
+    let frames_before = server.stats().frames_in;
+    {
+        let second = client.request(&Ask::Gated { n: 1 });
+        tokio::pin!(second);
+        within("the second sent", async {
+            tokio::select! {
+                _ = &mut second => panic!("answered"),
+                () = wait_until("the server to read it", || server.stats().frames_in > frames_before) => {}
+            }
+        })
+        .await;
+    }
+    wait_until("the cancel counted", || {
+        server.stats().requests_cancelled == 1
+    })
+    .await;
+    // The first ends; the second must not start. 200 ms without a change:
+    // many times what starting it takes.
+    while server.handler().in_gated.load(Ordering::SeqCst) > 0 {
+        server.handler().open_gate();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(value(within("the first answer", &mut first).await), 0);
+    let started = settled(Duration::from_millis(200), || {
+        server.handler().started.load(Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(started, 1, "the cancelled request was started");
+    // The connection goes on: the slot is free (`value` fails on an error).
+    value(within("a third request", client.request(&Ask::Deadline)).await);
+    client.close().await;
+    server.cut().await;
+}
+
 /// A client that does not announce cancellation: a dropped request keeps
 /// running at the server, and its answer is a late reply, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
