@@ -21,6 +21,13 @@
 //! between m1 and m2 go silent without closing; the run ends at 16 s.
 //! The one-way run ([`Plan::SilentOneWay`]): the same, but only the
 //! connection m1 dialled to m2 dies, one way (m1's writes swallowed).
+//!
+//! The overload run ([`Plan::Overload`]): 6–26 s, monitor m1 is overloaded:
+//! every message to and from it (nodes and the other monitors) is held for
+//! 2 intervals, then delivered at once, every 3 s (what a monitor stalled
+//! for 2 intervals at a time sees: all its checks fail together, and every
+//! answer and every heartbeat comes 2 intervals late; turmoil cannot make
+//! one host's timers late); node 0 crashes at 16 s; the run ends at 34 s.
 
 use std::collections::HashMap;
 use std::io;
@@ -265,6 +272,9 @@ enum Plan {
     /// dead, one way: what m1 writes on it is swallowed, what m2 writes
     /// still arrives.
     SilentOneWay,
+    /// m1 overloaded over [`OVERLOAD`]: every message to and from it held
+    /// for [`OVERLOAD_HELD`] every [`OVERLOAD_PERIOD`].
+    Overload,
 }
 
 impl Plan {
@@ -272,6 +282,7 @@ impl Plan {
         Duration::from_secs(match self {
             Plan::Partition => 27,
             Plan::Loss => 15,
+            Plan::Overload => 16,
             // Never.
             Plan::Silent | Plan::SilentOneWay => 3600,
         })
@@ -281,6 +292,7 @@ impl Plan {
         Duration::from_secs(match self {
             Plan::Partition => 48,
             Plan::Loss => 36,
+            Plan::Overload => 34,
             Plan::Silent | Plan::SilentOneWay => 16,
         })
     }
@@ -292,6 +304,12 @@ const SILENT_AT: Duration = Duration::from_secs(6);
 /// The partition run's monitor crash and restart.
 const M3_CRASH: Duration = Duration::from_secs(33);
 const M3_RESTART: Duration = Duration::from_secs(39);
+
+/// The overload run: when m1 is overloaded (seconds), and how: every
+/// message to and from it held for 2 intervals, every 3 s.
+const OVERLOAD: (u64, u64) = (6, 26);
+const OVERLOAD_PERIOD: Duration = Duration::from_secs(3);
+const OVERLOAD_HELD: Duration = Duration::from_secs(2);
 
 /// Loss: 30 % of the time, every link.
 const LOSS: (u64, u64) = (3, 33);
@@ -316,7 +334,7 @@ struct Run {
     stats: Vec<MonitorStats>,
     /// Bytes (both ways) per host over [`QUIET`]: monitors, then nodes.
     quiet_bytes: (Vec<u64>, Vec<u64>),
-    /// Loss: windows opened, messages held by them.
+    /// Loss and overload: windows opened, messages held by them.
     windows: u64,
     held: u64,
 }
@@ -555,6 +573,14 @@ fn run(setup: Setup, seed: u64, plan: Plan) -> Run {
         |sim: &turmoil::Sim<'_>, m: &str| SocketAddr::new(sim.lookup(m), CLUSTER_PORT);
     let mut done = [false; 4];
     let mut crashed = false;
+    // The overload run: every host m1 talks to, and whether its links are
+    // held now.
+    let m1_peers: Vec<&str> = node_hosts
+        .iter()
+        .copied()
+        .chain(monitors.iter().copied().filter(|m| *m != "m1"))
+        .collect();
+    let mut holding = false;
     while sim.elapsed() < end {
         let now = sim.elapsed();
         if now >= secs(QUIET.0) && quiet_start.is_none() {
@@ -621,6 +647,34 @@ fn run(setup: Setup, seed: u64, plan: Plan) -> Run {
                         silenced += dials.silence("m2", cluster_addr(&sim, "m1"));
                     } else {
                         silenced += dials.mute("m1", cluster_addr(&sim, "m2"));
+                    }
+                }
+            }
+            Plan::Overload => {
+                let into =
+                    now.saturating_sub(secs(OVERLOAD.0)).as_millis() % OVERLOAD_PERIOD.as_millis();
+                let overloaded = now >= secs(OVERLOAD.0)
+                    && now < secs(OVERLOAD.1)
+                    && into < OVERLOAD_HELD.as_millis();
+                if overloaded && !holding {
+                    holding = true;
+                    windows += 1;
+                    for &peer in &m1_peers {
+                        sim.hold("m1", peer);
+                    }
+                } else if !overloaded && holding {
+                    holding = false;
+                    let m1 = sim.lookup("m1");
+                    sim.links(|all| {
+                        for link in all {
+                            let (a, b) = link.pair();
+                            if a == m1 || b == m1 {
+                                held += link.count() as u64;
+                            }
+                        }
+                    });
+                    for &peer in &m1_peers {
+                        sim.release("m1", peer);
                     }
                 }
             }
@@ -732,7 +786,7 @@ fn compare(name: &str, setup: Setup, plan: Plan) -> Vec<(Outcome, Run)> {
     let mut outcomes = Vec::new();
     let seeds: &[u64] = match plan {
         Plan::Loss => &[1, 2],
-        Plan::Partition | Plan::Silent | Plan::SilentOneWay => &[1],
+        Plan::Partition | Plan::Silent | Plan::SilentOneWay | Plan::Overload => &[1],
     };
     for &seed in seeds {
         let run = run(setup, seed, plan);
@@ -1012,5 +1066,63 @@ fn a_link_between_monitors_silent_one_way_is_dialled_again_by_its_own_side() {
             );
         }
         assert_eq!(o.false_deaths, 0, "{o:?}");
+    }
+}
+
+/// A node crashed while m1 is overloaded is found dead within this of the
+/// crash: issue 24's bound under loss (simulated time, so a busy machine
+/// does not stretch it). Measured 8.5 s: found 1.5 s before the overload
+/// ends (6.7 s in the partition run, 4.5 s checks + 2 s suspicion).
+const CRASH_FOUND_UNDER_OVERLOAD: Duration = Duration::from_secs(15);
+
+/// One overloaded monitor among three (issue 24's goal): over 20 s, every
+/// message to and from m1 (nodes and monitors) is held for 2 intervals
+/// every 3 s. No node is declared dead by any monitor, and node 0, crashed
+/// in the middle of it, is found within [`CRASH_FOUND_UNDER_OVERLOAD`].
+/// How often checkers changed during the overload is printed, not asserted
+/// (598 with seed 1, all at m1: not hearing m2 and m3 for 2 intervals in
+/// the first holds, it counts them gone and checks all 200 nodes itself,
+/// then hands them back; see README).
+#[test]
+fn an_overloaded_monitor_among_three_declares_no_false_death() {
+    let setup = Setup {
+        nodes: NODES,
+        monitors: 3,
+        indirect: true,
+        adaptive: true,
+    };
+    let name = "3 monitors, m1 overloaded, adaptive";
+    for (o, run) in compare(name, setup, Plan::Overload) {
+        let during = |c: &&Checking| {
+            c.at >= Duration::from_secs(OVERLOAD.0) && c.at < Duration::from_secs(OVERLOAD.1)
+        };
+        let moved = run.checking.iter().filter(during).count();
+        let by_monitor: Vec<usize> = (0..MONITORS.len())
+            .map(|m| {
+                run.checking
+                    .iter()
+                    .filter(during)
+                    .filter(|c| c.monitor == m)
+                    .count()
+            })
+            .collect();
+        let crash_at = Plan::Overload.crash_at() - Duration::from_millis(100);
+        println!(
+            "overload: {} windows, {} messages held, checkers changed {moved} times \
+             (by monitor {by_monitor:?}), dialled m1 → m2, m2 → m1 {:?}, \
+             node 0 checked by {:?}, {:?}",
+            run.windows,
+            run.held,
+            run.redials,
+            checkers(&run, CRASHED, crash_at),
+            o
+        );
+        // The fault fired: m1's links held, messages held, m1 missed.
+        assert!(run.windows >= 6, "{} windows", run.windows);
+        assert!(run.held > 0, "no message held");
+        assert!(o.misses_m1 > 0, "{o:?}");
+        assert_eq!(o.false_deaths, 0, "{o:?}");
+        let found = o.crash_found_after.expect("crash never found");
+        assert!(found <= CRASH_FOUND_UNDER_OVERLOAD, "{o:?}");
     }
 }
