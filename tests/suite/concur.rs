@@ -297,6 +297,39 @@ async fn one_way_messages_keep_their_order_beside_waiting_requests() {
     server.cut().await;
 }
 
+/// Sends `bound + 1` gated requests: `bound` run in their handlers at
+/// once and the last stays out (200 ms without a change, many times what
+/// starting it takes) until one ends; each opening of the gate lets the
+/// requests waiting go. Every one is answered, in order of its number.
+async fn only_the_bound_runs_at_once(server: &Server<Peer>, client: &Client<Ask>, bound: u64) {
+    let requests = async {
+        futures_util::future::join_all((0..=bound).map(|n| client.request(&Ask::Gated { n }))).await
+    };
+    let gate = async {
+        wait_until("the bound's requests in their handlers", || {
+            server.handler().in_gated.load(Ordering::SeqCst) == bound
+        })
+        .await;
+        let started = settled(Duration::from_millis(200), || {
+            server.handler().started.load(Ordering::SeqCst)
+        })
+        .await;
+        assert_eq!(started, bound);
+        while server.handler().started.load(Ordering::SeqCst) < bound + 1
+            || server.handler().in_gated.load(Ordering::SeqCst) > 0
+        {
+            server.handler().open_gate();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (answers, ()) = within("every request", async { tokio::join!(requests, gate) }).await;
+    assert_eq!(
+        answers.into_iter().map(value).collect::<Vec<_>>(),
+        (0..=bound).collect::<Vec<u64>>()
+    );
+    assert_eq!(server.handler().most_gated.load(Ordering::SeqCst), bound);
+}
+
 /// Past `concurrent_requests` the connection waits: a third request starts
 /// only once one of the first two has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,36 +343,7 @@ async fn past_the_bound_requests_wait_for_a_slot() {
         features::SUPPORTED,
     )
     .await;
-    let requests = async {
-        futures_util::future::join_all((0..3).map(|n| client.request(&Ask::Gated { n }))).await
-    };
-    let gate = async {
-        wait_until("2 requests in their handlers", || {
-            server.handler().in_gated.load(Ordering::SeqCst) == 2
-        })
-        .await;
-        // The third stays out: 200 ms without a change, many times what
-        // starting it takes.
-        let started = settled(Duration::from_millis(200), || {
-            server.handler().started.load(Ordering::SeqCst)
-        })
-        .await;
-        assert_eq!(started, 2);
-        // Each opening lets the requests waiting go; the third then waits
-        // for the next.
-        while server.handler().started.load(Ordering::SeqCst) < 3
-            || server.handler().in_gated.load(Ordering::SeqCst) > 0
-        {
-            server.handler().open_gate();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    let (answers, ()) = within("three requests", async { tokio::join!(requests, gate) }).await;
-    assert_eq!(
-        answers.into_iter().map(value).collect::<Vec<_>>(),
-        vec![0, 1, 2]
-    );
-    assert_eq!(server.handler().most_gated.load(Ordering::SeqCst), 2);
+    only_the_bound_runs_at_once(&server, &client, 2).await;
     client.close().await;
     server.cut().await;
 }
@@ -352,34 +356,7 @@ async fn by_default_200_requests_run_at_once_and_the_next_waits() {
     let (server, _) = Peer::new(1);
     let (client, _) = Peer::new(1);
     let (server, client, _) = pair_with(server, |b| b, client, features::SUPPORTED).await;
-    let requests = async {
-        futures_util::future::join_all((0..201).map(|n| client.request(&Ask::Gated { n }))).await
-    };
-    let gate = async {
-        wait_until("200 requests in their handlers", || {
-            server.handler().in_gated.load(Ordering::SeqCst) == 200
-        })
-        .await;
-        // The 201st stays out: 200 ms without a change, many times what
-        // starting it takes.
-        let started = settled(Duration::from_millis(200), || {
-            server.handler().started.load(Ordering::SeqCst)
-        })
-        .await;
-        assert_eq!(started, 200);
-        while server.handler().started.load(Ordering::SeqCst) < 201
-            || server.handler().in_gated.load(Ordering::SeqCst) > 0
-        {
-            server.handler().open_gate();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    let (answers, ()) = within("201 requests", async { tokio::join!(requests, gate) }).await;
-    assert_eq!(
-        answers.into_iter().map(value).collect::<Vec<_>>(),
-        (0..201).collect::<Vec<u64>>()
-    );
-    assert_eq!(server.handler().most_gated.load(Ordering::SeqCst), 200);
+    only_the_bound_runs_at_once(&server, &client, 200).await;
     client.close().await;
     server.cut().await;
 }
