@@ -129,7 +129,7 @@ pub(crate) async fn run<R, W, H>(
         ended
     };
     if let Some(requests) = &conn.requests {
-        requests.end(&conn.wire);
+        requests.end();
     }
     conn.streams.end();
     let reason = match &ended {

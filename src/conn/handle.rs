@@ -611,13 +611,8 @@ impl ConnectionHandle {
                 .map_err(timed_out)?
                 .map_err(not_sent)?,
         };
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, Error>>();
-        let waiting = Waiting::new(
-            Box::new(move |wire, reply| {
-                tx.send(reply.and_then(|frame| wire.decode(frame))).is_ok()
-            }),
-            slot,
-        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = Waiting::new(tx, slot);
         // Forgets the request if this future is dropped or fails (with ids;
         // in ordered mode a queued request keeps its place).
         let mut forget = None;
@@ -687,6 +682,8 @@ impl ConnectionHandle {
             Err(elapsed) => Ok(rx.close().ok_or_else(|| timed_out(elapsed))?),
         };
         drop(forget);
+        // Decoded here, by the requester, into the type it asked for.
+        let reply = reply.map(|reply| reply.and_then(|frame| inner.wire.decode::<R>(frame)));
         match reply {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(Error::ConnectionLost)) | Err(_) => {

@@ -27,6 +27,7 @@
 //! running request before the outbox finishes.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -108,10 +109,69 @@ struct Entry {
     cancelled: bool,
 }
 
+impl Entry {
+    /// Whether a cancel came for it.
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+            || self
+                .token
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+    }
+}
+
+/// Hashes the ids of a connection's requests, which its peer chooses:
+/// a bijective 64-bit mix (murmur3's finaliser) of the id xor a key drawn
+/// at random per connection, so that the peer cannot pick ids that share a
+/// bucket (it does not know the key), for a fraction of the cost of the
+/// default SipHash (the table is looked up three times per request).
+#[derive(Debug, Clone, Copy)]
+struct IdKey(u64);
+
+impl IdKey {
+    fn random() -> IdKey {
+        IdKey(std::hash::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for IdKey {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+/// See [`IdKey`].
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; any other input still mixes.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        let mut h = self.0 ^ id;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        self.0 = h;
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     /// Requests read and not yet ended, by id.
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<HashMap<u64, Entry, IdKey>>,
     /// Slots for requests handled at once on this connection.
     slots: Arc<Semaphore>,
     /// Request tasks not yet ended.
@@ -132,7 +192,7 @@ impl Inflight {
     pub(crate) fn state(&self, slots: usize) -> &State {
         self.state.get_or_init(|| {
             Box::new(State {
-                entries: Mutex::new(HashMap::new()),
+                entries: Mutex::new(HashMap::with_hasher(IdKey::random())),
                 slots: Arc::new(Semaphore::new(slots.clamp(1, Semaphore::MAX_PERMITS))),
                 running: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -193,7 +253,7 @@ impl Inflight {
 }
 
 impl State {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry, IdKey>> {
         // Nothing panics under this lock.
         self.entries
             .lock()
@@ -213,15 +273,23 @@ impl State {
 
     /// What request `id` was registered with (for one that was not, an id
     /// reused while its first was running: no deadline, and a token that
-    /// fires only with the connection's end).
-    pub(crate) fn call(&self, id: u64, concurrent: bool) -> Call {
-        let deadline = self.lock().get(&id).and_then(|entry| entry.deadline);
-        Call {
+    /// fires only with the connection's end); `None` if it was cancelled
+    /// (or the connection has ended). One look-up for both.
+    pub(crate) fn call(&self, id: u64, concurrent: bool) -> Option<Call> {
+        if self.all.is_cancelled() {
+            return None;
+        }
+        let deadline = match self.lock().get(&id) {
+            Some(entry) if entry.is_cancelled() => return None,
+            Some(entry) => entry.deadline,
+            None => None,
+        };
+        Some(Call {
             id,
             deadline,
             token: OnceLock::new(),
             concurrent,
-        }
+        })
     }
 
     /// The cancellation token of request `id`, made and registered if it
@@ -248,16 +316,7 @@ impl State {
         if self.all.is_cancelled() {
             return true;
         }
-        match self.lock().get(&id) {
-            Some(entry) => {
-                entry.cancelled
-                    || entry
-                        .token
-                        .as_ref()
-                        .is_some_and(|token| token.is_cancelled())
-            }
-            None => false,
-        }
+        self.lock().get(&id).is_some_and(Entry::is_cancelled)
     }
 
     /// Request `id` has ended (or will never start): forgets it.

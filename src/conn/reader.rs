@@ -615,10 +615,9 @@ where
     fn spawn_request(&mut self, msg: H::Message, id: u64, held: Held) {
         let conn = self.handle.inner.clone();
         let state = conn.inflight.state(conn.wire.concurrent_requests());
-        let call = state.call(id, true);
-        if call.is_cancelled(&conn.inflight) {
+        let Some(call) = state.call(id, true) else {
             return state.ended(id);
-        }
+        };
         if call
             .deadline
             .is_some_and(|deadline| deadline <= Instant::now())
@@ -732,10 +731,9 @@ where
     async fn call_request_handler(&mut self, msg: H::Message, id: u64) {
         let conn = self.handle.inner.clone();
         let state = conn.inflight.state(conn.wire.concurrent_requests());
-        let call = state.call(id, false);
-        if call.is_cancelled(&conn.inflight) {
+        let Some(call) = state.call(id, false) else {
             return state.ended(id);
-        }
+        };
         if call
             .deadline
             .is_some_and(|deadline| deadline <= Instant::now())
@@ -1414,7 +1412,7 @@ fn answer(
     reply: Result<Bytes, Error>,
 ) {
     if let Some(waiting) = waiting {
-        if waiting.answer(&conn.wire, reply) {
+        if waiting.answer(reply) {
             return;
         }
     } else if conn.streams.answer(id, &reply) {

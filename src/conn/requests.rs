@@ -22,9 +22,10 @@ use crate::conn::events::EventSink;
 use crate::conn::wire::{Matching, Wire};
 use crate::wire::error::Error;
 
-/// Decodes a reply (or takes the error that replaces it) and hands it to
-/// the waiting task; returns whether anyone still waited.
-pub(crate) type Answer = Box<dyn FnOnce(&Wire, Result<Bytes, Error>) -> bool + Send>;
+/// Where a request's reply frame (or the error that replaces it) goes: the
+/// waiting task decodes it into its own type. A channel, not a boxed
+/// closure that decodes: one allocation per request, not two.
+pub(crate) type Answer = tokio::sync::oneshot::Sender<Result<Bytes, Error>>;
 
 /// A request waiting for its reply.
 pub(crate) struct Waiting {
@@ -42,8 +43,8 @@ impl Waiting {
     }
 
     /// Answers the request with `reply`; whether anyone still waited.
-    pub(crate) fn answer(self, wire: &Wire, reply: Result<Bytes, Error>) -> bool {
-        (self.answer)(wire, reply)
+    pub(crate) fn answer(self, reply: Result<Bytes, Error>) -> bool {
+        self.answer.send(reply).is_ok()
     }
 }
 
@@ -253,7 +254,7 @@ impl Requests {
 
     /// The connection has ended: every waiting request fails with
     /// [`Error::ConnectionLost`], and no new one is taken.
-    pub(crate) fn end(&self, wire: &Wire) {
+    pub(crate) fn end(&self) {
         let (by_id, in_order) = {
             let mut state = self.lock();
             state.ended = true;
@@ -267,7 +268,7 @@ impl Requests {
             .into_values()
             .chain(in_order.into_iter().map(|(_, w)| w));
         for request in waiting {
-            request.answer(wire, Err(Error::ConnectionLost));
+            request.answer(Err(Error::ConnectionLost));
         }
     }
 }
