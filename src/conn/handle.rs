@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::{timeout_at, Instant};
 
 use crate::base::addr::Addr;
@@ -14,7 +15,7 @@ use crate::codec::{Message, Request};
 use crate::conn::events::EventSink;
 use crate::conn::op_error::{RequestError, SendError, TrySendError};
 use crate::conn::outbox::{Frames, Outbox, PushError, Tally};
-use crate::conn::requests::{Requests, Waiting};
+use crate::conn::requests::{Keep, Requests, Waiting};
 use crate::conn::signal::Signal;
 use crate::conn::streams::StreamsSlot;
 use crate::conn::wire::Matching;
@@ -146,20 +147,86 @@ struct Forget<'a> {
     cancel: Option<&'a Shared>,
 }
 
+impl Forget<'_> {
+    /// Cancels the request at the peer, if it takes cancels.
+    fn cancel_at_peer(&self) {
+        // Not once the connection can send nothing more (nor counted
+        // lost then: nobody accepted it for sending).
+        if let Some(conn) = self.cancel.filter(|conn| conn.outbox.takes_replies()) {
+            let id = self.id;
+            let queued = conn
+                .outbox
+                .push_reply(|buf| conn.wire.encode_cancel(id, buf));
+            if let Err(error) = queued {
+                tracing::debug!(%error, id, "a cancel could not be queued");
+            }
+        }
+    }
+}
+
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         if self.requests.forget(self.id) {
-            // Not once the connection can send nothing more (nor counted
-            // lost then: nobody accepted it for sending).
-            if let Some(conn) = self.cancel.filter(|conn| conn.outbox.takes_replies()) {
-                let id = self.id;
-                let queued = conn
-                    .outbox
-                    .push_reply(|buf| conn.wire.encode_cancel(id, buf));
-                if let Err(error) = queued {
-                    tracing::debug!(%error, id, "a cancel could not be queued");
+            self.cancel_at_peer();
+        }
+    }
+}
+
+/// What the deadline keeper answers a request whose deadline has passed
+/// with (its caller fails with [`RequestError::Timeout`]).
+const EXPIRED: Error = Error::RequestTimeout(Duration::ZERO);
+
+/// A connection's deadline keeper (see [`crate::conn::requests`]): fails
+/// its requests by id whose deadline has passed, with one timer. It holds
+/// the connection weakly, and stops at its end.
+async fn keep_deadlines(conn: std::sync::Weak<Shared>, wake: Arc<Notify>) {
+    /// Dropped unfinished (its runtime shut down): the next request of
+    /// the connection starts another keeper.
+    struct Gone(std::sync::Weak<Shared>, bool);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            if !self.1 {
+                if let Some(requests) = self
+                    .0
+                    .upgrade()
+                    .as_deref()
+                    .and_then(|c| c.requests.as_deref())
+                {
+                    requests.keeper_gone();
                 }
             }
+        }
+    }
+    let mut gone = Gone(conn.clone(), false);
+    loop {
+        let next = {
+            let Some(conn) = conn.upgrade() else {
+                gone.1 = true;
+                return;
+            };
+            let Some(requests) = conn.requests.as_deref() else {
+                gone.1 = true;
+                return;
+            };
+            let expired = requests.expire(Instant::now());
+            if expired.ended {
+                gone.1 = true;
+                return;
+            }
+            for waiting in expired.waiting {
+                // Its caller may have gone meanwhile: nothing to do then.
+                let _ = waiting.answer(Err(EXPIRED));
+            }
+            expired.next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
         }
     }
 }
@@ -188,8 +255,8 @@ impl<R> Drop for ReplySlot<'_, R> {
     fn drop(&mut self) {
         match self.close() {
             // Nothing came, or the reply was taken; or the connection
-            // ended (no reply).
-            None | Some(Err(Error::ConnectionLost)) => {}
+            // ended, or the deadline keeper failed it (no reply).
+            None | Some(Err(Error::ConnectionLost | Error::RequestTimeout(_))) => {}
             Some(_) => self.conn.late_reply(self.id),
         }
     }
@@ -612,14 +679,24 @@ impl ConnectionHandle {
                 .map_err(not_sent)?,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let waiting = Waiting::new(tx, slot);
+        let waiting = Waiting::new(tx, deadline, slot);
         // Forgets the request if this future is dropped or fails (with ids;
         // in ordered mode a queued request keeps its place).
         let mut forget = None;
         let id = match inner.wire.matching() {
             Matching::Ids => {
                 let line = requests.register().map_err(not_sent)?;
-                let id = line.by_id(waiting);
+                let (id, keep) = line.by_id(waiting);
+                match keep {
+                    Keep::Nothing => {}
+                    Keep::Wake => requests.wake_keeper(),
+                    Keep::Start => {
+                        tokio::spawn(keep_deadlines(
+                            Arc::downgrade(&self.inner),
+                            requests.keeper(),
+                        ));
+                    }
+                }
                 let features = inner.handshake.features();
                 forget = Some(Forget {
                     requests,
@@ -675,11 +752,23 @@ impl ConnectionHandle {
             conn: inner,
             id,
         };
-        let reply = match timeout_at(deadline, &mut rx.rx).await {
-            Ok(received) => received,
-            // A reply handed over just as the timer fired is the answer
-            // (after `close`, one handed over later is a late reply).
-            Err(elapsed) => Ok(rx.close().ok_or_else(|| timed_out(elapsed))?),
+        let reply = match &forget {
+            // By id, the connection's deadline keeper fails it at its
+            // deadline (taking it out of the table: a reply that comes
+            // later is a late reply).
+            Some(forget) => match (&mut rx.rx).await {
+                Ok(Err(Error::RequestTimeout(_))) => {
+                    forget.cancel_at_peer();
+                    return Err(Attempt::Failed(RequestError::Timeout(timeout)));
+                }
+                received => received,
+            },
+            None => match timeout_at(deadline, &mut rx.rx).await {
+                Ok(received) => received,
+                // A reply handed over just as the timer fired is the answer
+                // (after `close`, one handed over later is a late reply).
+                Err(elapsed) => Ok(rx.close().ok_or_else(|| timed_out(elapsed))?),
+            },
         };
         drop(forget);
         // Decoded here, by the requester, into the type it asked for.

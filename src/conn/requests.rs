@@ -9,6 +9,14 @@
 //!
 //! The number of requests in flight is bounded (a semaphore): a request
 //! waits for a slot, so a peer that never answers cannot make us hold more.
+//!
+//! Requests by id time out with one timer per connection, not one each: a
+//! task of its own (the deadline keeper, started with the first request)
+//! sleeps until the earliest deadline it knows of, then fails the requests
+//! whose deadline has passed (taking them out of the table, as a reply
+//! would) and sleeps until the next. A request registered with a deadline
+//! no later than the one the keeper sleeps until costs it nothing (the
+//! usual case: one timeout for every request); an earlier one wakes it.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -16,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::conn::events::EventSink;
 use crate::conn::wire::{Matching, Wire};
@@ -30,14 +39,18 @@ pub(crate) type Answer = tokio::sync::oneshot::Sender<Result<Bytes, Error>>;
 /// A request waiting for its reply.
 pub(crate) struct Waiting {
     answer: Answer,
+    /// When its caller stops waiting (by id: the deadline keeper fails it
+    /// then).
+    deadline: Instant,
     /// Its slot among the requests in flight, freed with it.
     _slot: OwnedSemaphorePermit,
 }
 
 impl Waiting {
-    pub(crate) fn new(answer: Answer, slot: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(answer: Answer, deadline: Instant, slot: OwnedSemaphorePermit) -> Self {
         Waiting {
             answer,
+            deadline,
             _slot: slot,
         }
     }
@@ -60,6 +73,29 @@ pub(crate) struct Requests {
     /// The next request's id: one counter for every connection of a
     /// client, so that an id never comes back on a later connection.
     ids: Arc<AtomicU64>,
+    /// Wakes the deadline keeper: an earlier deadline, or the end.
+    keeper: Arc<Notify>,
+}
+
+/// What registering a request asks of the deadline keeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// It will wake in time for the request's deadline.
+    Nothing,
+    /// It must wake: the request's deadline is earlier than its own.
+    Wake,
+    /// There is none yet: start it.
+    Start,
+}
+
+/// The requests a deadline keeper failed, and what it does next.
+pub(crate) struct Expired {
+    /// Requests whose deadline has passed, out of the table.
+    pub(crate) waiting: Vec<Waiting>,
+    /// The earliest deadline of those still waiting: sleep until then.
+    pub(crate) next: Option<Instant>,
+    /// The connection has ended: the keeper stops.
+    pub(crate) ended: bool,
 }
 
 #[derive(Default)]
@@ -73,6 +109,10 @@ struct State {
     /// Requests were refused from the start (a queue with no connection
     /// yet): they fail with [`Error::Closed`], nothing sent.
     refused: bool,
+    /// The deadline keeper was started (and has not stopped).
+    keeper: bool,
+    /// When the keeper wakes next, if it sleeps until a deadline.
+    armed: Option<Instant>,
 }
 
 impl std::fmt::Debug for State {
@@ -118,15 +158,28 @@ impl Registering<'_> {
         self.1.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a request to be answered by its id; returns the id.
-    pub(crate) fn by_id(mut self, waiting: Waiting) -> u64 {
+    /// Registers a request to be answered by its id (or failed by the
+    /// deadline keeper at its deadline); returns the id, and what the
+    /// keeper must be told.
+    pub(crate) fn by_id(mut self, waiting: Waiting) -> (u64, Keep) {
         let mut id = self.next_id();
         // Ids wrap after 2^64 requests; skip any still waiting.
         while self.0.by_id.contains_key(&id) {
             id = self.next_id();
         }
+        let deadline = waiting.deadline;
         self.0.by_id.insert(id, waiting);
-        id
+        let state = &mut *self.0;
+        let keep = if !state.keeper {
+            state.keeper = true;
+            Keep::Start
+        } else if state.armed.is_some_and(|armed| armed <= deadline) {
+            return (id, Keep::Nothing);
+        } else {
+            Keep::Wake
+        };
+        state.armed = Some(deadline);
+        (id, keep)
     }
 
     /// Registers a request to be answered by the next frame not taken by
@@ -157,7 +210,53 @@ impl Requests {
             )),
             late_replies: OnceLock::new(),
             ids,
+            keeper: Arc::new(Notify::new()),
         }
+    }
+
+    /// What wakes the deadline keeper (for the keeper itself).
+    pub(crate) fn keeper(&self) -> Arc<Notify> {
+        self.keeper.clone()
+    }
+
+    /// Wakes the deadline keeper (see [`Keep::Wake`]).
+    pub(crate) fn wake_keeper(&self) {
+        self.keeper.notify_one();
+    }
+
+    /// For the deadline keeper, at `now`: takes the requests by id whose
+    /// deadline has passed out of the table, and says when to look again.
+    pub(crate) fn expire(&self, now: Instant) -> Expired {
+        let mut state = self.lock();
+        if state.ended {
+            state.keeper = false;
+            state.armed = None;
+            return Expired {
+                waiting: Vec::new(),
+                next: None,
+                ended: true,
+            };
+        }
+        let waiting = state
+            .by_id
+            .extract_if(|_, waiting| waiting.deadline <= now)
+            .map(|(_, waiting)| waiting)
+            .collect();
+        let next = state.by_id.values().map(|waiting| waiting.deadline).min();
+        state.armed = next;
+        Expired {
+            waiting,
+            next,
+            ended: false,
+        }
+    }
+
+    /// The deadline keeper is gone without the connection's end (its
+    /// runtime shut down): the next request starts another.
+    pub(crate) fn keeper_gone(&self) {
+        let mut state = self.lock();
+        state.keeper = false;
+        state.armed = None;
     }
 
     /// Takes no request, ever: each fails at once with [`Error::Closed`]
@@ -258,6 +357,7 @@ impl Requests {
         let (by_id, in_order) = {
             let mut state = self.lock();
             state.ended = true;
+            self.keeper.notify_one();
             (
                 std::mem::take(&mut state.by_id),
                 std::mem::take(&mut state.in_order),
@@ -270,5 +370,13 @@ impl Requests {
         for request in waiting {
             request.answer(Err(Error::ConnectionLost));
         }
+    }
+}
+
+impl Drop for Requests {
+    /// Lets a deadline keeper waiting for a wake-up see that the
+    /// connection is gone (one that never ended: dropped unfinished).
+    fn drop(&mut self) {
+        self.keeper.notify_one();
     }
 }

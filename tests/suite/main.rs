@@ -41,6 +41,7 @@ mod lifecycle_model;
 mod lifecycle_reconnect;
 mod lifecycle_shutdown;
 mod reply_streams;
+mod request_timers;
 mod server;
 mod session;
 mod settings;
