@@ -27,10 +27,10 @@
 //! running request before the outbox finishes.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use foldhash::fast::RandomState;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -120,58 +120,10 @@ impl Entry {
     }
 }
 
-/// Hashes the ids of a connection's requests, which its peer chooses:
-/// a bijective 64-bit mix (murmur3's finaliser) of the id xor a key drawn
-/// at random per connection, so that the peer cannot pick ids that share a
-/// bucket (it does not know the key), for a fraction of the cost of the
-/// default SipHash (the table is looked up three times per request).
-#[derive(Debug, Clone, Copy)]
-struct IdKey(u64);
-
-impl IdKey {
-    fn random() -> IdKey {
-        IdKey(std::hash::RandomState::new().hash_one(0x5eed_u64))
-    }
-}
-
-impl BuildHasher for IdKey {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(self.0)
-    }
-}
-
-/// See [`IdKey`].
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; any other input still mixes.
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        let mut h = self.0 ^ id;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^= h >> 33;
-        self.0 = h;
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct State {
     /// Requests read and not yet ended, by id.
-    entries: Mutex<HashMap<u64, Entry, IdKey>>,
+    entries: Mutex<HashMap<u64, Entry, RandomState>>,
     /// Slots for requests handled at once on this connection.
     slots: Arc<Semaphore>,
     /// Request tasks not yet ended.
@@ -192,7 +144,7 @@ impl Inflight {
     pub(crate) fn state(&self, slots: usize) -> &State {
         self.state.get_or_init(|| {
             Box::new(State {
-                entries: Mutex::new(HashMap::with_hasher(IdKey::random())),
+                entries: Mutex::new(HashMap::with_hasher(RandomState::default())),
                 slots: Arc::new(Semaphore::new(slots.clamp(1, Semaphore::MAX_PERMITS))),
                 running: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -253,7 +205,7 @@ impl Inflight {
 }
 
 impl State {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry, IdKey>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry, RandomState>> {
         // Nothing panics under this lock.
         self.entries
             .lock()

@@ -19,11 +19,11 @@
 //! usual case: one timeout for every request); an earlier one wakes it.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -101,7 +101,7 @@ pub(crate) struct Expired {
 #[derive(Default)]
 struct State {
     /// With ids: the waiting requests by id.
-    by_id: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
+    by_id: HashMap<u64, Waiting, RandomState>,
     /// In ordered mode: the waiting requests, oldest first.
     in_order: VecDeque<(u64, Waiting)>,
     /// The connection has ended: no request is taken any more.
@@ -121,31 +121,6 @@ impl std::fmt::Debug for State {
             .field("waiting", &(self.by_id.len() + self.in_order.len()))
             .field("ended", &self.ended)
             .finish()
-    }
-}
-
-/// Hashes request ids, which this end hands out itself (a counter): no
-/// peer chooses them, so the table needs no protection against
-/// collisions made on purpose, only a spread of consecutive numbers (a
-/// multiplication by an odd constant, as FxHash does). A reply's id comes
-/// from the peer but is only looked up: an unknown one misses.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = (self.0.rotate_left(5) ^ id).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
