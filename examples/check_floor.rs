@@ -13,6 +13,7 @@
 //! ```text
 //! cargo run --release --example check_floor -- 9000
 //! cargo run --release --example check_floor -- 9000 --bytes 24 --rounds 10
+//! cargo run --release --example check_floor -- 9000 --current-thread
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -130,14 +131,22 @@ async fn run(n: usize, bytes: usize, rounds: u32) -> Result<(), Box<dyn std::err
             let mut ticker = tokio::time::interval_at(first, INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let frame = vec![7u8; bytes];
-            let mut answer = vec![0u8; bytes];
+            // Larger than the answer: a read that fills less than the
+            // buffer tells tokio the socket is drained, so the next read
+            // waits for readiness instead of trying `recvfrom` first (one
+            // `recvfrom` per check, as the monitor's connections make).
+            let mut answer = [0u8; 256];
             loop {
                 ticker.tick().await;
                 if stream.write_all(&frame).await.is_err() {
                     return;
                 }
-                if stream.read_exact(&mut answer).await.is_err() {
-                    return;
+                let mut got = 0;
+                while got < bytes {
+                    match stream.read(&mut answer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => got += read,
+                    }
                 }
                 checks.fetch_add(1, Ordering::Relaxed);
             }
@@ -172,9 +181,36 @@ async fn run(n: usize, bytes: usize, rounds: u32) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let outcome = match std::env::var(NODES_ENV) {
+fn main() -> std::process::ExitCode {
+    // The nodes and, by default, the client on a multi-threaded runtime
+    // (as `heartbeat_scale`'s); `--current-thread` runs the client on one
+    // thread: no worker wakes another.
+    let current_thread = std::env::var_os(NODES_ENV).is_none()
+        && std::env::args().any(|arg| arg == "--current-thread");
+    let runtime = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let outcome = match runtime {
+        Ok(runtime) => runtime.block_on(start()),
+        Err(error) => Err(error.into()),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("check_floor: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> Result<(), Box<dyn std::error::Error>> {
+    match std::env::var(NODES_ENV) {
         Ok(n) => {
             let first = std::env::var(FIRST_ENV)
                 .ok()
@@ -187,33 +223,20 @@ async fn main() -> std::process::ExitCode {
             let mut bytes = 24;
             let mut rounds = 10;
             let mut args = std::env::args().skip(1);
-            let mut usage = Ok(());
             while let Some(arg) = args.next() {
                 let mut value = || args.next().and_then(|v| v.parse::<usize>().ok());
                 match arg.as_str() {
                     "--bytes" => bytes = value().unwrap_or(bytes).clamp(1, 256),
                     "--rounds" => rounds = value().unwrap_or(10).max(1) as u32,
-                    other => match other.parse() {
-                        Ok(count) => n = count,
-                        Err(_) => {
-                            usage =
-                                Err("usage: check_floor [CONNECTIONS] [--bytes B] [--rounds R]"
-                                    .into())
-                        }
-                    },
+                    "--current-thread" => {}
+                    other => {
+                        n = other.parse().map_err(|_| {
+                            "usage: check_floor [CONNECTIONS] [--bytes B] [--rounds R] [--current-thread]"
+                        })?
+                    }
                 }
             }
-            match usage {
-                Ok(()) => run(n, bytes, rounds).await,
-                Err(usage) => Err(usage),
-            }
-        }
-    };
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("check_floor: {error}");
-            std::process::ExitCode::FAILURE
+            run(n, bytes, rounds).await
         }
     }
 }
