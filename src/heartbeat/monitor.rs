@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -1127,6 +1128,33 @@ enum Slot {
     Busy,
 }
 
+/// Hashes the scheduler's entry ids with one multiplication instead of
+/// SipHash (two look-ups per check): they are made by the monitor, one
+/// after another, never taken from the network.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: consecutive ids spread over the low bits (the
+        // table's index) and the high bits (its tags) alike.
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The scheduler's table by entry id.
+type Ids = std::hash::BuildHasherDefault<IdHasher>;
+
 /// Whether a peer's checks go on after this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -1217,7 +1245,7 @@ async fn schedule<P: Probe>(
     // Boxed: the queue's slab grows by doubling, which would double what an
     // idle peer costs at worst.
     let mut queue: DelayQueue<Box<PeerCheck>> = DelayQueue::new();
-    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    let mut slots: HashMap<u64, Slot, Ids> = HashMap::default();
     let mut checks = FuturesUnordered::new();
     let mut closing: FuturesUnordered<Pin<Box<dyn Future<Output = CloseReason> + Send>>> =
         FuturesUnordered::new();
@@ -1228,64 +1256,74 @@ async fn schedule<P: Probe>(
     };
     let stopped = shared.stop.cancelled();
     tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            command = commands.recv() => match command {
-                Some(Command::Watch { addr, kind, id }) => {
+    // One pass per wake-up of the task: the stop and the commands first,
+    // then every check due and every check ended that is ready. (A
+    // `select!` in a loop would poll the stop token and the command
+    // channel again for each of them: several times per check.)
+    std::future::poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        loop {
+            match commands.poll_recv(cx) {
+                Poll::Ready(Some(Command::Watch { addr, kind, id })) => {
                     let now = Instant::now();
                     let check = Box::new(PeerCheck::new(&shared, addr, kind, id, now));
                     let key = queue.insert_at(check, now);
                     slots.insert(id, Slot::Idle(key));
                 }
-                Some(Command::Remove(id)) => match slots.remove(&id) {
+                Poll::Ready(Some(Command::Remove(id))) => match slots.remove(&id) {
                     Some(Slot::Idle(key)) => close(queue.remove(&key).into_inner(), &mut closing),
                     // Its check sees it is no longer watched.
                     Some(Slot::Busy) => shared.removed.notify_waiters(),
                     None => {}
                 },
-                None => break,
-            },
-            Some(expired) = queue.next(), if !queue.is_empty() => {
-                let mut check = expired.into_inner();
-                // As an interval that delays missed ticks: the next is a
-                // period after this one, or after now if this one is late.
-                let started = check.due;
-                let now = Instant::now();
-                check.due = if now > started + Duration::from_millis(5) {
-                    now + period
-                } else {
-                    started + period
-                };
-                let Some(name) = turn(&shared, &mut check) else {
-                    // Another monitor's share this turn: nothing in flight.
-                    let (id, due) = (check.id, check.due);
-                    slots.insert(id, Slot::Idle(queue.insert_at(check, due)));
-                    continue;
-                };
-                slots.insert(check.id, Slot::Busy);
-                // A root span: the registration connection that may have
-                // started watching it is long closed by now.
-                let span = tracing::info_span!(parent: None, "heartbeat", peer = %check.addr);
-                checks.push(run_check(&shared, check, started, name).instrument(span));
+                // Every handle on the monitor was dropped.
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => break,
             }
-            Some((check, flow)) = checks.next(), if !checks.is_empty() => {
-                let id = check.id;
-                match (flow, slots.get_mut(&id)) {
-                    (Flow::Continue, Some(slot)) => {
-                        let due = check.due;
-                        *slot = Slot::Idle(queue.insert_at(check, due));
-                    }
-                    _ => {
-                        slots.remove(&id);
-                        close(check, &mut closing);
-                    }
+        }
+        while let Poll::Ready(Some(expired)) = queue.poll_expired(cx) {
+            let mut check = expired.into_inner();
+            // As an interval that delays missed ticks: the next is a
+            // period after this one, or after now if this one is late.
+            let started = check.due;
+            let now = Instant::now();
+            check.due = if now > started + Duration::from_millis(5) {
+                now + period
+            } else {
+                started + period
+            };
+            let Some(name) = turn(&shared, &mut check) else {
+                // Another monitor's share this turn: nothing in flight.
+                let (id, due) = (check.id, check.due);
+                slots.insert(id, Slot::Idle(queue.insert_at(check, due)));
+                continue;
+            };
+            slots.insert(check.id, Slot::Busy);
+            // A root span: the registration connection that may have
+            // started watching it is long closed by now.
+            let span = tracing::info_span!(parent: None, "heartbeat", peer = %check.addr);
+            checks.push(run_check(&shared, check, started, name).instrument(span));
+        }
+        // The checks just started are polled here first (their pings sent).
+        while let Poll::Ready(Some((check, flow))) = checks.poll_next_unpin(cx) {
+            let id = check.id;
+            match (flow, slots.get_mut(&id)) {
+                (Flow::Continue, Some(slot)) => {
+                    let due = check.due;
+                    *slot = Slot::Idle(queue.insert_at(check, due));
+                }
+                _ => {
+                    slots.remove(&id);
+                    close(check, &mut closing);
                 }
             }
-            Some(_) = closing.next(), if !closing.is_empty() => {}
         }
-    }
+        while let Poll::Ready(Some(_)) = closing.poll_next_unpin(cx) {}
+        Poll::Pending
+    })
+    .await;
     // Stopped: the checks in flight end at once, every connection is
     // closed.
     shared.removed.notify_waiters();
