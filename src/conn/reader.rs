@@ -1048,7 +1048,7 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             Ok(opened) => opened,
             Err(error) => {
                 self.buf.advance(found.wire);
-                self.frame_error(conn, events, error);
+                self.frame_error(conn, events, Error::Envelope(error));
                 return None;
             }
         };
