@@ -848,10 +848,11 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
     fn next_read_ahead(&mut self) -> Option<(M, Option<u64>)> {
         // Checked here, inlined in the read loop: most connections never
         // read ahead, and a call per frame to learn it cost more.
-        if self.ahead.is_none() {
-            return None;
+        if self.ahead.is_some() {
+            self.take_read_ahead()
+        } else {
+            None
         }
-        self.take_read_ahead()
     }
 
     /// [`next_read_ahead`](Self::next_read_ahead) once something was read
