@@ -720,8 +720,13 @@ where
                 .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
                 .await
         };
-        let answer = std::mem::take(&mut ctx.answer);
-        self.handled(request, answer, handled);
+        // Most calls succeed: then there is nothing to answer, and the
+        // context goes as a whole (no answer taken out of it and dropped
+        // apart, at every frame).
+        if handled.is_err() {
+            let answer = std::mem::take(&mut ctx.answer);
+            self.handled(request, answer, handled);
+        }
     }
 
     /// [`call_handler`](Self::call_handler) for request `id` (on a
@@ -837,7 +842,20 @@ where
 impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
     /// The next message read ahead, if any (counted as it was read). Lets
     /// go of what held them once none is left.
+    #[inline]
     fn next_read_ahead(&mut self) -> Option<(M, Option<u64>)> {
+        // Checked here, inlined in the read loop: most connections never
+        // read ahead, and a call per frame to learn it cost more.
+        if self.ahead.is_some() {
+            self.take_read_ahead()
+        } else {
+            None
+        }
+    }
+
+    /// [`next_read_ahead`](Self::next_read_ahead) once something was read
+    /// ahead.
+    fn take_read_ahead(&mut self) -> Option<(M, Option<u64>)> {
         let ahead = self.ahead.as_deref_mut()?;
         let Some((msg, request, wire)) = ahead.queue.pop_front() else {
             if ahead.ended.is_none() {
@@ -1046,7 +1064,7 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
             Ok(opened) => opened,
             Err(error) => {
                 self.buf.advance(found.wire);
-                self.frame_error(conn, events, error);
+                self.frame_error(conn, events, Error::Envelope(error));
                 return None;
             }
         };

@@ -440,9 +440,15 @@ impl Wire {
     ///
     /// # Errors
     ///
-    /// [`Error::Envelope`] for a malformed header.
+    /// A malformed header (the connection reports it as
+    /// [`Error::Envelope`]). The small error keeps the result small: a
+    /// `Result` with [`Error`] in it is stored through memory at every
+    /// frame.
     #[inline]
-    pub(crate) fn open_header(&self, frame: &[u8]) -> Result<(Envelope, usize), Error> {
+    pub(crate) fn open_header(
+        &self,
+        frame: &[u8],
+    ) -> Result<(Envelope, usize), envelope::EnvelopeError> {
         if !self.spec.envelope {
             return Ok((Envelope::Message, 0));
         }

@@ -457,6 +457,7 @@ impl FrameCodec {
     ///
     /// The work done on an incomplete frame is kept (`next_index`,
     /// `unescaped`, `bad_escape`), so no byte is scanned or moved twice.
+    #[inline]
     fn find_escaped(&mut self, src: &mut BytesMut, delimiter: u8) -> Result<Option<Found>, Error> {
         let limit = self.framing.max_frame_length;
         let escape = escape_byte_for(delimiter);
