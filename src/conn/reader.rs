@@ -936,7 +936,9 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
                 if let Some(spare) = spare::take() {
                     self.buf = spare;
                 }
-                self.buf.reserve(self.chunk.max(filled.len()));
+                if self.buf.capacity() < filled.len() {
+                    self.buf.reserve(self.chunk.max(filled.len()));
+                }
                 self.buf.extend_from_slice(filled);
             }
             Poll::Ready(Ok(filled.len()))
