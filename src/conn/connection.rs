@@ -67,6 +67,7 @@ impl Drop for OnEnd {
 /// how it ended, then calls `on_end` (before the handler's `on_close`, so
 /// that a server's table no longer holds the connection while `on_close`
 /// runs).
+#[allow(clippy::manual_async_fn)] // (see the comment in the body)
 pub(crate) fn run<R, W, H>(
     (read_half, write_half): (R, W),
     handle: ConnectionHandle,

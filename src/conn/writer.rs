@@ -164,6 +164,7 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
     ///
     /// [`Error::Io`] if a write fails, [`Error::WriteStalled`] if the peer
     /// takes nothing for the stall timeout.
+    #[allow(clippy::manual_async_fn)] // (see the comment in the body)
     pub(crate) fn run(mut self) -> impl Future<Output = Result<(), Error>> {
         // Not an `async fn` taking `self`: that would hold the write side
         // twice in the connection task's future (see `ReadSide::run`).
