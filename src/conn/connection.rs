@@ -67,71 +67,112 @@ impl Drop for OnEnd {
 /// how it ended, then calls `on_end` (before the handler's `on_close`, so
 /// that a server's table no longer holds the connection while `on_close`
 /// runs).
-pub(crate) async fn run<R, W, H>(
+#[allow(clippy::manual_async_fn)] // (see the comment in the body)
+pub(crate) fn run<R, W, H>(
     (read_half, write_half): (R, W),
     handle: ConnectionHandle,
     handler: Arc<H>,
     config: Arc<ConnectionConfig>,
     events: EventSink,
     mut on_end: OnEnd,
-) where
+) -> impl Future<Output = ()>
+where
     R: AsyncRead + Unpin,
     W: SocketWrite,
     H: Handler,
 {
-    let conn = handle.inner.clone();
-    conn.report_late_replies_to(&events);
-    if let Some(socket) = write_half.direct(&conn.counters) {
-        conn.outbox.set_direct(socket);
-    }
-    // The session outlives both sides, for `on_close`; and whether
-    // `on_open` was called (`on_close` is called only then: they pair).
-    let mut session = None;
-    let mut opened = false;
-    let ended = {
-        // Pinned here, once: `drive` borrows them (a future moved into an
-        // awaited one would take room in this task twice).
-        let reader = pin!(AssertUnwindSafe(
-            ReadSide::new(
-                read_half,
-                handle,
-                handler.clone(),
-                config.clone(),
-                events.clone(),
-                &mut session,
-                &mut opened,
-            )
-            .run(),
-        )
-        .catch_unwind()
-        .map(|ended| ended.unwrap_or_else(|panic| Err(panicked(&*panic)))));
-        let writer =
-            pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
-        let ended = drive(reader, writer, &conn, config.close_timeout).await;
-        // Lets go of the socket's write half (senders write through it).
-        conn.outbox.abandon();
-        ended
-        // Both sides end here, whatever ended the connection: a handler
-        // call still pending after an abort is dropped (with whatever it
-        // holds: a lock, a permit), and the socket is closed, before
-        // `on_close` runs.
-    };
-    // Every request task ends too (its handler future dropped) before
-    // `on_close`; one that panicked fails the connection.
-    let ended = if conn.inflight.get().is_some() {
-        // Boxed: no room for the wait in the task's future.
-        Box::pin(conn.inflight.end()).await;
-        match conn.inflight.take_panic() {
-            Some(message) => Err(Error::HandlerPanic(message)),
-            None => ended,
+    // Not an `async fn`: it would hold its arguments twice in the task's
+    // future (as arguments, then as the locals they are moved to).
+    async move {
+        let conn = handle.inner.clone();
+        conn.report_late_replies_to(&events);
+        if let Some(socket) = write_half.direct(&conn.counters) {
+            conn.outbox.set_direct(socket);
         }
-    } else {
-        ended
-    };
-    if let Some(requests) = &conn.requests {
-        requests.end();
+        // The session outlives both sides, for `on_close`; and whether
+        // `on_open` was called (`on_close` is called only then: they pair).
+        let mut session = None;
+        let mut opened = false;
+        let ended = {
+            // Pinned here, once: `drive` borrows them (a future moved into an
+            // awaited one would take room in this task twice).
+            let reader = pin!(AssertUnwindSafe(
+                ReadSide::new(
+                    read_half,
+                    handle,
+                    handler.clone(),
+                    config.clone(),
+                    &events,
+                    &mut session,
+                    &mut opened,
+                )
+                .run(),
+            )
+            .catch_unwind()
+            .map(|ended| ended.unwrap_or_else(|panic| Err(panicked(&*panic)))));
+            let writer =
+                pin!(WriteSide::new(write_half, conn.clone(), config.write_stall_timeout).run());
+            let ended = drive(reader, writer, &conn, &config.close_timeout).await;
+            // Lets go of the socket's write half (senders write through it).
+            conn.outbox.abandon();
+            ended
+            // Both sides end here, whatever ended the connection: a handler
+            // call still pending after an abort is dropped (with whatever it
+            // holds: a lock, a permit), and the socket is closed, before
+            // `on_close` runs.
+        };
+        // Every request task ends too (its handler future dropped) before
+        // `on_close`; one that panicked fails the connection.
+        // (`ended` is moved, never borrowed, before each wait: it takes no
+        // room of its own in the task's future beside both sides.)
+        let ended = if conn.inflight.get().is_some() {
+            // Boxed: no room for the wait in the task's future.
+            let inflight = &conn.inflight;
+            Box::pin(async move {
+                inflight.end().await;
+                match inflight.take_panic() {
+                    Some(message) => Err(Error::HandlerPanic(message)),
+                    None => ended,
+                }
+            })
+            .await
+        } else {
+            ended
+        };
+        if let Some(requests) = &conn.requests {
+            requests.end();
+        }
+        conn.streams.end();
+        let reason = report_end(ended, &conn, &events, config.quiet_ends);
+        conn.end.set(reason);
+        conn.handshake.ended();
+        on_end.run();
+        if !opened {
+            // Ended before `on_open` was called (cut or dropped at once, a
+            // failed `on_connect`, a failed handshake): no `on_close` either.
+            return;
+        }
+        let closed = Closed {
+            peer: conn.peer.clone(),
+            id: conn.id,
+            reason,
+            session,
+        };
+        let closed = AssertUnwindSafe(handler.on_close(closed)).catch_unwind();
+        if let Err(panic) = closed.await {
+            events.report(Some(conn.peer.clone()), panicked(&*panic));
+        }
     }
-    conn.streams.end();
+}
+
+/// How the connection ended, from the result of its sides; logs it, and
+/// reports an error to `events` (quietly with `quiet_ends`).
+fn report_end(
+    ended: Result<CloseReason, Error>,
+    conn: &Shared,
+    events: &EventSink,
+    quiet_ends: bool,
+) -> CloseReason {
     let reason = match &ended {
         Ok(reason) => *reason,
         Err(Error::Closed) => CloseReason::Aborted,
@@ -146,48 +187,36 @@ pub(crate) async fn run<R, W, H>(
         }
         Err(error) => {
             tracing::debug!(?reason, error = %crate::wire::error::Report(&error), "connection closed");
-            if config.quiet_ends {
+            if quiet_ends {
                 events.report_quietly(Some(conn.peer.clone()), error);
             } else {
                 events.report(Some(conn.peer.clone()), error);
             }
         }
     }
-    conn.end.set(reason);
-    conn.handshake.ended();
-    on_end.run();
-    if !opened {
-        // Ended before `on_open` was called (cut or dropped at once, a
-        // failed `on_connect`, a failed handshake): no `on_close` either.
-        return;
-    }
-    let closed = Closed {
-        peer: conn.peer.clone(),
-        id: conn.id,
-        reason,
-        session,
-    };
-    let closed = AssertUnwindSafe(handler.on_close(closed)).catch_unwind();
-    if let Err(panic) = closed.await {
-        events.report(Some(conn.peer.clone()), panicked(&*panic));
-    }
+    reason
 }
 
 /// Polls both sides on every wake-up until the connection is over (see the
 /// module docs). An abort is checked first.
-async fn drive(
-    mut reader: Pin<&mut impl Future<Output = Result<CloseReason, Error>>>,
-    mut writer: Pin<&mut impl Future<Output = Result<(), Error>>>,
-    conn: &Shared,
-    close_timeout: std::time::Duration,
-) -> Result<CloseReason, Error> {
-    let (signal, outbox) = (&conn.signal, &conn.outbox);
+///
+/// Not an `async fn`: one holds its arguments twice (as arguments, then as
+/// the locals they are moved to); the future of `poll_fn` holds them once.
+fn drive<'a>(
+    mut reader: Pin<&'a mut impl Future<Output = Result<CloseReason, Error>>>,
+    mut writer: Pin<&'a mut impl Future<Output = Result<(), Error>>>,
+    conn: &'a Shared,
+    close_timeout: &'a std::time::Duration,
+) -> impl Future<Output = Result<CloseReason, Error>> + 'a {
     // Who ended it, once the read side knows.
     let (mut read_done, mut write_done) = (None, false);
     // Started once our side is closed: how long the peer gets to close its
     // (boxed: most connections never need it).
     let mut linger = None;
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
+        // (Taken here, not kept: the fewer the closure holds, the smaller
+        // the task's future.)
+        let (signal, outbox, close_timeout) = (&conn.signal, &conn.outbox, *close_timeout);
         if signal.poll(Fired::Abort, cx).is_ready() {
             return Poll::Ready(Err(Error::Closed));
         }
@@ -230,7 +259,6 @@ async fn drive(
         }
         Poll::Pending
     })
-    .await
 }
 
 /// Starts the close timeout on its first poll; ready once it has passed.
@@ -266,7 +294,16 @@ mod tests {
     /// itself is boxed); 1,768 B before and 1,888 B after requests ran
     /// concurrently (issue 23: their waits and deadline checks boxed);
     /// 1,920 B (at the bound) after round 3 of the request path
-    /// (`ae69023`): keep it there or below.
+    /// (`ae69023`); 1,104 B (issue 25 item 4) once `run`, the read and
+    /// write sides, `drive`, `call_handler` and `while_pending` held their
+    /// arguments once (an `async fn` holds them twice: as arguments, then
+    /// as the locals they are moved to), no result (56 B) was kept across
+    /// a wait beside both sides (`ended`, `wake`, `serve_to_end`'s), the
+    /// end of the stream and the rest of a close were boxed, the read side
+    /// borrowed the event sink, and the write-only handler's future held
+    /// no message. A monitor's link (TCP halves, its span) is 1,176 B, in
+    /// a task cell of 1,280 B (tokio rounds cells to 128 B): keep it there
+    /// or below.
     #[test]
     fn a_connection_task_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -295,6 +332,6 @@ mod tests {
         let halves = tokio::io::split(stream);
         let task = super::run(halves, handle, handler, Default::default(), events, on_end);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1920, "a connection task takes {size} B");
+        assert!(size <= 1104, "a connection task takes {size} B");
     }
 }

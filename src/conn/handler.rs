@@ -122,8 +122,14 @@ pub trait Handler: Send + Sync + 'static {
 impl Handler for () {
     type Message = Bytes;
 
-    async fn handle(&self, _msg: Bytes, _ctx: &mut Context<'_>) -> Result<(), BoxError> {
-        Ok(())
+    fn handle(
+        &self,
+        _msg: Bytes,
+        _ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        // Ready at once, holding nothing: an `async fn` would keep the
+        // message (twice) in every connection task's future.
+        std::future::ready(Ok(()))
     }
 }
 

@@ -107,8 +107,9 @@ pub(crate) struct ReadSide<'s, R, H: Handler> {
     handler: Arc<H>,
     /// Timeouts and limits.
     config: Arc<ConnectionConfig>,
-    /// Where decode and handler errors go.
-    events: EventSink,
+    /// Where decode and handler errors go (the connection task's: a
+    /// reference is smaller than a clone in the task's future).
+    events: &'s EventSink,
     /// The connection's own state, for the handler. It lives with the
     /// connection task, outside this side, so that `on_close` gets it
     /// however the connection ended (an abort drops this side first).
@@ -215,7 +216,7 @@ where
         handle: ConnectionHandle,
         handler: Arc<H>,
         config: Arc<ConnectionConfig>,
-        events: EventSink,
+        events: &'s EventSink,
         session: &'s mut Session,
         opened: &'s mut bool,
     ) -> Self {
@@ -249,18 +250,44 @@ where
     /// failure: the connection ends with them.
     /// Returns who ended the connection: the peer (its end of stream came
     /// first) or this side (a close was asked).
-    pub(crate) async fn run(mut self) -> Result<CloseReason, Error> {
-        let result = match self.serve_then_close().await {
+    #[allow(clippy::manual_async_fn)] // (see the comment in the body)
+    pub(crate) fn run(
+        mut self,
+    ) -> impl Future<Output = Result<CloseReason, Error>> + use<'s, R, H> {
+        // Not an `async fn` taking `self`: that would hold the read side
+        // twice in the connection task's future (its argument, then the
+        // local it is moved to); an `async move` block holds it once.
+        async move { self.serve_to_end().await }
+    }
+
+    /// [`run`](Self::run)'s body.
+    async fn serve_to_end(&mut self) -> Result<CloseReason, Error> {
+        // (`served` is never borrowed here, and is moved before any wait:
+        // so it takes no room of its own in the task's future.)
+        let (served, waits) = waits_after(self.serve_then_close().await, &self.handle.inner);
+        if waits {
             // Boxed: no room for it in the task's future.
+            return Box::pin(self.end_after(served)).await;
+        }
+        self.handle.inner.outbox.finish();
+        served
+    }
+
+    /// The end of [`serve_to_end`](Self::serve_to_end) when there is
+    /// something to wait for (see [`waits_after`]).
+    async fn end_after(
+        &mut self,
+        served: Result<CloseReason, Error>,
+    ) -> Result<CloseReason, Error> {
+        let result = match served {
             Err(Error::Handshake(error @ HandshakeError::UnexpectedHello { .. })) => {
-                Err(Box::pin(self.refuse_hello(error)).await)
+                Err(self.refuse_hello(error).await)
             }
             result => result,
         };
         if result.is_ok() && self.handle.inner.inflight.get().is_some() {
-            // Requests still running are answered before our side ends
-            // (boxed: no room for the wait in the task's future).
-            Box::pin(self.wait_for_requests()).await;
+            // Requests still running are answered before our side ends.
+            self.wait_for_requests().await;
         }
         self.handle.inner.outbox.finish();
         result
@@ -311,7 +338,7 @@ where
         let idle = pin!(state.wait_idle());
         let ahead_limit = self.config.queue_bytes;
         self.input
-            .while_pending(idle, &conn, &self.events, ahead_limit)
+            .while_pending(idle, &conn, self.events, ahead_limit)
             .await;
     }
 
@@ -333,7 +360,9 @@ where
         self.handle.inner.outbox.close();
         let conn = &self.handle.inner;
         conn.streams.closing(&conn.outbox, &conn.wire);
-        if self.answer_what_has_arrived().await? {
+        // Boxed, as the rest of a close: no room for it in the task's
+        // future.
+        if Box::pin(self.answer_what_has_arrived()).await? {
             return Ok(CloseReason::ByUs);
         }
         if self.handle.inner.inflight.get().is_some() {
@@ -346,7 +375,9 @@ where
             self.input.make_read_room();
             let n = self.input.read().await?;
             if n == 0 {
-                return self.handle_last_frames().await.map(|()| CloseReason::ByUs);
+                return Box::pin(self.handle_last_frames())
+                    .await
+                    .map(|()| CloseReason::ByUs);
             }
             Counters::add(&self.handle.inner.counters.bytes_in, n as u64);
             self.handle_frames().await?;
@@ -384,7 +415,7 @@ where
             let call = pin!(self.handler.on_open(&mut ctx));
             let ahead_limit = self.config.queue_bytes;
             self.input
-                .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
+                .while_pending(call, &self.handle.inner, self.events, ahead_limit)
                 .await
                 .map_err(Error::Handler)?;
         }
@@ -476,19 +507,25 @@ where
                 reset_idle(&mut idle);
             }
             let room = self.input.make_read_room();
-            let wake = tokio::select! {
-                biased;
-                _ = closing(&conn.signal) => Wake::Close,
-                read = self.input.read() => Wake::Read(read),
-                _ = poll_idle(&mut idle) => Wake::Idle,
-            };
-            let n = match wake {
-                Wake::Close => return Ok(Stop::Close),
-                Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
-                Wake::Read(read) => read?,
+            // (`wake` in a block of its own: its room ends with it, and
+            // is not kept in the task's future beside the handling below.)
+            let n = {
+                let wake = tokio::select! {
+                    biased;
+                    _ = closing(&conn.signal) => Wake::Close,
+                    read = self.input.read() => Wake::Read(read),
+                    _ = poll_idle(&mut idle) => Wake::Idle,
+                };
+                match wake {
+                    Wake::Close => return Ok(Stop::Close),
+                    Wake::Idle => return Err(Error::IdleTimeout(idle_timeout.unwrap_or_default())),
+                    Wake::Read(read) => read?,
+                }
             };
             if n == 0 {
-                self.handle_last_frames().await?;
+                // Boxed: once per connection, and no room for it in the
+                // task's future.
+                Box::pin(self.handle_last_frames()).await?;
                 return Ok(Stop::EndOfStream);
             }
             Counters::add(&conn.counters.bytes_in, n as u64);
@@ -518,6 +555,15 @@ where
             // After a large frame: give the memory back and start small.
             input.buf = BytesMut::new();
             input.chunk = MIN_READ;
+        } else if input.buf.is_empty() && input.chunk <= MIN_READ {
+            // Every byte read was a whole frame, and reads are small (they
+            // never filled the buffer): most likely the peer has nothing
+            // more to send for now (a heartbeat, a reply). An idle
+            // connection holds no read buffer; the next read makes one
+            // once bytes have come (see `Input::read`).
+            // (Reads that fill the buffer grow `chunk`: a busy connection
+            // keeps its buffer.)
+            spare::put(std::mem::take(&mut input.buf));
         }
         decoded.map(|()| frames)
     }
@@ -561,7 +607,7 @@ where
             return None;
         }
         self.input
-            .take_message(found, &self.handle.inner, &self.events)
+            .take_message(found, &self.handle.inner, self.events)
     }
 
     /// Where a message goes: a request (with an id) on a connection
@@ -688,7 +734,7 @@ where
                 let wait = pin!(slots.acquire_owned());
                 let slot = self
                     .input
-                    .while_pending(wait, &conn, &self.events, ahead_limit)
+                    .while_pending(wait, &conn, self.events, ahead_limit)
                     .await;
                 Some(slot.ok()?)
             }
@@ -697,35 +743,45 @@ where
         let wait = pin!(state.slot());
         let slot = self
             .input
-            .while_pending(wait, &conn, &self.events, ahead_limit)
+            .while_pending(wait, &conn, self.events, ahead_limit)
             .await?;
         Some((slot, in_all))
     }
 
     /// Hands one message to the handler; its error is reported. While the
     /// call waits, the read side reads ahead (see the module docs).
-    async fn call_handler(&mut self, msg: H::Message, request: Option<u64>) {
-        let mut ctx = Context {
-            handle: &self.handle,
-            closing: &mut self.closing,
-            request,
-            session: &mut *self.session,
-            answer: AnswerState::default(),
-            call: None,
-        };
-        let handled = {
-            let call = pin!(self.handler.handle(msg, &mut ctx));
-            let ahead_limit = self.config.queue_bytes;
-            self.input
-                .while_pending(call, &self.handle.inner, &self.events, ahead_limit)
-                .await
-        };
-        // Most calls succeed: then there is nothing to answer, and the
-        // context goes as a whole (no answer taken out of it and dropped
-        // apart, at every frame).
-        if handled.is_err() {
-            let answer = std::mem::take(&mut ctx.answer);
-            self.handled(request, answer, handled);
+    #[allow(clippy::manual_async_fn)] // (see the comment in the body)
+    fn call_handler(
+        &mut self,
+        msg: H::Message,
+        request: Option<u64>,
+    ) -> impl Future<Output = ()> + use<'_, 's, R, H> {
+        // Not an `async fn`: it would hold its arguments twice in the
+        // connection task's future (as arguments, then as the locals they
+        // are moved to).
+        async move {
+            let mut ctx = Context {
+                handle: &self.handle,
+                closing: &mut self.closing,
+                request,
+                session: &mut *self.session,
+                answer: AnswerState::default(),
+                call: None,
+            };
+            let handled = {
+                let call = pin!(self.handler.handle(msg, &mut ctx));
+                let ahead_limit = self.config.queue_bytes;
+                self.input
+                    .while_pending(call, &self.handle.inner, self.events, ahead_limit)
+                    .await
+            };
+            // Most calls succeed: then there is nothing to answer, and the
+            // context goes as a whole (no answer taken out of it and dropped
+            // apart, at every frame).
+            if handled.is_err() {
+                let answer = std::mem::take(&mut ctx.answer);
+                self.handled(request, answer, handled);
+            }
         }
     }
 
@@ -764,7 +820,7 @@ where
             });
             let ahead_limit = self.config.queue_bytes;
             self.input
-                .while_pending(call, &conn, &self.events, ahead_limit)
+                .while_pending(call, &conn, self.events, ahead_limit)
                 .await
         };
         let answer = std::mem::take(&mut ctx.answer);
@@ -791,7 +847,7 @@ where
             answer.failed(&self.handle, request, &error);
             let conn = &self.handle.inner;
             self.input
-                .frame_error(conn, &self.events, Error::Handler(error));
+                .frame_error(conn, self.events, Error::Handler(error));
         }
     }
 
@@ -873,10 +929,40 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
         if let Some(ended) = self.ahead.as_deref_mut().and_then(|a| a.ended.take()) {
             return ended;
         }
-        let read = self.stream.read_buf(&mut self.buf).await;
+        let read = if self.buf.capacity() == 0 {
+            self.read_unbuffered().await
+        } else {
+            self.stream.read_buf(&mut self.buf).await
+        };
         let n = self.end_of_stream_as_zero(read)?;
         self.check_first_bytes()?;
         Ok(n)
+    }
+
+    /// Reads into room on the stack (of the poll, not of the task), and
+    /// makes the read buffer for what came: a connection without one (idle,
+    /// see [`ReadSide::handle_frames`]) waits for its next bytes without
+    /// making one (tokio's `read_buf` makes 64 B before it waits). Cancel
+    /// safe.
+    fn read_unbuffered(&mut self) -> impl Future<Output = std::io::Result<usize>> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); MIN_READ];
+            let mut read = tokio::io::ReadBuf::uninit(&mut room);
+            std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            if !filled.is_empty() {
+                if let Some(spare) = spare::take() {
+                    self.buf = spare;
+                }
+                // (As `make_read_room`: a spare with a quarter of a read's
+                // room is room enough.)
+                if self.buf.capacity() < filled.len().max(self.chunk / 4) {
+                    self.buf.reserve(self.chunk.max(filled.len()));
+                }
+                self.buf.extend_from_slice(filled);
+            }
+            Poll::Ready(Ok(filled.len()))
+        })
     }
 
     /// On a side with its handshake off, until the first bytes read are
@@ -929,12 +1015,12 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
     /// Makes room for the next read; returns how much there is.
     fn make_read_room(&mut self) -> usize {
         if self.chunk == 0 {
-            // The first read: an idle connection holds no buffer until a
-            // byte arrives (`read_buf` then makes a small one itself).
             self.chunk = MIN_READ;
-            if self.buf.capacity() == 0 {
-                return 0;
-            }
+        }
+        if self.buf.capacity() == 0 {
+            // The first read, or an idle connection's (see `handle_frames`):
+            // no buffer until bytes arrive (`read` then makes one).
+            return 0;
         }
         let room = self.buf.capacity() - self.buf.len();
         if room >= self.chunk / 4 {
@@ -947,48 +1033,53 @@ impl<R: AsyncRead + Unpin, M: crate::codec::Message> Input<R, M> {
     /// Runs `call` (a handler call) to its end. While it waits, reads
     /// ahead: see [`read_ahead`](Self::read_ahead). A call that does not
     /// wait costs nothing more.
-    async fn while_pending<F: Future>(
-        &mut self,
-        mut call: Pin<&mut F>,
-        conn: &Shared,
-        events: &EventSink,
+    #[allow(clippy::manual_async_fn)] // (see the comment in the body)
+    fn while_pending<'a, F: Future>(
+        &'a mut self,
+        mut call: Pin<&'a mut F>,
+        conn: &'a Shared,
+        events: &'a EventSink,
         ahead_limit: usize,
-    ) -> F::Output {
-        // Most calls do not wait.
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        if let Poll::Ready(out) = first {
-            return out;
-        }
-        let mut ahead = self.ahead.take().unwrap_or_else(|| {
-            Box::new(Ahead {
-                queue: VecDeque::new(),
-                bytes: 0,
-                ended: None,
-            })
-        });
-        let out = {
-            // Boxed: no room for it in the task's future.
-            let mut reading = Some(Box::pin(self.read_ahead(
-                &mut ahead,
-                conn,
-                events,
-                ahead_limit,
-            )));
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(out) = call.as_mut().poll(cx) {
-                    return Poll::Ready(out);
-                }
-                if let Some(reading_ahead) = &mut reading {
-                    if reading_ahead.as_mut().poll(cx).is_ready() {
-                        reading = None;
+    ) -> impl Future<Output = F::Output> + use<'a, R, M, F> {
+        // Not an `async fn`: it would hold its arguments twice (see
+        // `call_handler`).
+        async move {
+            // Most calls do not wait.
+            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            if let Poll::Ready(out) = first {
+                return out;
+            }
+            let mut ahead = self.ahead.take().unwrap_or_else(|| {
+                Box::new(Ahead {
+                    queue: VecDeque::new(),
+                    bytes: 0,
+                    ended: None,
+                })
+            });
+            let out = {
+                // Boxed: no room for it in the task's future.
+                let mut reading = Some(Box::pin(self.read_ahead(
+                    &mut ahead,
+                    conn,
+                    events,
+                    ahead_limit,
+                )));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(out) = call.as_mut().poll(cx) {
+                        return Poll::Ready(out);
                     }
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        self.ahead = Some(ahead);
-        out
+                    if let Some(reading_ahead) = &mut reading {
+                        if reading_ahead.as_mut().poll(cx).is_ready() {
+                            reading = None;
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            self.ahead = Some(ahead);
+            out
+        }
     }
 
     /// Reads while a handler call waits: replies go to the requests
@@ -1441,6 +1532,47 @@ fn answer(
     events.report(Some(conn.peer.clone()), Error::LateReply { id });
 }
 
+/// One read buffer let go by a connection gone idle (see
+/// `ReadSide::handle_frames`), per thread, for the next read on that thread
+/// that needs one: a connection idle between each of its frames (a
+/// ping-pong) then makes no allocation per read, and idle connections hold
+/// no buffer (one per thread at the most).
+mod spare {
+    use std::cell::Cell;
+
+    use bytes::BytesMut;
+
+    thread_local! {
+        static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    }
+
+    /// Keeps `buf` (empty) as the thread's spare, in place of the one
+    /// before, if any.
+    pub(super) fn put(buf: BytesMut) {
+        // (`try_with`: not during the thread's end.)
+        let _ = SPARE.try_with(|spare| spare.replace(Some(buf)));
+    }
+
+    /// The thread's spare buffer, if it has one.
+    pub(super) fn take() -> Option<BytesMut> {
+        SPARE.try_with(Cell::take).ok().flatten()
+    }
+}
+
+/// How the read side served, and whether its end waits for something: a
+/// hello to refuse, or (served to the end) requests still running.
+fn waits_after(
+    served: Result<CloseReason, Error>,
+    conn: &Shared,
+) -> (Result<CloseReason, Error>, bool) {
+    let waits = match &served {
+        Err(Error::Handshake(HandshakeError::UnexpectedHello { .. })) => true,
+        Ok(_) => conn.inflight.get().is_some(),
+        Err(_) => false,
+    };
+    (served, waits)
+}
+
 /// Ready when the idle timer (if any) fires; never without one.
 fn poll_idle(idle: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| match idle {
@@ -1460,4 +1592,86 @@ fn closing(signal: &Signal) -> impl Future<Output = ()> + '_ {
             Poll::Pending
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::{ReadSide, MIN_READ};
+    use crate::conn::handle::ConnectionHandle;
+
+    fn handle() -> ConnectionHandle {
+        let wire =
+            crate::conn::wire::Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
+        let addr: crate::base::addr::Addr = "127.0.0.1:1"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        ConnectionHandle::new(addr.clone(), addr, wire, 1024, Default::default())
+    }
+
+    /// A connection idle between frames (a heartbeat link between checks)
+    /// holds no read buffer: once a read's frames are handled, an empty
+    /// buffer of small reads is let go (it held 512 B per connection). A
+    /// connection whose reads fill the buffer keeps it (no allocation per
+    /// read on a busy one).
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let (stream, mut peer) = tokio::io::duplex(4096);
+        let (events, _) =
+            crate::conn::events::event_channel(1, Default::default(), Default::default());
+        let (read_half, _write_half) = tokio::io::split(stream);
+        let (mut session, mut opened) = (None, false);
+        let mut side = ReadSide::new(
+            read_half,
+            handle(),
+            Arc::new(()),
+            Default::default(),
+            &events,
+            &mut session,
+            &mut opened,
+        );
+        for frame in [&b"first\n"[..], b"second\n"] {
+            peer.write_all(frame).await.unwrap();
+            side.input.make_read_room();
+            // The bytes are there: the read does not wait.
+            assert_eq!(side.input.read().await.unwrap(), frame.len());
+            assert!(side.input.buf.capacity() > 0);
+            assert_eq!(side.handle_frames().await.unwrap(), 1);
+            assert_eq!(
+                side.input.buf.capacity(),
+                0,
+                "an idle connection holds a read buffer"
+            );
+            // Waiting for the next bytes makes none either.
+            side.input.make_read_room();
+            assert!(side.input.read().now_or_never().is_none());
+            assert_eq!(
+                side.input.buf.capacity(),
+                0,
+                "waiting for bytes made a read buffer"
+            );
+        }
+        // Reads that filled the buffer made it grow: it is kept.
+        side.input.chunk = 2 * MIN_READ;
+        peer.write_all(b"busy\n").await.unwrap();
+        side.input.make_read_room();
+        assert_eq!(side.input.read().await.unwrap(), 5);
+        assert_eq!(side.handle_frames().await.unwrap(), 1);
+        assert!(
+            side.input.buf.capacity() > 0,
+            "a busy connection let go of its read buffer"
+        );
+        // Half a frame is kept too, until the rest comes.
+        side.input.chunk = MIN_READ;
+        peer.write_all(b"half").await.unwrap();
+        side.input.make_read_room();
+        assert_eq!(side.input.read().await.unwrap(), 4);
+        assert_eq!(side.handle_frames().await.unwrap(), 0);
+        assert_eq!(&side.input.buf[..], b"half");
+    }
 }

@@ -163,6 +163,12 @@ impl Registering<'_> {
     /// the wire.
     pub(crate) fn in_order(mut self, waiting: Waiting) -> u64 {
         let id = self.next_id();
+        if self.0.in_order.capacity() == 0 {
+            // Room for one: most links wait for one reply at a time (a
+            // heartbeat's), and a first push would make room for four
+            // (160 B kept by every connection). It grows as usual.
+            self.0.in_order.reserve_exact(1);
+        }
         self.0.in_order.push_back((id, waiting));
         id
     }
@@ -353,5 +359,34 @@ impl Drop for Requests {
     /// connection is gone (one that never ended: dropped unfinished).
     fn drop(&mut self) {
         self.keeper.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Requests, Waiting};
+
+    fn waiting(requests: &Requests) -> Waiting {
+        let slot = requests.slots.clone().try_acquire_owned().unwrap();
+        Waiting::new(tokio::sync::oneshot::channel().0, tokio::time::Instant::now(), slot)
+    }
+
+    /// A link that waits for one reply at a time (a heartbeat's) keeps
+    /// room for one request in line, not four (160 B per connection).
+    #[test]
+    fn a_line_of_one_request_holds_room_for_one() {
+        let requests = Requests::new(8, Default::default());
+        for _ in 0..3 {
+            let id = requests.register().unwrap().in_order(waiting(&requests));
+            assert_eq!(requests.lock().in_order.capacity(), 1);
+            assert_eq!(requests.take_oldest().map(|(oldest, _)| oldest), Some(id));
+        }
+        // More at once: it grows, and the oldest still comes first.
+        let ids: Vec<u64> = (0..3)
+            .map(|_| requests.register().unwrap().in_order(waiting(&requests)))
+            .collect();
+        for id in ids {
+            assert_eq!(requests.take_oldest().map(|(oldest, _)| oldest), Some(id));
+        }
     }
 }

@@ -164,7 +164,15 @@ impl<W: AsyncWrite + Unpin> WriteSide<W> {
     ///
     /// [`Error::Io`] if a write fails, [`Error::WriteStalled`] if the peer
     /// takes nothing for the stall timeout.
-    pub(crate) async fn run(mut self) -> Result<(), Error> {
+    #[allow(clippy::manual_async_fn)] // (see the comment in the body)
+    pub(crate) fn run(mut self) -> impl Future<Output = Result<(), Error>> {
+        // Not an `async fn` taking `self`: that would hold the write side
+        // twice in the connection task's future (see `ReadSide::run`).
+        async move { self.write_to_end().await }
+    }
+
+    /// [`run`](Self::run)'s body.
+    async fn write_to_end(&mut self) -> Result<(), Error> {
         loop {
             match self.take().await {
                 Take::Bytes => self.write_taken().await?,
