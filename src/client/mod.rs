@@ -1238,6 +1238,10 @@ impl<M: Message, R> Client<M, R> {
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send(&self, msg: &M) -> Result<(), SendError> {
         if let Some(conn) = &self.fixed {
+            // Queued at once if there is room: no inner future to poll.
+            if let Some(sent) = conn.send_now(msg) {
+                return sent;
+            }
             return conn.send(msg).await;
         }
         loop {

@@ -441,10 +441,28 @@ impl ConnectionHandle {
     ///
     /// Cancel safe: the message is queued whole or not at all.
     pub async fn send<M: Message>(&self, msg: &M) -> Result<(), SendError> {
+        if let Some(sent) = self.send_now(msg) {
+            return sent;
+        }
         let inner = &*self.inner;
         let pushed = inner.outbox.push(|buf| inner.wire.encode(msg, buf)).await;
         let frames = u64::from(pushed.is_ok());
         self.sent(pushed, frames).map_err(SendError::from_error)
+    }
+
+    /// [`send`](Self::send) without waiting: what it returns, unless the
+    /// queue is full (`None`: then `send` waits for room). Most sends find
+    /// room: they are done here, with no future of the queue's to build and
+    /// poll.
+    #[inline]
+    pub(crate) fn send_now<M: Message>(&self, msg: &M) -> Option<Result<(), SendError>> {
+        let inner = &*self.inner;
+        match inner.outbox.try_push(|buf| inner.wire.encode(msg, buf)) {
+            Ok(()) => Some(Ok(())),
+            Err(PushError::Full) => None,
+            Err(PushError::Closed) => Some(Err(SendError::Closed)),
+            Err(PushError::Write(error)) => Some(Err(SendError::from_error(error))),
+        }
     }
 
     /// Queues every message of `msgs`, in order, waiting while the outgoing
