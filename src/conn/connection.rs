@@ -312,19 +312,7 @@ mod tests {
             .unwrap();
         let _guard = rt.enter();
         let (stream, _peer) = tokio::io::duplex(64);
-        let wire =
-            crate::conn::wire::Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
-        let addr: crate::base::addr::Addr = "127.0.0.1:1"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into();
-        let handle = crate::conn::handle::ConnectionHandle::new(
-            addr.clone(),
-            addr,
-            wire,
-            1024,
-            Default::default(),
-        );
+        let handle = crate::conn::handle::ConnectionHandle::for_tests();
         let (events, _) =
             crate::conn::events::event_channel(1, Default::default(), Default::default());
         let on_end = super::OnEnd::new(|| ());

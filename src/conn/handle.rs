@@ -369,8 +369,17 @@ impl Shared {
         }
     }
 }
-
 impl ConnectionHandle {
+    /// A handle for unit tests: lines framing, no request ids, a queue
+    /// of 1 KiB, at 127.0.0.1:1.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> ConnectionHandle {
+        let wire =
+            crate::conn::wire::Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
+        let addr: Addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into();
+        ConnectionHandle::new(addr.clone(), addr, wire, 1024, Default::default())
+    }
+
     pub(crate) fn new(
         peer: Addr,
         local: Addr,

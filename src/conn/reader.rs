@@ -1604,16 +1604,6 @@ mod tests {
     use super::{ReadSide, MIN_READ};
     use crate::conn::handle::ConnectionHandle;
 
-    fn handle() -> ConnectionHandle {
-        let wire =
-            crate::conn::wire::Wire::new(crate::wire::frame::Framing::lines(), false, Vec::new());
-        let addr: crate::base::addr::Addr = "127.0.0.1:1"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into();
-        ConnectionHandle::new(addr.clone(), addr, wire, 1024, Default::default())
-    }
-
     /// A connection idle between frames (a heartbeat link between checks)
     /// holds no read buffer: once a read's frames are handled, an empty
     /// buffer of small reads is let go (it held 512 B per connection). A
@@ -1628,7 +1618,7 @@ mod tests {
         let (mut session, mut opened) = (None, false);
         let mut side = ReadSide::new(
             read_half,
-            handle(),
+            ConnectionHandle::for_tests(),
             Arc::new(()),
             Default::default(),
             &events,

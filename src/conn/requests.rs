@@ -368,7 +368,11 @@ mod tests {
 
     fn waiting(requests: &Requests) -> Waiting {
         let slot = requests.slots.clone().try_acquire_owned().unwrap();
-        Waiting::new(tokio::sync::oneshot::channel().0, tokio::time::Instant::now(), slot)
+        Waiting::new(
+            tokio::sync::oneshot::channel().0,
+            tokio::time::Instant::now(),
+            slot,
+        )
     }
 
     /// A link that waits for one reply at a time (a heartbeat's) keeps
