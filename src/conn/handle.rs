@@ -812,10 +812,18 @@ impl ConnectionHandle {
         }
     }
 
-    /// In ordered mode: queues `encoded` and puts `waiting` in line, under the
-    /// table's lock so that the line's order is the order on the wire.
+    /// In ordered mode: queues `encoded` and puts `waiting` in line.
     /// Returns the request's id in line, or `None` (and keeps `waiting`)
     /// if the queue is full.
+    ///
+    /// The request goes in line while its frame is appended, under the
+    /// queue's lock (every ordered request is queued under it, so the
+    /// line's order is the order on the wire), and before any of its bytes
+    /// can be written (so its reply cannot be read before it waits). The
+    /// table's lock is held only for that: not across the queue's write
+    /// through to the socket, where on loopback the reply is read before
+    /// the write returns and the read side would wait for the lock to take
+    /// the request out of line.
     fn queue_in_line(
         &self,
         requests: &Requests,
@@ -823,13 +831,17 @@ impl ConnectionHandle {
         encoded: &Encoded,
     ) -> Result<Option<u64>, Error> {
         let inner = &*self.inner;
-        let line = requests.register()?;
-        let queue = |buf: &mut _| inner.wire.encode_encoded(Envelope::Message, encoded, buf);
+        let mut id = None;
+        let queue = |buf: &mut _| {
+            inner.wire.encode_encoded(Envelope::Message, encoded, buf)?;
+            // Encoded: the frame is appended now (on an error above,
+            // nothing of it stays, and the request is not in line).
+            let line = requests.register()?;
+            id = waiting.take().map(|waiting| line.in_order(waiting));
+            Ok(())
+        };
         match inner.outbox.try_push(queue) {
-            Ok(()) => {
-                let id = waiting.take().map(|waiting| line.in_order(waiting));
-                self.sent(Ok(()), 1).map(|()| Some(id.unwrap_or_default()))
-            }
+            Ok(()) => self.sent(Ok(()), 1).map(|()| Some(id.unwrap_or_default())),
             Err(PushError::Full) => Ok(None),
             Err(refused) => self.sent(Err(refused), 0).map(|()| None),
         }

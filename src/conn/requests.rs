@@ -158,9 +158,9 @@ impl Registering<'_> {
     }
 
     /// Registers a request to be answered by the next frame not taken by
-    /// an older one. Call it while still holding the lock under which the
-    /// request's frame was queued, so that the order here is the order on
-    /// the wire.
+    /// an older one. Call it as the request's frame is queued, under the
+    /// queue's lock (and before any of the frame can be written), so that
+    /// the order here is the order on the wire.
     pub(crate) fn in_order(mut self, waiting: Waiting) -> u64 {
         let id = self.next_id();
         if self.0.in_order.capacity() == 0 {

@@ -969,3 +969,68 @@ async fn a_request_that_answers_at_once_runs_in_the_connections_task() {
     client.close().await;
     server.cut().await;
 }
+
+/// An ordered request (no ids): which task asked and its number, with a
+/// payload whose length varies with both.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Message)]
+#[message(codec = "bincode", reply = InLine)]
+struct InLine {
+    task: u64,
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+/// In ordered mode (no request ids) the n-th reply answers the n-th
+/// request on the wire: many tasks on a multi-thread runtime send requests
+/// at once on one connection to a server that echoes, and each must get
+/// its own request back (a request put in line in another order than its
+/// frame went out gets another task's reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_requests_from_many_tasks_each_get_their_own_reply() {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 250;
+    let server = Server::builder(chitchat_net::handler_fn(
+        |msg: InLine, ctx: &mut Context<'_>| -> Result<(), BoxError> {
+            ctx.send(&msg)?;
+            Ok(())
+        },
+    ))
+    .listen("127.0.0.1:0")
+    .await
+    .unwrap();
+    let client = Arc::new(
+        Client::<InLine>::builder()
+            .ordered_replies()
+            .request_timeout(NEVER)
+            .connect(server.local_addr())
+            .await
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for seq in 0..EACH {
+                    let len = ((task * 131 + seq * 17) % 300) as usize;
+                    let ask = InLine {
+                        task,
+                        seq,
+                        payload: vec![(task ^ seq) as u8; len],
+                    };
+                    let reply: InLine = client.request(&ask).await.unwrap();
+                    assert_eq!(reply, ask, "task {task} got another request's reply");
+                }
+            })
+        })
+        .collect();
+    // 2000 round trips: bounded by progress (frames read back), not time.
+    let replies = || client.stats().frames_in;
+    common::with_progress("every reply", replies, async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    client.close().await;
+    server.cut().await;
+}
