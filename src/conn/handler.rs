@@ -530,7 +530,10 @@ impl Context<'_> {
 /// ([`ErrorCode::Unanswered`]), so the caller's request fails at once with
 /// [`RequestError::Remote`](crate::RequestError::Remote) instead of at its
 /// timeout. (Without request ids nothing can be sent: a peer in ordered
-/// mode times out.)
+/// mode times out. A request read while its connection was already
+/// closing is owed nothing: its `reply` fails with [`SendError::Closed`],
+/// dropping its replier sends nothing either, and the caller's request
+/// ends with the connection.)
 ///
 /// # Examples
 ///
@@ -599,7 +602,12 @@ impl Drop for Owed {
             if let Some(state) = self.handle.inner.inflight.get() {
                 state.ended(id);
             }
-            if !self.answered.swap(true, Ordering::AcqRel) {
+            // Only an answer still owed: one made while its connection was
+            // already closing was never owed, and is refused as its reply
+            // would have been (`reply` fails with `Closed` then); the
+            // caller sees the connection end. (Sent anyway, it was a frame
+            // nobody accepted, written while the reply was refused.)
+            if !self.answered.swap(true, Ordering::AcqRel) && self.is_owed() {
                 self.handle.inner.fail_owed_request(
                     id,
                     ErrorCode::Unanswered,

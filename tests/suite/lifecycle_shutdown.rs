@@ -367,6 +367,57 @@ async fn a_replier_dropped_unanswered_does_not_hold_the_shutdown() {
     );
 }
 
+/// A request read after the shutdown began (its connection closing) is
+/// not owed an answer: its replier's `reply` is refused (`Closed`), and
+/// dropping that replier sends nothing either (it once sent an
+/// `Unanswered` error reply, written while the reply itself was refused:
+/// a frame nobody accepted, which `lifecycle_model` caught as a counter
+/// mismatch). The request ends with the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replier_made_after_the_shutdown_began_is_refused_and_sends_nothing_when_dropped() {
+    let (server, client, mut repliers) = deferred_pair().await;
+    // A request owed an answer keeps the closing connection open.
+    let (first, owed) = request_in_flight(&client, &mut repliers).await;
+    let on_server = server.connection(client.local_addr()).unwrap();
+    let shutdown = server.shutdown(WAIT);
+    tokio::pin!(shutdown);
+    assert!(futures_util::poll!(&mut shutdown).is_pending());
+    assert!(on_server.is_closed());
+
+    // A second request, sent on the connection as it is: read while the
+    // connection closes.
+    let handle = client.handle();
+    let second = tokio::spawn(async move {
+        handle
+            .request::<String>(&"late question".to_string(), WAIT)
+            .await
+    });
+    let late = within("the handler to take the second replier", repliers.recv())
+        .await
+        .expect("the handler ended");
+    let refused = late.reply(&"late answer".to_string()).await;
+    assert!(
+        matches!(refused, Err(chitchat_net::SendError::Closed)),
+        "{refused:?}"
+    );
+    drop(late);
+
+    // The owed answer still goes out, and the shutdown finishes.
+    let answered = owed.reply(&"answer".to_string()).await;
+    assert!(answered.is_ok(), "{answered:?}");
+    let report = within("the shutdown", shutdown).await;
+    assert!(report.finished, "{report:?}");
+    assert_eq!(
+        within("the first reply", first).await.unwrap().unwrap(),
+        "answer"
+    );
+    let second = within("the second request to end", second).await.unwrap();
+    assert!(
+        matches!(second, Err(chitchat_net::RequestError::ConnectionLost)),
+        "the second request ended with {second:?}"
+    );
+}
+
 // ------------------------------- defect 10b: concurrent batch senders --
 
 /// Counts, per sender, the numbers it received in order.
